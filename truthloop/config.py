@@ -1,0 +1,204 @@
+"""Every parameter of a run, and the one place where defaults live.
+
+One dataclass per concern; `RunConfig` bundles them and round-trips through JSON (the run
+directory's `run.json`), so a resumed run uses exactly the parameters it started with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# The seed script's negative prompt, verbatim (typos and missing spaces included: they change the
+# tokens, so they change the images).
+SEED_NEGATIVE_PROMPT = (
+    "low quality, worst quality, out of focus, ugly, error, jpeg artifacts, lowers, blurry, "
+    "bokeh,bad anatomy, long_neck, long_body, longbody, deformed mutated disfigured, missing arms, "
+    "extra_arms, mutated hands, extra_legs, bad hands, poorly_drawn_hands, malformed_hands, "
+    "missing_limb, floating_limbs, disconnected_limbs, extra_fingers, bad fingers, liquid fingers, "
+    "poorly drawn fingers, missing fingers, extra digit, fewer digits, ugly face, deformed eyes, "
+    "partial face, partial head, bad face, inaccurate limb, cropped,multipul angle, two shot, "
+    "split view, grid view"
+)
+
+CAPTION_MODES = ("best", "fast", "classic", "negative", "caption")
+SEED_MODES = ("reseed", "shared")
+FEED_MODES = ("cut", "full")
+INTERROGATORS = ("fast", "reference")
+SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler-a", "dpm++", "unipc", "lms", "heun")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+PREVIEWS = ("auto", "tgp", "sixel", "halfcell", "none")
+
+# Short names for the caption models clip-interrogator knows, so `--caption-model blip-large`
+# means what it means there.
+CAPTION_MODEL_IDS = {
+    "blip-base": "Salesforce/blip-image-captioning-base",
+    "blip-large": "Salesforce/blip-image-captioning-large",
+}
+
+
+@dataclass
+class ModelConfig:
+    """Which checkpoints to load and where to run them."""
+
+    # "real" loads the ids below; "tiny" swaps every one for the offline random-weight checkpoints.
+    models: str = "real"
+    sd_model: str = "stabilityai/stable-diffusion-2"
+    caption_model: str = "blip-large"
+    clip_model: str = "ViT-L-14/openai"
+    device: str = "auto"
+    low_vram: bool = False
+
+
+@dataclass
+class CaptionConfig:
+    """The image -> text step (clip-interrogator)."""
+
+    mode: str = "best"
+    chunk_size: int = 2048
+    flavor_intermediate_count: int = 2048
+    caption_max_length: int = 32
+    # "fast" is truthloop's exact re-implementation of clip-interrogator's ranking; "reference"
+    # calls clip-interrogator itself. Both give the same string (tests check it).
+    interrogator: str = "fast"
+
+
+@dataclass
+class GenerateConfig:
+    """The text -> image step (diffusers Stable Diffusion)."""
+
+    steps: int = 50
+    guidance: float = 7.5
+    # None = the model's own default size (768 for SD2, 512 for SD 1.x).
+    width: int | None = None
+    height: int | None = None
+    scheduler: str = "default"
+    negative_prompt: str = SEED_NEGATIVE_PROMPT
+    seed: int = 42
+    # reseed: a fresh generator seeded with `seed` for every image, so the loop is a pure function
+    #         of the prompt and a repeated prompt proves a cycle.
+    # shared: one generator for the whole run, as in the seed script; its state drifts.
+    seed_mode: str = "reseed"
+
+
+@dataclass
+class LoopConfig:
+    """Iteration and stop rules."""
+
+    # Only the first N comma clauses count; 0 = the whole caption.
+    clauses: int = 0
+    # cut: feed the cut prompt to the image model (what the article's text says);
+    # full: feed the whole caption and compare only the cut (what its printed code does).
+    feed: str = "cut"
+    max_iters: int = 1000
+    # After the first repeat, keep going this many iterations to confirm the cycle.
+    confirm_iters: int = 0
+
+
+@dataclass
+class RunConfig:
+    models: ModelConfig = field(default_factory=ModelConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    # Exactly one of these starts a run.
+    input_image: str | None = None
+    start_prompt: str | None = None
+    preset: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """Rebuild from `to_dict` output; unknown keys are an error (an edited or newer run.json)."""
+        parts = {}
+        for name, kind in (
+            ("models", ModelConfig),
+            ("caption", CaptionConfig),
+            ("generate", GenerateConfig),
+            ("loop", LoopConfig),
+        ):
+            section = data.get(name, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"section {name!r} is not an object")
+            known = {f.name for f in dataclasses.fields(kind)}
+            unknown = set(section) - known
+            if unknown:
+                raise ConfigError(f"unknown keys in {name!r}: {', '.join(sorted(unknown))}")
+            parts[name] = kind(**section)
+        top = {k: data.get(k) for k in ("input_image", "start_prompt", "preset")}
+        config = cls(**parts, **top)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ConfigError with one readable line for the first bad value."""
+        m, c, g, lp = self.models, self.caption, self.generate, self.loop
+        _choice("models", m.models, ("real", "tiny"))
+        _choice("device", m.device, DEVICES)
+        _choice("mode", c.mode, CAPTION_MODES)
+        _choice("interrogator", c.interrogator, INTERROGATORS)
+        _choice("scheduler", g.scheduler, SCHEDULERS)
+        _choice("seed-mode", g.seed_mode, SEED_MODES)
+        _choice("feed", lp.feed, FEED_MODES)
+        _positive("steps", g.steps)
+        _positive("chunk-size", c.chunk_size)
+        _positive("flavor-intermediate-count", c.flavor_intermediate_count)
+        _positive("caption-max-length", c.caption_max_length)
+        _positive("max-iters", lp.max_iters)
+        if lp.clauses < 0:
+            raise ConfigError(f"--clauses must be 0 (whole caption) or more, not {lp.clauses}")
+        if lp.confirm_iters < 0:
+            raise ConfigError(f"--confirm-iters must be 0 or more, not {lp.confirm_iters}")
+        if not (g.guidance >= 0):  # also rejects NaN
+            raise ConfigError(f"--guidance must be 0 or more, not {g.guidance}")
+        for name, size in (("width", g.width), ("height", g.height)):
+            if size is not None and (size <= 0 or size % 8):
+                raise ConfigError(f"--{name} must be a positive multiple of 8, not {size}")
+        if not (0 <= g.seed < 2**63):
+            raise ConfigError(f"--seed must be between 0 and 2**63-1, not {g.seed}")
+        if (self.input_image is None) == (self.start_prompt is None):
+            raise ConfigError("give either an input image or --prompt, not both or neither")
+
+
+class ConfigError(ValueError):
+    """A parameter value that cannot work; the message is one line meant for the user."""
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown --{name} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(f"--{name} must be 1 or more, not {value}")
+
+
+# Presets override defaults; anything the user passes explicitly overrides the preset.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # The seed script's stack: shared generator, best mode, blip-large + ViT-L-14/openai with
+    # chunk_size=400, SD2 at its own 768 size with the pipeline defaults (50 steps, guidance 7.5),
+    # the seed negative prompt. Its printed code compared the whole caption (clauses 0); its
+    # converging run is `--preset article --clauses 1`.
+    "article": {
+        "models": {"sd_model": "stabilityai/stable-diffusion-2", "caption_model": "blip-large",
+                   "clip_model": "ViT-L-14/openai"},
+        "caption": {"mode": "best", "chunk_size": 400, "flavor_intermediate_count": 2048},
+        "generate": {"steps": 50, "guidance": 7.5, "width": None, "height": None,
+                     "scheduler": "default", "negative_prompt": SEED_NEGATIVE_PROMPT, "seed": 42,
+                     "seed_mode": "shared"},
+    },
+}
+
+
+def apply_preset(config: RunConfig, name: str) -> None:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown --preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    for section, values in PRESETS[name].items():
+        target = getattr(config, section)
+        for key, value in values.items():
+            setattr(target, key, value)
+    config.preset = name

@@ -1,0 +1,221 @@
+"""The one loading path: a hub id, a local directory or "tiny" -> pipeline, BLIP, CLIP.
+
+Hub ids go through the standard Hugging Face cache (HF_HOME, HF_HUB_OFFLINE are respected by the
+libraries themselves). The tiny checkpoints are built on disk first and then loaded by exactly the
+same calls as real ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from truthloop.config import CAPTION_MODEL_IDS, ModelConfig
+
+Progress = Callable[[str], None]
+
+
+class ModelUnavailable(Exception):
+    """A model that cannot be loaded; the message is one line naming it and how to provide it."""
+
+
+@dataclass
+class LoadedModels:
+    pipe: Any
+    caption_model: Any
+    caption_processor: Any
+    clip_model: Any
+    clip_preprocess: Any
+    # "ARCH/TAG": the name clip-interrogator needs (tokenizer lookup, label cache file names).
+    clip_name: str
+    device: str
+    dtype: Any
+
+
+def resolve(config: ModelConfig) -> ModelConfig:
+    """Swap in the tiny checkpoints' locations when `models == "tiny"` (building them if needed)."""
+    if config.models != "tiny":
+        return config
+    from truthloop.tiny import build_tiny_models
+
+    tiny = build_tiny_models()
+    return replace(config, sd_model=tiny.sd_model, caption_model=tiny.caption_model,
+                   clip_model=tiny.clip_model)
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        if requested == "cuda" and not torch.cuda.is_available():
+            raise ModelUnavailable("--device cuda was asked for but no CUDA GPU is visible")
+        if requested == "mps" and not torch.backends.mps.is_available():
+            raise ModelUnavailable("--device mps was asked for but MPS is not available")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def set_determinism() -> None:
+    """Eager inference repeatable on one machine and toolkit (see FACTS: Determinism)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    import torch
+
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def load_models(config: ModelConfig, scheduler: str = "default",
+                progress: Progress = lambda message: None) -> LoadedModels:
+    set_determinism()
+    import torch
+
+    config = resolve(config)
+    device = pick_device(config.device)
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    progress(f"loading image model {config.sd_model}")
+    pipe = load_pipeline(config.sd_model, device, dtype, scheduler, config.low_vram)
+    progress(f"loading caption model {config.caption_model}")
+    caption_model, caption_processor = load_caption_model(config.caption_model, device, dtype)
+    progress(f"loading CLIP {config.clip_model}")
+    clip_model, clip_preprocess, clip_name = load_clip(config.clip_model, device)
+    return LoadedModels(pipe, caption_model, caption_processor, clip_model, clip_preprocess,
+                        clip_name, device, dtype)
+
+
+def _is_local(spec: str) -> bool:
+    return spec.startswith(("/", ".", "~")) or os.path.exists(spec)
+
+
+def _from_pretrained(kind: str, spec: str, load: Callable[[str], Any]) -> Any:
+    """Call a from_pretrained, turning "not here and not downloadable" into one clear line."""
+    if _is_local(spec):
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            raise ModelUnavailable(f"{kind} {spec!r}: no such directory")
+        spec = str(path)
+    try:
+        return load(spec)
+    except (OSError, ValueError) as error:
+        if _is_local(spec):
+            raise ModelUnavailable(
+                f"{kind} {spec!r} could not be loaded from that directory: {_first_line(error)}"
+            ) from None
+        raise ModelUnavailable(
+            f"{kind} {spec!r} is not in the Hugging Face cache and cannot be downloaded here: "
+            f"run `hf download {spec}` on a connected machine (and copy its HF_HOME cache), "
+            f"or pass a local directory"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+SCHEDULER_CLASSES = {
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+}
+
+
+def load_pipeline(spec: str, device: str, dtype: Any, scheduler: str = "default",
+                  low_vram: bool = False) -> Any:
+    import diffusers
+    from diffusers import StableDiffusionPipeline
+
+    def load(source: str) -> Any:
+        return StableDiffusionPipeline.from_pretrained(
+            source, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+
+    pipe = _from_pretrained("image model", spec, load)
+    if scheduler != "default":
+        scheduler_class = getattr(diffusers, SCHEDULER_CLASSES[scheduler])
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    if low_vram and device == "cuda":
+        # Each sub-model moves to the GPU only while it runs; the VAE decodes in slices.
+        pipe.enable_model_cpu_offload()
+        pipe.vae.enable_slicing()
+    else:
+        pipe = pipe.to(device)
+    return pipe
+
+
+def load_caption_model(spec: str, device: str, dtype: Any) -> tuple[Any, Any]:
+    from transformers import AutoProcessor, BlipForConditionalGeneration
+
+    source = CAPTION_MODEL_IDS.get(spec, spec)
+
+    def load(path: str) -> tuple[Any, Any]:
+        model = BlipForConditionalGeneration.from_pretrained(path, torch_dtype=dtype)
+        processor = AutoProcessor.from_pretrained(path)
+        return model, processor
+
+    model, processor = _from_pretrained("caption model", source, load)
+    model.eval()
+    return model.to(device), processor
+
+
+def load_clip(spec: str, device: str) -> tuple[Any, Any, str]:
+    """Load an open_clip model named "ARCH/PRETRAINED" (a tag like "openai", or a checkpoint file)."""
+    import open_clip
+
+    from truthloop.tiny import TINY_CLIP_ARCH, register_tiny_clip, tiny_root
+
+    if "/" not in spec:
+        raise ModelUnavailable(
+            f"CLIP {spec!r}: give ARCH/PRETRAINED, e.g. ViT-L-14/openai or ViT-L-14/path/to/ckpt.pt"
+        )
+    arch, pretrained = spec.split("/", 1)
+    if arch == TINY_CLIP_ARCH:
+        register_tiny_clip(Path(pretrained).parent.parent if Path(pretrained).exists()
+                           else tiny_root())
+    if arch not in open_clip.list_models():
+        raise ModelUnavailable(f"CLIP {spec!r}: open_clip knows no architecture named {arch!r}")
+    is_file = _is_local(pretrained)
+    if is_file and not Path(pretrained).expanduser().is_file():
+        raise ModelUnavailable(f"CLIP {spec!r}: no such checkpoint file {pretrained!r}")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch,
+            pretrained=str(Path(pretrained).expanduser()) if is_file else pretrained,
+            precision="fp16" if device == "cuda" else "fp32",
+            device=device,
+        )
+    except RuntimeError as error:
+        if "not found" in str(error).lower() or "unknown" in str(error).lower():
+            raise ModelUnavailable(f"CLIP {spec!r}: {_first_line(error)}") from None
+        raise
+    except (OSError, ValueError) as error:
+        raise ModelUnavailable(
+            f"CLIP {spec!r} is not in the Hugging Face cache and cannot be downloaded here "
+            f"({_first_line(error)}): fetch it on a connected machine, or pass "
+            f"ARCH/path/to/checkpoint"
+        ) from None
+    model.eval()
+    # clip-interrogator names its label cache after this; a checkpoint file is named by its
+    # content's fingerprint, so two different files never share cached label embeddings.
+    tag = f"file-{_file_fingerprint(Path(pretrained).expanduser())}" if is_file else pretrained
+    return model, preprocess, f"{arch}/{tag}"
+
+
+def _file_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
