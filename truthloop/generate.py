@@ -1,0 +1,69 @@
+"""Prompt -> image through a diffusers Stable Diffusion pipeline, with the run's seed behaviour."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Callable
+
+from truthloop.config import GenerateConfig
+
+
+class Painter:
+    """Draws one image per prompt.
+
+    reseed: a fresh generator seeded with `seed` for every image (the loop is a pure function).
+    shared: one generator for the whole run, as the seed script does; its state is exposed so a
+            resumed run continues the same random stream.
+    """
+
+    def __init__(self, pipe: Any, config: GenerateConfig, device: str):
+        import torch
+
+        self.pipe = pipe
+        self.config = config
+        # MPS generators are not reproducible across runs; draw noise on the CPU there.
+        self.generator_device = "cuda" if device == "cuda" else "cpu"
+        self._shared = torch.Generator(self.generator_device).manual_seed(config.seed)
+
+    def _generator(self) -> Any:
+        import torch
+
+        if self.config.seed_mode == "shared":
+            return self._shared
+        return torch.Generator(self.generator_device).manual_seed(self.config.seed)
+
+    def paint(self, prompt: str, on_step: Callable[[int, int], None]) -> Any:
+        import torch
+
+        total = self.config.steps
+
+        def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+            # Raising here (a stop request) abandons this image; nothing of it was written yet.
+            on_step(step + 1, total)
+            return callback_kwargs
+
+        with torch.inference_mode():
+            result = self.pipe(
+                prompt,
+                negative_prompt=self.config.negative_prompt or None,
+                num_inference_steps=total,
+                guidance_scale=self.config.guidance,
+                width=self.config.width,
+                height=self.config.height,
+                generator=self._generator(),
+                callback_on_step_end=step_end,
+            )
+        return result.images[0]
+
+    def rng_state(self) -> str | None:
+        if self.config.seed_mode != "shared":
+            return None
+        return base64.b64encode(self._shared.get_state().numpy().tobytes()).decode()
+
+    def set_rng_state(self, state: str | None) -> None:
+        if self.config.seed_mode != "shared" or not state:
+            return
+        import torch
+
+        raw = bytearray(base64.b64decode(state))
+        self._shared.set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())

@@ -1,0 +1,103 @@
+"""Image -> caption through clip-interrogator 0.6.0, with our models injected through its Config.
+
+Label embeddings (~112k phrases) are cached in the user cache dir, never in ./cache, and never
+downloaded: clip-interrogator computes them once with the loaded CLIP and stores them there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from truthloop.config import CaptionConfig
+from truthloop.paths import cache_dir
+
+Report = Callable[[str, int | None, int | None], None]
+
+
+def label_cache_dir() -> str:
+    return str(cache_dir() / "labels")
+
+
+def build_interrogator(models: Any, config: CaptionConfig, report: Report | None = None) -> Any:
+    """A clip_interrogator.Interrogator over already-loaded models (see models.load_models)."""
+    import clip_interrogator.clip_interrogator as ci_module
+    from clip_interrogator import Config, Interrogator
+
+    ci_config = Config(
+        # Only read by clip-interrogator to tell BLIP from GIT models.
+        caption_model_name="blip-large",
+        caption_max_length=config.caption_max_length,
+        clip_model_name=models.clip_name,
+        cache_path=label_cache_dir(),
+        download_cache=False,
+        chunk_size=config.chunk_size,
+        flavor_intermediate_count=config.flavor_intermediate_count,
+        device=models.device,
+        quiet=report is None,
+    )
+    # Not dataclass fields in 0.6.0 (no annotations), so they cannot go through Config(...).
+    ci_config.caption_model = models.caption_model
+    ci_config.caption_processor = models.caption_processor
+    ci_config.clip_model = models.clip_model
+    ci_config.clip_preprocess = models.clip_preprocess
+    if report is None:
+        return Interrogator(ci_config)
+    # clip-interrogator reports its label precompute through tqdm; route that to our progress.
+    original = ci_module.tqdm
+    ci_module.tqdm = _progress_tqdm(report)
+    try:
+        interrogator = Interrogator(ci_config)
+    finally:
+        ci_module.tqdm = original
+    interrogator.config.quiet = True  # its per-call ranking bars would tear through our output
+    return interrogator
+
+
+def _progress_tqdm(report: Report) -> Callable[..., Any]:
+    def tqdm(iterable: Any, desc: str | None = None, disable: bool = False, **_: Any) -> Any:
+        items = list(iterable)
+        label = desc or "ranking"
+        for done, item in enumerate(items):
+            if desc:
+                report(label, done, len(items))
+            yield item
+        if desc:
+            report(label, len(items), len(items))
+
+    return tqdm
+
+
+class Captioner:
+    """The loop's caption step, in the run's mode, through the reference or the fast ranker."""
+
+    def __init__(self, interrogator: Any, config: CaptionConfig):
+        self.ci = interrogator
+        self.config = config
+        self.fast = None
+        if config.interrogator == "fast":
+            from truthloop.fastci import FastInterrogator
+
+            self.fast = FastInterrogator(interrogator)
+
+    def caption(self, image: Any) -> str:
+        mode = self.config.mode
+        if mode == "caption":
+            return self.ci.generate_caption(image)
+        impl = self.fast or self.ci
+        if mode == "best":
+            return impl.interrogate(image)
+        if mode == "fast":
+            return impl.interrogate_fast(image)
+        if mode == "classic":
+            return impl.interrogate_classic(image)
+        return impl.interrogate_negative(image)
+
+
+class ClipEmbedder:
+    """CLIP image features for the drift measures, from the CLIP the interrogator already holds."""
+
+    def __init__(self, interrogator: Any):
+        self.ci = interrogator
+
+    def features(self, image: Any) -> list[float]:
+        return self.ci.image_to_features(image)[0].float().cpu().tolist()

@@ -1,0 +1,445 @@
+"""The engine: caption -> compare -> draw, until the compared prompt repeats.
+
+It knows nothing of torch or Textual: models come in as `Backends` (real ones from
+`backends.load_backends`, fakes in tests) and everything it does goes out as events and into the
+run directory (`store.RunWriter`). A UI drives it through `LoopControl` from another thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import platform
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from truthloop import __version__
+from truthloop import events as ev
+from truthloop.config import ConfigError, RunConfig
+from truthloop.store import RunDirError, RunView, RunWriter, read_run
+
+EventSink = Callable[[ev.Event], None]
+
+
+class StopRequested(Exception):
+    """Raised inside the loop (also from the denoising callback) when a stop was asked for."""
+
+
+class Captioner(Protocol):
+    def caption(self, image: Any) -> str: ...
+
+
+class Painter(Protocol):
+    def paint(self, prompt: str, on_step: Callable[[int, int], None]) -> Any: ...
+    def rng_state(self) -> str | None: ...
+    def set_rng_state(self, state: str | None) -> None: ...
+
+
+class Embedder(Protocol):
+    def features(self, image: Any) -> Any: ...  # a unit-length vector (sequence of floats)
+
+
+@dataclass
+class Backends:
+    captioner: Captioner
+    painter: Painter
+    embedder: Embedder | None = None
+    device: str = "cpu"
+    # What a reader needs to know about how images and captions were made (paths, dtypes...).
+    details: dict[str, Any] | None = None
+
+
+BackendFactory = Callable[[RunConfig, EventSink], Backends]
+
+
+class LoopControl:
+    """Pause / step / stop, safe to call from any thread.
+
+    The loop calls `checkpoint()` between stages and after every denoising step: it blocks there
+    while paused and raises StopRequested once a stop was asked for. `step()` lets exactly one more
+    iteration finish, then pauses again.
+    """
+
+    def __init__(self) -> None:
+        self._running = threading.Event()
+        self._running.set()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._pause_after_iteration = False
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def pause(self) -> None:
+        with self._lock:
+            self._pause_after_iteration = False
+            if not self._stop.is_set():
+                self._running.clear()
+
+    def resume(self) -> None:
+        with self._lock:
+            self._pause_after_iteration = False
+            self._running.set()
+
+    def step(self) -> None:
+        with self._lock:
+            self._pause_after_iteration = True
+            self._running.set()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop.set()
+            self._running.set()  # wake a paused loop so it can see the stop
+
+    def checkpoint(self, on_pause: Callable[[], None] | None = None,
+                   on_resume: Callable[[], None] | None = None) -> None:
+        if self._stop.is_set():
+            raise StopRequested
+        if not self._running.is_set():
+            if on_pause:
+                on_pause()
+            self._running.wait()
+            if self._stop.is_set():
+                raise StopRequested
+            if on_resume:
+                on_resume()
+
+    def end_of_iteration(self) -> None:
+        with self._lock:
+            if self._pause_after_iteration:
+                self._pause_after_iteration = False
+                self._running.clear()
+
+
+def cut_prompt(caption: str, clauses: int) -> str:
+    """The first `clauses` comma clauses, exactly as written (the article's `split(',')[0]`)."""
+    if clauses <= 0:
+        return caption
+    return ",".join(caption.split(",")[:clauses])
+
+
+def compared_and_fed(caption: str, clauses: int, feed: str) -> tuple[str, str]:
+    compared = cut_prompt(caption, clauses)
+    return compared, (compared if feed == "cut" else caption)
+
+
+def cosine(a: Any, b: Any) -> float | None:
+    if a is None or b is None:
+        return None
+    value = float(sum(x * y for x, y in zip(a, b)))
+    return value if math.isfinite(value) else None
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"truthloop": __version__, "python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers", "open_clip_torch", "clip-interrogator",
+                 "Pillow"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+class TruthLoop:
+    """One run of the loop, new or resumed. `run()` blocks; call it from a worker thread in a UI."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, backend_factory: BackendFactory,
+                 on_event: EventSink = lambda event: None, control: LoopControl | None = None,
+                 input_image: Any | None = None, resume: bool = False):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.backend_factory = backend_factory
+        self.on_event = on_event
+        self.control = control or LoopControl()
+        self.input_image = input_image
+        self.resume = resume
+        self.records: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] = {}
+        self._writer: RunWriter | None = None
+        self._started = time.time()
+
+    @classmethod
+    def for_resume(cls, run_dir: Path, backend_factory: BackendFactory,
+                   on_event: EventSink = lambda event: None, control: LoopControl | None = None,
+                   max_iters: int | None = None) -> "TruthLoop":
+        view = read_run(run_dir)
+        try:
+            config = RunConfig.from_dict(view.config)
+        except (ConfigError, TypeError) as error:
+            raise RunDirError(f"{Path(run_dir) / 'run.json'} has an invalid config: {error}") from None
+        if max_iters is not None:
+            config.loop.max_iters = max_iters
+            config.validate()
+        return cls(config, run_dir, backend_factory, on_event, control, resume=True)
+
+    # -- events ------------------------------------------------------------------------------
+    def emit(self, event: ev.Event) -> None:
+        self.on_event(event)
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run to convergence, max-iters, stop or error; returns the summary written to disk.
+
+        Setup errors (bad run directory, lock held) raise RunDirError before anything is written.
+        Errors after that are reported as a Failed event and a summary with status "error", and
+        re-raised as LoopFailed with a one-line message.
+        """
+        self._open()
+        try:
+            return self._run_opened()
+        finally:
+            if self._writer:
+                self._writer.close()
+
+    def _open(self) -> None:
+        if self.resume:
+            view = read_run(self.run_dir)
+            self._writer = RunWriter.reopen(self.run_dir)
+            self.records = list(view.records)
+            self.summary = dict(view.summary or {})
+            missing = [r for r in self.records if r.get("image")
+                       and not (self.run_dir / r["image"]).exists()]
+            if missing:
+                self._writer.close()
+                raise RunDirError(f"{self.run_dir / missing[0]['image']} is missing; "
+                                  f"this run cannot be resumed")
+            if self.input_image is None and view.input_path is not None:
+                from PIL import Image
+
+                with Image.open(view.input_path) as image:
+                    self.input_image = image.convert("RGB")
+        else:
+            info = {
+                "format": 1,
+                "config": self.config.to_dict(),
+                "versions": package_versions(),
+                "machine": {"host": platform.node(), "platform": platform.platform()},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            self._writer = RunWriter.create(self.run_dir, info, self.input_image)
+        self.summary.update({"status": "running", "pid": os.getpid()})
+        self.summary.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self._writer.write_summary(self.summary)
+
+    def _run_opened(self) -> dict[str, Any]:
+        self.emit(ev.RunStarted(str(self.run_dir), self.config.to_dict(), len(self.records)))
+        try:
+            done = self._already_converged()
+            if done is not None:
+                return self._finish("converged", done)
+            load_start = time.perf_counter()
+            self.control.checkpoint()
+            backends = self.backend_factory(self.config, self.emit)
+            self.emit(ev.Ready(backends.device, time.perf_counter() - load_start))
+            return self._iterate(backends)
+        except StopRequested:
+            return self._finish("stopped")
+        except KeyboardInterrupt:
+            return self._finish("stopped")
+        except Exception as error:  # noqa: BLE001 - every failure must end as a readable summary
+            message = describe_error(error)
+            if self._writer:
+                self._writer.write_error(traceback.format_exc())
+            self.summary.update(self._result_fields())
+            self.summary.update({"status": "error", "message": message,
+                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            try:
+                self._writer.write_summary(self.summary)
+            except OSError:
+                pass  # the disk may be the problem; the log written so far stays as it was
+            self.emit(ev.Failed(message, dict(self.summary)))
+            raise LoopFailed(message) from error
+
+    def _already_converged(self) -> dict[str, Any] | None:
+        if self.records and self.records[-1].get("image") is None \
+                and self.records[-1].get("repeat_of") is not None:
+            return self.records[-1]
+        return None
+
+    def _iterate(self, backends: Backends) -> dict[str, Any]:
+        cfg = self.config
+        keys: dict[str, int] = {}
+        for record in self.records:
+            keys.setdefault(record["compared"], record["index"])
+        cycle = self._cycle_from_records()
+        confirm_until = (cycle[0] + cycle[1] + cfg.loop.confirm_iters) if cycle else None
+
+        embed = backends.embedder.features if backends.embedder else (lambda image: None)
+        current = self.input_image
+        if self.records:
+            from PIL import Image
+
+            with Image.open(self.run_dir / self.records[-1]["image"]) as image:
+                current = image.convert("RGB")
+            backends.painter.set_rng_state(self.records[-1].get("rng_state"))
+        start_features = embed(self.input_image) if self.input_image is not None else None
+        if start_features is None and self.records and backends.embedder:
+            with _open_rgb(self.run_dir / self.records[0]["image"]) as image:
+                start_features = embed(image)
+        previous_features = embed(current) if current is not None else None
+
+        index = len(self.records)
+        while True:
+            self._checkpoint(index)
+            if index >= cfg.loop.max_iters:
+                return self._finish("max_iters")
+            self.emit(ev.IterationStarted(index))
+            t_start = time.perf_counter()
+            if index == 0 and cfg.start_prompt is not None:
+                caption, compared, fed = None, cfg.start_prompt, cfg.start_prompt
+            else:
+                caption = backends.captioner.caption(current)
+                compared, fed = compared_and_fed(caption, cfg.loop.clauses, cfg.loop.feed)
+            t_caption = time.perf_counter()
+            repeat_of = keys.get(compared)
+            self.emit(ev.CaptionReady(index, caption, fed, compared, repeat_of))
+            if repeat_of is not None and cycle is None:
+                cycle = (repeat_of, index - repeat_of)
+                confirm_until = index + cfg.loop.confirm_iters
+            record: dict[str, Any] = {
+                "index": index,
+                "caption": caption,
+                "compared": compared,
+                "fed_prompt": fed,
+                "repeat_of": repeat_of,
+                "seed": cfg.generate.seed,
+                "image": None,
+            }
+            if cycle is not None and index >= confirm_until:
+                record["timings"] = {"caption": round(t_caption - t_start, 4),
+                                     "total": round(t_caption - t_start, 4)}
+                self._writer.append_record(record)
+                self.records.append(record)
+                self.emit(ev.IterationDone(dict(record)))
+                return self._finish("converged", record)
+
+            self._checkpoint(index)
+
+            def on_step(step: int, total: int, index: int = index) -> None:
+                self.emit(ev.DenoiseStep(index, step, total))
+                self._checkpoint(index)
+
+            image = backends.painter.paint(fed, on_step)
+            t_generate = time.perf_counter()
+            features = embed(image)
+            if start_features is None:
+                start_features = features
+            sim_prev = cosine(features, previous_features)
+            sim_start = cosine(features, start_features)
+            t_similarity = time.perf_counter()
+            record["image"] = self._writer.write_image(index, image)
+            record["rng_state"] = backends.painter.rng_state()
+            record["sim_prev"] = _round(sim_prev)
+            record["sim_start"] = _round(sim_start)
+            t_end = time.perf_counter()
+            record["timings"] = {
+                "caption": round(t_caption - t_start, 4),
+                "generate": round(t_generate - t_caption, 4),
+                "similarity": round(t_similarity - t_generate, 4),
+                "save": round(t_end - t_similarity, 4),
+                "total": round(t_end - t_start, 4),
+            }
+            self._writer.append_record(record)
+            self.records.append(record)
+            keys.setdefault(compared, index)
+            current, previous_features = image, features
+            self.emit(ev.IterationDone(dict(record)))
+            self.control.end_of_iteration()
+            index += 1
+
+    def _checkpoint(self, index: int) -> None:
+        self.control.checkpoint(on_pause=lambda: self.emit(ev.Paused(index)),
+                                on_resume=lambda: self.emit(ev.Resumed(index)))
+
+    def _cycle_from_records(self) -> tuple[int, int] | None:
+        for record in self.records:
+            if record.get("repeat_of") is not None:
+                return record["repeat_of"], record["index"] - record["repeat_of"]
+        return None
+
+    def _result_fields(self) -> dict[str, Any]:
+        images = sum(1 for r in self.records if r.get("image"))
+        fields: dict[str, Any] = {"iterations": images, "records": len(self.records),
+                                  "cycle": None, "truth_prompts": None, "truth_images": None}
+        cycle = self._cycle_from_records()
+        if cycle is not None:
+            start, length = cycle
+            members = self.records[start:start + length]
+            fields["cycle"] = {"start": start, "length": length,
+                               "kind": "fixed_point" if length == 1 else "cycle",
+                               "found_at": start + length}
+            fields["truth_prompts"] = [r["fed_prompt"] for r in members]
+            fields["truth_images"] = [r["image"] for r in members]
+            # After the first repeat, every compared prompt must follow the cycle.
+            after = self.records[start + length:]
+            fields["confirmed_iterations"] = len(after) - 1
+            fields["cycle_held"] = all(
+                r["compared"] == self.records[r["index"] - length]["compared"] for r in after
+            )
+        return fields
+
+    def _finish(self, status: str, last: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.summary.update(self._result_fields())
+        self.summary.update({
+            "status": status,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "elapsed_this_process": round(time.time() - self._started, 3),
+        })
+        self.summary.pop("message", None)
+        self._writer.write_summary(self.summary)
+        self.emit(ev.Finished(dict(self.summary)))
+        return dict(self.summary)
+
+
+class LoopFailed(Exception):
+    """The run ended in an error; str() is the one-line message also written to summary.json."""
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+class _open_rgb:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> Any:
+        from PIL import Image
+
+        self._image = Image.open(self.path)
+        return self._image.convert("RGB")
+
+    def __exit__(self, *exc: Any) -> None:
+        self._image.close()
+
+
+def describe_error(error: BaseException) -> str:
+    """One line a user can act on, for the errors a long run on a shared box meets."""
+    name = type(error).__name__
+    text = str(error).strip().splitlines()
+    first = text[0] if text else name
+    if name == "OutOfMemoryError" or "out of memory" in first.lower():
+        return ("the GPU ran out of memory; try --low-vram, a smaller --width/--height, "
+                "or free the GPU")
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full while writing the run directory ({first}); free space, then resume"
+    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write the run directory: {first}"
+    from truthloop.models import ModelUnavailable
+
+    if isinstance(error, (ModelUnavailable, RunDirError, ConfigError)):
+        return first
+    return f"{name}: {first}"

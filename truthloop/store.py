@@ -1,0 +1,295 @@
+"""The run directory: the one way a run is written, and the one way it is read back.
+
+Layout (the contract with the TUI, `view`, exports and `resume`):
+
+    run.json        every parameter (RunConfig), package versions, machine; written once
+    input.png       the start image as RGB (absent for a --prompt start)
+    images/NNNN.png one per iteration, written before its log line
+    log.jsonl       append-only, one JSON record per iteration; a line is the commit point
+    summary.json    status and result; "running" while a writer holds the lock
+    lock            held (flock) by the one process writing this run
+    error.log       the traceback of an unexpected error, if any
+
+Every file but log.jsonl is written to a temp name and renamed, so a reader never sees half of it.
+log.jsonl lines are written with one append each and fsynced; a reader ignores a last line with no
+newline (a write cut short by a kill), and `resume` trims it.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RUN_FILE = "run.json"
+LOG_FILE = "log.jsonl"
+SUMMARY_FILE = "summary.json"
+INPUT_FILE = "input.png"
+IMAGES_DIR = "images"
+LOCK_FILE = "lock"
+ERROR_FILE = "error.log"
+FORMAT_VERSION = 1
+
+
+class RunDirError(Exception):
+    """A run directory that cannot be used; the message is one line naming the file."""
+
+
+class RunLocked(RunDirError):
+    pass
+
+
+def image_name(index: int) -> str:
+    return f"{IMAGES_DIR}/{index:04d}.png"
+
+
+def run_dir_name(label: str, now: float | None = None) -> str:
+    """`YYYYmmdd-HHMMSS-<label>`; the label is the input's file stem, reduced to safe characters."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._-")[:40] or "run"
+    return f"{stamp}-{safe}"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def png_bytes(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class RunWriter:
+    """The single writer of one run directory; holds its lock until closed."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, run_info: dict[str, Any], input_image: Any | None) -> "RunWriter":
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise RunDirError(f"{path} already exists and is not empty; pick another --out "
+                              f"or `truthloop resume {path}`")
+        try:
+            (path / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunDirError(f"cannot create run directory {path}: {error.strerror}") from None
+        writer = cls(path)
+        writer._lock()
+        if input_image is not None:
+            atomic_write_bytes(path / INPUT_FILE, png_bytes(input_image))
+        atomic_write_json(path / RUN_FILE, run_info)
+        return writer
+
+    @classmethod
+    def reopen(cls, path: Path) -> "RunWriter":
+        """Open an existing run for resuming: take the lock, drop a torn last log line."""
+        writer = cls(Path(path))
+        writer._lock()
+        log = writer.path / LOG_FILE
+        if log.exists():
+            data = log.read_bytes()
+            if data and not data.endswith(b"\n"):
+                keep = data[: data.rfind(b"\n") + 1]
+                atomic_write_bytes(log, keep)
+        return writer
+
+    def _lock(self) -> None:
+        import fcntl
+
+        lock_path = self.path / LOCK_FILE
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise RunDirError(f"cannot write in {self.path}: {error.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            holder = lock_path.read_text(errors="replace").strip() or "another process"
+            raise RunLocked(f"{self.path} is being written by process {holder}; "
+                            f"watch it with `truthloop view {self.path}`") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- writing -----------------------------------------------------------------------------
+    def write_image(self, index: int, image: Any) -> str:
+        name = image_name(index)
+        atomic_write_bytes(self.path / name, png_bytes(image))
+        return name
+
+    def append_record(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        fd = os.open(self.path / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, "short write to log.jsonl")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_json(self.path / SUMMARY_FILE, summary)
+
+    def write_error(self, text: str) -> None:
+        try:
+            atomic_write_bytes(self.path / ERROR_FILE, text.encode())
+        except OSError:
+            pass
+
+
+@dataclass
+class RunView:
+    """A run directory as read back; `problems` lists what was unreadable, one line each."""
+
+    path: Path
+    info: dict[str, Any]
+    records: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.info.get("config", {})
+
+    @property
+    def status(self) -> str:
+        status = (self.summary or {}).get("status", "unknown")
+        if status == "running" and not is_locked(self.path):
+            return "interrupted"
+        return status
+
+    def image_path(self, record: dict[str, Any]) -> Path | None:
+        name = record.get("image")
+        return self.path / name if name else None
+
+    @property
+    def input_path(self) -> Path | None:
+        path = self.path / INPUT_FILE
+        return path if path.exists() else None
+
+
+def is_locked(path: Path) -> bool:
+    """True while some process holds the run's writer lock."""
+    import fcntl
+
+    lock_path = Path(path) / LOCK_FILE
+    if not lock_path.exists():
+        return False
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def read_records(path: Path, problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """Complete log lines as records; a torn last line or a bad line is reported, not raised."""
+    log = Path(path) / LOG_FILE
+    try:
+        data = log.read_bytes()
+    except FileNotFoundError:
+        return []
+    records = []
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    elif lines:
+        # No newline yet: a writer is mid-append or was killed mid-line. Not a record yet.
+        lines.pop()
+        if problems is not None:
+            problems.append(f"{log}: last line is incomplete (ignored)")
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if problems is not None:
+                problems.append(f"{log}: line {number} is not valid JSON (ignored)")
+            continue
+        records.append(record)
+    return records
+
+
+def read_run(path: Path) -> RunView:
+    """Read a run directory; raises RunDirError only when it is not a run directory at all."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"{path}: no such run directory")
+    problems: list[str] = []
+    info_path = path / RUN_FILE
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if not isinstance(info, dict) or "config" not in info:
+            raise ValueError("no 'config' in it")
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is not a truthloop run directory (no {RUN_FILE})") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RunDirError(f"{info_path} is not valid: {error}") from None
+    records = read_records(path, problems)
+    for record in records:
+        name = record.get("image")
+        if name and not (path / name).exists():
+            problems.append(f"{path / name}: image of iteration {record.get('index')} is missing")
+    summary = None
+    summary_path = path / SUMMARY_FILE
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            problems.append(f"{summary_path} is not valid JSON (ignored)")
+    return RunView(path=path, info=info, records=records, summary=summary, problems=problems)
