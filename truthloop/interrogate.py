@@ -6,6 +6,8 @@ downloaded: clip-interrogator computes them once with the loaded CLIP and stores
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any, Callable
 
 from truthloop.config import CaptionConfig
@@ -43,10 +45,12 @@ def build_interrogator(models: Any, config: CaptionConfig, report: Report | None
     if report is None:
         return Interrogator(ci_config)
     # clip-interrogator reports its label precompute through tqdm; route that to our progress.
+    # Its print()s ("Loaded CLIP model...") would land in the middle of our own output.
     original = ci_module.tqdm
     ci_module.tqdm = _progress_tqdm(report)
     try:
-        interrogator = Interrogator(ci_config)
+        with contextlib.redirect_stdout(io.StringIO()):
+            interrogator = Interrogator(ci_config)
     finally:
         ci_module.tqdm = original
     interrogator.config.quiet = True  # its per-call ranking bars would tear through our output

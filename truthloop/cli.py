@@ -1,0 +1,399 @@
+"""The `truthloop` command: run / demo / resume headless or in the TUI, view, runs, export.
+
+The TUI is imported only when it is asked for and stdout is a terminal, so the headless path never
+pays for Textual (a test checks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from truthloop import __version__
+from truthloop import events as ev
+from truthloop.config import (
+    CAPTION_MODES, FEED_MODES, INTERROGATORS, PRESETS, PREVIEWS, SCHEDULERS, SEED_MODES,
+    ConfigError, RunConfig, apply_preset,
+)
+from truthloop.text import visible
+
+SAMPLE_IMAGE = Path(__file__).parent / "data" / "sample.png"
+
+# argparse dest -> (config section, field). Defaults stay None so a preset can fill what the user
+# did not say, and what the user said wins over the preset.
+OPTION_FIELDS = {
+    "models": ("models", "models"), "sd_model": ("models", "sd_model"),
+    "caption_model": ("models", "caption_model"), "clip_model": ("models", "clip_model"),
+    "device": ("models", "device"), "low_vram": ("models", "low_vram"),
+    "mode": ("caption", "mode"), "chunk_size": ("caption", "chunk_size"),
+    "flavor_intermediate_count": ("caption", "flavor_intermediate_count"),
+    "caption_max_length": ("caption", "caption_max_length"),
+    "interrogator": ("caption", "interrogator"),
+    "steps": ("generate", "steps"), "guidance": ("generate", "guidance"),
+    "width": ("generate", "width"), "height": ("generate", "height"),
+    "scheduler": ("generate", "scheduler"), "negative_prompt": ("generate", "negative_prompt"),
+    "seed": ("generate", "seed"), "seed_mode": ("generate", "seed_mode"),
+    "clauses": ("loop", "clauses"), "feed": ("loop", "feed"), "max_iters": ("loop", "max_iters"),
+    "confirm_iters": ("loop", "confirm_iters"),
+}
+
+
+class UserError(Exception):
+    """One line for the user, exit code 2 (bad input) unless given."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="truthloop", description="Caption an image, draw the caption, caption "
+                     "the drawing... until a caption repeats: that image's 'truth'.")
+    parser.add_argument("--version", action="version", version=f"truthloop {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="start a run from an image (or --prompt)")
+    run.add_argument("image", nargs="?", help="start image (PNG, JPEG, ...)")
+    run.add_argument("--prompt", help="start by drawing this prompt instead of captioning an image")
+    _add_run_options(run)
+
+    demo = sub.add_parser("demo", help="offline demo: tiny random models on the bundled image")
+    _add_run_options(demo)
+
+    resume = sub.add_parser("resume", help="continue a stopped or interrupted run")
+    resume.add_argument("run_dir")
+    resume.add_argument("--max-iters", type=int, help="raise the iteration limit")
+    _add_ui_options(resume)
+
+    view = sub.add_parser("view", help="browse a run directory (follows it while it grows)")
+    view.add_argument("run_dir")
+    view.add_argument("--preview", choices=PREVIEWS, default="auto")
+
+    sub.add_parser("tiny", help="build the tiny offline checkpoints now and print where they are")
+
+    try:
+        from truthloop import review
+    except ImportError:  # pragma: no cover - the review commands are optional extras
+        review = None
+    if review is not None:
+        review.add_commands(sub)
+    return parser
+
+
+def _add_ui_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--headless", action="store_true",
+                        help="no TUI: print one line per iteration (default when stdout is not a TTY)")
+    parser.add_argument("--preview", choices=PREVIEWS, default="auto",
+                        help="TUI image preview: terminal graphics, half-blocks or none")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", help="run directory (default: RUNS_DIR/<time>-<input name>)")
+    parser.add_argument("--runs-dir", default="runs", help="where new run directories go")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="article: the seed script's exact stack (shared generator, best "
+                             "mode, chunk_size 400, SD2 768, 50 steps)")
+    models = parser.add_argument_group("models")
+    models.add_argument("--models", choices=("real", "tiny"),
+                        help="tiny: offline random-weight checkpoints (machinery, not truth)")
+    models.add_argument("--sd-model", help="diffusers SD 1.x/2.x hub id or local directory")
+    models.add_argument("--caption-model", help="blip-large, blip-base, or a BLIP hub id / dir")
+    models.add_argument("--clip-model", help="open_clip ARCH/PRETRAINED or ARCH/path/to/ckpt")
+    models.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"))
+    models.add_argument("--low-vram", action="store_true", default=None,
+                        help="offload models to the CPU between uses")
+    caption = parser.add_argument_group("caption step")
+    caption.add_argument("--mode", choices=CAPTION_MODES)
+    caption.add_argument("--chunk-size", type=int)
+    caption.add_argument("--flavor-intermediate-count", type=int)
+    caption.add_argument("--caption-max-length", type=int)
+    caption.add_argument("--interrogator", choices=INTERROGATORS,
+                         help="fast: truthloop's exact re-implementation; reference: "
+                              "clip-interrogator itself")
+    generate = parser.add_argument_group("image step")
+    generate.add_argument("--steps", type=int)
+    generate.add_argument("--guidance", type=float)
+    generate.add_argument("--width", type=int)
+    generate.add_argument("--height", type=int)
+    generate.add_argument("--scheduler", choices=SCHEDULERS)
+    generate.add_argument("--negative-prompt", help="default: the seed script's negative prompt")
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--seed-mode", choices=SEED_MODES)
+    loop = parser.add_argument_group("loop")
+    loop.add_argument("--clauses", type=int, help="compare (and feed) only the first N comma "
+                      "clauses; 0 = whole caption")
+    loop.add_argument("--feed", choices=FEED_MODES, help="cut: feed the cut prompt; full: feed "
+                      "the whole caption, compare the cut (the article's printed code)")
+    loop.add_argument("--max-iters", type=int)
+    loop.add_argument("--confirm-iters", type=int,
+                      help="after the first repeat, keep going N iterations to confirm the cycle")
+    _add_ui_options(parser)
+
+
+def config_from_args(args: argparse.Namespace, demo: bool = False) -> RunConfig:
+    config = RunConfig()
+    if demo:
+        # Small and quick on a CPU; the user's options still win.
+        config.models.models = "tiny"
+        config.generate.steps = 20
+        config.loop.clauses = 1
+        config.loop.max_iters = 30
+        config.caption.mode = "fast"
+    if getattr(args, "preset", None):
+        apply_preset(config, args.preset)
+    for dest, (section, name) in OPTION_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            setattr(getattr(config, section), name, value)
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        handler = COMMANDS.get(args.command)
+        if handler is None:
+            from truthloop import review
+
+            return review.run_command(args)
+        return handler(args)
+    except UserError as error:
+        print(f"truthloop: error: {visible(str(error))}", file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:
+        print("truthloop: interrupted", file=sys.stderr)
+        return 130
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace, demo: bool = False) -> int:
+    from truthloop.images import BadImage, load_input_image
+    from truthloop.store import run_dir_name
+
+    if demo:
+        args.image, args.prompt = str(SAMPLE_IMAGE), None
+    if args.image and args.prompt is not None:
+        raise UserError("give an image or --prompt, not both")
+    if not args.image and args.prompt is None:
+        raise UserError("give a start image, or --prompt TEXT")
+    if args.prompt is not None and not args.prompt.strip():
+        raise UserError("--prompt is empty")
+    config = config_from_args(args, demo=demo)
+    input_image = None
+    if args.image:
+        try:
+            input_image = load_input_image(args.image)
+        except BadImage as error:
+            raise UserError(str(error)) from None
+        config.input_image = str(Path(args.image).resolve())
+    else:
+        config.start_prompt = args.prompt
+    try:
+        config.validate()
+    except ConfigError as error:
+        raise UserError(str(error)) from None
+    label = Path(args.image).stem if args.image else "prompt"
+    out = Path(args.out) if args.out else Path(args.runs_dir) / run_dir_name(label)
+    return _drive(args, config, out, input_image=input_image)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return cmd_run(args, demo=True)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from truthloop.store import RunDirError, read_run
+
+    try:
+        view = read_run(Path(args.run_dir))
+    except RunDirError as error:
+        raise UserError(str(error)) from None
+    if view.status == "converged" and args.max_iters is None:
+        print(f"{args.run_dir} already converged; nothing to resume")
+        return 0
+    return _drive(args, None, Path(args.run_dir), resume=True)
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from truthloop.store import RunDirError, read_run
+
+    try:
+        read_run(Path(args.run_dir))
+    except RunDirError as error:
+        raise UserError(str(error)) from None
+    if not sys.stdout.isatty():
+        raise UserError("`view` needs a terminal; for a plain listing use `truthloop runs`")
+    from tui import view_tui
+
+    return view_tui(Path(args.run_dir), preview=args.preview)
+
+
+def cmd_tiny(args: argparse.Namespace) -> int:
+    from truthloop.backends import quiet_libraries
+    from truthloop.tiny import build_tiny_models
+
+    quiet_libraries()
+    tiny = build_tiny_models()
+    print(f"tiny checkpoints in {tiny.root}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "resume": cmd_resume, "view": cmd_view,
+            "tiny": cmd_tiny}
+
+
+# -- driving a loop ---------------------------------------------------------------------------
+def _loading_factory(control: Any) -> Any:
+    """The real backends, with a stop check at every progress report so Ctrl-C works mid-load."""
+    from truthloop.backends import load_backends
+
+    def factory(config: RunConfig, emit: Any) -> Any:
+        def emit_and_check(event: ev.Event) -> None:
+            emit(event)
+            control.checkpoint()
+
+        return load_backends(config, emit_and_check)
+
+    return factory
+
+
+def _drive(args: argparse.Namespace, config: RunConfig | None, run_dir: Path,
+           input_image: Any = None, resume: bool = False) -> int:
+    from truthloop.loop import LoopControl, LoopFailed, TruthLoop
+    from truthloop.store import RunDirError
+
+    control = LoopControl()
+    factory = _loading_factory(control)
+    try:
+        if resume:
+            loop = TruthLoop.for_resume(run_dir, factory, control=control,
+                                        max_iters=getattr(args, "max_iters", None))
+        else:
+            loop = TruthLoop(config, run_dir, factory, control=control, input_image=input_image)
+    except (RunDirError, ConfigError) as error:
+        raise UserError(str(error)) from None
+
+    if not args.headless and sys.stdout.isatty() and sys.stdin.isatty():
+        from tui import run_tui
+
+        return run_tui(loop, preview=args.preview)
+    return _run_headless(loop, control)
+
+
+def _run_headless(loop: Any, control: Any) -> int:
+    from truthloop.loop import LoopFailed
+    from truthloop.store import RunDirError
+
+    printer = HeadlessPrinter()
+    loop.on_event = printer.handle
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if len(received) > 1 and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for the current step
+        control.stop()
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        previous[signum] = signal.signal(signum, on_signal)
+    try:
+        summary = loop.run()
+    except RunDirError as error:
+        raise UserError(str(error)) from None
+    except LoopFailed as error:
+        printer.close()
+        print(f"truthloop: error: {visible(str(error))}", file=sys.stderr)
+        print(f"run directory kept: {loop.run_dir}", file=sys.stderr)
+        return 1
+    finally:
+        printer.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    printer.print_summary(summary, loop.run_dir)
+    if summary.get("status") == "stopped" and received:
+        return 128 + received[0]
+    return 0
+
+
+class HeadlessPrinter:
+    """Rich progress while loading; then one plain line per iteration on stdout."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.err = Console(stderr=True, highlight=False, markup=False)
+        self.progress = None
+        self.task = None
+        self.iteration_start = time.perf_counter()
+
+    def _progress(self) -> Any:
+        if self.progress is None:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                                     TextColumn("{task.completed}/{task.total}"),
+                                     TimeElapsedColumn(), console=self.err, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("loading", total=None)
+        return self.progress
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def handle(self, event: ev.Event) -> None:
+        if isinstance(event, ev.RunStarted):
+            what = "resuming" if event.resumed_at else "run directory"
+            self.err.print(f"{what}: {event.run_dir}")
+        elif isinstance(event, ev.Loading):
+            progress = self._progress()
+            progress.update(self.task, description=event.message, total=event.total,
+                            completed=event.done or 0)
+        elif isinstance(event, ev.Ready):
+            self.close()
+            self.err.print(f"models ready on {event.device} in {event.load_seconds:.1f}s")
+        elif isinstance(event, ev.IterationStarted):
+            self.iteration_start = time.perf_counter()
+        elif isinstance(event, ev.IterationDone):
+            record = event.record
+            seconds = record.get("timings", {}).get("total", 0.0)
+            mark = f"  = #{record['repeat_of']}" if record.get("repeat_of") is not None else ""
+            line = f"[{record['index']:4d}] {seconds:6.2f}s  {visible(record['fed_prompt'])}{mark}"
+            print(line, flush=True)
+
+    def print_summary(self, summary: dict[str, Any], run_dir: Path) -> None:
+        status = summary.get("status")
+        cycle = summary.get("cycle")
+        if status == "converged" and cycle:
+            kind = "fixed point" if cycle["kind"] == "fixed_point" else \
+                f"cycle of length {cycle['length']}"
+            print(f"converged: {kind} starting at iteration {cycle['start']} "
+                  f"(after {summary['iterations']} images)")
+            for prompt, image in zip(summary["truth_prompts"], summary["truth_images"]):
+                print(f"truth: {visible(prompt)}  [{run_dir / image}]")
+        elif status == "max_iters":
+            print(f"no repeat within {summary['iterations']} iterations (--max-iters)")
+        elif status == "stopped":
+            print(f"stopped after {summary['iterations']} iterations; "
+                  f"continue with: truthloop resume {run_dir}")
+        print(f"run directory: {run_dir}")
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

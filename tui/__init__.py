@@ -1,0 +1,13 @@
+"""The Textual app. Imports no torch: it drives the engine through truthloop.loop and the run dir."""
+
+
+def run_tui(loop, preview: str = "auto") -> int:
+    from tui.app import run_live
+
+    return run_live(loop, preview=preview)
+
+
+def view_tui(run_dir, preview: str = "auto") -> int:
+    from tui.app import run_view
+
+    return run_view(run_dir, preview=preview)
