@@ -21,7 +21,7 @@ from typing import Any, Callable, Protocol
 from truthloop import __version__
 from truthloop import events as ev
 from truthloop.config import ConfigError, RunConfig
-from truthloop.store import RunDirError, RunView, RunWriter, read_run
+from truthloop.store import RunDirError, RunView, RunWriter, read_run, resume_problem
 
 EventSink = Callable[[ev.Event], None]
 
@@ -197,7 +197,12 @@ class TruthLoop:
         Errors after that are reported as a Failed event and a summary with status "error", and
         re-raised as LoopFailed with a one-line message.
         """
-        self._open()
+        try:
+            self._open()
+        except OSError as error:  # e.g. disk full or read-only before the first iteration
+            if self._writer:
+                self._writer.close()
+            raise RunDirError(describe_error(error)) from None
         try:
             return self._run_opened()
         finally:
@@ -210,12 +215,10 @@ class TruthLoop:
             self._writer = RunWriter.reopen(self.run_dir)
             self.records = list(view.records)
             self.summary = dict(view.summary or {})
-            missing = [r for r in self.records if r.get("image")
-                       and not (self.run_dir / r["image"]).exists()]
-            if missing:
+            problem = resume_problem(view)
+            if problem:
                 self._writer.close()
-                raise RunDirError(f"{self.run_dir / missing[0]['image']} is missing; "
-                                  f"this run cannot be resumed")
+                raise RunDirError(problem)
             if self.input_image is None and view.input_path is not None:
                 from PIL import Image
 

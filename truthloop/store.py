@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,8 +87,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def json_bytes(data: Any, indent: int | None = None) -> bytes:
+    """UTF-8 JSON; lone surrogates (a non-UTF-8 file name or argument) are kept as \\udcXX escapes,
+    so such text round-trips instead of failing the write."""
+    text = json.dumps(data, indent=indent, ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(data, indent=indent).encode()
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(data, indent=2) + b"\n")
 
 
 def png_bytes(image: Any) -> bytes:
@@ -107,18 +118,38 @@ class RunWriter:
     @classmethod
     def create(cls, path: Path, run_info: dict[str, Any], input_image: Any | None) -> "RunWriter":
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"{path} exists and is not a directory; pick another --out")
+        if path.exists() and is_locked(path):
+            raise RunLocked(f"{path} is being written by another truthloop process; "
+                            f"pick another --out")
+        if path.exists() and any(path.iterdir()):
             raise RunDirError(f"{path} already exists and is not empty; pick another --out "
                               f"or `truthloop resume {path}`")
+        # Built under a hidden name and renamed into place: a run directory either does not exist
+        # or has its run.json, so a kill or a write error mid-creation leaves nothing to trip on.
+        staging = path.parent / f".{path.name}.creating-{os.getpid()}"
+        writer = cls(staging)
         try:
-            (path / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise RunDirError(f"cannot create run directory {path}: {error.strerror}") from None
-        writer = cls(path)
-        writer._lock()
-        if input_image is not None:
-            atomic_write_bytes(path / INPUT_FILE, png_bytes(input_image))
-        atomic_write_json(path / RUN_FILE, run_info)
+            shutil.rmtree(staging, ignore_errors=True)  # a dead process's, with our recycled pid
+            (staging / IMAGES_DIR).mkdir(parents=True)
+            writer._lock()
+            if input_image is not None:
+                atomic_write_bytes(staging / INPUT_FILE, png_bytes(input_image))
+            atomic_write_json(staging / RUN_FILE, run_info)
+            os.rename(staging, path)  # also replaces an empty directory at `path`
+        except BaseException as error:
+            writer.close()
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(error, OSError):
+                if error.errno in (errno.ENOTEMPTY, errno.EEXIST) and path.is_dir():
+                    raise RunDirError(f"{path} already exists and is not empty; pick another "
+                                      f"--out") from None
+                reason = error.strerror or str(error)
+                raise RunDirError(f"cannot create run directory {path}: {reason}") from None
+            raise
+        writer.path = path
+        _fsync_dir(path.parent)
         return writer
 
     @classmethod
@@ -126,12 +157,20 @@ class RunWriter:
         """Open an existing run for resuming: take the lock, drop a torn last log line."""
         writer = cls(Path(path))
         writer._lock()
-        log = writer.path / LOG_FILE
-        if log.exists():
-            data = log.read_bytes()
-            if data and not data.endswith(b"\n"):
-                keep = data[: data.rfind(b"\n") + 1]
-                atomic_write_bytes(log, keep)
+        try:
+            log = writer.path / LOG_FILE
+            if log.exists():
+                data = log.read_bytes()
+                if data and not data.endswith(b"\n"):
+                    keep = data[: data.rfind(b"\n") + 1]
+                    atomic_write_bytes(log, keep)
+            # Temp files of a writer that was killed mid-write: never visible, never needed.
+            for folder in (writer.path, writer.path / IMAGES_DIR):
+                for stale in folder.glob(".*.tmp-*"):
+                    stale.unlink(missing_ok=True)
+        except BaseException:
+            writer.close()
+            raise
         return writer
 
     def _lock(self) -> None:
@@ -165,7 +204,7 @@ class RunWriter:
         return name
 
     def append_record(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        line = json_bytes(record) + b"\n"
         fd = os.open(self.path / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             written = os.write(fd, line)
@@ -208,7 +247,7 @@ class RunView:
 
     def image_path(self, record: dict[str, Any]) -> Path | None:
         name = record.get("image")
-        return self.path / name if name else None
+        return self.path / name if isinstance(name, str) and name else None
 
     @property
     def input_path(self) -> Path | None:
@@ -274,8 +313,8 @@ def read_run(path: Path) -> RunView:
     info_path = path / RUN_FILE
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        if not isinstance(info, dict) or "config" not in info:
-            raise ValueError("no 'config' in it")
+        if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+            raise ValueError("no 'config' object in it")
     except FileNotFoundError:
         raise RunDirError(f"{path} is not a truthloop run directory (no {RUN_FILE})") from None
     except (ValueError, UnicodeDecodeError) as error:
@@ -283,7 +322,7 @@ def read_run(path: Path) -> RunView:
     records = read_records(path, problems)
     for record in records:
         name = record.get("image")
-        if name and not (path / name).exists():
+        if isinstance(name, str) and name and not (path / name).exists():
             problems.append(f"{path / name}: image of iteration {record.get('index')} is missing")
     summary = None
     summary_path = path / SUMMARY_FILE
@@ -293,3 +332,26 @@ def read_run(path: Path) -> RunView:
         except (ValueError, UnicodeDecodeError):
             problems.append(f"{summary_path} is not valid JSON (ignored)")
     return RunView(path=path, info=info, records=records, summary=summary, problems=problems)
+
+
+def resume_problem(view: RunView) -> str | None:
+    """Why continuing this run would be unsafe (one line naming the file), or None.
+
+    A torn last log line is fine (it is trimmed); a bad line in the middle, a record out of
+    sequence or a missing image is not: continuing would renumber or overwrite iterations.
+    """
+    for problem in view.problems:
+        if "is not valid JSON" in problem:
+            return f"{problem.replace(' (ignored)', '')}; this run cannot be resumed"
+    log = view.path / LOG_FILE
+    for number, record in enumerate(view.records):
+        image = record.get("image")
+        last = number == len(view.records) - 1
+        if (record.get("index") != number or not isinstance(record.get("compared"), str)
+                or not isinstance(record.get("fed_prompt"), str)
+                or not (image == image_name(number) or (image is None and last))):
+            return (f"{log}: record {number + 1} is not a valid record of iteration {number}; "
+                    f"this run cannot be resumed")
+        if image and not (view.path / image).exists():
+            return f"{view.path / image} is missing; this run cannot be resumed"
+    return None

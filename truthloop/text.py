@@ -15,7 +15,7 @@ def visible(text: str | None) -> str:
     out = []
     for char in text:
         category = unicodedata.category(char)
-        if category in ("Cc", "Cf", "Zl", "Zp") and char != " ":
+        if category in ("Cc", "Cf", "Cs", "Zl", "Zp") and char != " ":
             code = ord(char)
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
         else:
