@@ -1,0 +1,76 @@
+"""The caption panel: the full caption, its diff against a base, and the prompt that was fed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import Static
+
+from truthloop.text import visible
+from tui.diff import ADDED, REMOVED, caption_diff
+
+
+def caption_of(record: dict[str, Any] | None) -> str | None:
+    if record is None:
+        return None
+    caption = record.get("caption")
+    return caption if caption is not None else record.get("fed_prompt")
+
+
+class CaptionPanel(Static):
+    DEFAULT_CSS = """
+    CaptionPanel {
+        height: auto; max-height: 12; padding: 0 1;
+        border-top: solid $primary-darken-2;
+    }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("", markup=False, **kwargs)
+
+    def show(self, record: dict[str, Any] | None, base: dict[str, Any] | None,
+             base_label: str) -> None:
+        self.update(self.build(record, base, base_label))
+
+    @staticmethod
+    def build(record: dict[str, Any] | None, base: dict[str, Any] | None,
+              base_label: str) -> Text:
+        if record is None:
+            return Text("waiting for the first caption…", style="dim italic")
+        index = record["index"]
+        caption = record.get("caption")
+        text = Text()
+        text.append(f"#{index} caption  ", style="bold")
+        if caption is None:
+            text.append("(none: this iteration drew the --prompt start)\n", style="dim")
+        else:
+            text.append(visible(caption))
+            text.append("\n")
+        text.append("diff ", style="bold")
+        if base is None or base is record:
+            text.append(f"vs {base_label}: nothing to compare\n", style="dim")
+        else:
+            diff, stats = caption_diff(caption_of(base), caption_of(record))
+            text.append(f"vs {base_label}", style="dim")
+            text.append(f" ({stats.describe()})  ", style="dim")
+            text.append("[-", REMOVED)
+            text.append("removed", REMOVED)
+            text.append("-]", REMOVED)
+            text.append(" ", "dim")
+            text.append("{+", ADDED)
+            text.append("added", ADDED)
+            text.append("+}", ADDED)
+            text.append("\n")
+            text.append_text(diff)
+            text.append("\n")
+        text.append("fed  ", style="bold")
+        fed = record.get("fed_prompt") or ""
+        if caption is not None and fed == caption:
+            text.append("(the whole caption)", style="dim")
+        else:
+            text.append(visible(fed))
+        repeat = record.get("repeat_of")
+        if repeat is not None:
+            text.append(f"\n↺ repeats the prompt of iteration #{repeat}", style="bold yellow")
+        return text

@@ -1,0 +1,106 @@
+"""The iteration log: one row per iteration, repeats marked; selecting a row browses history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import DataTable
+from textual.widgets.data_table import RowDoesNotExist
+
+from truthloop.text import clip, visible
+
+# key, label, width (the prompt column takes what is left)
+COLUMNS = [
+    ("index", "#", 4),
+    ("caption", "capt", 5),
+    ("draw", "draw", 5),
+    ("prompt", "prompt", 0),
+    ("sim_prev", "≈prev", 5),
+    ("sim_start", "≈start", 6),
+    ("repeat", "rep", 5),
+]
+FIXED = sum(width for _, _, width in COLUMNS) + 2 * len(COLUMNS) + 2
+
+
+def seconds(value: Any, stable: bool) -> Text:
+    if stable or not isinstance(value, (int, float)):
+        return Text("–", style="dim", justify="right")
+    if value >= 100:
+        return Text(f"{value:.0f}s", justify="right")
+    return Text(f"{value:.1f}s" if value >= 1 else f"{value:.2f}", justify="right")
+
+
+def similarity(value: Any) -> Text:
+    if not isinstance(value, (int, float)):
+        return Text("–", style="dim", justify="right")
+    return Text(f"{value:.2f}", justify="right")
+
+
+class LogTable(DataTable):
+    """Cells are always Rich Text built from plain strings: a caption is never parsed as markup."""
+
+    DEFAULT_CSS = "LogTable { height: 1fr; }"
+
+    def __init__(self, stable: bool = False, **kwargs) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self.stable = stable
+        self.records: dict[int, dict[str, Any]] = {}
+        self.prompt_width = 30
+
+    def on_mount(self) -> None:
+        for key, label, width in COLUMNS:
+            self.add_column(label, key=key, width=width or self.prompt_width)
+
+    def cells(self, record: dict[str, Any]) -> dict[str, Text]:
+        timings = record.get("timings") or {}
+        pending = record.get("pending")
+        prompt = clip(visible(record.get("fed_prompt") or ""), self.prompt_width)
+        repeat = record.get("repeat_of")
+        if repeat is not None:
+            mark = Text(f"↺#{repeat}", style="bold yellow")
+        elif pending:
+            mark = Text("…", style="dim")
+        else:
+            mark = Text("")
+        return {
+            "index": Text(str(record["index"]), justify="right"),
+            "caption": seconds(timings.get("caption"), self.stable),
+            "draw": (Text("…", style="dim", justify="right") if pending
+                     else seconds(timings.get("generate"), self.stable)),
+            "prompt": Text(prompt, style="bold yellow" if repeat is not None else ""),
+            "sim_prev": similarity(record.get("sim_prev")),
+            "sim_start": similarity(record.get("sim_start")),
+            "repeat": mark,
+        }
+
+    def upsert(self, record: dict[str, Any]) -> bool:
+        """Add or update the row of `record`; True when a row was added."""
+        index = record["index"]
+        self.records[index] = record
+        cells = self.cells(record)
+        try:
+            self.get_row_index(str(index))
+        except RowDoesNotExist:
+            self.add_row(*(cells[key] for key, _, _ in COLUMNS), key=str(index))
+            return True
+        for key, value in cells.items():
+            self.update_cell(str(index), key, value)
+        return False
+
+    def fit(self, width: int) -> None:
+        """Give the prompt column what the other columns leave of `width` (rebuilds the rows)."""
+        prompt_width = max(10, width - FIXED)
+        if prompt_width == self.prompt_width or not self.columns:
+            return
+        self.prompt_width = prompt_width
+        cursor = self.cursor_row
+        with self.prevent(DataTable.RowHighlighted):
+            self.clear(columns=True)
+            for key, label, col_width in COLUMNS:
+                self.add_column(label, key=key, width=col_width or self.prompt_width)
+            for index in sorted(self.records):
+                cells = self.cells(self.records[index])
+                self.add_row(*(cells[key] for key, _, _ in COLUMNS), key=str(index))
+            if self.row_count:
+                self.move_cursor(row=min(cursor, self.row_count - 1), animate=False)
