@@ -732,8 +732,9 @@ def diff_html(old: str | None, new: str | None) -> str:
     if old is None:
         return _esc(new)
     try:
-        from tui import diff as tui_diff
+        import importlib
 
+        tui_diff = importlib.import_module("tui.diff")
         rich_text, _ = tui_diff.caption_diff(old, new)
         return _rich_text_html(rich_text, tui_diff.REMOVED, tui_diff.ADDED)
     except Exception:  # noqa: BLE001 - no TUI diff (or a changed one): use the word diff
