@@ -38,7 +38,8 @@ from tui.widgets.log_table import LogTable
 from tui.widgets.status import StatusBar
 
 FINAL = ("converged", "stopped", "error", "max_iters", "interrupted")
-WIDE = 110  # from this width on, the previous image is shown beside the current one
+MEDIUM = 100  # from this width on, a larger image
+WIDE = 140  # from this width on, the previous image is shown beside the current one
 STEP_INTERVAL = 0.1  # at most ~10 denoising/loading updates a second reach the UI
 
 
@@ -88,6 +89,7 @@ class TruthLoopApp(App[int]):
         self.loop_active = False
         self._quit_requested = False
         self._last_post = 0.0
+        self._pending_progress: ev.Event | None = None
         self._log_stamp: tuple[int, int] | None = None
         self._summary_stamp: int | None = None
 
@@ -120,15 +122,19 @@ class TruthLoopApp(App[int]):
             self.state = "loading"
             status.set(loading="starting")
             self.run_loop()
+            self.set_interval(STEP_INTERVAL, self._flush_progress)
             if not self.stable:
                 self._poll_memory()
                 self.set_interval(2.0, self._poll_memory)
         else:
             self._load_view()
             self.set_interval(self.poll_interval, self._poll_run)
+        if not self.records:
+            self.query_one(Drift).set_values([])
         self._refresh_views()
 
     def on_resize(self) -> None:
+        self.screen.set_class(MEDIUM <= self.size.width < WIDE, "-medium")
         self.screen.set_class(self.size.width >= WIDE, "-wide")
         self.call_after_refresh(self._fit_table)
 
@@ -138,19 +144,30 @@ class TruthLoopApp(App[int]):
 
     # -- the engine, live ------------------------------------------------------------------------
     def _sink(self, event: ev.Event) -> None:
-        """Runs in the loop's thread: hand the event over, coalescing frequent progress."""
+        """Runs in the loop's thread: hand the event over, coalescing frequent progress.
+
+        A progress event that comes too soon after the last one waits in `_pending_progress`
+        for the UI's 10 Hz tick; any other event clears it, so a stale one never lands late.
+        """
         if isinstance(event, ev.DenoiseStep):
-            last = event.step == event.total or event.step <= 1
+            urgent = event.step == event.total or event.step <= 1
         elif isinstance(event, ev.Loading) and event.total:
-            last = event.done in (None, 0, event.total)
+            urgent = event.done in (None, 0, event.total)
         else:
-            last = True
+            urgent = True
         now = time.monotonic()
-        if not last and now - self._last_post < STEP_INTERVAL:
+        if not urgent and now - self._last_post < STEP_INTERVAL:
+            self._pending_progress = event
             return
+        self._pending_progress = None
         if isinstance(event, (ev.DenoiseStep, ev.Loading)):
             self._last_post = now
         self.post_message(EngineEvent(event))
+
+    def _flush_progress(self) -> None:
+        event, self._pending_progress = self._pending_progress, None
+        if event is not None:
+            self._on_engine_event(EngineEvent(event))
 
     @work(thread=True, exclusive=True, group="loop", exit_on_error=False, name="truthloop")
     def run_loop(self) -> dict[str, Any]:
@@ -182,7 +199,8 @@ class TruthLoopApp(App[int]):
             if event.resumed_at:
                 for record in read_records(self.run_dir):
                     self._add_record(record)
-            status.set(loading="loading models", iteration=event.resumed_at)
+            status.set(loading="loading models",
+                       iteration=event.resumed_at if event.resumed_at else None)
         elif isinstance(event, ev.Loading):
             status.set(loading=event.message, loading_done=event.done, loading_total=event.total)
         elif isinstance(event, ev.Ready):
@@ -203,6 +221,7 @@ class TruthLoopApp(App[int]):
             self._add_record(dict(event.record))
             status.set(step=None, steps=None)
         elif isinstance(event, ev.Paused):
+            status.set(iteration=event.index)
             if self.state not in FINAL and self.state != "stopping":
                 self.state = "paused"
         elif isinstance(event, ev.Resumed):
@@ -446,8 +465,7 @@ class TruthLoopApp(App[int]):
 
     def action_pause(self) -> None:
         self.loop.control.pause()
-        if self.state != "loading":
-            self.state = "pausing"
+        self.state = "pausing"  # until the loop reaches its next checkpoint and says Paused
 
     def action_resume(self) -> None:
         self.loop.control.resume()
@@ -562,7 +580,7 @@ def memory_line() -> str:
     try:
         with open("/proc/self/statm") as handle:
             rss = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        parts.append(f"RSS {rss / 2**30:.1f} GiB")
+        parts.append(f"RSS {rss / 2**30:.1f} GiB" if rss >= 2**30 else f"RSS {rss / 2**20:.0f} MiB")
     except (OSError, ValueError, IndexError):
         pass
     torch = sys.modules.get("torch")

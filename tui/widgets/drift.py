@@ -22,9 +22,9 @@ class Drift(Vertical):
     def set_values(self, values: list[float | None]) -> None:
         numbers = [v for v in values if isinstance(v, (int, float))]
         label = Text("drift ", style="bold")
-        label.append("similarity to start", style="dim")
+        label.append("≈start", style="dim")
         if numbers:
-            label.append(f"  {numbers[0]:.2f} → {numbers[-1]:.2f}  min {min(numbers):.2f}")
+            label.append(f" {numbers[0]:.2f}→{numbers[-1]:.2f} min {min(numbers):.2f}")
         else:
             label.append("  (no images yet)", style="dim")
         self.query_one("#drift-label", Static).update(label)

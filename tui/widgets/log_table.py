@@ -13,11 +13,11 @@ from truthloop.text import clip, visible
 # key, label, width (the prompt column takes what is left)
 COLUMNS = [
     ("index", "#", 4),
-    ("caption", "capt", 5),
-    ("draw", "draw", 5),
+    ("caption", "capt", 4),
+    ("draw", "draw", 4),
     ("prompt", "prompt", 0),
-    ("sim_prev", "≈prev", 5),
-    ("sim_start", "≈start", 6),
+    ("sim_prev", "≈prv", 4),
+    ("sim_start", "≈st", 4),
     ("repeat", "rep", 5),
 ]
 FIXED = sum(width for _, _, width in COLUMNS) + 2 * len(COLUMNS) + 2
@@ -26,9 +26,11 @@ FIXED = sum(width for _, _, width in COLUMNS) + 2 * len(COLUMNS) + 2
 def seconds(value: Any, stable: bool) -> Text:
     if stable or not isinstance(value, (int, float)):
         return Text("–", style="dim", justify="right")
-    if value >= 100:
+    if value >= 600:
+        return Text(f"{value / 60:.0f}m", justify="right")
+    if value >= 9.95:
         return Text(f"{value:.0f}s", justify="right")
-    return Text(f"{value:.1f}s" if value >= 1 else f"{value:.2f}", justify="right")
+    return Text(f"{value:.1f}s", justify="right")
 
 
 def similarity(value: Any) -> Text:

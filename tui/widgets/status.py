@@ -84,10 +84,11 @@ class StatusBar(Static):
             if info.loading_total:
                 done = info.loading_done or 0
                 text.append(f"  {bar(done, info.loading_total, 12)} {done}/{info.loading_total}")
+        if info.iteration is not None:
+            text.append(f"  iteration #{info.iteration}", "bold")
         if info.iteration is not None or info.done:
-            current = info.iteration if info.iteration is not None else info.done
-            of = f" of {info.max_iters}" if info.max_iters else ""
-            text.append(f"  iteration {current}{of}", "bold")
+            of = f"/{info.max_iters}" if info.max_iters else ""
+            text.append(f"  {info.done}{of} done")
         if info.step is not None and info.steps:
             text.append(f"  denoise {bar(info.step, info.steps, 12)} {info.step}/{info.steps}")
         text.append("\n")

@@ -1,0 +1,130 @@
+"""Helpers for the TUI tests and screenshots: fake-backed loops, gates, waiting on app state."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from truthloop.config import RunConfig
+from truthloop.loop import LoopControl, TruthLoop
+
+from fakes import FakeCaptioner, FakePainter, factory, start_image
+
+# A trajectory that settles into a fixed point at iteration 3 (prompt of #4 == prompt of #3).
+SCRIPT = {
+    "a cat sitting on a mat": "a cat sitting on a red mat, oil painting, soft light",
+    "a cat sitting on a red mat, oil painting, soft light":
+        "a dog sitting on a red mat, oil painting, by greg rutkowski",
+    "a dog sitting on a red mat, oil painting, by greg rutkowski":
+        "a dog on a red mat, oil painting",
+    "a dog on a red mat, oil painting": "a dog on a red mat, oil painting",
+}
+START = "a cat sitting on a mat"
+
+
+def make_config(max_iters: int = 20, clauses: int = 0, steps: int = 4) -> RunConfig:
+    config = RunConfig()
+    config.models.models = "tiny"
+    config.loop.max_iters = max_iters
+    config.loop.clauses = clauses
+    config.generate.steps = steps
+    config.input_image = "start.png"
+    return config
+
+
+def make_loop(run_dir: Path, script: dict[str, str] | None = None, start: str = START,
+              gate: threading.Event | None = None, painter: FakePainter | None = None,
+              backend_factory=None, max_iters: int = 20) -> TruthLoop:
+    captioner = FakeCaptioner(SCRIPT if script is None else script, start=start)
+    painter = painter or FakePainter(steps=4)
+    return TruthLoop(make_config(max_iters=max_iters), run_dir,
+                     backend_factory or factory(captioner, painter, gate),
+                     control=LoopControl(), input_image=start_image())
+
+
+class HoldAt:
+    """A painter step hook that holds the loop at (paint number, step) until released or stopped."""
+
+    def __init__(self, paint: int, step: int):
+        self.paint, self.step = paint, step
+        self.calls = 0
+        self.release = threading.Event()
+        self.reached = threading.Event()
+        self.control: LoopControl | None = None
+
+    def __call__(self, step: int) -> None:
+        if step == 1:
+            self.calls += 1
+        if self.calls == self.paint and step == self.step:
+            self.reached.set()
+            while not self.release.wait(0.02):
+                if self.control is not None and self.control.stop_requested:
+                    return
+
+
+async def wait_for(pilot, condition, timeout: float = 10.0) -> None:
+    """Let the app run until `condition()` holds (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {condition}")
+        await pilot.pause(0.01)
+    await pilot.pause()
+
+
+# -- scenarios shared by the snapshot tests and screenshots/make.py ------------------------------
+FINAL = ("converged", "stopped", "error", "max_iters")
+
+
+def scenario(name: str, run_dir: Path):
+    """(app, run_before) for one of the main states; deterministic with stable=True + halfcell."""
+    from tui.app import TruthLoopApp
+
+    if name == "running":
+        hold = HoldAt(paint=3, step=2)
+        loop = make_loop(run_dir, painter=FakePainter(steps=4, step_hook=hold))
+        hold.control = loop.control
+
+        async def run_before(pilot):
+            await wait_for(pilot, lambda: hold.reached.is_set() and pilot.app.records
+                           and len(pilot.app.records) == 3
+                           and pilot.app.query_one("StatusBar").info.step == 1)
+    elif name == "paused":
+        hold = HoldAt(paint=1, step=2)
+        loop = make_loop(run_dir, painter=FakePainter(steps=4, step_hook=hold))
+        hold.control = loop.control
+
+        async def run_before(pilot):
+            await wait_for(pilot, hold.reached.is_set)
+            await pilot.press("space")
+            hold.release.set()
+            await wait_for(pilot, lambda: pilot.app.state == "paused")
+            for _ in range(2):
+                await pilot.press("n")
+                await wait_for(pilot, lambda: pilot.app.state == "paused")
+            await wait_for(pilot, lambda: len(pilot.app.records) == 2
+                           and not pilot.app.records[-1].get("pending"))
+    elif name == "converged":
+        loop = make_loop(run_dir)
+
+        async def run_before(pilot):
+            await wait_for(pilot, lambda: pilot.app.state == "converged")
+    elif name == "error":
+        def broken(config, emit):
+            from truthloop import events as ev
+
+            emit(ev.Loading("loading Stable Diffusion"))
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        loop = make_loop(run_dir, backend_factory=broken)
+
+        async def run_before(pilot):
+            await wait_for(pilot, lambda: pilot.app.state == "error"
+                           and not pilot.app.loop_active)
+    else:
+        raise ValueError(name)
+    return TruthLoopApp(loop=loop, preview="halfcell", stable=True), run_before
+
+
+SCENARIOS = ("running", "paused", "converged", "error")
