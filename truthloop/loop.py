@@ -244,7 +244,7 @@ class TruthLoop:
             if done is not None:
                 return self._finish("converged", done)
             load_start = time.perf_counter()
-            self.control.checkpoint()
+            self._checkpoint(len(self.records))
             backends = self.backend_factory(self.config, self.emit)
             self.emit(ev.Ready(backends.device, time.perf_counter() - load_start))
             return self._iterate(backends)
