@@ -513,7 +513,8 @@ class SheetLayout:
 def sheet_layout(count: int, size: int, captions: bool, columns: int | None = None,
                  caption_lines: int = 3, header_lines: int = 2) -> SheetLayout:
     """Where everything goes on a contact sheet: `columns` x `rows` tiles under a header."""
-    columns = columns or min(8, max(1, math.ceil(math.sqrt(count))))
+    if not columns:  # one row for a few; then about square, at most 8 across
+        columns = count if count <= 4 else min(8, math.ceil(math.sqrt(count)))
     columns = max(1, min(columns, count))
     rows = math.ceil(count / columns)
     font = _font(max(11, size // 22))
