@@ -154,7 +154,8 @@ def list_runs(directory: Path | str) -> list[dict[str, Any]]:
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise ExportError(f"{directory}: no such directory")
+        raise ExportError(f"{directory}: no such directory (give the folder that holds your "
+                          f"run directories: `truthloop runs DIR`)")
     if (directory / RUN_FILE).exists():
         candidates = [directory]
     else:
@@ -1046,6 +1047,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     kinds = [kind for kind in EXPORT_KINDS if getattr(args, kind, False)]
     if args.all:
@@ -1059,11 +1064,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         path = Path(result["path"])
         details = ""
         if "frames" in result:
-            details = f"{result['frames']} frames, {result['width']}x{result['height']}"
+            details = f"{_count(result['frames'], 'frame')}, {result['width']}x{result['height']}"
         elif "tiles" in result:
-            details = f"{result['tiles']} tiles, {result['columns']}x{result['rows']} grid"
+            details = f"{_count(result['tiles'], 'tile')}, {result['columns']}x{result['rows']} grid"
         elif "points" in result:
-            details = f"{result['points']} points"
+            details = _count(result["points"], "point")
         elif "iterations" in result:
             details = f"{result['iterations']} iterations; open file://{path.resolve()}"
         size_kb = path.stat().st_size / 1024
