@@ -187,7 +187,7 @@ class TruthLoopApp(App[int]):
                 self._show_banner()
         self.refresh_bindings()
         if self._quit_requested:
-            self.exit(1 if self.failed else 0)
+            self.exit(return_code=1 if self.failed else 0)
 
     @on(EngineEvent)
     def _on_engine_event(self, message: EngineEvent) -> None:
@@ -500,6 +500,8 @@ class TruthLoopApp(App[int]):
 
     @on(DataTable.RowHighlighted)
     def _on_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.cursor_row != event.data_table.cursor_row:
+            return  # stale: the cursor moved on (following new rows) since this was posted
         try:
             index = int(event.row_key.value or "")
         except ValueError:
@@ -538,7 +540,7 @@ class TruthLoopApp(App[int]):
 
     async def action_quit(self) -> None:
         if self.mode == "view" or not self.loop_active:
-            self.exit(1 if self.failed else 0)
+            self.exit(return_code=1 if self.failed else 0)
             return
         if self._quit_requested or isinstance(self.screen, ConfirmQuit):
             return
@@ -549,7 +551,7 @@ class TruthLoopApp(App[int]):
                 self.loop.control.stop()
                 self.state = "stopping"
                 if not self.loop_active:
-                    self.exit(1 if self.failed else 0)
+                    self.exit(return_code=1 if self.failed else 0)
 
         self.push_screen(ConfirmQuit(self.dir_label), answered)
 
@@ -598,14 +600,13 @@ def run_live(loop: Any, preview: str = "auto") -> int:
     """Drive `loop` in the app; 0 unless the loop failed (1)."""
     app = TruthLoopApp(loop=loop, preview=resolve_preview(preview))
     try:
-        code = app.run()
+        app.run()
     finally:
         loop.control.stop()
-    if app.failed:
-        return 1
-    return code or 0
+    return 1 if app.failed else (app.return_code or 0)
 
 
 def run_view(run_dir: Path, preview: str = "auto") -> int:
     app = TruthLoopApp(run_dir=Path(run_dir), preview=resolve_preview(preview))
-    return app.run() or 0
+    app.run()
+    return app.return_code or 0

@@ -1,0 +1,305 @@
+"""Pilot tests of the TUI with the instant fake backends (and one run on the tiny real models)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from fakes import FakePainter
+from truthloop.store import read_run
+from tui.app import TruthLoopApp
+from tui.diff import ADDED, REMOVED, caption_diff
+from tui.screens import ConfirmQuit, HelpScreen
+from tui.widgets.caption import CaptionPanel
+from tui_helpers import FINAL, HoldAt, make_loop, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+MARKUP = "[bold]x[/] [link=http://evil]click[/link], \x1b[31mred\x1b[0m, [/]"
+
+
+def done(app):
+    return [r for r in app.records if not r.get("pending")]
+
+
+def live_app(loop, **kwargs):
+    return TruthLoopApp(loop=loop, preview="halfcell", stable=True, **kwargs)
+
+
+# -- import hygiene ----------------------------------------------------------------------------------
+def test_tui_does_not_import_torch_and_cli_does_not_import_textual():
+    code = ("import sys, tui, tui.app; assert 'torch' not in sys.modules, 'torch'; "
+            "import truthloop.cli; ")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code = ("import sys, truthloop.cli, truthloop.loop, truthloop.store; "
+            "assert 'textual' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- diff --------------------------------------------------------------------------------------------
+def test_diff_of_a_known_caption_pair():
+    old = "a cat sitting on a mat, oil painting, trending on artstation"
+    new = "a dog sitting on a red mat, oil painting, by greg rutkowski, 4k"
+    text, stats = caption_diff(old, new)
+    assert text.plain == ("a [-cat-] {+dog+} sitting on a {+red+} mat, oil painting, "
+                          "[-trending on artstation-] {+by greg rutkowski+}, {+4k+}")
+    assert (stats.changed, stats.added, stats.removed) == (2, 1, 0)
+    styled = {text.plain[span.start:span.end]: str(span.style) for span in text.spans}
+    assert styled["cat"] == REMOVED and "strike" in REMOVED
+    assert styled["dog"] == ADDED and "underline" in ADDED
+    removed_only, stats = caption_diff("a, b, c", "a, c")
+    assert removed_only.plain == "a, [-b-], c" and stats.removed == 1
+    same, stats = caption_diff("a, b", "a,b")
+    assert same.plain == "a, b" and stats.same
+
+
+def test_markup_and_escapes_in_captions_render_literally():
+    text, _ = caption_diff("plain", MARKUP)
+    assert "[bold]x[/]" in text.plain and "[link=http://evil]" in text.plain
+    assert "\x1b" not in text.plain and "\\x1b[31m" in text.plain
+    record = {"index": 1, "caption": MARKUP, "fed_prompt": MARKUP, "repeat_of": None}
+    panel = CaptionPanel.build(record, {"index": 0, "caption": "[/]"}, "previous #0")
+    assert "[link=http://evil]click[/link]" in panel.plain and "\x1b" not in panel.plain
+
+
+async def test_markup_captions_in_a_live_run(tmp_path):
+    script = {MARKUP: MARKUP}
+    loop = make_loop(tmp_path / "run", script=script, start=MARKUP, max_iters=4)
+    app = live_app(loop)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.state in FINAL)
+        assert app.state == "converged"
+        assert app.records[0]["caption"] == MARKUP
+        table = app.query_one("#log")
+        cell = table.get_cell("0", "prompt")
+        assert cell.plain.startswith("[bold]x[/] [li")
+        await pilot.resize_terminal(60, 16)
+        await pilot.pause()
+        await pilot.resize_terminal(200, 60)
+        await pilot.pause()
+
+
+# -- live controls -----------------------------------------------------------------------------------
+async def test_pause_then_step_advances_exactly_one_iteration(tmp_path):
+    hold = HoldAt(paint=1, step=2)
+    loop = make_loop(tmp_path / "run", painter=FakePainter(steps=4, step_hook=hold))
+    hold.control = loop.control
+    app = live_app(loop)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, hold.reached.is_set)
+        await pilot.press("space")
+        assert app.state == "pausing"
+        hold.release.set()
+        await wait_for(pilot, lambda: app.state == "paused")
+        assert len(done(app)) == 0 and loop.control.paused
+        for expected in (1, 2):
+            await pilot.press("n")
+            await wait_for(pilot, lambda: app.state == "paused")
+            await wait_for(pilot, lambda: len(done(app)) == expected)
+            await pilot.pause(0.1)  # nothing more may happen while paused
+            assert len(done(app)) == expected
+            assert len(read_run(tmp_path / "run").records) == expected
+        await pilot.press("space")
+        assert app.state in ("running", "converged")
+        await wait_for(pilot, lambda: app.state == "converged")
+        assert "CONVERGED" in str(app.query_one("#banner").render())
+
+
+async def test_stop_ends_the_run_with_a_consistent_run_dir(tmp_path):
+    hold = HoldAt(paint=2, step=3)
+    loop = make_loop(tmp_path / "run", painter=FakePainter(steps=4, step_hook=hold))
+    hold.control = loop.control
+    app = live_app(loop)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, hold.reached.is_set)
+        await pilot.press("s")
+        await wait_for(pilot, lambda: app.state == "stopped" and not app.loop_active)
+        assert "STOPPED" in str(app.query_one("#banner").render())
+    view = read_run(tmp_path / "run")
+    assert view.status == "stopped" and len(view.records) == 1 and not view.problems
+    assert app.return_code in (None, 0)
+
+
+async def test_quit_asks_while_running_then_stops_cleanly(tmp_path):
+    hold = HoldAt(paint=2, step=2)
+    loop = make_loop(tmp_path / "run", painter=FakePainter(steps=4, step_hook=hold))
+    hold.control = loop.control
+    app = live_app(loop)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, hold.reached.is_set)
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmQuit)
+        await pilot.press("n")
+        assert not isinstance(app.screen, ConfirmQuit) and app.loop_active
+        await pilot.press("q")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: not app.is_running, timeout=10)
+    assert app.return_code == 0
+    assert read_run(tmp_path / "run").status == "stopped"
+
+
+async def test_quit_without_asking_once_finished(tmp_path):
+    app = live_app(make_loop(tmp_path / "run"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.state == "converged" and not app.loop_active)
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running)
+    assert app.return_code == 0
+
+
+async def test_history_browsing_diff_base_help_and_path(tmp_path):
+    app = live_app(make_loop(tmp_path / "run"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.state == "converged")
+        banner = str(app.query_one("#banner").render())
+        assert "fixed point at iteration 3" in banner
+        assert "truth: a dog on a red mat, oil painting" in banner
+        assert app.current_index == 3  # the truth is shown
+        caption = app.query_one(CaptionPanel)
+        await pilot.press("left")
+        assert app.current_index == 2
+        text = str(caption.render())
+        assert text.startswith("#2 caption  a dog sitting on a red mat")
+        assert "vs previous #1" in text
+        assert app.query_one("#img-current").path == tmp_path / "run" / "images" / "0002.png"
+        await pilot.press("b")
+        assert "vs start #0" in str(caption.render())
+        await pilot.press("left", "B", "right", "right")
+        assert app.current_index == 3 and "vs #1 (pinned)" in str(caption.render())
+        await pilot.press("right")
+        assert app.current_index == 4 and app.selected is None  # following the newest again
+        await pilot.press("up", "up")
+        assert app.current_index == 2  # the table's own keys browse too
+        await pilot.press("c")
+        await pilot.pause()
+        assert any("0002.png" in n.message for n in app._notifications)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_engine_error_is_shown_and_run_dir_kept(tmp_path):
+    def broken(config, emit):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    app = live_app(make_loop(tmp_path / "run", backend_factory=broken))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.state == "error" and not app.loop_active)
+        banner = str(app.query_one("#banner").render())
+        assert "ERROR" in banner and "ran out of memory" in banner
+        assert app.failed
+        await pilot.press("q")
+    assert app.return_code == 1
+    view = read_run(tmp_path / "run")
+    assert view.status == "error" and (tmp_path / "run" / "error.log").exists()
+
+
+async def test_locked_run_dir_is_an_error_not_a_crash(tmp_path):
+    first = make_loop(tmp_path / "run")
+    first.run()
+    from truthloop.store import RunWriter
+
+    writer = RunWriter.reopen(tmp_path / "run")  # someone else holds the lock
+    try:
+        from truthloop.loop import TruthLoop
+
+        loop = TruthLoop.for_resume(tmp_path / "run", first.backend_factory, max_iters=30)
+        app = live_app(loop)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.state == "error" and not app.loop_active)
+            assert "being written by process" in str(app.query_one("#banner").render())
+    finally:
+        writer.close()
+
+
+# -- view --------------------------------------------------------------------------------------------
+async def test_view_of_a_finished_run(tmp_path):
+    make_loop(tmp_path / "run").run()
+    app = TruthLoopApp(run_dir=tmp_path / "run", preview="none", stable=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app.state == "converged" and len(app.records) == 5
+        assert "fixed point" in str(app.query_one("#banner").render())
+        await pilot.press("space", "s", "n")  # live-only keys do nothing here
+        assert app.state == "converged"
+        await pilot.press("left")
+        assert app.current_index == 2
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running)
+
+
+async def test_view_follows_a_growing_run(tmp_path):
+    hold = HoldAt(paint=3, step=1)
+    loop = make_loop(tmp_path / "run", painter=FakePainter(steps=4, step_hook=hold))
+    hold.control = loop.control
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    try:
+        assert hold.reached.wait(10)
+        app = TruthLoopApp(run_dir=tmp_path / "run", preview="halfcell", stable=True,
+                           poll_interval=0.05)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            assert app.state == "running" and len(app.records) == 2
+            assert app.query_one("StatusBar").info.following
+            hold.release.set()
+            await wait_for(pilot, lambda: app.state == "converged")
+            assert len(app.records) == 5
+            assert not app.query_one("StatusBar").info.following
+    finally:
+        hold.release.set()
+        loop.control.stop()
+        thread.join(10)
+
+
+async def test_view_of_an_interrupted_run(tmp_path):
+    make_loop(tmp_path / "run").run()
+    summary = tmp_path / "run" / "summary.json"
+    data = json.loads(summary.read_text())
+    data["status"] = "running"  # a writer that was killed
+    summary.write_text(json.dumps(data))
+    app = TruthLoopApp(run_dir=tmp_path / "run", preview="halfcell", stable=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert app.state == "interrupted"
+        assert "INTERRUPTED" in str(app.query_one("#banner").render())
+
+
+# -- the tiny real models ----------------------------------------------------------------------------
+@pytest.mark.timeout(600)
+async def test_live_run_on_the_tiny_models(tmp_path):
+    from truthloop.backends import load_backends
+    from truthloop.config import RunConfig
+    from truthloop.loop import LoopControl, TruthLoop
+    from fakes import start_image
+
+    config = RunConfig()
+    config.models.models = "tiny"
+    config.caption.mode = "fast"
+    config.generate.steps = 3
+    config.loop.clauses = 1
+    config.loop.max_iters = 2
+    config.input_image = "start.png"
+    loop = TruthLoop(config, tmp_path / "run", load_backends, control=LoopControl(),
+                     input_image=start_image())
+    app = live_app(loop)
+    seen_loading = []
+    async with app.run_test(size=(100, 30)) as pilot:
+        while app.state not in FINAL:
+            if app.state == "loading" and app.query_one("StatusBar").info.loading:
+                seen_loading.append(app.query_one("StatusBar").info.loading)
+            await pilot.pause(0.05)
+        assert app.state in ("converged", "max_iters"), app.error_message
+        assert len(done(app)) >= 1 and seen_loading
+        assert app.query_one("StatusBar").info.device
