@@ -340,10 +340,10 @@ def resume_problem(view: RunView) -> str | None:
     A torn last log line is fine (it is trimmed); a bad line in the middle, a record out of
     sequence or a missing image is not: continuing would renumber or overwrite iterations.
     """
-    for problem in view.problems:
-        if "is not valid JSON" in problem:
-            return f"{problem.replace(' (ignored)', '')}; this run cannot be resumed"
     log = view.path / LOG_FILE
+    for problem in view.problems:
+        if problem.startswith(f"{log}: line "):
+            return f"{problem.replace(' (ignored)', '')}; this run cannot be resumed"
     for number, record in enumerate(view.records):
         image = record.get("image")
         last = number == len(view.records) - 1
@@ -354,4 +354,13 @@ def resume_problem(view: RunView) -> str | None:
                     f"this run cannot be resumed")
         if image and not (view.path / image).exists():
             return f"{view.path / image} is missing; this run cannot be resumed"
+    last = next((r["image"] for r in reversed(view.records) if r.get("image")), None)
+    if last is not None:  # the image the run continues from must decode
+        from PIL import Image
+
+        try:
+            with Image.open(view.path / last) as image:
+                image.load()
+        except Exception as error:  # noqa: BLE001 - any decoder complaint means "damaged"
+            return f"{view.path / last} is damaged ({error}); this run cannot be resumed"
     return None
