@@ -19,7 +19,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import Worker, WorkerState
@@ -104,7 +104,8 @@ class TruthLoopApp(App[int]):
                     yield ImageView(self.preview, id="img-current")
                     yield ImageView(self.preview, id="img-previous")
                 yield Drift(id="drift")
-        yield CaptionPanel(id="caption")
+        with VerticalScroll(id="caption-box", can_focus=False):
+            yield CaptionPanel(id="caption")
         yield Footer()
 
     @property
@@ -201,6 +202,7 @@ class TruthLoopApp(App[int]):
                     self._add_record(record)
             status.set(loading="loading models",
                        iteration=event.resumed_at if event.resumed_at else None)
+            self._refresh_views()  # the start image exists now
         elif isinstance(event, ev.Loading):
             status.set(loading=event.message, loading_done=event.done, loading_total=event.total)
         elif isinstance(event, ev.Ready):
@@ -273,8 +275,11 @@ class TruthLoopApp(App[int]):
             except (OSError, ValueError):
                 return  # a summary being replaced: the next poll reads it
             self._apply_summary(summary if isinstance(summary, dict) else None)
-        elif self.state == "running" and not is_locked(self.run_dir):
-            self._apply_summary(self.summary)  # the writer went away
+        else:
+            locked = is_locked(self.run_dir)
+            self.query_one(StatusBar).set(following=locked)
+            if self.state == "running" and not locked:
+                self._apply_summary(self.summary)  # the writer went away
 
     def _apply_summary(self, summary: dict[str, Any] | None) -> None:
         self.summary = summary

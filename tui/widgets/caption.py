@@ -20,10 +20,7 @@ def caption_of(record: dict[str, Any] | None) -> str | None:
 
 class CaptionPanel(Static):
     DEFAULT_CSS = """
-    CaptionPanel {
-        height: auto; max-height: 12; padding: 0 1;
-        border-top: solid $primary-darken-2;
-    }
+    CaptionPanel { height: auto; padding: 0 1; }
     """
 
     def __init__(self, **kwargs) -> None:
@@ -47,9 +44,16 @@ class CaptionPanel(Static):
         else:
             text.append(visible(caption))
             text.append("\n")
+        text.append("fed  ", style="bold")
+        fed = record.get("fed_prompt") or ""
+        if caption is not None and fed == caption:
+            text.append("(the whole caption)", style="dim")
+        else:
+            text.append(visible(fed))
+        text.append("\n")
         text.append("diff ", style="bold")
         if base is None or base is record:
-            text.append(f"vs {base_label}: nothing to compare\n", style="dim")
+            text.append(f"vs {base_label}: nothing to compare", style="dim")
         else:
             diff, stats = caption_diff(caption_of(base), caption_of(record))
             text.append(f"vs {base_label}", style="dim")
@@ -63,13 +67,6 @@ class CaptionPanel(Static):
             text.append("+}", ADDED)
             text.append("\n")
             text.append_text(diff)
-            text.append("\n")
-        text.append("fed  ", style="bold")
-        fed = record.get("fed_prompt") or ""
-        if caption is not None and fed == caption:
-            text.append("(the whole caption)", style="dim")
-        else:
-            text.append(visible(fed))
         repeat = record.get("repeat_of")
         if repeat is not None:
             text.append(f"\n↺ repeats the prompt of iteration #{repeat}", style="bold yellow")
