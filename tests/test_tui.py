@@ -125,6 +125,7 @@ async def test_stop_ends_the_run_with_a_consistent_run_dir(tmp_path):
         await pilot.press("s")
         await wait_for(pilot, lambda: app.state == "stopped" and not app.loop_active)
         assert "STOPPED" in str(app.query_one("#banner").render())
+        assert len(app.records) == 1 and app.query_one("#log").row_count == 1  # as on disk
     view = read_run(tmp_path / "run")
     assert view.status == "stopped" and len(view.records) == 1 and not view.problems
     assert app.return_code in (None, 0)

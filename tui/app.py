@@ -392,6 +392,12 @@ class TruthLoopApp(App[int]):
 
     def _finished(self) -> None:
         self.query_one(StatusBar).set(step=None, steps=None, loading="")
+        if self.records and self.records[-1].get("pending"):
+            # Stopped or failed mid-iteration: that iteration never reached log.jsonl.
+            pending = self.records.pop()
+            table = self.query_one(LogTable)
+            table.records.pop(pending["index"], None)
+            table.remove_row(str(pending["index"]))
         if self.state == "converged":
             cycle = (self.summary or {}).get("cycle") or {}
             start = cycle.get("start")
@@ -462,7 +468,7 @@ class TruthLoopApp(App[int]):
             if action == "resume":
                 return self.state in ("paused", "pausing")
             if action == "step":
-                return True if self.state == "paused" else None
+                return True if self.state in ("paused", "pausing") else None
             return self.state != "stopping"
         if action in ("browse", "follow", "pin_base", "toggle_base", "copy_path"):
             return len(self.screen_stack) == 1
