@@ -219,7 +219,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     except RunDirError as error:
         raise UserError(str(error)) from None
     if view.status == "converged" and args.max_iters is None:
-        print(f"{args.run_dir} already converged; nothing to resume")
+        print(f"{visible(args.run_dir)} already converged; nothing to resume")
         return 0
     return _drive(args, None, Path(args.run_dir), resume=True)
 
@@ -260,7 +260,8 @@ def _loading_factory(control: Any) -> Any:
     def factory(config: RunConfig, emit: Any) -> Any:
         def emit_and_check(event: ev.Event) -> None:
             emit(event)
-            control.checkpoint()
+            control.checkpoint(on_pause=lambda: emit(ev.Paused(0)),
+                               on_resume=lambda: emit(ev.Resumed(0)))
 
         return load_backends(config, emit_and_check)
 
@@ -314,7 +315,7 @@ def _run_headless(loop: Any, control: Any) -> int:
     except LoopFailed as error:
         printer.close()
         print(f"truthloop: error: {visible(str(error))}", file=sys.stderr)
-        print(f"run directory kept: {loop.run_dir}", file=sys.stderr)
+        print(f"run directory kept: {visible(str(loop.run_dir))}", file=sys.stderr)
         return 1
     finally:
         printer.close()
@@ -356,7 +357,7 @@ class HeadlessPrinter:
     def handle(self, event: ev.Event) -> None:
         if isinstance(event, ev.RunStarted):
             what = "resuming" if event.resumed_at else "run directory"
-            self.err.print(f"{what}: {event.run_dir}")
+            self.err.print(f"{what}: {visible(event.run_dir)}")
         elif isinstance(event, ev.Loading):
             progress = self._progress()
             progress.update(self.task, description=event.message, total=event.total,
@@ -382,13 +383,13 @@ class HeadlessPrinter:
             print(f"converged: {kind} starting at iteration {cycle['start']} "
                   f"(after {summary['iterations']} images)")
             for prompt, image in zip(summary["truth_prompts"], summary["truth_images"]):
-                print(f"truth: {visible(prompt)}  [{run_dir / image}]")
+                print(f"truth: {visible(prompt)}  [{visible(str(run_dir / image))}]")
         elif status == "max_iters":
             print(f"no repeat within {summary['iterations']} iterations (--max-iters)")
         elif status == "stopped":
             print(f"stopped after {summary['iterations']} iterations; "
-                  f"continue with: truthloop resume {run_dir}")
-        print(f"run directory: {run_dir}")
+                  f"continue with: truthloop resume {visible(str(run_dir))}")
+        print(f"run directory: {visible(str(run_dir))}")
 
 
 def entry_point() -> None:

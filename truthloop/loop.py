@@ -246,6 +246,7 @@ class TruthLoop:
             load_start = time.perf_counter()
             self._checkpoint(len(self.records))
             backends = self.backend_factory(self.config, self.emit)
+            self.summary["device"] = backends.device
             self.emit(ev.Ready(backends.device, time.perf_counter() - load_start))
             return self._iterate(backends)
         except StopRequested:
