@@ -1,0 +1,81 @@
+"""Helpers for the reliability and bad-input tests: the real CLI in-process with fake backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+import fakes
+from truthloop import cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+# start image -> "step 0" -> "step 1" ... "step 5" -> "step 2": a 4-cycle found at iteration 6.
+SCRIPT = {f"step {i}": f"step {i + 1}" for i in range(5)} | {"step 5": "step 2"}
+TRAJECTORY = ["step 0", "step 1", "step 2", "step 3", "step 4", "step 5", "step 2"]
+
+
+def fake_start_png(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fakes.start_image().save(path)
+    return path
+
+
+def use_fakes(monkeypatch, captioner=None, painter=None, factory=None):
+    """Make the CLI build fake backends instead of loading models; returns (captioner, painter)."""
+    captioner = captioner or fakes.FakeCaptioner(SCRIPT, start="step 0")
+    painter = painter or fakes.FakePainter()
+    build = factory or fakes.factory(captioner, painter)
+    monkeypatch.setattr(cli, "_loading_factory", lambda control: build)
+    return captioner, painter
+
+
+def run_main(argv: list[str]) -> int:
+    return cli.main([str(a) for a in argv])
+
+
+def prompts(run_dir: Path) -> list[str]:
+    from truthloop.store import read_run
+
+    return [r["compared"] for r in read_run(run_dir).records]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def assert_one_clean_error_line(stderr: str, *needles: str) -> str:
+    """stderr holds one `truthloop: error:` line (plus at most a 'run directory kept' note)."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("truthloop: error:")]
+    assert len(errors) == 1, stderr
+    extra = [line for line in lines if line not in errors and not line.startswith(
+        ("run directory kept:", "run directory:", "resuming:", "models ready"))]
+    assert not extra, stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def cli_subprocess(args: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["HF_HUB_OFFLINE"] = "1"
+    env.update(kwargs.pop("env", {}))
+    return subprocess.run([sys.executable, "-m", "truthloop.cli", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def image_ok(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
