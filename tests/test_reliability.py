@@ -488,3 +488,66 @@ def test_shared_mode_resume_continues_the_random_stream(monkeypatch, tmp_path, s
     for record in read_run(whole).records:
         if record["image"]:
             assert (part / record["image"]).read_bytes() == (whole / record["image"]).read_bytes()
+
+
+# -- the terminal goes away -------------------------------------------------------------------
+def test_nohup_keeps_a_run_alive_through_sighup(monkeypatch, tmp_path, start_png):
+    """Under `nohup` SIGHUP is ignored; the headless run must not re-arm it and stop."""
+    out = tmp_path / "run"
+
+    def hook(step):
+        if len(painter.painted) == 1 and step == 1:
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    painter = fakes.FakePainter(step_hook=hook)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert fake_run(monkeypatch, start_png, out, painter=painter) == 0
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert summary(out)["status"] == "converged"
+    assert prompts(out) == TRAJECTORY
+
+
+def test_closed_stdout_does_not_end_the_run(monkeypatch, tmp_path, start_png):
+    """`truthloop run ... | head -1`, or an SSH terminal gone dead: the run still finishes."""
+    out = tmp_path / "run"
+
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            raise ValueError("no fd")
+
+        def isatty(self):
+            return False
+
+    monkeypatch.setattr(sys, "stdout", Gone())
+    assert fake_run(monkeypatch, start_png, out) == 0
+    assert summary(out)["status"] == "converged"
+    assert prompts(out) == TRAJECTORY
+
+
+def test_headless_pipe_closed_early_real_process(tmp_path, start_png):
+    """A real pipe closed by the reader after one line: exit without a traceback, run complete."""
+    out = tmp_path / "run"
+    code = (
+        "import sys, time, fakes, faulthelpers as h\n"
+        "class MP:\n"
+        "    def setattr(self, obj, name, value): setattr(obj, name, value)\n"
+        "h.use_fakes(MP(), painter=fakes.FakePainter(step_hook=lambda s: time.sleep(0.05)))\n"
+        f"sys.exit(h.run_main(['run', {str(start_png)!r}, '--headless', '--out', {str(out)!r}]))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO / "tests"))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+    assert summary(out)["status"] == "converged"

@@ -307,6 +307,8 @@ def _run_headless(loop: Any, control: Any) -> int:
 
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            continue  # `nohup` (or a background job): the user asked this run to outlive it
         previous[signum] = signal.signal(signum, on_signal)
     try:
         summary = loop.run()
@@ -354,7 +356,30 @@ class HeadlessPrinter:
             self.progress.stop()
             self.progress = None
 
+    dead = False
+
     def handle(self, event: ev.Event) -> None:
+        # Watching is best effort: a closed pipe (`| head`) or a dead SSH terminal must not end
+        # the run; once a write fails, the rest goes nowhere and the run directory has it all.
+        if self.dead:
+            return
+        try:
+            self._handle(event)
+        except OSError:
+            self._die()
+
+    def _die(self) -> None:
+        self.dead = True
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError:  # this one is gone: point it at /dev/null so the exit flush is quiet
+                try:
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+                except (OSError, ValueError):
+                    pass
+
+    def _handle(self, event: ev.Event) -> None:
         if isinstance(event, ev.RunStarted):
             what = "resuming" if event.resumed_at else "run directory"
             self.err.print(f"{what}: {visible(event.run_dir)}")
@@ -375,6 +400,14 @@ class HeadlessPrinter:
             print(line, flush=True)
 
     def print_summary(self, summary: dict[str, Any], run_dir: Path) -> None:
+        if self.dead:
+            return
+        try:
+            self._print_summary(summary, run_dir)
+        except OSError:
+            self._die()
+
+    def _print_summary(self, summary: dict[str, Any], run_dir: Path) -> None:
         status = summary.get("status")
         cycle = summary.get("cycle")
         if status == "converged" and cycle:
