@@ -551,3 +551,42 @@ def test_headless_pipe_closed_early_real_process(tmp_path, start_png):
     assert proc.wait(timeout=60) == 0, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
     assert summary(out)["status"] == "converged"
+
+
+# -- `truthloop runs` over damaged run directories ---------------------------------------------
+def test_runs_listing_survives_damaged_directories(monkeypatch, tmp_path, start_png, capsys):
+    runs = tmp_path / "runs"
+    for name in ("good", "torn", "no-image", "bad-summary", "bad-run-json", "killed"):
+        assert fake_run(monkeypatch, start_png, runs / name, "--max-iters", "3") == 0
+    log = runs / "torn" / "log.jsonl"
+    log.write_bytes(log.read_bytes()[:-25])
+    (runs / "no-image" / "images" / "0001.png").unlink()
+    (runs / "bad-summary" / "summary.json").write_text("{")
+    (runs / "bad-run-json" / "run.json").write_text("[")
+    _edit_json(runs / "killed" / "summary.json", lambda j: j.update(status="running"))
+    capsys.readouterr()
+    assert run_main(["runs", runs, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    rows = {row["run"]: row for row in json.loads(captured.out)}
+    assert set(rows) == {"good", "torn", "no-image", "bad-summary", "bad-run-json", "killed"}
+    assert rows["good"]["status"] == "max_iters" and rows["good"]["problems"] == []
+    assert rows["torn"]["records"] == 2 and "log.jsonl" in rows["torn"]["problems"][0]
+    assert rows["no-image"]["records"] == 3
+    assert "images/0001.png" in rows["no-image"]["problems"][0]
+    assert rows["bad-summary"]["records"] == 3 and "summary.json" in rows["bad-summary"]["problems"][0]
+    assert rows["bad-run-json"]["status"] == "unreadable"
+    assert "run.json" in rows["bad-run-json"]["problems"][0]
+    assert rows["killed"]["status"] == "interrupted"
+    assert run_main(["runs", runs]) == 0  # the table too
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_stale_half_created_directory_is_cleaned_by_the_next_run(monkeypatch, tmp_path, start_png):
+    runs = tmp_path / "runs"
+    stale = runs / ".old.creating-99999"
+    (stale / "images").mkdir(parents=True)
+    (stale / "run.json").write_text("{}")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    assert fake_run(monkeypatch, start_png, runs / "new", "--max-iters", "1") == 0
+    assert sorted(p.name for p in runs.iterdir()) == ["new"]

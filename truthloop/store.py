@@ -107,6 +107,18 @@ def png_bytes(image: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _remove_stale_staging(parent: Path) -> None:
+    """Half-created run directories of killed processes (unlocked, a minute old): never runs."""
+    if not parent.is_dir():
+        return
+    for stale in parent.glob(".*.creating-*"):
+        try:
+            if stale.is_dir() and not is_locked(stale) and time.time() - stale.stat().st_mtime > 60:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
+
+
 class RunWriter:
     """The single writer of one run directory; holds its lock until closed."""
 
@@ -131,6 +143,7 @@ class RunWriter:
         staging = path.parent / f".{path.name}.creating-{os.getpid()}"
         writer = cls(staging)
         try:
+            _remove_stale_staging(path.parent)
             shutil.rmtree(staging, ignore_errors=True)  # a dead process's, with our recycled pid
             (staging / IMAGES_DIR).mkdir(parents=True)
             writer._lock()
