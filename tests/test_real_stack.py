@@ -193,4 +193,5 @@ def test_cli_errors_are_one_line(tmp_path, argv, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1
+    assert len([line for line in result.stderr.splitlines()
+                if line.startswith("truthloop: error:")]) == 1
