@@ -81,12 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tiny", help="build the tiny offline checkpoints now and print where they are")
 
-    try:
-        from truthloop import review
-    except ImportError:  # pragma: no cover - the review commands are optional extras
-        review = None
-    if review is not None:
-        review.add_commands(sub)
+    from truthloop import review  # `runs` and `export`; light to import (no PIL, no rich)
+
+    review.add_commands(sub)
     return parser
 
 
