@@ -240,6 +240,23 @@ async def test_view_of_a_finished_run(tmp_path):
         await wait_for(pilot, lambda: not app.is_running)
 
 
+async def test_export_key_writes_gif_and_sheet_and_says_where(tmp_path):
+    make_loop(tmp_path / "run").run()
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    app = TruthLoopApp(run_dir=tmp_path / "run", preview="none", stable=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        await pilot.press("e")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        exported = sorted(p.name for p in (tmp_path / "run" / "exports").iterdir())
+        assert exported == ["sheet.png", "trajectory.gif"]
+        messages = [n.message for n in app._notifications]
+        assert any("trajectory.gif" in m and "sheet.png" in m for m in messages)
+    for path, data in before.items():
+        assert path.read_bytes() == data  # the run's own files are untouched
+
+
 async def test_view_follows_a_growing_run(tmp_path):
     hold = HoldAt(paint=3, step=1)
     loop = make_loop(tmp_path / "run", painter=FakePainter(steps=4, step_hook=hold))

@@ -59,6 +59,7 @@ class TruthLoopApp(App[int]):
         Binding("b", "toggle_base", "Diff base"),
         Binding("B", "pin_base", "Pin base", show=False),
         Binding("c", "copy_path", "Image path"),
+        Binding("e", "export", "Export"),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]
@@ -544,6 +545,24 @@ class TruthLoopApp(App[int]):
         self.copy_to_clipboard(str(path))
         self.notify(visible(str(path)), title="image path (copied to the clipboard)", markup=False,
                     timeout=8)
+
+    def action_export(self) -> None:
+        self.notify("exporting GIF + contact sheet…", timeout=2)
+        self._export()
+
+    @work(thread=True, exclusive=True, group="export", exit_on_error=False)
+    def _export(self) -> None:
+        # Pillow work on every image of the run: off the UI thread, like the loop itself.
+        from truthloop.review import ExportError, export_default
+
+        try:
+            paths = export_default(self.run_dir)
+        except ExportError as error:
+            self.call_from_thread(self.notify, visible(str(error)), title="export failed",
+                                  severity="error", markup=False, timeout=8)
+            return
+        listing = "\n".join(visible(str(path)) for path in paths)
+        self.call_from_thread(self.notify, listing, title="exported", markup=False, timeout=10)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

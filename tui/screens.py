@@ -20,6 +20,7 @@ HELP_ROWS = [
     ("b", "diff base: previous iteration ↔ start"),
     ("B", "diff base: pin the selected iteration"),
     ("c", "show and copy the selected image's file path"),
+    ("e", "export the run: GIF + contact sheet into RUN_DIR/exports/"),
     ("?", "this help"),
 ]
 
