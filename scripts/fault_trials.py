@@ -141,6 +141,7 @@ class Reference:
     prompts: list[tuple[str, str, int | None]]
     status: str
     seconds: dict[bool, float] = field(default_factory=dict)  # slow writes? -> wall time
+    iteration: dict[bool, float] = field(default_factory=dict)  # slow writes? -> s/iteration
 
 
 def reference(mode: str, workdir: Path, env: dict[str, str], slow_too: bool = True) -> Reference:
@@ -158,11 +159,13 @@ def reference(mode: str, workdir: Path, env: dict[str, str], slow_too: bool = Tr
         if done.returncode != 0:
             raise SystemExit(f"reference run ({mode}) failed:\n{done.stderr}")
         view = read_run(out)
+        totals = [r["timings"]["total"] for r in view.records if r.get("image")]
         if ref is None:
             ref = Reference(mode, trajectory(out), view.status)
         elif (trajectory(out), view.status) != (ref.prompts, ref.status):
             raise SystemExit(f"the slow-writes reference ({mode}) differs from the plain one")
         ref.seconds[slow] = seconds
+        ref.iteration[slow] = sum(totals) / max(1, len(totals))
     return ref
 
 
@@ -307,6 +310,40 @@ def run_trial(trial: Trial, ref: Reference, workdir: Path, env: dict[str, str],
     return trial
 
 
+def after_ready(lines: int, delay: float) -> Callable[[Path, float], bool]:
+    """Kill `delay` seconds after the run has `lines` complete log lines and its models loaded."""
+    seen: list[float] = []
+
+    def when(out: Path, elapsed: float) -> bool:
+        if not seen:
+            log = out / "log.jsonl"
+            err = out.parent / f"{out.name}.stderr"
+            count = log.read_bytes().count(b"\n") if log.exists() else 0
+            ready = count > 0 or (err.exists() and "models ready" in err.read_text(errors="replace"))
+            if ready and count >= lines:
+                seen.append(elapsed)
+        return bool(seen) and elapsed - seen[0] >= delay
+
+    return when
+
+
+def schedule(number: int, rng: random.Random, refs: dict[str, Reference]):
+    """Trial `number`: mode, slow writes, kill instant (seconds) and kill condition.
+
+    A third of the kills fall at a uniformly random time of the whole run (mostly interpreter
+    start-up and model loading, which dominate a tiny run); the rest at a random instant inside a
+    random iteration, so denoising and writes are hit whatever the machine's load is.
+    """
+    mode = MODES[number % 2]
+    slow = (number // 2) % 2 == 1
+    ref = refs[mode]
+    if number % 3 == 0:
+        return mode, slow, rng.uniform(0.0, 0.97 * ref.seconds[slow]), None
+    images = sum(1 for _ in ref.prompts) - (1 if ref.status == "converged" else 0)
+    lines = rng.randrange(max(1, images))
+    return mode, slow, 0.0, after_ready(lines, rng.uniform(0.0, ref.iteration[slow]))
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
         return child_main(sys.argv[2:])
@@ -315,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed for the kill instants")
     parser.add_argument("--keep", help="work in this directory and keep it (default: a temp dir)")
     parser.add_argument("--cache", help="TRUTHLOOP_CACHE for the runs (default: the environment's)")
+    parser.add_argument("--jobs", type=int, default=1, help="trials run side by side")
     args = parser.parse_args(argv)
 
     env = child_env(args.cache)
@@ -328,21 +366,29 @@ def main(argv: list[str] | None = None) -> int:
         refs = {mode: reference(mode, workdir, env) for mode in MODES}
         for mode, ref in refs.items():
             print(f"reference {mode}: {len(ref.prompts)} records, {ref.status}, "
-                  f"{ref.seconds[False]:.1f}s plain / {ref.seconds[True]:.1f}s slow writes")
+                  f"{ref.seconds[False]:.1f}s plain / {ref.seconds[True]:.1f}s slow writes",
+                  flush=True)
         print(f"{'#':>3} {'mode':7} {'writes':6} {'kill@':>6}  {'phase':22} {'corrupt':7} "
               f"{'resumed':7} {'equal':5}  note")
+        plans = [schedule(number, rng, refs) for number in range(args.trials)]
+
+        def one(number: int) -> Trial:
+            mode, slow, kill_at, when = plans[number]
+            return run_trial(Trial(number, mode, slow, kill_at), refs[mode], workdir, env,
+                             kill_when=when)
+
+        from concurrent.futures import ThreadPoolExecutor
+
         trials = []
-        for number in range(args.trials):
-            mode = MODES[number % 2]
-            slow = (number // 2) % 2 == 1
-            ref = refs[mode]
-            kill_at = rng.uniform(0.0, 0.97 * ref.seconds[slow])
-            trial = run_trial(Trial(number, mode, slow, kill_at), ref, workdir, env)
-            trials.append(trial)
-            print(f"{number:3d} {mode:7} {'slow' if slow else 'plain':6} {trial.kill_at:6.2f}  "
-                  f"{trial.phase:22} {'YES' if trial.corrupt else 'no':7} "
-                  f"{'yes' if trial.resumed else 'NO':7} {'yes' if trial.equal else 'NO':5}  "
-                  f"{'; '.join(trial.corrupt) or trial.note}", flush=True)
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            for trial in pool.map(one, range(args.trials)):
+                trials.append(trial)
+                number, mode, slow = trial.number, trial.mode, trial.slow
+                print(f"{number:3d} {mode:7} {'slow' if slow else 'plain':6} "
+                      f"{trial.kill_at:6.2f}  {trial.phase:22} "
+                      f"{'YES' if trial.corrupt else 'no':7} {'yes' if trial.resumed else 'NO':7} "
+                      f"{'yes' if trial.equal else 'NO':5}  "
+                      f"{'; '.join(trial.corrupt) or trial.note}", flush=True)
         killed = [t for t in trials if t.killed]
         survived = [t for t in killed if not t.corrupt and t.resumed and t.equal]
         corrupt = [t for t in trials if t.corrupt]
