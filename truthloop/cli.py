@@ -38,6 +38,7 @@ OPTION_FIELDS = {
     "width": ("generate", "width"), "height": ("generate", "height"),
     "scheduler": ("generate", "scheduler"), "negative_prompt": ("generate", "negative_prompt"),
     "seed": ("generate", "seed"), "seed_mode": ("generate", "seed_mode"),
+    "compile": ("generate", "compile"),
     "clauses": ("loop", "clauses"), "feed": ("loop", "feed"), "max_iters": ("loop", "max_iters"),
     "confirm_iters": ("loop", "confirm_iters"),
 }
@@ -126,6 +127,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--negative-prompt", help="default: the seed script's negative prompt")
     generate.add_argument("--seed", type=int)
     generate.add_argument("--seed-mode", choices=SEED_MODES)
+    generate.add_argument("--compile", action="store_true", default=None,
+                          help="torch.compile the UNet and VAE (CUDA; pays off on long runs)")
     loop = parser.add_argument_group("loop")
     loop.add_argument("--clauses", type=int, help="compare (and feed) only the first N comma "
                       "clauses; 0 = whole caption")

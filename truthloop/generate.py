@@ -24,6 +24,8 @@ class Painter:
         # MPS generators are not reproducible across runs; draw noise on the CPU there.
         self.generator_device = "cuda" if device == "cuda" else "cpu"
         self._shared = torch.Generator(self.generator_device).manual_seed(config.seed)
+        if config.compile and device == "cuda":
+            compile_pipeline(pipe)
 
     def _generator(self) -> Any:
         import torch
@@ -67,3 +69,17 @@ class Painter:
 
         raw = bytearray(base64.b64decode(state))
         self._shared.set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
+
+
+def compile_pipeline(pipe: Any) -> None:
+    """torch.compile the two heavy parts in place; the first image pays the compile time.
+
+    Inductor's caches go to truthloop's cache dir so the next process starts warm.
+    """
+    import os
+
+    from truthloop.paths import cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    pipe.unet.compile()
+    pipe.vae.decoder.compile()

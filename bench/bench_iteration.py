@@ -1,0 +1,431 @@
+"""Seed stack vs truthloop, side by side on one GPU, full-size random-weight models.
+
+    python bench/bench_iteration.py --part base     # labels, interrogation, SD eager, iterations
+    python bench/bench_iteration.py --part compile  # torch.compile: compile time, speed, drift
+
+The seed stack is called exactly as the article's script calls it: clip-interrogator 0.6.0's
+`Interrogator(Config(clip_model_name=..., chunk_size=400)).interrogate(image)` and a plain
+diffusers `pipe(prompt, negative_prompt=n_prompt, generator=generator)` (SD2 768, 50 steps,
+guidance 7.5, one shared CUDA generator). truthloop's path is its own Captioner (fast
+interrogator) and Painter. Prints one table; writes the numbers as JSON next to it (--json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bench.fullsize import build_all  # noqa: E402
+from truthloop.backends import quiet_libraries  # noqa: E402
+from truthloop.config import SEED_NEGATIVE_PROMPT, CaptionConfig, GenerateConfig  # noqa: E402
+
+ROWS: list[tuple[str, str, str, str]] = []  # (what, seed stack, truthloop, ratio / note)
+RESULTS: dict = {}
+
+
+def row(what, seed=None, ours=None, note=""):
+    fmt = lambda v: "" if v is None else (f"{v:.3f} s" if isinstance(v, float) else str(v))  # noqa
+    ROWS.append((what, fmt(seed), fmt(ours), note))
+    print(f"  {what}: seed={fmt(seed)} truthloop={fmt(ours)} {note}", flush=True)
+
+
+def ratio(ours, seed):
+    return f"{ours / seed:.2f}x" if seed else ""
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.float16 if DEVICE == "cuda" else torch.float32
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0
+
+
+def reset_peak() -> None:
+    if DEVICE == "cuda":
+        reset_peak()
+
+
+def timed(fn, repeat=3, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        sync()
+        start = time.perf_counter()
+        result = fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def varied_images(count: int) -> list[Image.Image]:
+    """Noise, gradients, blocks and stripes with fixed seeds: inputs that rank labels differently."""
+    rng = np.random.default_rng(0)
+    images = []
+    for index in range(count):
+        kind = index % 5
+        size = 512
+        if kind == 0:
+            array = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        elif kind == 1:
+            ramp = np.linspace(0, 255, size, dtype=np.float32)
+            colour = rng.uniform(0.2, 1.0, 3)
+            array = (ramp[None, :, None] * colour[None, None, :]).repeat(size, 0)
+        elif kind == 2:
+            blocks = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+            array = np.kron(blocks, np.ones((size // 8, size // 8, 1), dtype=np.uint8))
+        elif kind == 3:
+            x = np.arange(size)[None, :] * rng.uniform(0.02, 0.2)
+            array = ((np.sin(x + np.arange(size)[:, None] * 0.05) + 1) * 127)[..., None]
+            array = array * rng.uniform(0.3, 1.0, 3)[None, None, :]
+        else:
+            array = np.full((size, size, 3), rng.integers(0, 256, 3), dtype=np.uint8)
+            array[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = rng.integers(0, 256, 3)
+        images.append(Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)))
+    return images
+
+
+def load_stack(paths):
+    from truthloop.models import load_caption_model, load_clip, load_pipeline, set_determinism
+
+    set_determinism()
+    start = time.perf_counter()
+    pipe = load_pipeline(paths["sd"], DEVICE, DTYPE)
+    blip, processor = load_caption_model(paths["blip"], DEVICE, DTYPE)
+    clip, preprocess, clip_name = load_clip(paths["clip"], DEVICE)
+    load_seconds = time.perf_counter() - start
+
+    class Models:
+        pass
+
+    models = Models()
+    models.pipe, models.caption_model, models.caption_processor = pipe, blip, processor
+    models.clip_model, models.clip_preprocess, models.clip_name = clip, preprocess, clip_name
+    models.device, models.dtype = DEVICE, DTYPE
+    return models, load_seconds
+
+
+def seed_interrogator(models, cache_path):
+    """clip-interrogator as the seed script configures it (chunk_size=400), models injected."""
+    import contextlib
+    import io
+
+    from clip_interrogator import Config, Interrogator
+
+    config = Config(clip_model_name=models.clip_name, chunk_size=400, cache_path=str(cache_path),
+                    download_cache=False, device=DEVICE, quiet=True)
+    config.caption_model = models.caption_model
+    config.caption_processor = models.caption_processor
+    config.clip_model = models.clip_model
+    config.clip_preprocess = models.clip_preprocess
+    with contextlib.redirect_stdout(io.StringIO()):
+        return Interrogator(config)
+
+
+def image_hash(image) -> str:
+    return hashlib.sha256(image.tobytes()).hexdigest()[:16]
+
+
+def pixel_diff(a, b) -> tuple[int, float]:
+    x = np.asarray(a, dtype=np.int16)
+    y = np.asarray(b, dtype=np.int16)
+    d = np.abs(x - y)
+    return int(d.max()), float(d.mean())
+
+
+# ---------------------------------------------------------------------------------------------
+def part_base(paths, work: Path, images_count: int, iterations: int):
+    from truthloop.fastci import FastInterrogator
+    from truthloop.generate import Painter
+
+    models, load_seconds = load_stack(paths)
+    row("load models (SD2 + BLIP-large + ViT-L-14, fp16)", note=f"{load_seconds:.1f} s")
+
+    labels = work / "labels"
+    for stale in labels.glob("*.safetensors"):
+        stale.unlink()
+    start = time.perf_counter()
+    ci = seed_interrogator(models, labels)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    ci = seed_interrogator(models, labels)
+    cached = time.perf_counter() - start
+    start = time.perf_counter()
+    fast = FastInterrogator(ci)
+    fast_init = time.perf_counter() - start
+    row("label embeddings (~112k), first use", first, None, "computed once per CLIP")
+    row("label embeddings, from the cache", cached, cached + fast_init,
+        f"truthloop adds {fast_init:.2f} s to stack them on the GPU")
+    RESULTS["labels"] = {"first": first, "cached": cached, "fast_init": fast_init}
+
+    images = varied_images(images_count)
+    caption_time, caption = timed(lambda: ci.generate_caption(images[0]))
+    row("BLIP-large caption (max_new_tokens=32)", caption_time, caption_time, "same call")
+    captions = [ci.generate_caption(image) for image in images]
+
+    # Interrogation, ranking only (the caption is given to both, as the timings above split it).
+    agree, seed_times, fast_times = 0, [], []
+    disagreements = []
+    for image, cap in zip(images, captions):
+        sync()
+        start = time.perf_counter()
+        expected = ci.interrogate(image, caption=cap)
+        sync()
+        seed_times.append(time.perf_counter() - start)
+        sync()
+        start = time.perf_counter()
+        got = fast.interrogate(image, caption=cap)
+        sync()
+        fast_times.append(time.perf_counter() - start)
+        if got == expected:
+            agree += 1
+        else:
+            disagreements.append((expected, got))
+    seed_best, fast_best = statistics.median(seed_times[1:]), statistics.median(fast_times[1:])
+    row("interrogate best (ranking; median of images)", seed_best, fast_best,
+        f"{seed_best / fast_best:.1f}x faster; same string on {agree}/{len(images)} images")
+    RESULTS["best"] = {"seed": seed_best, "fast": fast_best, "agree": agree,
+                       "images": len(images), "disagreements": disagreements[:3]}
+    for mode, seed_call, fast_call in (
+        ("fast", ci.interrogate_fast, fast.interrogate_fast),
+        ("classic", ci.interrogate_classic, fast.interrogate_classic),
+    ):
+        same = sum(seed_call(im, caption=c) == fast_call(im, caption=c)
+                   for im, c in zip(images[:10], captions[:10]))
+        seed_time, _ = timed(lambda: seed_call(images[1], caption=captions[1]))
+        fast_time, _ = timed(lambda: fast_call(images[1], caption=captions[1]))
+        row(f"interrogate {mode}", seed_time, fast_time,
+            f"{seed_time / fast_time:.1f}x faster; same string on {same}/{len(images[:10])}")
+        RESULTS[mode] = {"seed": seed_time, "fast": fast_time, "agree": same}
+
+    # Stable Diffusion, eager: the plain call vs truthloop's Painter (same kernels: bit-equal).
+    prompt = captions[0]
+    pipe = models.pipe
+
+    def plain():
+        generator = torch.Generator(DEVICE).manual_seed(42)
+        return pipe(prompt, negative_prompt=SEED_NEGATIVE_PROMPT, generator=generator).images[0]
+
+    painter = Painter(pipe, GenerateConfig(), DEVICE)
+    reset_peak()
+    plain_time, plain_image = timed(plain)
+    paint_time, painted = timed(lambda: painter.paint(prompt, lambda s, t: None))
+    same = image_hash(plain_image) == image_hash(painted)
+    finite = np.isfinite(np.asarray(painted, dtype=np.float32)).all()
+    row("SD2 768, 50 steps (eager)", plain_time, paint_time,
+        f"{ratio(paint_time, plain_time)}; images bit-equal: {same}")
+    RESULTS["sd_eager"] = {"seed": plain_time, "ours": paint_time, "bit_equal": same,
+                           "finite": bool(finite)}
+    again = painter.paint(prompt, lambda s, t: None)
+    RESULTS["determinism_in_process"] = image_hash(again) == image_hash(painted)
+    RESULTS["eager_hash"] = image_hash(painted)
+    (work / "eager_prompt.txt").write_text(prompt)
+    painted.save(work / "eager.png")
+
+    # Whole iterations of the article loop from one start image, shared generator, both stacks.
+    def seed_loop(n):
+        generator = torch.Generator(DEVICE).manual_seed(42)
+        image, prompts, times = images[2], [], []
+        for _ in range(n):
+            sync()
+            start = time.perf_counter()
+            p = ci.interrogate(image)
+            image = pipe(p, negative_prompt=SEED_NEGATIVE_PROMPT, generator=generator).images[0]
+            sync()
+            times.append(time.perf_counter() - start)
+            prompts.append(p)
+        return prompts, times, image
+
+    def our_loop(n, painter_):
+        from truthloop.interrogate import Captioner
+
+        captioner = Captioner.__new__(Captioner)
+        captioner.ci, captioner.config, captioner.fast = ci, CaptionConfig(chunk_size=400), fast
+        image, prompts, times = images[2], [], []
+        for _ in range(n):
+            sync()
+            start = time.perf_counter()
+            p = captioner.caption(image)
+            image = painter_.paint(p, lambda s, t: None)
+            sync()
+            times.append(time.perf_counter() - start)
+            prompts.append(p)
+        return prompts, times, image
+
+    reset_peak()
+    seed_prompts, seed_times, seed_last = seed_loop(iterations)
+    seed_peak = peak_gib()
+    reset_peak()
+    shared = Painter(pipe, GenerateConfig(seed_mode="shared"), DEVICE)
+    our_prompts, our_times, our_last = our_loop(iterations, shared)
+    our_peak = peak_gib()
+    seed_iter = statistics.median(seed_times[1:])
+    our_iter = statistics.median(our_times[1:])
+    row(f"whole iteration, article preset ({iterations} its, median)", seed_iter, our_iter,
+        f"{ratio(our_iter, seed_iter)}; prompts equal: {seed_prompts == our_prompts}; "
+        f"last image bit-equal: {image_hash(seed_last) == image_hash(our_last)}")
+    row("peak GPU memory (allocated)", f"{seed_peak:.2f} GiB", f"{our_peak:.2f} GiB")
+    RESULTS["iteration_eager"] = {"seed": seed_iter, "ours": our_iter,
+                                  "prompts_equal": seed_prompts == our_prompts,
+                                  "seed_peak_gib": seed_peak, "our_peak_gib": our_peak}
+
+    # --low-vram: diffusers model CPU offload for the pipeline.
+    from truthloop.models import load_pipeline
+
+    del painter, shared
+    models.pipe = pipe = None
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+    low = load_pipeline(paths["sd"], DEVICE, DTYPE, low_vram=True)
+    low_painter = Painter(low, GenerateConfig(), DEVICE)
+    reset_peak()
+    low_time, low_image = timed(lambda: low_painter.paint(prompt, lambda s, t: None), repeat=1)
+    low_peak = peak_gib()
+    row("--low-vram SD2 768 50 steps (offload)", None, low_time,
+        f"peak {low_peak:.2f} GiB (BLIP+CLIP resident); same image as eager: "
+        f"{image_hash(low_image) == RESULTS['eager_hash']}")
+    RESULTS["low_vram"] = {"time": low_time, "peak_gib": low_peak}
+
+
+def part_compile(paths, work: Path, iterations: int):
+    from truthloop.generate import Painter, compile_pipeline
+
+    models, _ = load_stack(paths)
+    pipe = models.pipe
+    prompt = (work / "eager_prompt.txt").read_text() if (work / "eager_prompt.txt").exists() \
+        else "a photo"
+    eager_painter = Painter(pipe, GenerateConfig(), DEVICE)
+    eager_time, eager_image = timed(lambda: eager_painter.paint(prompt, lambda s, t: None))
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")
+    sync()
+    start = time.perf_counter()
+    compile_pipeline(pipe)
+    first_image = eager_painter.paint(prompt, lambda s, t: None)
+    sync()
+    first_call = time.perf_counter() - start
+    compiled_time, compiled_image = timed(lambda: eager_painter.paint(prompt, lambda s, t: None))
+    max_diff, mean_diff = pixel_diff(eager_image, compiled_image)
+    row("SD2 768 50 steps: eager vs torch.compile", eager_time, compiled_time,
+        f"{ratio(compiled_time, eager_time)}; pixels differ max {max_diff}, mean {mean_diff:.3f}")
+    row("first compiled image (compile + run)", None, first_call,
+        f"cache {'warm' if os.environ.get('BENCH_CACHE_WARM') else 'cold'}")
+    saved = eager_time - compiled_time
+    extra = first_call - compiled_time - 0.0
+    break_even = extra / saved if saved > 0 else float("inf")
+    row("break-even (images)", None, None, f"{break_even:.0f} images")
+    same_twice = image_hash(eager_painter.paint(prompt, lambda s, t: None)) == \
+        image_hash(compiled_image)
+    RESULTS["compile"] = {"eager": eager_time, "compiled": compiled_time,
+                          "first_call": first_call, "max_pixel_diff": max_diff,
+                          "mean_pixel_diff": mean_diff, "break_even_images": break_even,
+                          "same_twice": same_twice, "inductor_cache": cache,
+                          "compiled_hash": image_hash(compiled_image)}
+
+
+def child_hash(paths, prompt: str, compile_: bool) -> dict:
+    """In a fresh process: one image, its hash and how long the first one took (cache warm?)."""
+    from truthloop.generate import Painter
+
+    models, _ = load_stack(paths)
+    painter = Painter(models.pipe, GenerateConfig(compile=compile_), DEVICE)
+    sync()
+    start = time.perf_counter()
+    image = painter.paint(prompt, lambda s, t: None)
+    sync()
+    return {"hash": image_hash(image), "first": time.perf_counter() - start}
+
+
+def print_table(title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("what", "seed stack", "truthloop", "ratio / note"):
+        table.add_column(column, overflow="fold")
+    for values in ROWS:
+        table.add_row(*values)
+    Console(width=160).print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--part", choices=("base", "compile", "child"), default="base")
+    parser.add_argument("--work", default=str(ROOT / ".bench"))
+    parser.add_argument("--images", type=int, default=50)
+    parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--json", help="write the numbers here")
+    parser.add_argument("--prompt", default="a photo")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help="tiny checkpoints (CPU smoke test)")
+    args = parser.parse_args()
+    quiet_libraries()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if args.tiny:  # a CPU smoke test of this script with the tiny checkpoints
+        from truthloop.tiny import build_tiny_models
+
+        tiny = build_tiny_models()
+        paths = {"sd": tiny.sd_model, "blip": tiny.caption_model, "clip": tiny.clip_model}
+    else:
+        paths = build_all(work / "models", log=lambda m: print(m, flush=True))
+    if args.part == "child":
+        print("CHILD " + json.dumps(child_hash(paths, args.prompt, args.compile)))
+        return
+    print(f"checkpoints ready in {time.perf_counter() - start:.1f}s", flush=True)
+    machine = (f"{torch.cuda.get_device_name(0) if DEVICE == 'cuda' else platform.processor() or 'cpu'}, torch {torch.__version__}, "
+               f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+    RESULTS["machine"] = machine
+    if args.part == "base":
+        part_base(paths, work, args.images, args.iterations)
+        prompt = (work / "eager_prompt.txt").read_text()
+        child = subprocess.run([sys.executable, __file__, "--part", "child", "--work", str(work),
+                                "--prompt", prompt] + (["--tiny"] if args.tiny else []),
+                               capture_output=True, text=True)
+        line = [x for x in child.stdout.splitlines() if x.startswith("CHILD ")]
+        other = json.loads(line[0][6:]) if line else {"hash": child.stderr[-300:]}
+        same = other["hash"] == RESULTS["eager_hash"]
+        row("same prompt+seed, another process (eager)", None, None, f"same image: {same}")
+        RESULTS["determinism_across_processes"] = same
+        row("same prompt+seed, same process (eager)", None, None,
+            f"same image: {RESULTS['determinism_in_process']}")
+    else:
+        part_compile(paths, work, args.iterations)
+        child = subprocess.run([sys.executable, __file__, "--part", "child", "--work", str(work),
+                                "--prompt", (work / "eager_prompt.txt").read_text()
+                                if (work / "eager_prompt.txt").exists() else "a photo",
+                                "--compile"], capture_output=True, text=True)
+        line = [x for x in child.stdout.splitlines() if x.startswith("CHILD ")]
+        other = json.loads(line[0][6:]) if line else {"hash": child.stderr[-300:], "first": -1}
+        row("compiled, another process (warm inductor cache)", None, other.get("first"),
+            f"first image incl. compile; same image: {other['hash'] == RESULTS['compile']['compiled_hash']}")
+        RESULTS["compile"]["other_process"] = other
+    print_table(f"truthloop vs seed stack — {machine}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(RESULTS, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
