@@ -327,12 +327,28 @@ def after_ready(lines: int, delay: float) -> Callable[[Path, float], bool]:
     return when
 
 
+def mid_write(lines: int) -> Callable[[Path, float], bool]:
+    """Kill at the first moment, once the log has `lines` lines, that a write is half done: a
+    temp file is being filled or renamed, or a log line is torn (slow-writes trials only)."""
+
+    def when(out: Path, elapsed: float) -> bool:
+        log = out / "log.jsonl"
+        data = log.read_bytes() if log.exists() else b""
+        if data.count(b"\n") < lines:
+            return False
+        torn = bool(data) and not data.endswith(b"\n")
+        return torn or any(out.glob(".*.tmp-*")) or any(out.glob("images/.*.tmp-*"))
+
+    return when
+
+
 def schedule(number: int, rng: random.Random, refs: dict[str, Reference]):
     """Trial `number`: mode, slow writes, kill instant (seconds) and kill condition.
 
     A third of the kills fall at a uniformly random time of the whole run (mostly interpreter
-    start-up and model loading, which dominate a tiny run); the rest at a random instant inside a
-    random iteration, so denoising and writes are hit whatever the machine's load is.
+    start-up and model loading, which dominate a tiny run); the rest inside a random iteration:
+    with plain writes at a random instant of it (mostly denoising), with slow writes at the first
+    half-done write of it (an image or summary being written or renamed, a log line torn).
     """
     mode = MODES[number % 2]
     slow = (number // 2) % 2 == 1
@@ -341,6 +357,8 @@ def schedule(number: int, rng: random.Random, refs: dict[str, Reference]):
         return mode, slow, rng.uniform(0.0, 0.97 * ref.seconds[slow]), None
     images = sum(1 for _ in ref.prompts) - (1 if ref.status == "converged" else 0)
     lines = rng.randrange(max(1, images))
+    if slow:
+        return mode, slow, 0.0, mid_write(lines)
     return mode, slow, 0.0, after_ready(lines, rng.uniform(0.0, ref.iteration[slow]))
 
 
