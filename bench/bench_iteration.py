@@ -64,7 +64,7 @@ def peak_gib() -> float:
 
 def reset_peak() -> None:
     if DEVICE == "cuda":
-        reset_peak()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def timed(fn, repeat=3, warmup=1):

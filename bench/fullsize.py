@@ -58,7 +58,7 @@ def _build_sd2(out: Path, tokenizer_dir: Path) -> None:
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
                             "CrossAttnUpBlock2D"),
             cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-            use_linear_projection=True, upcast_attention=True,
+            use_linear_projection=True, upcast_attention=False,
         )
         vae = AutoencoderKL(
             in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
