@@ -131,7 +131,7 @@ def test_article_preset_reproduces_the_seed_script_step_by_step(tmp_path, tiny_m
     config = RunConfig(input_image=str(SAMPLE))
     apply_preset(config, "article")
     config.models.models = "tiny"
-    config.caption.interrogator = "reference"
+    assert config.caption.interrogator == "fast"  # truthloop's own path, against the script's
     config.loop.clauses = 1
     config.loop.feed = "full"
     config.loop.max_iters = max_iters
@@ -195,3 +195,24 @@ def test_cli_errors_are_one_line(tmp_path, argv, message):
     assert "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines()
                 if line.startswith("truthloop: error:")]) == 1
+
+
+@pytest.mark.parametrize("mode", ["best", "fast", "classic", "negative", "caption"])
+def test_fast_captioner_gives_the_reference_string(tiny_interrogator, mode):
+    """The loop's fast path (fastci + fastcaption) against clip-interrogator itself, every mode."""
+    import numpy as np
+    from PIL import Image
+
+    from truthloop.config import CaptionConfig
+    from truthloop.interrogate import Captioner
+
+    reference = Captioner(tiny_interrogator, CaptionConfig(mode=mode, chunk_size=400,
+                                                           interrogator="reference"))
+    fast = Captioner(tiny_interrogator, CaptionConfig(mode=mode, chunk_size=400,
+                                                      interrogator="fast"))
+    rng = np.random.default_rng(7)
+    images = [sample_image(),
+              Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)),
+              Image.new("RGB", (64, 64), (200, 30, 40))]
+    for image in images:
+        assert fast.caption(image) == reference.caption(image)

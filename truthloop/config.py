@@ -61,7 +61,7 @@ class CaptionConfig:
     caption_max_length: int = 32
     # "fast" is truthloop's exact re-implementation of clip-interrogator's ranking; "reference"
     # calls clip-interrogator itself. Both give the same string (tests check it).
-    interrogator: str = "reference"
+    interrogator: str = "fast"
 
 
 @dataclass

@@ -85,16 +85,23 @@ class Captioner:
 
     def caption(self, image: Any) -> str:
         mode = self.config.mode
+        if self.fast is None:  # the reference: clip-interrogator's own calls, nothing of ours
+            if mode == "caption":
+                return self.ci.generate_caption(image)
+            return {"best": self.ci.interrogate, "fast": self.ci.interrogate_fast,
+                    "classic": self.ci.interrogate_classic,
+                    "negative": self.ci.interrogate_negative}[mode](image)
+        from truthloop.fastcaption import fast_generate_caption
+
+        if mode == "negative":
+            return self.fast.interrogate_negative(image)
+        # One BLIP caption (same tokens as HF generate, less overhead) serves every mode; passed
+        # by name because clip-interrogator's methods take their arguments in different orders.
+        text = fast_generate_caption(self.ci, image)
         if mode == "caption":
-            return self.ci.generate_caption(image)
-        impl = self.fast or self.ci
-        if mode == "best":
-            return impl.interrogate(image)
-        if mode == "fast":
-            return impl.interrogate_fast(image)
-        if mode == "classic":
-            return impl.interrogate_classic(image)
-        return impl.interrogate_negative(image)
+            return text
+        return {"best": self.fast.interrogate, "fast": self.fast.interrogate_fast,
+                "classic": self.fast.interrogate_classic}[mode](image, caption=text)
 
 
 class ClipEmbedder:
