@@ -117,7 +117,7 @@ def test_bad_start_image_is_one_line(tmp_path, name):
                                   "truncated-png", "truncated-jpeg", "bomb-30000", "bomb-20000"])
 def test_bad_start_image_loader(tmp_path, name):
     path, message = _bad_images(tmp_path)[name]
-    with pytest.raises(BadImage, match="") as caught:
+    with pytest.raises(BadImage) as caught:
         load_input_image(path)
     assert message in str(caught.value) and "\n" not in str(caught.value)
 

@@ -84,7 +84,7 @@ def _after_first_line(delay: float):
 
 KILLS = {
     # name: (seed mode, slow writes, when to SIGKILL, the phase it must land in)
-    "model-load": ("reseed", False, lambda out, t: (out / "run.json").exists(), "model load"),
+    "model-load": ("reseed", False, lambda out, t: (out / "summary.json").exists(), "model load"),
     "mid-denoising": ("shared", False, _after_first_line(0.35), "iteration 1"),
     "torn-log-line": ("shared", True, lambda out, t: _log_torn(out), "mid log line"),
     "mid-png-write": ("reseed", True,
