@@ -85,7 +85,7 @@ def _after_first_line(delay: float):
 KILLS = {
     # name: (seed mode, slow writes, when to SIGKILL, the phase it must land in)
     "model-load": ("reseed", False, lambda out, t: (out / "summary.json").exists(), "model load"),
-    "mid-denoising": ("shared", False, _after_first_line(0.35), "iteration 1"),
+    "mid-denoising": ("shared", False, _after_first_line(0.35), "iteration"),
     "torn-log-line": ("shared", True, lambda out, t: _log_torn(out), "mid log line"),
     "mid-png-write": ("reseed", True,
                       lambda out, t: any((out / "images").glob(".0001.png.tmp-*")),
@@ -109,7 +109,7 @@ def test_sigkill_then_resume_equals_uninterrupted(trials_env, name):
     trial = module.Trial(number=list(KILLS).index(name), mode=mode, slow=slow, kill_at=0.0)
     trial = module.run_trial(trial, refs[mode], workdir, env, kill_when=when)
     assert trial.killed, "the run ended before the kill point"
-    assert trial.phase == phase
+    assert trial.phase.startswith(phase), trial.phase  # "iteration" = mid-denoising on a fast box
     assert trial.corrupt == []
     assert trial.resumed, trial.note
     assert trial.equal, trial.note
