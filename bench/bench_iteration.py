@@ -156,7 +156,7 @@ def pixel_diff(a, b) -> tuple[int, float]:
 
 
 # ---------------------------------------------------------------------------------------------
-def part_base(paths, work: Path, images_count: int, iterations: int):
+def part_base(paths, work: Path, images_count: int, iterations: int, compile_too: bool):
     from truthloop.fastci import FastInterrogator
     from truthloop.generate import Painter
 
@@ -181,9 +181,19 @@ def part_base(paths, work: Path, images_count: int, iterations: int):
     RESULTS["labels"] = {"first": first, "cached": cached, "fast_init": fast_init}
 
     images = varied_images(images_count)
+    from truthloop.fastcaption import fast_generate_caption
+
     caption_time, caption = timed(lambda: ci.generate_caption(images[0]))
-    row("BLIP-large caption (max_new_tokens=32)", caption_time, caption_time, "same call")
+    fast_caption_time, _ = timed(lambda: fast_generate_caption(ci, images[0]))
     captions = [ci.generate_caption(image) for image in images]
+    same_captions = sum(fast_generate_caption(ci, image) == cap
+                        for image, cap in zip(images, captions))
+    fallback = getattr(getattr(ci, "_truthloop_fast_captioner", None), "reason", None)
+    row("BLIP-large caption (max_new_tokens=32)", caption_time, fast_caption_time,
+        f"{caption_time / fast_caption_time:.1f}x faster; same caption on "
+        f"{same_captions}/{len(images)}" + (f"; FELL BACK: {fallback}" if fallback else ""))
+    RESULTS["caption"] = {"seed": caption_time, "fast": fast_caption_time,
+                          "agree": same_captions, "fallback": fallback}
 
     # Interrogation, ranking only (the caption is given to both, as the timings above split it).
     agree, seed_times, fast_times = 0, [], []
@@ -261,7 +271,7 @@ def part_base(paths, work: Path, images_count: int, iterations: int):
     def our_loop(n, painter_):
         from truthloop.interrogate import Captioner
 
-        captioner = Captioner.__new__(Captioner)
+        captioner = Captioner.__new__(Captioner)  # reuse the FastInterrogator built above
         captioner.ci, captioner.config, captioner.fast = ci, CaptionConfig(chunk_size=400), fast
         image, prompts, times = images[2], [], []
         for _ in range(n):
@@ -290,6 +300,42 @@ def part_base(paths, work: Path, images_count: int, iterations: int):
     RESULTS["iteration_eager"] = {"seed": seed_iter, "ours": our_iter,
                                   "prompts_equal": seed_prompts == our_prompts,
                                   "seed_peak_gib": seed_peak, "our_peak_gib": our_peak}
+
+    if compile_too:
+        from truthloop.generate import compile_pipeline
+
+        eager_time, eager_image = timed(lambda: painter.paint(prompt, lambda s, t: None))
+        sync()
+        start = time.perf_counter()
+        compile_pipeline(pipe)
+        painter.paint(prompt, lambda s, t: None)
+        sync()
+        first_call = time.perf_counter() - start
+        compiled_time, compiled_image = timed(lambda: painter.paint(prompt, lambda s, t: None))
+        max_diff, mean_diff = pixel_diff(eager_image, compiled_image)
+        row("SD2 768 50 steps, --compile", plain_time, compiled_time,
+            f"{ratio(compiled_time, plain_time)}; vs eager pixels differ max {max_diff}/255, "
+            f"mean {mean_diff:.3f}")
+        saved = eager_time - compiled_time
+        break_even = (first_call - compiled_time) / saved if saved > 0 else float("inf")
+        row("first --compile image (cold compile + run)", None, first_call,
+            f"break-even after {break_even:.0f} images")
+        same_twice = image_hash(painter.paint(prompt, lambda s, t: None)) == \
+            image_hash(compiled_image)
+        compiled_shared = Painter(pipe, GenerateConfig(seed_mode="shared"), DEVICE)
+        c_prompts, c_times, _ = our_loop(iterations, compiled_shared)
+        c_iter = statistics.median(c_times[1:])
+        agree_prefix = next((i for i, (a, b) in enumerate(zip(c_prompts, seed_prompts)) if a != b),
+                            len(c_prompts))
+        row(f"whole iteration, article preset + --compile ({iterations} its)", seed_iter, c_iter,
+            f"{ratio(c_iter, seed_iter)}; prompts equal to seed stack for the first "
+            f"{agree_prefix}/{len(c_prompts)}")
+        RESULTS["compile"] = {"eager": eager_time, "compiled": compiled_time,
+                              "first_call": first_call, "max_pixel_diff": max_diff,
+                              "mean_pixel_diff": mean_diff, "break_even_images": break_even,
+                              "same_twice": same_twice, "iteration": c_iter,
+                              "prompts_equal_prefix": agree_prefix,
+                              "compiled_hash": image_hash(compiled_image)}
 
     # --low-vram: diffusers model CPU offload for the pipeline.
     from truthloop.models import load_pipeline
@@ -399,7 +445,7 @@ def main() -> None:
                f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}")
     RESULTS["machine"] = machine
     if args.part == "base":
-        part_base(paths, work, args.images, args.iterations)
+        part_base(paths, work, args.images, args.iterations, compile_too=args.compile)
         prompt = (work / "eager_prompt.txt").read_text()
         child = subprocess.run([sys.executable, __file__, "--part", "child", "--work", str(work),
                                 "--prompt", prompt] + (["--tiny"] if args.tiny else []),
@@ -411,6 +457,17 @@ def main() -> None:
         RESULTS["determinism_across_processes"] = same
         row("same prompt+seed, same process (eager)", None, None,
             f"same image: {RESULTS['determinism_in_process']}")
+        if args.compile:
+            child = subprocess.run([sys.executable, __file__, "--part", "child", "--work",
+                                    str(work), "--prompt", prompt, "--compile"],
+                                   capture_output=True, text=True)
+            line = [x for x in child.stdout.splitlines() if x.startswith("CHILD ")]
+            other = json.loads(line[0][6:]) if line else {"hash": child.stderr[-300:],
+                                                          "first": -1.0}
+            same = other["hash"] == RESULTS["compile"]["compiled_hash"]
+            row("--compile in another process (warm inductor cache)", None, other["first"],
+                f"first image incl. compile; same image as this process: {same}")
+            RESULTS["compile"]["other_process"] = other
     else:
         part_compile(paths, work, args.iterations)
         child = subprocess.run([sys.executable, __file__, "--part", "child", "--work", str(work),
