@@ -170,6 +170,9 @@ class TruthLoop:
         self.summary: dict[str, Any] = {}
         self._writer: RunWriter | None = None
         self._started = time.time()
+        # Set once run() has returned or raised: a UI that quits waits on it, so the summary
+        # ("stopped") is on disk before the process exits.
+        self.done = threading.Event()
 
     @classmethod
     def for_resume(cls, run_dir: Path, backend_factory: BackendFactory,
@@ -202,12 +205,14 @@ class TruthLoop:
         except OSError as error:  # e.g. disk full or read-only before the first iteration
             if self._writer:
                 self._writer.close()
+            self.done.set()
             raise RunDirError(describe_error(error)) from None
         try:
             return self._run_opened()
         finally:
             if self._writer:
                 self._writer.close()
+            self.done.set()
 
     def _open(self) -> None:
         if self.resume:

@@ -75,6 +75,7 @@ class TruthLoopApp(App[int]):
         if (loop is None) == (run_dir is None):
             raise ValueError("give a loop or a run_dir")
         self.loop = loop
+        self.loop_started = False
         self.mode = "live" if loop is not None else "view"
         self.run_dir = Path(loop.run_dir if loop is not None else run_dir)
         self.preview = preview
@@ -173,6 +174,7 @@ class TruthLoopApp(App[int]):
 
     @work(thread=True, exclusive=True, group="loop", exit_on_error=False, name="truthloop")
     def run_loop(self) -> dict[str, Any]:
+        self.loop_started = True
         return self.loop.run()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -628,11 +630,28 @@ def memory_line() -> str:
 
 def run_live(loop: Any, preview: str = "auto") -> int:
     """Drive `loop` in the app; 0 unless the loop failed (1)."""
+    import signal
+
     app = TruthLoopApp(loop=loop, preview=resolve_preview(preview))
+
+    def hang_up(signum: int, frame: Any) -> None:
+        # The SSH link dropped or someone sent SIGTERM: stop after the current denoising step,
+        # so the run ends as "stopped" (resumable), then leave.
+        loop.control.stop()
+        app.exit(return_code=128 + signum)
+
+    previous = {}
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup keeps its meaning
+            previous[signum] = signal.signal(signum, hang_up)
     try:
         app.run()
     finally:
         loop.control.stop()
+        if app.loop_started:
+            loop.done.wait(timeout=120)  # the worker writes the final summary first
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 1 if app.failed else (app.return_code or 0)
 
 
