@@ -1,0 +1,173 @@
+"""FastInterrogator gives clip-interrogator's exact strings (tiny models, CPU, fp32)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from clip_interrogator.clip_interrogator import _merge_tables
+from PIL import Image
+
+from truthloop.fastci import FastInterrogator
+
+MODES = ("interrogate", "interrogate_fast", "interrogate_classic")
+
+
+def _images(pipe) -> dict[str, Image.Image]:
+    ramp = np.linspace(0, 255, 64, dtype=np.uint8)
+    images = {
+        "red": Image.new("RGB", (64, 64), (255, 0, 0)),
+        "gradient": Image.fromarray(np.stack(np.broadcast_arrays(
+            ramp[None, :], ramp[:, None], 255 - ramp[None, :]), axis=-1)),
+        "noise0": Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3),
+                                                                    dtype=np.uint8)),
+        "noise1": Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 80, 3),
+                                                                    dtype=np.uint8)),
+    }
+    result = pipe("a lighthouse at dusk", num_inference_steps=2,
+                  generator=torch.Generator("cpu").manual_seed(3))
+    images["tiny-sd"] = result.images[0]
+    return images
+
+
+# Short captions give the chain room for many links before the 77-token limit.
+CAPTIONS = {
+    "red": "a red square",
+    "gradient": "a photo of a sunset over the sea",
+    "noise0": "static",
+    "noise1": "an abstract painting, colorful",
+    "tiny-sd": "a lighthouse at dusk",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The tiny models' ops are far too small to share out; on a busy 2-core machine, intra-op
+    # threads spin against each other and make both implementations several times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def images(tiny_models):
+    return _images(tiny_models.pipe)
+
+
+@pytest.fixture(scope="session")
+def interrogators(tiny_models, tiny_interrogator):
+    """chunk_size -> (clip-interrogator, FastInterrogator over it); label tables come from the
+    session's cache, computed once by tiny_interrogator."""
+    from truthloop.config import CaptionConfig
+    from truthloop.interrogate import build_interrogator
+
+    assert tiny_interrogator.config.chunk_size == 400
+    ci2048 = build_interrogator(tiny_models, CaptionConfig(chunk_size=2048))
+    return {400: (tiny_interrogator, FastInterrogator(tiny_interrogator)),
+            2048: (ci2048, FastInterrogator(ci2048))}
+
+
+# chunk_size 400 keeps one survivor per chunk (~280 phrases to chain); 2048 keeps ~2035, the
+# expensive case for the original, so fewer images there.
+CASES = [(400, name) for name in CAPTIONS] + [(2048, "gradient"), (2048, "tiny-sd")]
+
+
+@pytest.mark.parametrize("chunk_size,name", CASES)
+def test_modes_match(interrogators, images, chunk_size, name):
+    ci, fast = interrogators[chunk_size]
+    image, caption = images[name], CAPTIONS[name]
+    for mode in MODES:
+        expected = getattr(ci, mode)(image, caption=caption)
+        assert getattr(fast, mode)(image, caption=caption) == expected, mode
+    assert fast.interrogate_negative(image) == ci.interrogate_negative(image)
+
+
+def test_generated_caption(interrogators, images):
+    # The tiny BLIP's caption is long enough to stop the chain at 77 tokens early.
+    ci, fast = interrogators[400]
+    assert fast.interrogate(images["noise0"]) == ci.interrogate(images["noise0"])
+
+
+def test_image_features(interrogators, images):
+    ci, fast = interrogators[400]
+    for image in images.values():
+        assert torch.equal(fast.image_features(image), ci.image_to_features(image))
+
+
+def test_chunk_size_changes_the_ranking(interrogators, images):
+    # Guards the tests above: they would not notice a FastInterrogator that ignored chunk_size
+    # if both sizes gave the same label ranking.
+    features = interrogators[400][1].image_features(images["noise0"])
+    ranked = {size: fast._rank(fast.merged, features, 2048) for size, (_, fast) in
+              interrogators.items()}
+    for size, (ci, fast) in interrogators.items():
+        merged = _merge_tables([ci.artists, ci.flavors, ci.mediums, ci.movements, ci.trendings], ci)
+        assert ranked[size] == merged.rank(features, 2048)
+        assert ci.flavors.rank(features, 300, reverse=True) == \
+            fast._rank(fast.flavors, features, 300, reverse=True)
+    assert ranked[400] != ranked[2048]
+
+
+def test_token_rows_match_tokenizer(interrogators):
+    """The ids built from cached per-phrase ids are exactly ci.tokenize's, including the strings
+    (non-ASCII, '&', '<', curly quotes, 77-token truncation) that take other paths."""
+    ci, fast = interrogators[400]
+    labels = fast.merged.labels + fast.negative.labels
+    unusual = [label for label in labels if not label.isascii() or set(label) & set("&<")]
+    sample = labels[::97] + unusual[::3] + [
+        "", "Artstation", "artstation", "&amp; co", "<end_of_text>", "x  y", "\u00c3 x", "fi\ufb01",
+        "\u03a3\u0391\u03a3", "a\nb"]
+    bank = fast._bank(sample)
+    prefixes = [None, "a photo of a cat", "what?!", "it's", "caf\u00e9 &amp; bar", "d&d, b & w",
+                "tom &amp jerry <", "by Albrecht D\u00fcrer", "\u00c2", "\u201cquoted\u201d",
+                "word " * 70, "word " * 80]
+    for prefix in prefixes:
+        texts = sample if prefix is None else [f"{prefix}, {f}" for f in sample]
+        rows = fast._token_rows(prefix, sample, bank)
+        assert np.array_equal(rows, ci.tokenize(texts).numpy()), prefix
+
+
+def test_prefix_encoder_close_to_encode_text(interrogators, images):
+    ci, fast = interrogators[400]
+    phrases = fast.merged.labels[::211]
+    bank = fast._bank(phrases)
+    for prefix in [None, "a photo of a cat", "word " * 60]:
+        rows = fast._token_rows(prefix, phrases, bank)
+        with torch.no_grad():
+            ours = fast._encode_rows(rows)
+            reference = ci.clip_model.encode_text(torch.from_numpy(rows))
+        # Far inside tie_tol (1e-4 on normalised features): near-ties fall back, others are safe.
+        assert (ours - reference).abs().max().item() < 1e-5, prefix
+
+
+@pytest.mark.parametrize("prefix", [None, "a red square", "word " * 72, "word " * 76])
+def test_rank_top_ties_and_truncation(interrogators, images, prefix):
+    # Same ids from different strings (case), and candidates cut at 77 tokens into the same ids:
+    # equal ids need not give equal scores in the original's batch (BLAS blocking), so these
+    # must reach the original's own computation.
+    ci, fast = interrogators[400]
+    features = fast.image_features(images["gradient"])
+    phrases = ["Artstation", "artstation", "by greg rutkowski", "by Greg Rutkowski",
+               "oil painting", "highly detailed digital art", "highly detailed photo"]
+    bank = fast._bank(phrases)
+    for reverse in (False, True):
+        for order in (phrases, phrases[::-1]):
+            texts = order if prefix is None else [f"{prefix}, {f}" for f in order]
+            expected = ci.rank_top(features, texts, reverse=reverse)
+            got = fast._rank_top(features, prefix, list(order), bank, reverse)
+            assert (got if prefix is None else f"{prefix}, {got}") == expected
+
+
+def test_fallback_and_generic_paths(interrogators, images):
+    """Always falling back, and the plain encode_text / plain tokenizer paths, agree too."""
+    ci, _ = interrogators[400]
+    image, caption = images["noise1"], CAPTIONS["noise1"]
+    expected = ci.interrogate(image, caption=caption)
+    always = FastInterrogator(ci, tie_tol=3.0)
+    assert always.interrogate(image, caption=caption) == expected
+    assert always.stats["fallbacks"] == always.stats["links"] > 0
+    generic = FastInterrogator(ci)
+    generic._prefix_ok = False
+    generic._simple_tok = False
+    assert generic.interrogate(image, caption=caption) == expected

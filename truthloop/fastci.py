@@ -1,0 +1,616 @@
+"""clip-interrogator 0.6.0's ranking, re-implemented to give the same strings much faster.
+
+`FastInterrogator(ci)` wraps an already-built `clip_interrogator.Interrogator` and reuses its CLIP
+model, tokenizer, preprocessing, label tables, config and caption model. Each mode returns the
+string `ci.<mode>(image)` returns. Where the time went in the original, and what replaces it:
+
+* `LabelTable._rank` re-stacked ~112k numpy rows and copied them to the device on every call.
+  Here the tables are stacked once; the chunked top-k (keep `int(chunk_size / num_chunks)` per
+  chunk, then rank the survivors *without* `reverse`, as the original does) is reproduced call for
+  call, so the result still depends on `chunk_size` exactly as the original's does.
+* `chain()` re-tokenised and re-encoded ~2048 strings "{prompt}, {phrase}" at 77 tokens per link.
+  Here each phrase is tokenised once, the prompt's token ids are joined to it, and the text tower
+  runs the shared prefix once (CLIP's text tower is causal, so the prefix's keys and values do not
+  depend on what follows) and then only each candidate's tokens up to its end-of-text token (the
+  pooled position; later tokens cannot reach it through a causal mask). Candidates whose token ids
+  coincide (different case, truncation at 77) are encoded once.
+
+Exactness. Everything that feeds a comparison between two prompts' similarities (`similarity`,
+`similarities`, the table top-k's) is computed by the same calls on the same tensors as the
+original, so those numbers are bit-identical. Only the argmax inside `rank_top` uses the faster
+encoder, whose similarities differ from the original's by float rounding (~1e-7 in fp32). So on
+CPU (fp32) its winner is accepted only when no other candidate lies within `tie_tol` of it and
+no other candidate has the winner's very token ids (in the original's batch, identical rows can
+differ in the last bit with their position, so such a tie is decided by BLAS blocking).
+Otherwise that link is recomputed exactly as the original computes it, from the same token ids
+(which are checked to equal the tokenizer's in the tests), and the original's argmax is taken.
+Either way the chosen phrase is the original's.
+
+Tie order. The original iterates a Python `set` of phrases, so equal scores are broken by set
+order, which depends on the process's string-hash seed (PYTHONHASHSEED). Here the set is built from
+the same list in the same way and receives the same removals, so it iterates in the same order in
+the same process: the same result as `ci` here, though another process may break a tie differently
+(as `ci` itself would).
+
+On CUDA with fp16 weights everything runs under the same autocast as the original, but different
+kernels round differently (fp16 similarities are coarse enough for exact ties to be common), so a
+near-tie may go the other way; `tie_tol` defaults to 0 there (no fallback): with fp16's coarse
+steps a useful margin (1e-3) sends about half the links back to the original's computation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from contextlib import nullcontext
+from typing import Optional, Sequence
+
+import ftfy
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ftfy.badness import is_bad
+from torch import nn
+
+from clip_interrogator.clip_interrogator import _prompt_at_max_len, _truncate_to_fit
+
+# When are the ids of "{prompt}, {phrase}" those of "{prompt}," followed by those of "{phrase}"?
+# open_clip cleans text with ftfy.fix_text, html.unescape (twice), whitespace folding and lower(),
+# then splits it with a regex whose matches never contain whitespace, and BPE-encodes each match
+# on its own. So the ids compose whenever cleaning the joined string cleans each side as it would
+# alone. html.unescape acts entity by entity and no entity contains a space. ftfy fixes line by
+# line (so: no line breaks); with each side left unchanged by ftfy, it leaves the joined string
+# unchanged unless its mojibake detector fires on it: the detector's patterns are a few
+# characters long and none spans a ", " (a test checks the ids over all labels), so it is enough
+# that it fires neither on "{prompt}, " nor on ", {phrase}". Whitespace folding and lower() act
+# locally (lower()'s one contextual rule, final sigma, stops at the comma and the space).
+_PLAIN_ASCII = re.compile(r"[\x20-\x25\x27-\x3b\x3d-\x7e]*")  # no '&', '<': nothing to unescape
+
+
+def _composable_phrase(phrase: str) -> bool:
+    if _PLAIN_ASCII.fullmatch(phrase):
+        return True
+    return (phrase.isprintable() and ftfy.fix_text(phrase) == phrase
+            and not is_bad(", " + phrase))
+
+
+def _composable_prefix(prefix: str) -> bool:
+    head = prefix + ","
+    if _PLAIN_ASCII.fullmatch(head):
+        return True
+    return (head.isprintable() and ftfy.fix_text(head) == head and not is_bad(prefix + ", "))
+
+
+# float32 rounding through the text tower moves a cosine similarity by ~1e-7; this leaves margin
+# for larger fp32 models before a near-tie is trusted to the fast path.
+DEFAULT_CPU_TIE_TOL = 1e-4
+
+
+def _autocast(device_type: str):
+    # The original wraps everything in torch.cuda.amp.autocast(), which only touches CUDA tensors.
+    return torch.autocast("cuda") if device_type == "cuda" else nullcontext()
+
+
+class _Table:
+    """One label table: its labels and their embeddings stacked once on the device."""
+
+    def __init__(self, labels: list[str], embeds: torch.Tensor, chunk_size):
+        self.labels = labels
+        self.embeds = embeds
+        # A callable, so a chunk_size changed on the ci after construction is honoured as the
+        # original honours it (its merged table reads ci.config at every call).
+        self.chunk_size = chunk_size
+
+
+class _Bank:
+    """Token ids of one chain's phrases, padded into a matrix once per chain."""
+
+    def __init__(self, phrases: Sequence[str], encode, composable):
+        self.index = {}
+        ids = []
+        for phrase in phrases:
+            if phrase not in self.index:
+                self.index[phrase] = len(ids)
+                ids.append(encode(phrase))
+        self.lengths = np.array([len(i) for i in ids], dtype=np.int64)
+        width = int(self.lengths.max()) if ids else 0
+        self.ids = np.zeros((len(ids), width), dtype=np.int64)
+        for row, i in enumerate(ids):
+            self.ids[row, :len(i)] = i
+        self.composable = np.array([composable(p) for p in self.index], dtype=bool)
+
+
+class FastInterrogator:
+    def __init__(self, ci, tie_tol: Optional[float] = None, batch_size: Optional[int] = None):
+        """`tie_tol`: accept the fast encoder's winner in `rank_top` only if every other candidate
+        scores more than this below it, else recompute that link as the original does. Default:
+        1e-4 on CPU (exact), 0 elsewhere (fast; fp16 near-ties may flip)."""
+        self.ci = ci
+        self.device = torch.device(ci.device)
+        self.tie_tol = (DEFAULT_CPU_TIE_TOL if self.device.type == "cpu" else 0.0) \
+            if tie_tol is None else float(tie_tol)
+        self.batch_size = batch_size or (512 if self.device.type == "cpu" else 2048)
+        # fallbacks: links recomputed the original way because of a near-tie.
+        self.stats = {"links": 0, "fallbacks": 0}
+
+        from open_clip.tokenizer import SimpleTokenizer, _clean_lower
+
+        tok = ci.tokenize
+        self._simple_tok = (isinstance(tok, SimpleTokenizer) and tok.reduction_fn is None
+                            and tok.clean_fn is _clean_lower)
+        self._ids_cache: dict[str, list[int]] = {}
+        self._composable: dict[str, bool] = {}
+        self._survivor_memo = None
+
+        config = ci.config
+        tables = [ci.artists, ci.flavors, ci.mediums, ci.movements, ci.trendings]
+        stacks = [self._stack(t.embeds) for t in tables]
+        # One copy for the merged table (fast/best modes); the single tables are views into it.
+        merged = torch.cat(stacks).to(self.device)
+        self.merged = _Table([label for t in tables for label in t.labels], merged,
+                             lambda: config.chunk_size)
+        start = 0
+        views = []
+        for t, s in zip(tables, stacks):
+            views.append(_Table(t.labels, merged[start:start + len(s)],
+                                (lambda t=t: t.chunk_size)))
+            start += len(s)
+        self.artists, self.flavors, self.mediums, self.movements, self.trendings = views
+        self.negative = _Table(ci.negative.labels, self._stack(ci.negative.embeds).to(self.device),
+                               lambda: ci.negative.chunk_size)
+        self._prefix_ok = _supports_prefix(ci.clip_model)
+        self._pass_cost = _pass_cost_in_tokens(ci.clip_model, self.device.type)
+
+    @staticmethod
+    def _stack(embeds) -> torch.Tensor:
+        # Same values and dtype as the original's per-call torch.stack (fp32 on CPU, fp16 else).
+        return torch.stack([torch.from_numpy(np.asarray(e)) for e in embeds])
+
+    def pretokenize(self) -> None:
+        """Tokenise every label now (a few seconds) rather than as chains first meet them."""
+        for table in (self.merged, self.negative):
+            for label in table.labels:
+                self._encode_cached(label)
+                self._composable_cached(label)
+
+    # ---------------------------------------------------------------- public modes
+
+    def image_features(self, image) -> torch.Tensor:
+        ci = self.ci
+        ci._prepare_clip()
+        images = ci.clip_preprocess(image).unsqueeze(0).to(self.device)
+        with torch.no_grad(), _autocast(self.device.type):
+            features = ci.clip_model.encode_image(images)
+            features /= features.norm(dim=-1, keepdim=True)
+        return features
+
+    def interrogate(self, image, caption: Optional[str] = None, *, min_flavors: int = 8,
+                    max_flavors: int = 32) -> str:
+        caption = caption or self.ci.generate_caption(image)
+        features = self.image_features(image)
+        flaves = self._rank(self.merged, features, self.ci.config.flavor_intermediate_count)
+        best_prompt, best_sim = caption, self._similarity(features, caption)
+        best_prompt = self._chain(features, flaves, best_prompt, best_sim, min_count=min_flavors,
+                                  max_count=max_flavors)
+        # The original recomputes the same image features inside these two; they are
+        # deterministic, so reusing them changes nothing. It passes max_flavors (32) to classic.
+        fast_prompt = self._fast(image, features, max_flavors, caption)
+        classic_prompt = self._classic(image, features, max_flavors, caption)
+        candidates = [caption, classic_prompt, fast_prompt, best_prompt]
+        return candidates[np.argmax(self._similarities(features, candidates))]
+
+    def interrogate_fast(self, image, caption: Optional[str] = None, *,
+                         max_flavors: int = 32) -> str:
+        return self._fast(image, None, max_flavors, caption)
+
+    def interrogate_classic(self, image, caption: Optional[str] = None, *,
+                            max_flavors: int = 3) -> str:
+        return self._classic(image, None, max_flavors, caption)
+
+    def interrogate_negative(self, image, *, max_flavors: int = 32) -> str:
+        features = self.image_features(image)
+        flaves = self._rank(self.flavors, features, self.ci.config.flavor_intermediate_count,
+                            reverse=True)
+        flaves = flaves + self.negative.labels
+        return self._chain(features, flaves, max_count=max_flavors, reverse=True)
+
+    # ---------------------------------------------------------------- modes' bodies
+
+    def _fast(self, image, features, max_flavors, caption):
+        caption = caption or self.ci.generate_caption(image)
+        if features is None:
+            features = self.image_features(image)
+        tops = self._rank(self.merged, features, max_flavors)
+        return _truncate_to_fit(caption + ", " + ", ".join(tops), self.ci.tokenize)
+
+    def _classic(self, image, features, max_flavors, caption):
+        caption = caption or self.ci.generate_caption(image)
+        if features is None:
+            features = self.image_features(image)
+        medium = self._rank(self.mediums, features, 1)[0]
+        artist = self._rank(self.artists, features, 1)[0]
+        trending = self._rank(self.trendings, features, 1)[0]
+        movement = self._rank(self.movements, features, 1)[0]
+        flaves = ", ".join(self._rank(self.flavors, features, max_flavors))
+        if caption.startswith(medium):
+            prompt = f"{caption} {artist}, {trending}, {movement}, {flaves}"
+        else:
+            prompt = f"{caption}, {medium} {artist}, {trending}, {movement}, {flaves}"
+        return _truncate_to_fit(prompt, self.ci.tokenize)
+
+    def _chain(self, features, phrases, best_prompt: str = "", best_sim: float = 0,
+               min_count: int = 8, max_count: int = 32, reverse: bool = False) -> str:
+        # Statement for statement the original's chain(), so the set sees the same insertions
+        # and removals and iterates in the same order; only rank_top is replaced.
+        self.ci._prepare_clip()
+        phrases = set(phrases)
+        bank = self._bank(list(phrases))
+        if not best_prompt:
+            best_prompt = self._rank_top(features, None, [f for f in phrases], bank, reverse)
+            best_sim = self._similarity(features, best_prompt)
+            phrases.remove(best_prompt)
+        curr_prompt, curr_sim = best_prompt, best_sim
+
+        def check(addition: str, idx: int) -> bool:
+            nonlocal best_prompt, best_sim, curr_prompt, curr_sim
+            prompt = curr_prompt + ", " + addition
+            sim = self._similarity(features, prompt)
+            if reverse:
+                sim = -sim
+            if sim > best_sim:
+                best_prompt, best_sim = prompt, sim
+            if sim > curr_sim or idx < min_count:
+                curr_prompt, curr_sim = prompt, sim
+                return True
+            return False
+
+        for idx in range(max_count):
+            flave = self._rank_top(features, curr_prompt, [f for f in phrases], bank, reverse)
+            if not check(flave, idx):
+                break
+            if _prompt_at_max_len(curr_prompt, self.ci.tokenize):
+                break
+            phrases.remove(flave)
+        return best_prompt
+
+    # ---------------------------------------------------------------- label tables
+
+    def _rank(self, table: _Table, features, top_count: int = 1, reverse: bool = False):
+        labels, embeds = table.labels, table.embeds
+        if len(labels) <= table.chunk_size():
+            return [labels[i] for i in self._topk(features, embeds, top_count, reverse)]
+        survivors = self._survivors(table, features, reverse)
+        picked = embeds[torch.tensor(survivors, dtype=torch.long, device=embeds.device)]
+        # The original's final re-rank of the survivors ignores `reverse`.
+        return [labels[survivors[i]] for i in self._topk(features, picked, top_count, False)]
+
+    def _survivors(self, table: _Table, features, reverse: bool) -> list[int]:
+        """Indices kept by the per-chunk top-k, which does not depend on top_count: `best` ranks
+        the merged table twice (2048, then 32 for its fast prompt) on the same features."""
+        labels, embeds, chunk_size = table.labels, table.embeds, table.chunk_size()
+        key = (id(table), features._version, reverse, chunk_size)
+        if self._survivor_memo is not None and self._survivor_memo[0] is features \
+                and self._survivor_memo[1] == key:
+            return self._survivor_memo[2]
+
+        num_chunks = int(math.ceil(len(labels) / chunk_size))
+        keep_per_chunk = int(chunk_size / num_chunks)
+        survivors: list[int] = []
+        if self.device.type == "cpu":
+            # One small matmul per chunk, on a tensor laid out as the original's fresh stack:
+            # the same BLAS call on the same bytes, hence the same similarities and tie order.
+            for chunk_idx in range(num_chunks):
+                start = chunk_idx * chunk_size
+                stop = min(start + chunk_size, len(labels))
+                tops = self._topk(features, _aligned(embeds[start:stop]), keep_per_chunk, reverse)
+                survivors.extend(start + i for i in tops)
+        else:
+            # One matmul for all chunks; per-chunk top-k on the host as the original does it.
+            with torch.no_grad(), _autocast(self.device.type):
+                similarity = features @ embeds.T
+                if reverse:
+                    similarity = -similarity
+            similarity = similarity.float().cpu()
+            for chunk_idx in range(num_chunks):
+                start = chunk_idx * chunk_size
+                stop = min(start + chunk_size, len(labels))
+                count = min(keep_per_chunk, stop - start)
+                _, tops = similarity[:, start:stop].topk(count, dim=-1)
+                survivors.extend(start + i for i in tops[0].tolist())
+        self._survivor_memo = (features, key, survivors)
+        return survivors
+
+    def _topk(self, features, embeds, top_count, reverse) -> list[int]:
+        # LabelTable._rank, minus the re-stacking.
+        top_count = min(top_count, len(embeds))
+        with torch.no_grad(), _autocast(self.device.type):
+            similarity = features @ embeds.T
+            if reverse:
+                similarity = -similarity
+        _, top_labels = similarity.float().cpu().topk(top_count, dim=-1)
+        return top_labels[0].tolist()
+
+    # ---------------------------------------------------------------- the original's text calls
+
+    def _similarity(self, features, text: str) -> float:
+        self.ci._prepare_clip()
+        tokens = self.ci.tokenize([text]).to(self.device)
+        with torch.no_grad(), _autocast(self.device.type):
+            text_features = self.ci.clip_model.encode_text(tokens)
+            text_features /= text_features.norm(dim=-1, keepdim=True)
+            similarity = text_features @ features.T
+        return similarity[0][0].item()
+
+    def _similarities(self, features, texts: list[str]) -> list[float]:
+        self.ci._prepare_clip()
+        tokens = self.ci.tokenize(list(texts)).to(self.device)
+        with torch.no_grad(), _autocast(self.device.type):
+            text_features = self.ci.clip_model.encode_text(tokens)
+            text_features /= text_features.norm(dim=-1, keepdim=True)
+            similarity = text_features @ features.T
+        return similarity.T[0].tolist()
+
+    def _rank_top_exact(self, features, rows: np.ndarray, reverse: bool) -> int:
+        # rank_top's own computation on the same ids ci.tokenize gives (the tokenising skipped):
+        # the same batch, so the same floats and the same argmax.
+        tokens = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device)
+        with torch.no_grad(), _autocast(self.device.type):
+            text_features = self.ci.clip_model.encode_text(tokens)
+            text_features /= text_features.norm(dim=-1, keepdim=True)
+            similarity = text_features @ features.T
+            if reverse:
+                similarity = -similarity
+        return similarity.argmax().item()
+
+    # ---------------------------------------------------------------- rank_top
+
+    def _rank_top(self, features, prefix: Optional[str], phrases: list[str], bank: _Bank,
+                  reverse: bool) -> str:
+        """The phrase whose candidate ("{prefix}, {phrase}", or the bare phrase when prefix is
+        None) the original's rank_top would return."""
+        self.stats["links"] += 1
+        rows = self._token_rows(prefix, phrases, bank)
+        if len(rows) == 1:
+            return phrases[0]
+        unique, first, counts = _unique_rows(rows)
+        if len(unique) > 1:
+            with torch.no_grad(), _autocast(self.device.type):
+                text_features = self._encode_rows(unique)
+                text_features /= text_features.norm(dim=-1, keepdim=True)
+                similarity = text_features @ features.T
+                if reverse:
+                    similarity = -similarity
+            scores = similarity.float().cpu().numpy()[:, 0]
+        else:
+            scores = np.zeros(1, dtype=np.float32)
+        # `unique` is in order of first appearance, so argmax's first-of-equals is the
+        # original's first-of-equals, as far as equal ids give equal scores.
+        best = int(np.argmax(scores))
+        if self.tie_tol > 0:
+            # They need not: in the original's batch, identical rows can differ in the last bit
+            # with their position (BLAS blocking), so a winner shared by several candidates is a
+            # tie too, decided only by the original's own computation.
+            near = scores >= scores[best] - self.tie_tol
+            if counts[near].sum() > 1:
+                self.stats["fallbacks"] += 1
+                return phrases[self._rank_top_exact(features, rows, reverse)]
+        return phrases[int(first[best])]
+
+    def _bank(self, phrases: Sequence[str]) -> _Bank:
+        return _Bank(phrases, self._encode_cached, self._composable_cached)
+
+    def _composable_cached(self, phrase: str) -> bool:
+        known = self._composable.get(phrase)
+        if known is None:
+            known = self._composable[phrase] = _composable_phrase(phrase)
+        return known
+
+    def _encode_cached(self, text: str) -> list[int]:
+        ids = self._ids_cache.get(text)
+        if ids is None:
+            ids = self._ids_cache[text] = self.ci.tokenize.encode(text) if self._simple_tok else []
+        return ids
+
+    def _token_rows(self, prefix, phrases, bank: _Bank) -> np.ndarray:
+        """The ids ci.tokenize gives the candidates, (n, context_length), from cached ids."""
+        tok = self.ci.tokenize
+        texts = phrases if prefix is None else [f"{prefix}, {f}" for f in phrases]
+        if not self._simple_tok:
+            return tok(texts).numpy()
+        if prefix is None:
+            head = [tok.sot_token_id]
+        elif _composable_prefix(prefix):
+            head = [tok.sot_token_id] + tok.encode(prefix + ",")
+        else:
+            return tok(texts).numpy()
+        ctx, eot = tok.context_length, tok.eot_token_id
+        sel = np.fromiter((bank.index[f] for f in phrases), dtype=np.int64, count=len(phrases))
+        lengths = bank.lengths[sel]
+        n, h, width = len(phrases), len(head), bank.ids.shape[1]
+        rows = np.zeros((n, max(ctx, h + width + 1)), dtype=np.int64)
+        rows[:, :h] = head
+        rows[:, h:h + width] = bank.ids[sel]
+        rows[np.arange(n), h + lengths] = eot
+        # The tokenizer's truncation: keep context_length ids, the last one end-of-text.
+        rows[h + lengths + 1 > ctx, ctx - 1] = eot
+        rows = rows[:, :ctx]
+        if prefix is not None:
+            odd = np.flatnonzero(~bank.composable[sel])
+            if len(odd):
+                rows[odd] = tok([texts[i] for i in odd]).numpy()
+        return rows
+
+    # ---------------------------------------------------------------- text tower
+
+    def _encode_rows(self, rows: np.ndarray) -> torch.Tensor:
+        """encode_text of these token rows (context_length wide), computed once for their shared
+        prefix and then only up to each row's pooled (end-of-text) position."""
+        model = self.ci.clip_model
+        if not self._prefix_ok:
+            out = [model.encode_text(torch.from_numpy(rows[i:i + self.batch_size]).to(self.device))
+                   for i in range(0, len(rows), self.batch_size)]
+            return torch.cat(out)
+
+        pool = rows.argmax(axis=1)  # the original pools at text.argmax(): the first maximal id
+        differs = np.flatnonzero((rows != rows[0]).any(axis=0))
+        common = int(differs[0]) if len(differs) else rows.shape[1]
+        prefix_len = min(common, int(pool.min()))
+        prefix_kv = self._prefix_kv(rows[0, :prefix_len])
+        suffix_len = pool - prefix_len + 1
+        order = np.argsort(suffix_len, kind="stable")
+        sorted_len = suffix_len[order]
+
+        cast_dtype = model.transformer.get_cast_dtype()
+        pieces, places = [], []
+        for start, stop in _length_groups(sorted_len, self.batch_size, self._pass_cost):
+            idx = order[start:stop]
+            length = int(sorted_len[stop - 1])
+            tokens = torch.from_numpy(rows[idx, prefix_len:prefix_len + length]).to(self.device)
+            x = model.token_embedding(tokens).to(cast_dtype)
+            x = x + model.positional_embedding[prefix_len:prefix_len + length].to(cast_dtype)
+            for block, kv in zip(model.transformer.resblocks, prefix_kv):
+                x = _block_forward(block, x, kv, prefix_len)
+            at = torch.from_numpy(pool[idx] - prefix_len).to(self.device)
+            pieces.append(x[torch.arange(len(idx), device=self.device), at])
+            places.append(idx)
+        x = torch.cat(pieces)
+        x = x[torch.from_numpy(np.argsort(np.concatenate(places), kind="stable")).to(self.device)]
+        # ln_final acts on each position alone, so pooling before it changes nothing.
+        x = model.ln_final(x)
+        projection = model.text_projection
+        if projection is not None:
+            x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        return x
+
+    def _prefix_kv(self, prefix_ids: np.ndarray):
+        """Each layer's keys and values for the shared prefix, (1, heads, prefix_len, head_dim)."""
+        model = self.ci.clip_model
+        blocks = model.transformer.resblocks
+        if len(prefix_ids) == 0:
+            return [None] * len(blocks)
+        cast_dtype = model.transformer.get_cast_dtype()
+        tokens = torch.from_numpy(np.ascontiguousarray(prefix_ids))[None].to(self.device)
+        x = model.token_embedding(tokens).to(cast_dtype)
+        x = x + model.positional_embedding[:len(prefix_ids)].to(cast_dtype)
+        kvs = []
+        for block in blocks:
+            q, k, v = _qkv(block, x)
+            kvs.append((k, v))
+            if len(kvs) < len(blocks):  # the last layer's prefix outputs are never read
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                x = _block_rest(block, x, o)
+        return kvs
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    # The original multiplies freshly allocated (64-byte aligned) stacks; BLAS kernels may sum in
+    # another order from an unaligned start, so give them the same alignment.
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
+def _unique_rows(rows: np.ndarray):
+    """Distinct rows in order of first appearance, each one's first index and multiplicity."""
+    keys = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1] * rows.itemsize)))
+    _, first, counts = np.unique(keys.ravel(), return_index=True, return_counts=True)
+    order = np.argsort(first)
+    return rows[first[order]], first[order], counts[order]
+
+
+def _pass_cost_in_tokens(model, device_type: str) -> float:
+    """Rough fixed cost of one pass through the text tower (launches, Python), in tokens' worth
+    of its arithmetic: how much padding is worth a separate pass for shorter candidates."""
+    try:
+        width, layers = model.transformer.width, model.transformer.layers
+    except AttributeError:
+        return 0.0
+    flops_per_token = 24 * layers * width * width
+    # ~2 ms of launches at ~300 TFLOP/s on a GPU; ~0.5 ms of Python at ~50 GFLOP/s on a CPU.
+    seconds, rate = (2e-3, 3e14) if device_type == "cuda" else (5e-4, 5e10)
+    return seconds * rate / flops_per_token
+
+
+def _length_groups(sorted_len: np.ndarray, batch_size: int, pass_cost: float):
+    """Split rows sorted by length into (start, stop) batches, each padded to its longest row,
+    minimising padded tokens plus pass_cost per batch (no batch over batch_size rows)."""
+    values, counts = np.unique(sorted_len, return_counts=True)
+    ends = np.cumsum(counts).tolist()
+    values = values.tolist()
+    best = [0.0] + [math.inf] * len(values)
+    cut = [0] * (len(values) + 1)
+    for k in range(1, len(values) + 1):
+        for j in range(k):
+            rows = ends[k - 1] - (ends[j - 1] if j else 0)
+            cost = best[j] + rows * values[k - 1] + pass_cost * math.ceil(rows / batch_size)
+            if cost < best[k]:
+                best[k], cut[k] = cost, j
+    bounds, k = [], len(values)
+    while k:
+        bounds.append(k)
+        k = cut[k]
+    groups, start = [], 0
+    for k in reversed(bounds):
+        stop = ends[k - 1]
+        groups.extend((i, min(i + batch_size, stop)) for i in range(start, stop, batch_size))
+        start = stop
+    return groups
+
+
+def _supports_prefix(model) -> bool:
+    """Whether the model's text tower is open_clip's plain causal CLIP text transformer."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    try:
+        blocks = model.transformer.resblocks
+        mask = model.attn_mask
+        if model.text_pool_type != "argmax" or mask is None or len(blocks) == 0:
+            return False
+        ctx = mask.shape[0]
+        causal = torch.full((ctx, ctx), float("-inf")).triu_(1)
+        if not torch.equal(mask.float().cpu(), causal):
+            return False
+        for block in blocks:
+            attn = block.attn
+            if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv"):
+                return False
+            if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
+                return False
+            if attn.bias_k is not None or attn.add_zero_attn:
+                return False
+        return isinstance(model.token_embedding, nn.Embedding)
+    except AttributeError:
+        return False
+
+
+def _qkv(block, x):
+    attn = block.attn
+    h = block.ln_1(x)
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    b, length, width = h.shape
+    split = lambda t: t.reshape(b, length, attn.num_heads, attn.head_dim).transpose(1, 2)
+    return split(q), split(k), split(v)
+
+
+def _block_rest(block, x, o):
+    """The block after attention: output projection, residuals and MLP (ResidualAttentionBlock)."""
+    b, heads, length, head_dim = o.shape
+    o = o.transpose(1, 2).reshape(b, length, heads * head_dim)
+    o = F.linear(o, block.attn.out_proj.weight, block.attn.out_proj.bias)
+    x = x + block.ls_1(o)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _block_forward(block, x, kv, prefix_len: int):
+    """A ResidualAttentionBlock on suffix tokens that also attend to a cached prefix."""
+    q, k, v = _qkv(block, x)
+    length = x.shape[1]
+    if kv is None:
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        pk, pv = kv
+        b = x.shape[0]
+        k = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)
+        v = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
+        rows = torch.arange(length, device=x.device)[:, None]
+        cols = torch.arange(prefix_len + length, device=x.device)[None, :]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=cols <= rows + prefix_len)
+    return _block_rest(block, x, o)
