@@ -257,6 +257,17 @@ async def test_export_key_writes_gif_and_sheet_and_says_where(tmp_path):
         assert path.read_bytes() == data  # the run's own files are untouched
 
 
+async def test_view_names_what_it_could_not_read(tmp_path):
+    make_loop(tmp_path / "run").run()
+    (tmp_path / "run" / "images" / "0001.png").unlink()
+    app = TruthLoopApp(run_dir=tmp_path / "run", preview="none", stable=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        assert len(app.records) == 5  # everything readable is still shown
+        messages = [n.message for n in app._notifications]
+        assert any("0001.png" in m and "missing" in m for m in messages)
+
+
 async def test_view_follows_a_growing_run(tmp_path):
     hold = HoldAt(paint=3, step=1)
     loop = make_loop(tmp_path / "run", painter=FakePainter(steps=4, step_hook=hold))

@@ -160,8 +160,10 @@ def list_runs(directory: Path | str) -> list[dict[str, Any]]:
         candidates = [directory]
     else:
         try:
+            # Hidden entries are a writer's half-created run directories (store.RunWriter).
             candidates = sorted(child for child in directory.iterdir()
-                                if child.is_dir() and (child / RUN_FILE).exists())
+                                if child.is_dir() and not child.name.startswith(".")
+                                and (child / RUN_FILE).exists())
         except OSError as error:
             raise ExportError(f"cannot list {directory}: {error.strerror}") from None
     rows = []

@@ -263,6 +263,10 @@ class TruthLoopApp(App[int]):
         self._log_stamp = _stamp(self.run_dir / LOG_FILE)
         self._summary_stamp = _mtime(self.run_dir / SUMMARY_FILE)
         self._apply_summary(view.summary)
+        if view.problems:  # what could not be read, named by file; the rest is shown
+            self.notify("\n".join(visible(problem) for problem in view.problems[:5]),
+                        title="some of this run could not be read", severity="warning",
+                        markup=False, timeout=15)
 
     def _poll_run(self) -> None:
         stamp = _stamp(self.run_dir / LOG_FILE)
