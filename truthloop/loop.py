@@ -225,10 +225,7 @@ class TruthLoop:
                 self._writer.close()
                 raise RunDirError(problem)
             if self.input_image is None and view.input_path is not None:
-                from PIL import Image
-
-                with Image.open(view.input_path) as image:
-                    self.input_image = image.convert("RGB")
+                self.input_image = _read_rgb(view.input_path)
         else:
             info = {
                 "format": 1,
@@ -289,15 +286,11 @@ class TruthLoop:
         embed = backends.embedder.features if backends.embedder else (lambda image: None)
         current = self.input_image
         if self.records:
-            from PIL import Image
-
-            with Image.open(self.run_dir / self.records[-1]["image"]) as image:
-                current = image.convert("RGB")
+            current = _read_rgb(self.run_dir / self.records[-1]["image"])
             backends.painter.set_rng_state(self.records[-1].get("rng_state"))
         start_features = embed(self.input_image) if self.input_image is not None else None
         if start_features is None and self.records and backends.embedder:
-            with _open_rgb(self.run_dir / self.records[0]["image"]) as image:
-                start_features = embed(image)
+            start_features = embed(_read_rgb(self.run_dir / self.records[0]["image"]))
         previous_features = embed(current) if current is not None else None
 
         index = len(self.records)
@@ -421,18 +414,11 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-class _open_rgb:
-    def __init__(self, path: Path):
-        self.path = path
+def _read_rgb(path: Path) -> Any:
+    from PIL import Image
 
-    def __enter__(self) -> Any:
-        from PIL import Image
-
-        self._image = Image.open(self.path)
-        return self._image.convert("RGB")
-
-    def __exit__(self, *exc: Any) -> None:
-        self._image.close()
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def describe_error(error: BaseException) -> str:
