@@ -590,3 +590,21 @@ def test_stale_half_created_directory_is_cleaned_by_the_next_run(monkeypatch, tm
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
     assert fake_run(monkeypatch, start_png, runs / "new", "--max-iters", "1") == 0
     assert sorted(p.name for p in runs.iterdir()) == ["new"]
+
+
+def test_next_run_removes_a_killed_writers_half_created_directory(tmp_path):
+    """A SIGKILL while a run directory is being created leaves a hidden staging folder; the
+    next run in the same place removes it at once (its creator is gone), whatever its age."""
+    import subprocess
+    import sys as _sys
+
+    from truthloop.store import RunWriter
+
+    dead = subprocess.run([_sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stray = tmp_path / f".run.creating-{dead}"
+    (stray / "images").mkdir(parents=True)
+    writer = RunWriter.create(tmp_path / "run", {"config": {}}, None)
+    writer.close()
+    assert not stray.exists()
+    assert (tmp_path / "run" / "run.json").exists()

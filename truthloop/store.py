@@ -108,15 +108,37 @@ def png_bytes(image: Any) -> bytes:
 
 
 def _remove_stale_staging(parent: Path) -> None:
-    """Half-created run directories of killed processes (unlocked, a minute old): never runs."""
+    """Half-created run directories of killed processes: never runs, so removed.
+
+    Stale when unlocked and its creator (the PID in its name) is gone, or a minute old.
+    """
     if not parent.is_dir():
         return
     for stale in parent.glob(".*.creating-*"):
         try:
-            if stale.is_dir() and not is_locked(stale) and time.time() - stale.stat().st_mtime > 60:
+            if not stale.is_dir() or is_locked(stale):
+                continue
+            if not _alive(stale.name.rsplit("-", 1)[-1]) \
+                    or time.time() - stale.stat().st_mtime > 60:
                 shutil.rmtree(stale, ignore_errors=True)
         except OSError:
             pass
+
+
+def _alive(pid_text: str) -> bool:
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class RunWriter:
