@@ -171,10 +171,9 @@ def reference(mode: str, workdir: Path, env: dict[str, str], slow_too: bool = Tr
 
 def inspect(out: Path, ref: Reference, finished: bool) -> list[str]:
     """What a reader would trip on in `out`; [] when it is sound. `finished`: no torn line allowed."""
-    from PIL import Image
-
     from truthloop.config import RunConfig
-    from truthloop.store import IMAGES_DIR, LOG_FILE, RunDirError, image_name, read_run
+    from truthloop.store import (IMAGES_DIR, LOG_FILE, RunDirError, decode_problem, image_name,
+                                 read_run)
 
     problems: list[str] = []
     strays = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.creating-")]
@@ -202,12 +201,7 @@ def inspect(out: Path, ref: Reference, finished: bool) -> list[str]:
         problems.append(f"log.jsonl: {len(complete)} complete lines but {len(view.records)} records")
 
     def decodes(path: Path) -> bool:
-        try:
-            with Image.open(path) as image:
-                image.load()
-            return True
-        except Exception:  # noqa: BLE001
-            return False
+        return decode_problem(path) is None
 
     for number, record in enumerate(view.records):
         if record.get("index") != number:

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from PIL import Image
 
 import fakes
 from truthloop import cli
+from truthloop.store import decode_problem
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,9 +73,4 @@ def cli_subprocess(args: list[str], timeout: float = 300, **kwargs) -> subproces
 
 
 def image_ok(path: Path) -> bool:
-    try:
-        with Image.open(path) as image:
-            image.load()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
+    return decode_problem(path) is None

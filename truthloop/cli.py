@@ -270,7 +270,7 @@ def _loading_factory(control: Any) -> Any:
 
 def _drive(args: argparse.Namespace, config: RunConfig | None, run_dir: Path,
            input_image: Any = None, resume: bool = False) -> int:
-    from truthloop.loop import LoopControl, LoopFailed, TruthLoop
+    from truthloop.loop import LoopControl, TruthLoop
     from truthloop.store import RunDirError
 
     control = LoopControl()

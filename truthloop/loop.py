@@ -21,7 +21,8 @@ from typing import Any, Callable, Protocol
 from truthloop import __version__
 from truthloop import events as ev
 from truthloop.config import ConfigError, RunConfig
-from truthloop.store import RunDirError, RunView, RunWriter, read_run, resume_problem
+from truthloop.text import first_line
+from truthloop.store import RunDirError, RunWriter, read_run, resume_problem
 
 EventSink = Callable[[ev.Event], None]
 
@@ -424,8 +425,7 @@ def _read_rgb(path: Path) -> Any:
 def describe_error(error: BaseException) -> str:
     """One line a user can act on, for the errors a long run on a shared box meets."""
     name = type(error).__name__
-    text = str(error).strip().splitlines()
-    first = text[0] if text else name
+    first = first_line(error)
     if name == "OutOfMemoryError" or "out of memory" in first.lower():
         return ("the GPU ran out of memory; try --low-vram, a smaller --width/--height, "
                 "or free the GPU")

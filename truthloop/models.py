@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from truthloop.config import CAPTION_MODEL_IDS, ModelConfig
+from truthloop.text import first_line
 
 Progress = Callable[[str], None]
 
@@ -105,18 +106,13 @@ def _from_pretrained(kind: str, spec: str, load: Callable[[str], Any]) -> Any:
     except (OSError, ValueError) as error:
         if _is_local(spec):
             raise ModelUnavailable(
-                f"{kind} {spec!r} could not be loaded from that directory: {_first_line(error)}"
+                f"{kind} {spec!r} could not be loaded from that directory: {first_line(error)}"
             ) from None
         raise ModelUnavailable(
             f"{kind} {spec!r} is not in the Hugging Face cache and cannot be downloaded here: "
             f"run `hf download {spec}` on a connected machine (and copy its HF_HOME cache), "
             f"or pass a local directory"
         ) from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 SCHEDULER_CLASSES = {
@@ -198,12 +194,12 @@ def load_clip(spec: str, device: str) -> tuple[Any, Any, str]:
         )
     except RuntimeError as error:
         if "not found" in str(error).lower() or "unknown" in str(error).lower():
-            raise ModelUnavailable(f"CLIP {spec!r}: {_first_line(error)}") from None
+            raise ModelUnavailable(f"CLIP {spec!r}: {first_line(error)}") from None
         raise
     except (OSError, ValueError) as error:
         raise ModelUnavailable(
             f"CLIP {spec!r} is not in the Hugging Face cache and cannot be downloaded here "
-            f"({_first_line(error)}): fetch it on a connected machine, or pass "
+            f"({first_line(error)}): fetch it on a connected machine, or pass "
             f"ARCH/path/to/checkpoint"
         ) from None
     model.eval()

@@ -391,11 +391,19 @@ def resume_problem(view: RunView) -> str | None:
             return f"{view.path / image} is missing; this run cannot be resumed"
     last = next((r["image"] for r in reversed(view.records) if r.get("image")), None)
     if last is not None:  # the image the run continues from must decode
-        from PIL import Image
+        damage = decode_problem(view.path / last)
+        if damage is not None:
+            return f"{view.path / last} is damaged ({damage}); this run cannot be resumed"
+    return None
 
-        try:
-            with Image.open(view.path / last) as image:
-                image.load()
-        except Exception as error:  # noqa: BLE001 - any decoder complaint means "damaged"
-            return f"{view.path / last} is damaged ({error}); this run cannot be resumed"
+
+def decode_problem(path: Path) -> str | None:
+    """Why the image at `path` does not fully decode, or None when it does."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as error:  # noqa: BLE001 - any decoder complaint means "damaged"
+        return str(error)
     return None

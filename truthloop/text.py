@@ -25,3 +25,9 @@ def visible(text: str | None) -> str:
 
 def clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def first_line(error: BaseException) -> str:
+    """An exception as one line: its message's first line, or its type's name."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
