@@ -144,6 +144,11 @@ def seed_interrogator(models, cache_path):
         return Interrogator(config)
 
 
+def set_unet_graphs(painter, on: bool) -> None:
+    if painter.graphed_unet is not None:
+        painter.graphed_unet.graphed.enabled = on
+
+
 def image_hash(image) -> str:
     return hashlib.sha256(image.tobytes()).hexdigest()[:16]
 
@@ -183,24 +188,52 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
     RESULTS["labels"] = {"first": first, "cached": cached, "fast_init": fast_init}
 
     images = varied_images(images_count)
-    from truthloop.fastcaption import fast_generate_caption
+    from truthloop.fastcaption import FastCaptioner
 
+    def captioner(graphs):
+        return FastCaptioner(ci.caption_model, ci.caption_processor, ci.device, ci.dtype,
+                             cuda_graphs=graphs)
+
+    eager_captioner, graphed_captioner = captioner(False), captioner(True)
+    max_tokens = ci.config.caption_max_length
     caption_time, caption = timed(lambda: ci.generate_caption(images[0]))
-    fast_caption_time, _ = timed(lambda: fast_generate_caption(ci, images[0]))
+    eager_caption_time, _ = timed(lambda: eager_captioner.caption(images[0], max_tokens))
+    sync()
+    start = time.perf_counter()
+    graphed_captioner.caption(images[0], max_tokens)  # first call: eager
+    sync()
+    first_graph_call = time.perf_counter() - start
+    start = time.perf_counter()
+    graphed_captioner.caption(images[1], max_tokens)  # second: capture, then replay
+    sync()
+    capture_call = time.perf_counter() - start
+    graphed_caption_time, _ = timed(lambda: graphed_captioner.caption(images[0], max_tokens),
+                                    repeat=5)
     captions = [ci.generate_caption(image) for image in images]
-    same_captions = sum(fast_generate_caption(ci, image) == cap
-                        for image, cap in zip(images[:20], captions))
-    fallback = getattr(getattr(ci, "_truthloop_fast_captioner", None), "reason", None)
-    row("BLIP-large caption (max_new_tokens=32)", caption_time, fast_caption_time,
-        f"{caption_time / fast_caption_time:.1f}x faster; same caption on "
-        f"{same_captions}/{len(images[:20])}" + (f"; FELL BACK: {fallback}" if fallback else ""))
-    RESULTS["caption"] = {"seed": caption_time, "fast": fast_caption_time,
-                          "agree": same_captions, "fallback": fallback}
+    same_eager = sum(eager_captioner.caption(image, max_tokens) == cap
+                     for image, cap in zip(images[:20], captions))
+    graph_failures = {n: g.failures for n, g in graphed_captioner._graphs.items() if g.failures}
+    same_graphed = sum(graphed_captioner.caption(image, max_tokens) == cap
+                       for image, cap in zip(images[:20], captions))
+    fallback = eager_captioner.reason or graphed_captioner.reason
+    row("BLIP-large caption, fast path eager (max_new_tokens=32)", caption_time,
+        eager_caption_time, f"{caption_time / eager_caption_time:.1f}x faster; same caption on "
+        f"{same_eager}/{len(images[:20])}" + (f"; FELL BACK: {fallback}" if fallback else ""))
+    row("BLIP-large caption, CUDA graph", caption_time, graphed_caption_time,
+        f"{caption_time / graphed_caption_time:.1f}x faster; same caption on "
+        f"{same_graphed}/{len(images[:20])}; 1st call {first_graph_call:.3f} s, "
+        f"2nd (capture) {capture_call:.3f} s; capture failures {graph_failures or 'none'}")
+    RESULTS["caption"] = {"seed": caption_time, "fast_eager": eager_caption_time,
+                          "fast_graphed": graphed_caption_time, "agree_eager": same_eager,
+                          "agree_graphed": same_graphed, "first_call": first_graph_call,
+                          "capture_call": capture_call, "fallback": fallback}
 
     # Interrogation, ranking only (the caption is given to both, as the timings above split it).
-    agree, seed_times, fast_times = 0, [], []
+    # truthloop's default (graphs, subset re-check) and, for the record, the plain fast path.
+    plain_fast = FastInterrogator(ci, cuda_graphs=False, recheck="full")
+    agree, agree_plain, seed_times, fast_times, plain_times = 0, 0, [], [], []
     disagreements, expected_all = [], []
-    for image, cap in zip(images, captions):
+    for index, (image, cap) in enumerate(zip(images, captions)):
         sync()
         start = time.perf_counter()
         expected = ci.interrogate(image, caption=cap)
@@ -216,11 +249,27 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
             agree += 1
         else:
             disagreements.append((expected, got))
+        if index < 10:
+            sync()
+            start = time.perf_counter()
+            agree_plain += plain_fast.interrogate(image, caption=cap) == expected
+            sync()
+            plain_times.append(time.perf_counter() - start)
     seed_best, fast_best = statistics.median(seed_times[1:]), statistics.median(fast_times[1:])
+    plain_best = statistics.median(plain_times[1:])
     row("interrogate best (ranking; median of images)", seed_best, fast_best,
-        f"{seed_best / fast_best:.1f}x faster; same string on {agree}/{len(images)} images")
+        f"{seed_best / fast_best:.1f}x faster; same string on {agree}/{len(images)} images; "
+        f"stats {fast.stats}, recheck now {fast.recheck}")
+    row(f"interrogate best, no graphs + full re-check ({len(plain_times)} images)", seed_best,
+        plain_best, f"{seed_best / plain_best:.1f}x faster; same string on {agree_plain}/"
+        f"{len(plain_times)}; "
+        f"stats {plain_fast.stats}")
     RESULTS["best"] = {"seed": seed_best, "fast": fast_best, "agree": agree,
-                       "images": len(images), "disagreements": disagreements[:3]}
+                       "images": len(images), "disagreements": disagreements[:3],
+                       "stats": dict(fast.stats), "recheck": fast.recheck,
+                       "plain_fast": plain_best, "plain_agree": agree_plain,
+                       "plain_stats": dict(plain_fast.stats),
+                       "seed_times": seed_times, "fast_times": fast_times}
     for mode, seed_call, fast_call in (
         ("fast", ci.interrogate_fast, fast.interrogate_fast),
         ("classic", ci.interrogate_classic, fast.interrogate_classic),
@@ -241,21 +290,45 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
         generator = torch.Generator(DEVICE).manual_seed(42)
         return pipe(prompt, negative_prompt=SEED_NEGATIVE_PROMPT, generator=generator).images[0]
 
-    painter = Painter(pipe, GenerateConfig(), DEVICE)
+    eager_painter = Painter(pipe, GenerateConfig(), DEVICE, cuda_graphs=False)
+    eager_image = eager_painter.paint(prompt, lambda s, t: None)
+    plain_image = plain()  # warm-up
+    painter = Painter(pipe, GenerateConfig(), DEVICE, cuda_graphs=True)
     reset_peak()
-    plain_image, painted = plain(), painter.paint(prompt, lambda s, t: None)  # warm-up
-    plain_times, paint_times = [], []
-    for _ in range(3):  # interleaved, so a busy neighbour or clock change hits both alike
+    sync()
+    start = time.perf_counter()
+    painted = painter.paint(prompt, lambda s, t: None)  # step 1 eager, step 2 captures
+    sync()
+    first_graphed = time.perf_counter() - start
+    graph_peak = peak_gib()
+    plain_times, paint_times, eager_times = [], [], []
+    for _ in range(3):  # interleaved, so a busy neighbour or clock change hits all alike
         plain_times.append(timed(plain, repeat=1, warmup=0)[0])
         paint_times.append(timed(lambda: painter.paint(prompt, lambda s, t: None),
                                  repeat=1, warmup=0)[0])
+        set_unet_graphs(painter, False)  # the same UNet, launched eagerly
+        eager_times.append(timed(lambda: eager_painter.paint(prompt, lambda s, t: None),
+                                 repeat=1, warmup=0)[0])
+        set_unet_graphs(painter, True)
     plain_time, paint_time = statistics.median(plain_times), statistics.median(paint_times)
+    eager_time = statistics.median(eager_times)
     same = image_hash(plain_image) == image_hash(painted)
+    same_eager = image_hash(plain_image) == image_hash(eager_image)
     finite = np.isfinite(np.asarray(painted, dtype=np.float32)).all()
-    row("SD2 768, 50 steps (eager)", plain_time, paint_time,
-        f"{ratio(paint_time, plain_time)}; images bit-equal: {same}")
-    RESULTS["sd_eager"] = {"seed": plain_time, "ours": paint_time, "bit_equal": same,
-                           "finite": bool(finite)}
+    failures = painter.graphed_unet.graphed.failures if painter.graphed_unet else "none installed"
+    row("SD2 768, 50 steps, Painter eager (no graphs)", plain_time, eager_time,
+        f"{ratio(eager_time, plain_time)}; images bit-equal: {same_eager}")
+    row("SD2 768, 50 steps, Painter with UNet CUDA graph", plain_time, paint_time,
+        f"{ratio(paint_time, plain_time)}; images bit-equal to plain: {same}; first image "
+        f"(eager step + capture) {first_graphed:.3f} s; peak {graph_peak:.2f} GiB; "
+        f"capture failures {failures or 'none'}")
+    if not same:
+        max_diff, mean_diff = pixel_diff(plain_image, painted)
+        row("  graph vs plain pixel difference", note=f"max {max_diff}/255, mean {mean_diff:.4f}")
+    RESULTS["sd_eager"] = {"seed": plain_time, "ours": paint_time, "eager": eager_time,
+                           "bit_equal": same, "eager_bit_equal": same_eager,
+                           "first_graphed": first_graphed, "finite": bool(finite),
+                           "failures": str(failures)}
     again = painter.paint(prompt, lambda s, t: None)
     RESULTS["determinism_in_process"] = image_hash(again) == image_hash(painted)
     RESULTS["eager_hash"] = image_hash(painted)
@@ -281,6 +354,7 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
 
         captioner = Captioner.__new__(Captioner)  # reuse the FastInterrogator built above
         captioner.ci, captioner.config, captioner.fast = ci, CaptionConfig(chunk_size=400), fast
+        captioner.cuda_graphs = True
         image, prompts, times = images[2], [], []
         for _ in range(n):
             sync()
@@ -296,7 +370,7 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
     seed_prompts, seed_times, seed_last = seed_loop(iterations)
     seed_peak = peak_gib()
     reset_peak()
-    shared = Painter(pipe, GenerateConfig(seed_mode="shared"), DEVICE)
+    shared = Painter(pipe, GenerateConfig(seed_mode="shared"), DEVICE, cuda_graphs=True)
     our_prompts, our_times, our_last = our_loop(iterations, shared)
     our_peak = peak_gib()
     seed_iter = statistics.median(seed_times[1:])
@@ -305,7 +379,10 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
         f"{ratio(our_iter, seed_iter)}; prompts equal: {seed_prompts == our_prompts}; "
         f"last image bit-equal: {image_hash(seed_last) == image_hash(our_last)}")
     row("peak GPU memory (allocated)", f"{seed_peak:.2f} GiB", f"{our_peak:.2f} GiB")
+    row("first iteration (graph captures included)", seed_times[0], our_times[0],
+        ratio(our_times[0], seed_times[0]))
     RESULTS["iteration_eager"] = {"seed": seed_iter, "ours": our_iter,
+                                  "seed_times": seed_times, "our_times": our_times,
                                   "prompts_equal": seed_prompts == our_prompts,
                                   "seed_peak_gib": seed_peak, "our_peak_gib": our_peak}
 

@@ -171,3 +171,35 @@ def test_fallback_and_generic_paths(interrogators, images):
     generic._prefix_ok = False
     generic._simple_tok = False
     assert generic.interrogate(image, caption=caption) == expected
+
+
+def test_subset_recheck_is_checked_against_the_full_batch(interrogators, images):
+    """Near-ties recomputed on the tied candidates only: each check compares them bit for bit
+    with the original's full batch, and the string stays clip-interrogator's."""
+    ci, _ = interrogators[400]
+    image, caption = images["noise1"], CAPTIONS["noise1"]
+    expected = ci.interrogate(image, caption=caption)
+    subset = FastInterrogator(ci, tie_tol=3.0, recheck="subset", recheck_pad=8,
+                              recheck_verify=10**6)
+    assert subset.interrogate(image, caption=caption) == expected
+    assert subset.stats["subset_checks"] > 0
+    # Whatever this CPU's BLAS does, a disagreement sends it back to the full batch for good.
+    assert (subset.recheck == "subset") == (subset.stats["subset_mismatches"] == 0)
+
+
+def test_subset_recheck_that_disagrees_falls_back_for_good(interrogators, images):
+    ci, _ = interrogators[400]
+    image, caption = images["noise1"], CAPTIONS["noise1"]
+    expected = ci.interrogate(image, caption=caption)
+    fast = FastInterrogator(ci, tie_tol=3.0, recheck="subset", recheck_pad=8, recheck_verify=2)
+    exact_scores = fast._exact_scores
+    rows_per_link = []
+
+    def skewed(features, rows, reverse):  # the subset's numbers off by a little, as if
+        scores = exact_scores(features, rows, reverse)  # another kernel had summed them
+        rows_per_link.append(len(rows))
+        return scores + 1e-3 if len(rows) % 8 == 0 and len(rows) <= 64 else scores
+
+    fast._exact_scores = skewed
+    assert fast.interrogate(image, caption=caption) == expected
+    assert fast.stats["subset_mismatches"] == 1 and fast.recheck == "full"

@@ -42,8 +42,9 @@ def load_backends(config: RunConfig, emit: EventSink) -> Backends:
     emit(ev.Loading("preparing label embeddings"))
     interrogator = build_interrogator(models, config.caption, report)
     return Backends(
-        captioner=Captioner(interrogator, config.caption),
-        painter=Painter(models.pipe, config.generate, models.device),
+        captioner=Captioner(interrogator, config.caption, cuda_graphs=config.models.cuda_graphs),
+        painter=Painter(models.pipe, config.generate, models.device,
+                        cuda_graphs=config.models.cuda_graphs and not config.models.low_vram),
         embedder=ClipEmbedder(interrogator),
         device=models.device,
         details={"clip_name": models.clip_name, "dtype": str(models.dtype)},

@@ -30,6 +30,7 @@ OPTION_FIELDS = {
     "models": ("models", "models"), "sd_model": ("models", "sd_model"),
     "caption_model": ("models", "caption_model"), "clip_model": ("models", "clip_model"),
     "device": ("models", "device"), "low_vram": ("models", "low_vram"),
+    "cuda_graphs": ("models", "cuda_graphs"),
     "mode": ("caption", "mode"), "chunk_size": ("caption", "chunk_size"),
     "flavor_intermediate_count": ("caption", "flavor_intermediate_count"),
     "caption_max_length": ("caption", "caption_max_length"),
@@ -129,6 +130,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--seed-mode", choices=SEED_MODES)
     generate.add_argument("--compile", action="store_true", default=None,
                           help="torch.compile the UNet and VAE (CUDA; pays off on long runs)")
+    generate.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                          default=None, help="launch every kernel eagerly instead of replaying "
+                          "CUDA graphs (same numbers either way; for debugging)")
     loop = parser.add_argument_group("loop")
     loop.add_argument("--clauses", type=int, help="compare (and feed) only the first N comma "
                       "clauses; 0 = whole caption")

@@ -111,13 +111,17 @@ class FastCaptioner:
     """
 
     def __init__(self, model: Any, processor: Any, device: Any, dtype: Any, *,
-                 check_every: int | None = None):
+                 check_every: int | None = None, cuda_graphs: bool = True):
         self.model = model
         self.processor = processor
         self.device = device
         self.dtype = dtype
         self.check_every = check_every
         self.reason: str | None = None  # why the last caption used the HF path, if it did
+        # On CUDA, from the second caption on, the whole decode (vision tower and every token
+        # step) replays from one CUDA graph per max_new_tokens: see truthloop.cudagraph.
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict[int, Any] = {}
 
     # -- the reference -------------------------------------------------------------------
 
@@ -191,9 +195,40 @@ class FastCaptioner:
             tokens = self.generate_ids(inputs["pixel_values"], max_new_tokens)
         return self._decode(tokens)
 
+    def _graphed(self, max_new_tokens: int) -> Any:
+        from truthloop.cudagraph import CudaGraphed
+
+        graphed = self._graphs.get(max_new_tokens)
+        if graphed is None:
+            graphed = CudaGraphed(lambda pixel_values: self._decode_steps(
+                pixel_values, max_new_tokens, look_for_eos=False), name="blip",
+                eager_first=False)
+            self._graphs[max_new_tokens] = graphed
+        return graphed
+
     @torch.no_grad()
     def generate_ids(self, pixel_values: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """[[bos, t1, ..., tk]] as ``model.generate`` returns it (call ``unsupported`` first)."""
+        on_cuda = pixel_values.device.type == "cuda" and self.cuda_graphs
+        if not on_cuda or max_new_tokens not in self._seen_lengths():
+            if on_cuda:
+                self._graphed(max_new_tokens)  # the next caption of this length is replayed
+            return self._decode_steps(pixel_values, max_new_tokens, look_for_eos=True)
+        # Every step decoded, no host sync until the end; the steps past the first SEP are
+        # thrown away (they cannot change the ones before), as with check_every below.
+        tokens = self._graphed(max_new_tokens)(pixel_values)
+        eos = self.model.text_decoder.config.sep_token_id
+        if eos is not None:
+            hits = (tokens[0, 1:] == eos).nonzero()
+            if hits.numel():
+                tokens = tokens[:, :int(hits[0, 0]) + 2]
+        return tokens
+
+    def _seen_lengths(self) -> set[int]:
+        return set(self._graphs)
+
+    def _decode_steps(self, pixel_values: torch.Tensor, max_new_tokens: int,
+                      look_for_eos: bool) -> torch.Tensor:
         model = self.model
         decoder = model.text_decoder
         text = decoder.config
@@ -230,7 +265,7 @@ class FastCaptioner:
 
         # Cross-attention keys/values: computed once, as HF's EncoderDecoderCache does, and
         # passed through the same cat-with-empty so layout and values match.
-        empty = torch.tensor([], dtype=dtype, device=device)
+        empty = torch.empty(0, dtype=dtype, device=device)  # torch.tensor([]): same, no copy
         cross_kv = []
         for layer in layers:
             attn = layer.crossattention.self
@@ -278,7 +313,7 @@ class FastCaptioner:
             scores = logits[:, -1].to(copy=True, dtype=torch.float32)
             token = torch.argmax(scores, dim=-1)[:, None]
             generated.append(token)
-            if eos is None:
+            if eos is None or not look_for_eos:
                 continue
             unchecked += 1
             if unchecked == check_every or step == max_new_tokens - 1:
@@ -294,7 +329,7 @@ class FastCaptioner:
         return tokens
 
 
-def fast_generate_caption(ci: Any, image: Any) -> str:
+def fast_generate_caption(ci: Any, image: Any, cuda_graphs: bool = True) -> str:
     """Drop-in for ``ci.generate_caption(image)`` (clip-interrogator 0.6.0's Interrogator)."""
     if ci.caption_model is None or ci.config.caption_model_name.startswith("git-"):
         return ci.generate_caption(image)
@@ -302,6 +337,7 @@ def fast_generate_caption(ci: Any, image: Any) -> str:
     captioner = getattr(ci, "_truthloop_fast_captioner", None)
     if captioner is None or captioner.model is not ci.caption_model \
             or captioner.processor is not ci.caption_processor:
-        captioner = FastCaptioner(ci.caption_model, ci.caption_processor, ci.device, ci.dtype)
+        captioner = FastCaptioner(ci.caption_model, ci.caption_processor, ci.device, ci.dtype,
+                                  cuda_graphs=cuda_graphs)
         ci._truthloop_fast_captioner = captioner
     return captioner.caption(image, ci.config.caption_max_length)

@@ -34,8 +34,10 @@ the same process: the same result as `ci` here, though another process may break
 
 On CUDA with fp16 weights everything runs under the same autocast as the original, but different
 kernels round differently (fp16 similarities are coarse enough for exact ties to be common), so a
-near-tie may go the other way; `tie_tol` defaults to 0 there (no fallback): with fp16's coarse
-steps a useful margin (1e-3) sends about half the links back to the original's computation.
+near-tie may go the other way; `tie_tol` is 1e-3 there, and with fp16's coarse steps that sends
+many links back to the original's computation. Recomputing the whole batch for those would cost
+what the original costs, so on the GPU only the near-tied candidates are recomputed, once this
+process has checked that doing so gives the full batch's very numbers (`recheck`).
 """
 
 from __future__ import annotations
@@ -89,9 +91,9 @@ DEFAULT_GPU_TIE_TOL = 1e-3
 DEFAULT_CPU_TIE_TOL = 1e-4
 
 
-def _autocast(device_type: str):
+def _autocast(device_type: str, cache: bool = True):
     # The original wraps everything in torch.cuda.amp.autocast(), which only touches CUDA tensors.
-    return torch.autocast("cuda") if device_type == "cuda" else nullcontext()
+    return torch.autocast("cuda", cache_enabled=cache) if device_type == "cuda" else nullcontext()
 
 
 class _Table:
@@ -124,17 +126,43 @@ class _Bank:
 
 
 class FastInterrogator:
-    def __init__(self, ci, tie_tol: Optional[float] = None, batch_size: Optional[int] = None):
+    def __init__(self, ci, tie_tol: Optional[float] = None, batch_size: Optional[int] = None,
+                 cuda_graphs: bool = True, recheck: str = "auto", recheck_pad: int = 256,
+                 recheck_verify: int = 3):
         """`tie_tol`: accept the fast encoder's winner in `rank_top` only if every other candidate
         scores more than this below it, else recompute that link as the original does. Default:
-        1e-4 on CPU (exact), 0 elsewhere (fast; fp16 near-ties may flip)."""
+        1e-4 on CPU, 1e-3 on the GPU (fp16).
+
+        `recheck`: how a near-tie is recomputed the original's way. "full": the original's whole
+        batch (bitwise its numbers, ~the original's cost). "subset": only the near-tied
+        candidates, padded to a multiple of `recheck_pad` rows; the kernels compute each row on
+        its own, so its numbers are the full batch's as long as the GEMMs pick kernels that
+        reduce in the same order for both row counts, so the first `recheck_verify` near-ties are
+        computed both ways and must agree bit for bit on every near-tied candidate, else it
+        stays on full for good. "auto": subset on CUDA, full elsewhere.
+        `cuda_graphs`: the original's one-prompt similarity (a fixed (1, 77) shape, called once
+        per chain link) replays from a CUDA graph: the same kernels, so the same numbers.
+        """
         self.ci = ci
         self.device = torch.device(ci.device)
         self.tie_tol = (DEFAULT_CPU_TIE_TOL if self.device.type == "cpu" else DEFAULT_GPU_TIE_TOL) \
             if tie_tol is None else float(tie_tol)
         self.batch_size = batch_size or (512 if self.device.type == "cpu" else 2048)
-        # fallbacks: links recomputed the original way because of a near-tie.
-        self.stats = {"links": 0, "fallbacks": 0}
+        if recheck not in ("auto", "full", "subset"):
+            raise ValueError(f"recheck={recheck!r}")
+        if recheck == "auto":
+            # On the CPU the near-ties are rare and a full recheck is cheap next to the rest.
+            recheck = "subset" if self.device.type == "cuda" else "full"
+        self.recheck = recheck
+        self.recheck_pad = max(1, int(recheck_pad))
+        self._recheck_verify_left = int(recheck_verify) if recheck == "subset" else 0
+        # fallbacks: links recomputed the original way because of a near-tie; of those,
+        # subset_checks were also computed both ways, subset_mismatches disagreed.
+        self.stats = {"links": 0, "fallbacks": 0, "subset_checks": 0, "subset_mismatches": 0}
+        from truthloop.cudagraph import CudaGraphed
+
+        self._text_similarity = CudaGraphed(self._text_similarity_eager, name="clip-text")
+        self._text_similarity.enabled = bool(cuda_graphs)
 
         from open_clip.tokenizer import SimpleTokenizer, _clean_lower
 
@@ -335,27 +363,30 @@ class FastInterrogator:
 
     # ---------------------------------------------------------------- the original's text calls
 
+    def _text_similarity_eager(self, tokens, features):
+        # similarity()/similarities()' own computation. Autocast's cast cache is off so that a
+        # CUDA graph can capture this; it only saves re-casting, the values are the same.
+        with torch.no_grad(), _autocast(self.device.type, cache=False):
+            text_features = self.ci.clip_model.encode_text(tokens)
+            text_features /= text_features.norm(dim=-1, keepdim=True)
+            return text_features @ features.T
+
     def _similarity(self, features, text: str) -> float:
         self.ci._prepare_clip()
         tokens = self.ci.tokenize([text]).to(self.device)
-        with torch.no_grad(), _autocast(self.device.type):
-            text_features = self.ci.clip_model.encode_text(tokens)
-            text_features /= text_features.norm(dim=-1, keepdim=True)
-            similarity = text_features @ features.T
+        with torch.no_grad():
+            similarity = self._text_similarity(tokens, features)
         return similarity[0][0].item()
 
     def _similarities(self, features, texts: list[str]) -> list[float]:
         self.ci._prepare_clip()
         tokens = self.ci.tokenize(list(texts)).to(self.device)
-        with torch.no_grad(), _autocast(self.device.type):
-            text_features = self.ci.clip_model.encode_text(tokens)
-            text_features /= text_features.norm(dim=-1, keepdim=True)
-            similarity = text_features @ features.T
+        with torch.no_grad():
+            similarity = self._text_similarity(tokens, features)
         return similarity.T[0].tolist()
 
-    def _rank_top_exact(self, features, rows: np.ndarray, reverse: bool) -> int:
-        # rank_top's own computation on the same ids ci.tokenize gives (the tokenising skipped):
-        # the same batch, so the same floats and the same argmax.
+    def _exact_scores(self, features, rows: np.ndarray, reverse: bool) -> torch.Tensor:
+        # rank_top's own computation on the same ids ci.tokenize gives (the tokenising skipped).
         tokens = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device)
         with torch.no_grad(), _autocast(self.device.type):
             text_features = self.ci.clip_model.encode_text(tokens)
@@ -363,7 +394,29 @@ class FastInterrogator:
             similarity = text_features @ features.T
             if reverse:
                 similarity = -similarity
-        return similarity.argmax().item()
+        return similarity[:, 0]
+
+    def _rank_top_exact(self, features, rows: np.ndarray, near: np.ndarray,
+                        reverse: bool) -> int:
+        """The original's argmax over `rows`, given that it lies among the indices `near`
+        (ascending)."""
+        if self.recheck == "full":
+            # The same batch as the original's, so the same floats and the same argmax.
+            return int(self._exact_scores(features, rows, reverse).argmax().item())
+        pad = -len(near) % self.recheck_pad
+        subset = rows[np.concatenate([near, np.full(pad, near[-1])])]
+        scores = self._exact_scores(features, subset, reverse)[:len(near)]
+        if self._recheck_verify_left > 0:
+            self._recheck_verify_left -= 1
+            self.stats["subset_checks"] += 1
+            full = self._exact_scores(features, rows, reverse)
+            if not torch.equal(full[torch.from_numpy(near).to(self.device)], scores):
+                self.stats["subset_mismatches"] += 1
+                self.recheck = "full"  # this machine's kernels depend on the row count
+                self._recheck_verify_left = 0
+                return int(full.argmax().item())
+        # near is ascending, so argmax's first-of-equals is the original's first-of-equals.
+        return int(near[int(scores.argmax().item())])
 
     # ---------------------------------------------------------------- rank_top
 
@@ -375,7 +428,7 @@ class FastInterrogator:
         rows = self._token_rows(prefix, phrases, bank)
         if len(rows) == 1:
             return phrases[0]
-        unique, first, counts = _unique_rows(rows)
+        unique, first, counts, inverse = _unique_rows(rows)
         if len(unique) > 1:
             with torch.no_grad(), _autocast(self.device.type):
                 text_features = self._encode_rows(unique)
@@ -396,7 +449,8 @@ class FastInterrogator:
             near = scores >= scores[best] - self.tie_tol
             if counts[near].sum() > 1:
                 self.stats["fallbacks"] += 1
-                return phrases[self._rank_top_exact(features, rows, reverse)]
+                candidates = np.flatnonzero(near[inverse])
+                return phrases[self._rank_top_exact(features, rows, candidates, reverse)]
         return phrases[int(first[best])]
 
     def _bank(self, phrases: Sequence[str]) -> _Bank:
@@ -512,11 +566,15 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
 
 
 def _unique_rows(rows: np.ndarray):
-    """Distinct rows in order of first appearance, each one's first index and multiplicity."""
+    """Distinct rows in order of first appearance, each one's first index and multiplicity, and
+    for each row the index of its distinct row."""
     keys = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1] * rows.itemsize)))
-    _, first, counts = np.unique(keys.ravel(), return_index=True, return_counts=True)
+    _, first, inverse, counts = np.unique(keys.ravel(), return_index=True, return_inverse=True,
+                                          return_counts=True)
     order = np.argsort(first)
-    return rows[first[order]], first[order], counts[order]
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rows[first[order]], first[order], counts[order], rank[inverse.ravel()]
 
 
 def _pass_cost_in_tokens(model, device_type: str) -> float:

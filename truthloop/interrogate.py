@@ -74,14 +74,15 @@ def _progress_tqdm(report: Report) -> Callable[..., Any]:
 class Captioner:
     """The loop's caption step, in the run's mode, through the reference or the fast ranker."""
 
-    def __init__(self, interrogator: Any, config: CaptionConfig):
+    def __init__(self, interrogator: Any, config: CaptionConfig, cuda_graphs: bool = True):
         self.ci = interrogator
         self.config = config
+        self.cuda_graphs = cuda_graphs
         self.fast = None
         if config.interrogator == "fast":
             from truthloop.fastci import FastInterrogator
 
-            self.fast = FastInterrogator(interrogator)
+            self.fast = FastInterrogator(interrogator, cuda_graphs=cuda_graphs)
 
     def caption(self, image: Any) -> str:
         mode = self.config.mode
@@ -97,7 +98,7 @@ class Captioner:
             return self.fast.interrogate_negative(image)
         # One BLIP caption (same tokens as HF generate, less overhead) serves every mode; passed
         # by name because clip-interrogator's methods take their arguments in different orders.
-        text = fast_generate_caption(self.ci, image)
+        text = fast_generate_caption(self.ci, image, cuda_graphs=self.cuda_graphs)
         if mode == "caption":
             return text
         return {"best": self.fast.interrogate, "fast": self.fast.interrogate_fast,

@@ -1,0 +1,109 @@
+"""CUDA graphs replay eager's kernels: what they compute must be bitwise what eager computes.
+
+These need a GPU (skipped in CPU CI); bench/run_on_gpu.sh runs them on the lent GPU box. On the
+CPU, the same wrappers are plain calls, which the rest of the suite covers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def cuda_models(truthloop_cache):
+    from truthloop.backends import quiet_libraries
+    from truthloop.config import ModelConfig
+    from truthloop.models import load_models
+
+    quiet_libraries()
+    return load_models(ModelConfig(models="tiny", device="cuda"))
+
+
+@pytest.fixture(scope="module")
+def cuda_interrogator(cuda_models):
+    from truthloop.config import CaptionConfig
+    from truthloop.interrogate import build_interrogator
+
+    return build_interrogator(cuda_models, CaptionConfig(chunk_size=400))
+
+
+def _images(count: int):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    return [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+            for _ in range(count)]
+
+
+def test_graphed_function_equals_eager_and_replays():
+    from truthloop.cudagraph import CudaGraphed
+
+    weight = torch.randn(64, 64, device="cuda", dtype=torch.float16)
+    fn = lambda x: torch.relu(x @ weight).softmax(-1)  # noqa: E731
+    graphed = CudaGraphed(fn)
+    with torch.no_grad():
+        for seed in range(4):
+            x = torch.randn(8, 64, device="cuda", dtype=torch.float16,
+                            generator=torch.Generator("cuda").manual_seed(seed))
+            assert torch.equal(graphed(x), fn(x))
+        assert graphed.replays == 3 and not graphed.failures
+        # another shape is another graph; with autograd on it is just the function
+        y = torch.randn(3, 64, device="cuda", dtype=torch.float16)
+        assert torch.equal(graphed(y), fn(y))
+    assert torch.equal(graphed(y), fn(y)) and graphed.replays == 3
+
+
+def _hash(image) -> str:
+    return hashlib.sha256(image.tobytes()).hexdigest()
+
+
+def test_unet_graph_paints_the_eager_image(cuda_models):
+    from truthloop.config import GenerateConfig
+    from truthloop.generate import Painter
+
+    config = GenerateConfig(steps=6, width=64, height=64)
+    eager = Painter(cuda_models.pipe, config, "cuda", cuda_graphs=False)
+    expected = [_hash(eager.paint(p, lambda s, t: None)) for p in ("a cat", "a dog")]
+    graphed = Painter(cuda_models.pipe, config, "cuda", cuda_graphs=True)
+    try:
+        for _ in range(2):  # first image: eager step then capture; second: all replays
+            got = [_hash(graphed.paint(p, lambda s, t: None)) for p in ("a cat", "a dog")]
+            assert got == expected
+        assert graphed.graphed_unet.graphed.replays > 0
+        assert not graphed.graphed_unet.graphed.failures
+    finally:
+        graphed.graphed_unet.uninstall()
+
+
+def test_blip_graph_gives_the_eager_tokens(cuda_models):
+    from truthloop.fastcaption import FastCaptioner
+
+    args = (cuda_models.caption_model, cuda_models.caption_processor, "cuda", cuda_models.dtype)
+    eager = FastCaptioner(*args, cuda_graphs=False)
+    graphed = FastCaptioner(*args, cuda_graphs=True)
+    for image in _images(4):
+        inputs = eager._inputs(image)
+        reference = eager.reference_ids(image, 20)
+        assert torch.equal(eager.generate_ids(inputs["pixel_values"], 20), reference)
+        assert torch.equal(graphed.generate_ids(inputs["pixel_values"], 20), reference)
+    assert graphed._graphs[20].replays == 3 and not graphed._graphs[20].failures
+
+
+def test_graphed_similarity_and_subset_recheck_match_clip_interrogator(cuda_interrogator):
+    from truthloop.fastci import FastInterrogator
+
+    ci = cuda_interrogator
+    # Every link a near-tie: each is re-checked on the tied subset, the first few both ways.
+    fast = FastInterrogator(ci, tie_tol=3.0, recheck="subset", recheck_pad=8)
+    for image in _images(3):
+        caption = "a photo of a thing"
+        assert fast.interrogate(image, caption=caption) == ci.interrogate(image, caption=caption)
+    assert fast._text_similarity.replays > 0 and not fast._text_similarity.failures
+    assert fast.stats["subset_checks"] >= 1
+    assert fast.stats["fallbacks"] == fast.stats["links"] > 0
