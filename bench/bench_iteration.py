@@ -161,8 +161,80 @@ def pixel_diff(a, b) -> tuple[int, float]:
 
 
 # ---------------------------------------------------------------------------------------------
+def probe_recheck_pads(fast, images, captions, pads=(1, 8, 32, 64, 128, 256)):
+    """For every near-tie: are the tied candidates' scores, computed in a batch of only them
+    (padded to a multiple of `pad` rows), bitwise those of the original's full batch?"""
+    import numpy as np
+
+    original = fast._rank_top_exact
+    equal = {pad: 0 for pad in pads}
+    seen = []
+
+    errors, winners_agree = [], 0
+
+    def probe(features, rows, near, reverse):
+        nonlocal winners_agree
+        full = fast._exact_scores(features, rows, reverse)
+        wanted = full[torch.from_numpy(near).to(full.device)]
+        with torch.no_grad(), torch.autocast("cuda", enabled=DEVICE == "cuda"):
+            approx = fast._encode_rows(rows)
+            approx /= approx.norm(dim=-1, keepdim=True)
+            approx = (approx @ features.T)[:, 0]
+            if reverse:
+                approx = -approx
+        errors.append(float((approx.float() - full.float()).abs().max()))
+        winners_agree += int(approx.argmax()) == int(full.argmax())
+        for pad in pads:
+            extra = -len(near) % pad
+            subset = rows[np.concatenate([near, np.full(extra, near[-1])])]
+            equal[pad] += torch.equal(fast._exact_scores(features, subset, reverse)[:len(near)],
+                                      wanted)
+        seen.append(len(near))
+        return int(full.argmax().item())
+
+    fast._rank_top_exact = probe
+    try:
+        for image, caption in zip(images, captions):
+            fast.interrogate(image, caption=caption)
+    finally:
+        fast._rank_top_exact = original
+    note = ", ".join(f"pad {pad}: {equal[pad]}/{len(seen)}" for pad in pads)
+    row("near-tie re-check on the subset bit-equal to the full batch", note=note +
+        f" (tied candidates per near-tie: median {statistics.median(seen) if seen else 0})")
+    if errors:
+        row("near-ties: fast encoder vs original scores", note=f"max |diff| per link: median "
+            f"{statistics.median(errors):.2e}, max {max(errors):.2e}; fast argmax = original's "
+            f"on {winners_agree}/{len(errors)}")
+    RESULTS["recheck_pads"] = {"equal": equal, "near_ties": len(seen), "sizes": seen,
+                               "errors": errors, "winners_agree": winners_agree}
+
+
+def profile_interrogate(fast, images, captions):
+    import cProfile
+    import io
+    import pstats
+
+    profile = cProfile.Profile()
+    sync()
+    start = time.perf_counter()
+    profile.enable()
+    for image, caption in zip(images, captions):
+        fast.interrogate(image, caption=caption)
+    sync()
+    profile.disable()
+    elapsed = (time.perf_counter() - start) / len(images)
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(30)
+    print(f"profile of fast.interrogate (best), {elapsed:.3f} s per image under cProfile",
+          flush=True)
+    print(text.getvalue(), flush=True)
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats("fastci", 25)
+    print(text.getvalue(), flush=True)
+
+
 def part_base(paths, work: Path, images_count: int, iterations: int, compile_too: bool,
-              skip_extras: bool = False):
+              skip_extras: bool = False, profile_best: bool = False):
     from truthloop.fastci import FastInterrogator
     from truthloop.generate import Painter
 
@@ -270,6 +342,9 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
                        "plain_fast": plain_best, "plain_agree": agree_plain,
                        "plain_stats": dict(plain_fast.stats),
                        "seed_times": seed_times, "fast_times": fast_times}
+    if profile_best:
+        probe_recheck_pads(fast, images[:6], captions[:6])
+        profile_interrogate(fast, images[1:6], captions[1:6])
     for mode, seed_call, fast_call in (
         ("fast", ci.interrogate_fast, fast.interrogate_fast),
         ("classic", ci.interrogate_classic, fast.interrogate_classic),
@@ -512,6 +587,8 @@ def main() -> None:
     parser.add_argument("--prompt", default="a photo")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoints (CPU smoke test)")
+    parser.add_argument("--profile-best", action="store_true",
+                        help="cProfile truthloop's best mode and probe the near-tie re-check")
     parser.add_argument("--skip-extras", action="store_true",
                         help="skip --low-vram and the cross-process checks (a shorter run)")
     args = parser.parse_args()
@@ -534,11 +611,13 @@ def main() -> None:
                f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}")
     RESULTS["machine"] = machine
     if args.part == "base":
-        part_base(paths, work, args.images, args.iterations, compile_too=args.compile,
-                  skip_extras=args.skip_extras)
-        print_table(f"truthloop vs seed stack — {machine}")
-        if args.json:
-            Path(args.json).write_text(json.dumps(RESULTS, indent=2, default=str))
+        try:
+            part_base(paths, work, args.images, args.iterations, compile_too=args.compile,
+                      skip_extras=args.skip_extras, profile_best=args.profile_best)
+        finally:  # what was measured before a failure still gets printed and written
+            print_table(f"truthloop vs seed stack — {machine}")
+            if args.json:
+                Path(args.json).write_text(json.dumps(RESULTS, indent=2, default=str))
         if args.skip_extras:
             return
         prompt = (work / "eager_prompt.txt").read_text()

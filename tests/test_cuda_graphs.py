@@ -77,6 +77,12 @@ def test_unet_graph_paints_the_eager_image(cuda_models):
             assert got == expected
         assert graphed.graphed_unet.graphed.replays > 0
         assert not graphed.graphed_unet.graphed.failures
+        # A plain pipeline call (no inference_mode) through the same graphs: same image.
+        plain = cuda_models.pipe("a cat", negative_prompt=config.negative_prompt,
+                                 num_inference_steps=6, guidance_scale=config.guidance,
+                                 width=64, height=64,
+                                 generator=torch.Generator("cuda").manual_seed(config.seed))
+        assert _hash(plain.images[0]) == expected[0]
     finally:
         graphed.graphed_unet.uninstall()
 

@@ -85,7 +85,10 @@ class CudaGraphed:
         return outputs[0] if captured.single else outputs
 
     def _capture(self, tensors: tuple[torch.Tensor, ...]) -> _Captured:
-        inputs = tuple(t.clone() for t in tensors)
+        # Normal tensors even when captured under inference_mode (a diffusers pipeline called by
+        # our Painter): they can be refilled in and out of it alike.
+        with torch.inference_mode(False):
+            inputs = tuple(t.clone() for t in tensors)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         # Warm up on the capture stream first (lazy per-stream state such as cuBLAS workspaces
