@@ -127,7 +127,18 @@ class GraphedUNet:
     def __init__(self, unet: Any):
         self.unet = unet
         self.original = unet.forward
+        self.compiled = False
         self.graphed = CudaGraphed(self._plain, name="unet")
+
+    def use_forward(self, forward: Callable[..., Any], compiled: bool) -> None:
+        """Call (and capture) this forward from now on, e.g. a torch.compile'd one."""
+        if self.compiled and compiled:
+            return
+        self.original = forward
+        self.compiled = compiled
+        enabled = self.graphed.enabled
+        self.graphed = CudaGraphed(self._plain, name="unet")  # graphs of the old kernels: gone
+        self.graphed.enabled = enabled
 
     @classmethod
     def on(cls, unet: Any) -> "GraphedUNet":
@@ -138,7 +149,6 @@ class GraphedUNet:
             existing = cls(unet)
             unet.__dict__["_truthloop_graphed"] = existing
         unet.forward = existing.forward
-        existing.graphed.enabled = True
         return existing
 
     def uninstall(self) -> None:

@@ -127,7 +127,7 @@ class _Bank:
 
 class FastInterrogator:
     def __init__(self, ci, tie_tol: Optional[float] = None, batch_size: Optional[int] = None,
-                 cuda_graphs: bool = True, recheck: str = "auto", recheck_pad: int = 256,
+                 cuda_graphs: bool = True, recheck: str = "auto", recheck_pad: int = 32,
                  recheck_verify: int = 3):
         """`tie_tol`: accept the fast encoder's winner in `rank_top` only if every other candidate
         scores more than this below it, else recompute that link as the original does. Default:
@@ -137,9 +137,11 @@ class FastInterrogator:
         batch (bitwise its numbers, ~the original's cost). "subset": only the near-tied
         candidates, padded to a multiple of `recheck_pad` rows; the kernels compute each row on
         its own, so its numbers are the full batch's as long as the GEMMs pick kernels that
-        reduce in the same order for both row counts, so the first `recheck_verify` near-ties are
+        reduce in the same order for both row counts. So the first `recheck_verify` near-ties are
         computed both ways and must agree bit for bit on every near-tied candidate, else it
-        stays on full for good. "auto": subset on CUDA, full elsewhere.
+        stays on full for good. "auto": subset on CUDA, full elsewhere. On an H200 (fp16) the
+        subset's numbers were bit-equal to the full batch's for 16/16 near-ties with padding to
+        8, 32, 64, 128 or 256 rows, and 10/16 unpadded (bench/, --profile-best): 32 it is.
         `cuda_graphs`: the original's one-prompt similarity (a fixed (1, 77) shape, called once
         per chain link) replays from a CUDA graph: the same kernels, so the same numbers.
         """

@@ -25,13 +25,16 @@ class Painter:
         self.generator_device = "cuda" if device == "cuda" else "cpu"
         self._shared = torch.Generator(self.generator_device).manual_seed(config.seed)
         self.graphed_unet = None
-        if config.compile and device == "cuda":
-            compile_pipeline(pipe)
-        elif cuda_graphs and device == "cuda" and not _has_offload_hooks(pipe.unet):
+        if device == "cuda" and (cuda_graphs or config.compile) \
+                and not _has_offload_hooks(pipe.unet):
             from truthloop.cudagraph import GraphedUNet
 
-            # Same kernels as eager, replayed: images stay bit-equal to plain diffusers'.
+            # Without --compile: the same kernels as eager, replayed, so images stay bit-equal
+            # to plain diffusers'. With it: the compiled kernels, replayed.
             self.graphed_unet = GraphedUNet.on(pipe.unet)
+            if config.compile:
+                compile_pipeline(pipe)
+            self.graphed_unet.graphed.enabled = cuda_graphs
 
     def _generator(self) -> Any:
         import torch
@@ -91,9 +94,13 @@ def compile_pipeline(pipe: Any) -> None:
 
     from truthloop.paths import cache_dir
 
+    import torch
+
+    from truthloop.cudagraph import GraphedUNet
+
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
-    graphed = pipe.unet.__dict__.get("_truthloop_graphed")
-    if graphed is not None:  # compile the UNet itself, not our graph wrapper
-        graphed.uninstall()
-    pipe.unet.compile()
+    # The UNet's own forward is compiled, under the graph wrapper (which replays the compiled
+    # kernels when graphs are on, and calls them when off).
+    GraphedUNet.on(pipe.unet).use_forward(torch.compile(pipe.unet.__class__.forward.__get__(
+        pipe.unet)), compiled=True)
     pipe.vae.decoder.compile()
