@@ -143,7 +143,8 @@ class FastInterrogator:
         subset's numbers were bit-equal to the full batch's for 16/16 near-ties with padding to
         8, 32, 64, 128 or 256 rows, and 10/16 unpadded (bench/, --profile-best): 32 it is.
         `cuda_graphs`: the original's one-prompt similarity (a fixed (1, 77) shape, called once
-        per chain link) replays from a CUDA graph: the same kernels, so the same numbers.
+        per chain link) and the image encoder replay from CUDA graphs: the same kernels, so the
+        same numbers.
         """
         self.ci = ci
         self.device = torch.device(ci.device)
@@ -164,7 +165,8 @@ class FastInterrogator:
         from truthloop.cudagraph import CudaGraphed
 
         self._text_similarity = CudaGraphed(self._text_similarity_eager, name="clip-text")
-        self._text_similarity.enabled = bool(cuda_graphs)
+        self._image_features = CudaGraphed(self._image_features_eager, name="clip-image")
+        self._text_similarity.enabled = self._image_features.enabled = bool(cuda_graphs)
 
         from open_clip.tokenizer import SimpleTokenizer, _clean_lower
 
@@ -212,10 +214,15 @@ class FastInterrogator:
         ci = self.ci
         ci._prepare_clip()
         images = ci.clip_preprocess(image).unsqueeze(0).to(self.device)
-        with torch.no_grad(), _autocast(self.device.type):
-            features = ci.clip_model.encode_image(images)
+        with torch.no_grad():
+            return self._image_features(images)
+
+    def _image_features_eager(self, images):
+        # image_to_features' own computation (cast cache off: see _text_similarity_eager).
+        with torch.no_grad(), _autocast(self.device.type, cache=False):
+            features = self.ci.clip_model.encode_image(images)
             features /= features.norm(dim=-1, keepdim=True)
-        return features
+            return features
 
     def interrogate(self, image, caption: Optional[str] = None, *, min_flavors: int = 8,
                     max_flavors: int = 32) -> str:
@@ -587,8 +594,9 @@ def _pass_cost_in_tokens(model, device_type: str) -> float:
     except AttributeError:
         return 0.0
     flops_per_token = 24 * layers * width * width
-    # ~2 ms of launches at ~300 TFLOP/s on a GPU; ~0.5 ms of Python at ~50 GFLOP/s on a CPU.
-    seconds, rate = (2e-3, 3e14) if device_type == "cuda" else (5e-4, 5e10)
+    # ~8 ms of launches at ~300 TFLOP/s on a GPU (an H200 box spent ~4x the GPU time issuing
+    # kernels in this encoder: bench/ --profile-best); ~0.5 ms of Python at ~50 GFLOP/s on a CPU.
+    seconds, rate = (8e-3, 3e14) if device_type == "cuda" else (5e-4, 5e10)
     return seconds * rate / flops_per_token
 
 
