@@ -140,6 +140,7 @@ BAD_OPTIONS = {
     "negative-clauses": (["--clauses", "-1"], "--clauses"),
     "unknown-option": (["--frobnicate"], "unrecognized arguments"),
     "image-and-prompt": (["--prompt", "a cat"], "not both"),
+    "compile-with-low-vram": (["--compile", "--low-vram"], "--compile and --low-vram"),
 }
 
 

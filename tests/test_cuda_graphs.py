@@ -112,5 +112,6 @@ def test_graphed_similarity_and_subset_recheck_match_clip_interrogator(cuda_inte
         assert fast.interrogate(image, caption=caption) == ci.interrogate(image, caption=caption)
     assert fast._text_similarity.replays > 0 and not fast._text_similarity.failures
     assert fast._image_features.replays > 0 and not fast._image_features.failures
+    assert fast.fixed_shapes and fast._suffix_pass.replays > 0 and not fast._suffix_pass.failures
     assert fast.stats["subset_checks"] >= 1
     assert fast.stats["fallbacks"] == fast.stats["links"] > 0

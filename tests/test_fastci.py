@@ -141,6 +141,43 @@ def test_prefix_encoder_close_to_encode_text(interrogators, images):
         assert (ours - reference).abs().max().item() < 1e-5, prefix
 
 
+def test_fixed_shape_encoder_close_to_encode_text(interrogators):
+    """The GPU's fixed-shape passes (prefix padded behind a key mask, suffixes and rows padded
+    to buckets), run eagerly here: the same features as encode_text, to float rounding."""
+    ci, _ = interrogators[400]
+    fast = FastInterrogator(ci, fixed_shapes=True)
+    phrases = fast.merged.labels[::97]
+    bank = fast._bank(phrases)
+    for prefix in [None, "a photo of a cat", "word " * 60, "word " * 74]:
+        rows = fast._token_rows(prefix, phrases, bank)
+        with torch.no_grad():
+            ours = fast._encode_rows(rows)
+            reference = ci.clip_model.encode_text(torch.from_numpy(rows))
+        assert ours.shape == reference.shape
+        assert (ours - reference).abs().max().item() < 1e-5, prefix
+
+
+def test_fixed_shape_groups_cover_every_row_once():
+    from truthloop.fastci import _bucket_groups
+
+    rng = np.random.default_rng(0)
+    lengths = np.sort(rng.integers(1, 40, 3000))
+    groups = _bucket_groups(lengths, (4, 8, 16, 32, 77), 256, 2048, 500.0)
+    covered = np.concatenate([np.arange(a, b) for a, b, _ in groups])
+    assert np.array_equal(covered, np.arange(len(lengths)))
+    for start, stop, width in groups:
+        assert stop - start <= 2048 and lengths[stop - 1] <= width
+
+
+@pytest.mark.parametrize("name", ["noise1", "gradient"])
+def test_fixed_shape_interrogation_matches(interrogators, images, name):
+    ci, _ = interrogators[400]
+    fast = FastInterrogator(ci, fixed_shapes=True)
+    image, caption = images[name], CAPTIONS[name]
+    assert fast.interrogate(image, caption=caption) == ci.interrogate(image, caption=caption)
+    assert fast.interrogate_negative(image) == ci.interrogate_negative(image)
+
+
 @pytest.mark.parametrize("prefix", [None, "a red square", "word " * 72, "word " * 76])
 def test_rank_top_ties_and_truncation(interrogators, images, prefix):
     # Same ids from different strings (case), and candidates cut at 77 tokens into the same ids:

@@ -163,6 +163,10 @@ class RunConfig:
         for name, size in (("width", g.width), ("height", g.height)):
             if size is not None and (size <= 0 or size % 8):
                 raise ConfigError(f"--{name} must be a positive multiple of 8, not {size}")
+        if g.compile and self.models.low_vram:
+            # Offloading swaps the UNet's weights in around every call; the compiled (and
+            # graphed) forward would bypass that.
+            raise ConfigError("--compile and --low-vram do not go together; choose one")
         if not (0 <= g.seed < 2**63):
             raise ConfigError(f"--seed must be between 0 and 2**63-1, not {g.seed}")
         if (self.input_image is None) == (self.start_prompt is None):

@@ -45,11 +45,16 @@ class _Captured:
 class CudaGraphed:
     """``CudaGraphed(fn)(*tensors)`` == ``fn(*tensors)``, replayed from a CUDA graph per shape."""
 
-    def __init__(self, fn: Callable[..., Any], name: str = "graph", eager_first: bool = True):
-        """eager_first=False: capture at the first call (the caller ran its own eager version)."""
+    def __init__(self, fn: Callable[..., Any], name: str = "graph", eager_first: bool = True,
+                 shared_pool: bool = False):
+        """eager_first=False: capture at the first call (the caller ran its own eager version).
+        shared_pool: all shapes' graphs share one memory pool. Safe here because replays never
+        overlap and each replay's outputs are copied out before anything else runs."""
         self.fn = fn
         self.name = name
         self.eager_first = eager_first
+        self.shared_pool = shared_pool
+        self._pool = None
         self.enabled = True
         self._seen: set = set()
         self._graphs: dict[tuple, _Captured] = {}
@@ -97,7 +102,9 @@ class CudaGraphed:
             self.fn(*inputs)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream), self._no_autocast_cache():
+        if self.shared_pool and self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool, stream=stream), self._no_autocast_cache():
             result = self.fn(*inputs)
         single = not isinstance(result, tuple)
         return _Captured(graph, inputs, _outputs(result), single)

@@ -128,7 +128,7 @@ class _Bank:
 class FastInterrogator:
     def __init__(self, ci, tie_tol: Optional[float] = None, batch_size: Optional[int] = None,
                  cuda_graphs: bool = True, recheck: str = "auto", recheck_pad: int = 32,
-                 recheck_verify: int = 3):
+                 recheck_verify: int = 3, fixed_shapes: Optional[bool] = None):
         """`tie_tol`: accept the fast encoder's winner in `rank_top` only if every other candidate
         scores more than this below it, else recompute that link as the original does. Default:
         1e-4 on CPU, 1e-3 on the GPU (fp16).
@@ -145,6 +145,12 @@ class FastInterrogator:
         `cuda_graphs`: the original's one-prompt similarity (a fixed (1, 77) shape, called once
         per chain link) and the image encoder replay from CUDA graphs: the same kernels, so the
         same numbers.
+        `fixed_shapes` (default: with CUDA graphs): the chain's fast text encoder runs at a few
+        fixed shapes (the prefix padded to the context length behind a key mask, suffixes
+        padded to length buckets, rows to multiples of 256), so that each shape's pass is
+        captured once and replayed on every later link; eagerly, every link had new shapes and
+        the host, not the GPU, set the pace. Its scores are as approximate as the variable-shape
+        encoder's (near-ties are re-checked the original's way either way).
         """
         self.ci = ci
         self.device = torch.device(ci.device)
@@ -166,7 +172,16 @@ class FastInterrogator:
 
         self._text_similarity = CudaGraphed(self._text_similarity_eager, name="clip-text")
         self._image_features = CudaGraphed(self._image_features_eager, name="clip-image")
-        self._text_similarity.enabled = self._image_features.enabled = bool(cuda_graphs)
+        # The fixed-shape passes share one memory pool: they run one after another and their
+        # outputs are copied out at once, so they never need their buffers at the same time.
+        self._prefix_pass = CudaGraphed(self._prefix_pass_eager, name="clip-prefix",
+                                        shared_pool=True)
+        self._suffix_pass = CudaGraphed(self._suffix_pass_eager, name="clip-suffix",
+                                        shared_pool=True)
+        for graphed in (self._text_similarity, self._image_features, self._prefix_pass,
+                        self._suffix_pass):
+            graphed.enabled = bool(cuda_graphs)
+
 
         from open_clip.tokenizer import SimpleTokenizer, _clean_lower
 
@@ -195,6 +210,9 @@ class FastInterrogator:
                                lambda: ci.negative.chunk_size)
         self._prefix_ok = _supports_prefix(ci.clip_model)
         self._pass_cost = _pass_cost_in_tokens(ci.clip_model, self.device.type)
+        if fixed_shapes is None:
+            fixed_shapes = bool(cuda_graphs) and self.device.type == "cuda"
+        self.fixed_shapes = bool(fixed_shapes) and self._prefix_ok
 
     @staticmethod
     def _stack(embeds) -> torch.Tensor:
@@ -516,6 +534,8 @@ class FastInterrogator:
             out = [model.encode_text(torch.from_numpy(rows[i:i + self.batch_size]).to(self.device))
                    for i in range(0, len(rows), self.batch_size)]
             return torch.cat(out)
+        if self.fixed_shapes:
+            return self._encode_rows_fixed(rows)
 
         pool = rows.argmax(axis=1)  # the original pools at text.argmax(): the first maximal id
         differs = np.flatnonzero((rows != rows[0]).any(axis=0))
@@ -547,6 +567,93 @@ class FastInterrogator:
         if projection is not None:
             x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
         return x
+
+    # ---------------------------------------------------------------- the same, at fixed shapes
+
+    SUFFIX_BUCKETS = (4, 8, 12, 16, 24, 32, 48, 64, 77)
+    ROW_QUANTUM = 256
+
+    def _encode_rows_fixed(self, rows: np.ndarray) -> torch.Tensor:
+        """_encode_rows through passes of a few fixed shapes (see `fixed_shapes`)."""
+        ctx = rows.shape[1]
+        pool = rows.argmax(axis=1)
+        differs = np.flatnonzero((rows != rows[0]).any(axis=0))
+        common = int(differs[0]) if len(differs) else ctx
+        prefix_len = min(common, int(pool.min()))
+        prefix = np.zeros((1, ctx), dtype=np.int64)
+        prefix[0, :prefix_len] = rows[0, :prefix_len]
+        kv = self._prefix_pass(torch.from_numpy(prefix).to(self.device))
+        length_tensor = torch.tensor(prefix_len, dtype=torch.int64).to(self.device)
+        suffix_len = pool - prefix_len + 1
+        order = np.argsort(suffix_len, kind="stable")
+        sorted_len = suffix_len[order]
+        buckets = tuple(b for b in self.SUFFIX_BUCKETS if b < ctx) + (ctx,)
+        pieces, places = [], []
+        for start, stop, width in _bucket_groups(sorted_len, buckets, self.ROW_QUANTUM,
+                                                 self.batch_size, self._pass_cost):
+            idx = order[start:stop]
+            count = len(idx)
+            padded = -(-count // self.ROW_QUANTUM) * self.ROW_QUANTUM
+            tokens = np.zeros((padded, width), dtype=np.int64)
+            present = rows[idx, prefix_len:prefix_len + width]
+            tokens[:count, :present.shape[1]] = present
+            at = np.zeros(padded, dtype=np.int64)
+            at[:count] = pool[idx] - prefix_len
+            out = self._suffix_pass(kv, torch.from_numpy(tokens).to(self.device), length_tensor,
+                                    torch.from_numpy(at).to(self.device))
+            pieces.append(out[:count])
+            places.append(idx)
+        x = torch.cat(pieces)
+        return x[torch.from_numpy(np.argsort(np.concatenate(places), kind="stable"))
+                 .to(self.device)]
+
+    def _prefix_pass_eager(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Keys and values of every layer for a (1, context_length) row, (layers, 2, heads,
+        context_length, head_dim). The causal mask keeps the first P positions' keys and values
+        independent of the padding after them."""
+        model = self.ci.clip_model
+        blocks = model.transformer.resblocks
+        cast_dtype = model.transformer.get_cast_dtype()
+        with torch.no_grad(), _autocast(self.device.type, cache=False):
+            x = model.token_embedding(tokens).to(cast_dtype)
+            x = x + model.positional_embedding[:tokens.shape[1]].to(cast_dtype)
+            kvs = []
+            for index, block in enumerate(blocks):
+                q, k, v = _qkv(block, x)
+                kvs.append(torch.stack([k[0], v[0]]))
+                if index < len(blocks) - 1:  # the last layer's prefix outputs are never read
+                    o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                    x = _block_rest(block, x, o)
+            return torch.stack(kvs)
+
+    def _suffix_pass_eager(self, kv: torch.Tensor, tokens: torch.Tensor,
+                           prefix_len: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """Pooled, projected text features of suffix rows (rows, width) that attend to the first
+        `prefix_len` positions of the prefix in `kv` and causally to themselves."""
+        model = self.ci.clip_model
+        cast_dtype = model.transformer.get_cast_dtype()
+        ctx = model.positional_embedding.shape[0]
+        rows, width = tokens.shape
+        device = tokens.device
+        with torch.no_grad(), _autocast(self.device.type, cache=False):
+            positions = (prefix_len + torch.arange(width, device=device)).clamp(max=ctx - 1)
+            x = model.token_embedding(tokens).to(cast_dtype)
+            x = x + model.positional_embedding[positions].to(cast_dtype)
+            steps = torch.arange(width, device=device)
+            mask = torch.cat([(torch.arange(kv.shape[3], device=device) < prefix_len)
+                              .expand(width, -1), steps[None, :] <= steps[:, None]], dim=1)
+            for block, layer in zip(model.transformer.resblocks, kv):
+                q, k, v = _qkv(block, x)
+                k = torch.cat([layer[0].expand(rows, -1, -1, -1), k], dim=2)
+                v = torch.cat([layer[1].expand(rows, -1, -1, -1), v], dim=2)
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                x = _block_rest(block, x, o)
+            x = x[torch.arange(rows, device=device), at]
+            x = model.ln_final(x)
+            projection = model.text_projection
+            if projection is not None:
+                x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+            return x
 
     def _prefix_kv(self, prefix_ids: np.ndarray):
         """Each layer's keys and values for the shared prefix, (1, heads, prefix_len, head_dim)."""
@@ -622,6 +729,36 @@ def _length_groups(sorted_len: np.ndarray, batch_size: int, pass_cost: float):
     for k in reversed(bounds):
         stop = ends[k - 1]
         groups.extend((i, min(i + batch_size, stop)) for i in range(start, stop, batch_size))
+        start = stop
+    return groups
+
+
+def _bucket_groups(sorted_len: np.ndarray, buckets: Sequence[int], quantum: int,
+                   batch_size: int, pass_cost: float):
+    """(start, stop, width) batches of rows sorted by length, each padded to a bucket width and
+    a multiple of `quantum` rows, minimising padded tokens plus pass_cost per batch."""
+    widths = np.asarray(buckets)[np.searchsorted(buckets, sorted_len)]
+    values, counts = np.unique(widths, return_counts=True)
+    ends = np.cumsum(counts).tolist()
+    values = values.tolist()
+    best = [0.0] + [math.inf] * len(values)
+    cut = [0] * (len(values) + 1)
+    for k in range(1, len(values) + 1):
+        for j in range(k):
+            rows = ends[k - 1] - (ends[j - 1] if j else 0)
+            padded = -(-rows // quantum) * quantum
+            cost = best[j] + padded * values[k - 1] + pass_cost * math.ceil(rows / batch_size)
+            if cost < best[k]:
+                best[k], cut[k] = cost, j
+    bounds, k = [], len(values)
+    while k:
+        bounds.append(k)
+        k = cut[k]
+    groups, start = [], 0
+    for k in reversed(bounds):
+        stop = ends[k - 1]
+        groups.extend((i, min(i + batch_size, stop), values[k - 1])
+                      for i in range(start, stop, batch_size))
         start = stop
     return groups
 
