@@ -126,7 +126,13 @@ def test_signal_mid_denoising_stops_cleanly_and_resumes(monkeypatch, tmp_path, s
             os.kill(os.getpid(), signum)
 
     painter = fakes.FakePainter(step_hook=hook)
-    code = fake_run(monkeypatch, start_png, out, painter=painter)
+    # Under nohup (SIGHUP ignored) truthloop rightly leaves SIGHUP alone; this test wants the
+    # plain terminal's default whoever started pytest.
+    previous = signal.signal(signum, signal.SIG_DFL)
+    try:
+        code = fake_run(monkeypatch, start_png, out, painter=painter)
+    finally:
+        signal.signal(signum, previous)
     captured = capsys.readouterr()
     assert code == 128 + signum
     assert "Traceback" not in captured.err
@@ -158,6 +164,69 @@ def test_second_ctrl_c_abandons_the_step_and_still_stops_cleanly(monkeypatch, tm
     assert prompts(out) == TRAJECTORY
 
 
+def _default_hangup() -> None:
+    # A child of a pytest run under nohup would inherit SIGHUP ignored, and truthloop keeps
+    # nohup's meaning; these tests are about an ordinary terminal.
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def test_sighup_to_the_tui_stops_the_run_cleanly(tmp_path, truthloop_cache):
+    """The TUI over a dropped SSH link: the terminal hangs up mid-run; the run must end as
+    "stopped", intact and resumable, and the app must exit with 128 + SIGHUP."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    out = tmp_path / "run"
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TERM="xterm-256color")
+    proc = subprocess.Popen([sys.executable, "-m", "truthloop.cli", "demo", "--clauses", "0",
+                             "--steps", "20", "--max-iters", "50", "--out", str(out)],
+                            env=env, stdin=slave, stdout=slave, stderr=slave,
+                            preexec_fn=_default_hangup, start_new_session=True)
+    os.close(slave)
+    screen = bytearray()
+
+    def drain() -> None:  # the app blocks if nobody reads its terminal
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            screen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 240
+        log = out / "log.jsonl"
+        while time.monotonic() < deadline and proc.poll() is None:
+            if log.exists() and log.read_bytes().count(b"\n") >= 1:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the TUI ended before the hang-up"
+        proc.send_signal(signal.SIGHUP)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        reader.join(timeout=5)
+    assert code == 128 + signal.SIGHUP, bytes(screen[-2000:]).decode(errors="replace")
+    # Nothing but the app on the terminal (textual-image's probe warning included, on a
+    # terminal that does not answer it, like this pty).
+    assert b"Traceback" not in screen and b"Failed to get cell size" not in screen
+    assert summary(out)["status"] == "stopped"
+    assert_intact(out)
+    assert read_run(out).status == "stopped" and not is_locked(out)
+    assert resume_problem(read_run(out)) is None
+
+
 def test_sighup_and_sigterm_on_the_real_cli(tmp_path, truthloop_cache):
     """The SSH-drop case end to end: SIGHUP mid-run, SIGTERM mid-load; both stop as "stopped"."""
     for signum, wait_for in ((signal.SIGHUP, "line"), (signal.SIGTERM, "dir")):
@@ -165,7 +234,8 @@ def test_sighup_and_sigterm_on_the_real_cli(tmp_path, truthloop_cache):
         env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
         proc = subprocess.Popen([sys.executable, "-m", "truthloop.cli", "demo", "--headless",
                                  "--clauses", "0", "--max-iters", "5", "--out", str(out)],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_default_hangup)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
             log = out / "log.jsonl"

@@ -25,6 +25,18 @@ from truthloop.text import visible
 GRAPHICS = ("tgp", "sixel")
 
 
+def _quiet_probe_warnings() -> None:
+    """textual-image logs a warning with a traceback when the terminal does not answer its
+    cell-size query (many SSH clients don't); with no logging set up, Python prints that to the
+    terminal before the app starts. It falls back to sane sizes, so say nothing."""
+    import logging
+
+    probe_log = logging.getLogger("textual_image")
+    if not probe_log.handlers:
+        probe_log.addHandler(logging.NullHandler())
+        probe_log.propagate = False
+
+
 def resolve_preview(preview: str) -> str:
     """The preview mode to use: 'tgp', 'sixel', 'halfcell' or 'none'.
 
@@ -34,6 +46,7 @@ def resolve_preview(preview: str) -> str:
     """
     if preview in ("halfcell", "none"):
         return preview
+    _quiet_probe_warnings()
     if not (sys.__stdout__ and sys.__stdout__.isatty() and sys.__stdin__
             and sys.__stdin__.isatty()):
         return "halfcell"
