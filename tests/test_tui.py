@@ -131,6 +131,24 @@ async def test_stop_ends_the_run_with_a_consistent_run_dir(tmp_path):
     assert app.return_code in (None, 0)
 
 
+async def test_loop_ending_after_the_app_closed_is_not_a_crash(tmp_path):
+    """The loop's worker may report its end after the app's screens are gone (quit or SIGHUP
+    while the summary is still being written): the flags run_live reads are set, nothing is
+    drawn. (A CI run caught Textual's ScreenStackError here.)"""
+    from types import SimpleNamespace
+
+    from textual.worker import Worker, WorkerState
+
+    loop = make_loop(tmp_path / "run", painter=FakePainter(steps=2))
+    app = live_app(loop)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: not app.loop_active)
+    assert not app.screen_stack
+    ended = SimpleNamespace(group="loop", error=RuntimeError("late failure"))
+    app.on_worker_state_changed(Worker.StateChanged(ended, WorkerState.ERROR))
+    assert app.failed and app.state == "error" and not app.loop_active
+
+
 async def test_quit_asks_while_running_then_stops_cleanly(tmp_path):
     hold = HoldAt(paint=2, step=2)
     loop = make_loop(tmp_path / "run", painter=FakePainter(steps=4, step_hook=hold))

@@ -182,14 +182,24 @@ class TruthLoopApp(App[int]):
                 WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
             return
         self.loop_active = False
+        # The loop may end while the app is already closing (quit, SIGHUP): its screens are gone
+        # then, and only the flags that run_live reads still matter.
+        try:
+            on_screen = bool(self.screen_stack)
+        except KeyError:  # the mode's stack itself is gone
+            on_screen = False
         if event.state == WorkerState.ERROR:
             self.failed = True
             error = event.worker.error
             if self.state != "error":  # a setup error (bad run dir, lock held): no Failed event
                 self.error_message = visible(str(error) or type(error).__name__)
-                self.state = "error"
-                self._show_banner()
-        self.refresh_bindings()
+                if on_screen:
+                    self.state = "error"
+                    self._show_banner()
+                else:  # no watchers: they would draw on widgets that are gone
+                    self.set_reactive(TruthLoopApp.state, "error")
+        if on_screen:
+            self.refresh_bindings()
         if self._quit_requested:
             self.exit(return_code=1 if self.failed else 0)
 
