@@ -255,7 +255,7 @@ def profile_interrogate(fast, images, captions):
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
 
 
-def part_best(paths, work: Path, images_count: int):
+def part_best(paths, work: Path, images_count: int, profile_best: bool = False):
     """Only the interrogation: the seed's clip-interrogator vs truthloop's, `best` on varied
     images with the same (token-equal, CUDA-graphed) BLIP captions, plus the near-tie probe."""
     from truthloop.fastcaption import FastCaptioner
@@ -310,6 +310,8 @@ def part_best(paths, work: Path, images_count: int):
             f"{seed_time / fast_time:.1f}x faster; same string on {same}/{len(images[:10])}")
         RESULTS[mode] = {"seed": seed_time, "fast": fast_time, "agree": same}
     probe_recheck_pads(fast, images[:6], captions[:6])
+    if profile_best:
+        profile_interrogate(fast, images[1:6], captions[1:6])
 
 
 def part_base(paths, work: Path, images_count: int, iterations: int, compile_too: bool,
@@ -510,7 +512,11 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
         return prompts, times, image
 
     def our_loop(n, painter_):
-        from truthloop.interrogate import Captioner
+        from truthloop.interrogate import Captioner, ClipEmbedder
+
+        # truthloop's loop also takes CLIP features of each new image for its drift columns
+        # (work the seed script does not do); it is timed here as part of the iteration.
+        embedder = ClipEmbedder(ci, fast)
 
         captioner = Captioner.__new__(Captioner)  # reuse the FastInterrogator built above
         captioner.ci, captioner.config, captioner.fast = ci, CaptionConfig(chunk_size=400), fast
@@ -521,6 +527,7 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
             start = time.perf_counter()
             p = captioner.caption(image)
             image = painter_.paint(p, lambda s, t: None)
+            embedder.features(image)
             sync()
             times.append(time.perf_counter() - start)
             prompts.append(p)
@@ -708,7 +715,7 @@ def main() -> None:
     RESULTS["machine"] = machine
     if args.part == "best":
         try:
-            part_best(paths, work, args.images)
+            part_best(paths, work, args.images, profile_best=args.profile_best)
         finally:
             print_table(f"interrogation: truthloop vs clip-interrogator — {machine}")
             if args.json:

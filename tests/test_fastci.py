@@ -90,9 +90,13 @@ def test_generated_caption(interrogators, images):
 
 
 def test_image_features(interrogators, images):
+    from truthloop.interrogate import ClipEmbedder
+
     ci, fast = interrogators[400]
     for image in images.values():
         assert torch.equal(fast.image_features(image), ci.image_to_features(image))
+        # the loop's drift features come from the same computation either way
+        assert ClipEmbedder(ci, fast).features(image) == ClipEmbedder(ci).features(image)
 
 
 def test_chunk_size_changes_the_ranking(interrogators, images):

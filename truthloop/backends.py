@@ -41,11 +41,12 @@ def load_backends(config: RunConfig, emit: EventSink) -> Backends:
 
     emit(ev.Loading("preparing label embeddings"))
     interrogator = build_interrogator(models, config.caption, report)
+    captioner = Captioner(interrogator, config.caption, cuda_graphs=config.models.cuda_graphs)
     return Backends(
-        captioner=Captioner(interrogator, config.caption, cuda_graphs=config.models.cuda_graphs),
+        captioner=captioner,
         painter=Painter(models.pipe, config.generate, models.device,
                         cuda_graphs=config.models.cuda_graphs and not config.models.low_vram),
-        embedder=ClipEmbedder(interrogator),
+        embedder=ClipEmbedder(interrogator, captioner.fast),
         device=models.device,
         details={"clip_name": models.clip_name, "dtype": str(models.dtype)},
     )

@@ -106,10 +106,16 @@ class Captioner:
 
 
 class ClipEmbedder:
-    """CLIP image features for the drift measures, from the CLIP the interrogator already holds."""
+    """CLIP image features for the drift measures, from the CLIP the interrogator already holds.
 
-    def __init__(self, interrogator: Any):
+    With the fast interrogator, its image_features (the same computation as
+    clip-interrogator's image_to_features, replayed from a CUDA graph on the GPU)."""
+
+    def __init__(self, interrogator: Any, fast: Any = None):
         self.ci = interrogator
+        self.fast = fast
 
     def features(self, image: Any) -> list[float]:
+        if self.fast is not None:
+            return self.fast.image_features(image)[0].float().cpu().tolist()
         return self.ci.image_to_features(image)[0].float().cpu().tolist()
