@@ -175,6 +175,20 @@ def pixel_diff(a, b) -> tuple[int, float]:
 
 
 # ---------------------------------------------------------------------------------------------
+def compare_fast_and_classic(ci, fast, images, captions):
+    for mode, seed_call, fast_call in (
+        ("fast", ci.interrogate_fast, fast.interrogate_fast),
+        ("classic", ci.interrogate_classic, fast.interrogate_classic),
+    ):
+        same = sum(seed_call(im, caption=c) == fast_call(im, caption=c)
+                   for im, c in zip(images[:10], captions[:10]))
+        seed_time, _ = timed(lambda: seed_call(images[1], caption=captions[1]))
+        fast_time, _ = timed(lambda: fast_call(images[1], caption=captions[1]))
+        row(f"interrogate {mode}", seed_time, fast_time,
+            f"{seed_time / fast_time:.1f}x faster; same string on {same}/{len(images[:10])}")
+        RESULTS[mode] = {"seed": seed_time, "fast": fast_time, "agree": same}
+
+
 def probe_recheck_pads(fast, images, captions, pads=(1, 8, 32, 64, 128, 256)):
     """For every near-tie: are the tied candidates' scores, computed in a batch of only them
     (padded to a multiple of `pad` rows), bitwise those of the original's full batch?"""
@@ -298,17 +312,7 @@ def part_best(paths, work: Path, images_count: int, profile_best: bool = False):
                        "seed_times": seed_times, "fast_times": fast_times,
                        "peak_gib": peak_gib()}
     row("peak GPU memory (allocated)", None, f"{peak_gib():.2f} GiB")
-    for mode, seed_call, fast_call in (
-        ("fast", ci.interrogate_fast, fast.interrogate_fast),
-        ("classic", ci.interrogate_classic, fast.interrogate_classic),
-    ):
-        same = sum(seed_call(im, caption=c) == fast_call(im, caption=c)
-                   for im, c in zip(images[:10], captions[:10]))
-        seed_time, _ = timed(lambda: seed_call(images[1], caption=captions[1]))
-        fast_time, _ = timed(lambda: fast_call(images[1], caption=captions[1]))
-        row(f"interrogate {mode}", seed_time, fast_time,
-            f"{seed_time / fast_time:.1f}x faster; same string on {same}/{len(images[:10])}")
-        RESULTS[mode] = {"seed": seed_time, "fast": fast_time, "agree": same}
+    compare_fast_and_classic(ci, fast, images, captions)
     probe_recheck_pads(fast, images[:6], captions[:6])
     if profile_best:
         profile_interrogate(fast, images[1:6], captions[1:6])
@@ -426,17 +430,7 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
     if profile_best:
         probe_recheck_pads(fast, images[:6], captions[:6])
         profile_interrogate(fast, images[1:6], captions[1:6])
-    for mode, seed_call, fast_call in (
-        ("fast", ci.interrogate_fast, fast.interrogate_fast),
-        ("classic", ci.interrogate_classic, fast.interrogate_classic),
-    ):
-        same = sum(seed_call(im, caption=c) == fast_call(im, caption=c)
-                   for im, c in zip(images[:10], captions[:10]))
-        seed_time, _ = timed(lambda: seed_call(images[1], caption=captions[1]))
-        fast_time, _ = timed(lambda: fast_call(images[1], caption=captions[1]))
-        row(f"interrogate {mode}", seed_time, fast_time,
-            f"{seed_time / fast_time:.1f}x faster; same string on {same}/{len(images[:10])}")
-        RESULTS[mode] = {"seed": seed_time, "fast": fast_time, "agree": same}
+    compare_fast_and_classic(ci, fast, images, captions)
 
     # Stable Diffusion, eager: the plain call vs truthloop's Painter (same kernels: bit-equal).
     prompt = captions[0]

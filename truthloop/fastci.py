@@ -710,34 +710,17 @@ def _pass_cost_in_tokens(model, device_type: str) -> float:
 def _length_groups(sorted_len: np.ndarray, batch_size: int, pass_cost: float):
     """Split rows sorted by length into (start, stop) batches, each padded to its longest row,
     minimising padded tokens plus pass_cost per batch (no batch over batch_size rows)."""
-    values, counts = np.unique(sorted_len, return_counts=True)
-    ends = np.cumsum(counts).tolist()
-    values = values.tolist()
-    best = [0.0] + [math.inf] * len(values)
-    cut = [0] * (len(values) + 1)
-    for k in range(1, len(values) + 1):
-        for j in range(k):
-            rows = ends[k - 1] - (ends[j - 1] if j else 0)
-            cost = best[j] + rows * values[k - 1] + pass_cost * math.ceil(rows / batch_size)
-            if cost < best[k]:
-                best[k], cut[k] = cost, j
-    bounds, k = [], len(values)
-    while k:
-        bounds.append(k)
-        k = cut[k]
-    groups, start = [], 0
-    for k in reversed(bounds):
-        stop = ends[k - 1]
-        groups.extend((i, min(i + batch_size, stop)) for i in range(start, stop, batch_size))
-        start = stop
-    return groups
+    return [(start, stop) for start, stop, _ in
+            _bucket_groups(sorted_len, None, 1, batch_size, pass_cost)]
 
 
-def _bucket_groups(sorted_len: np.ndarray, buckets: Sequence[int], quantum: int,
+def _bucket_groups(sorted_len: np.ndarray, buckets: Optional[Sequence[int]], quantum: int,
                    batch_size: int, pass_cost: float):
-    """(start, stop, width) batches of rows sorted by length, each padded to a bucket width and
-    a multiple of `quantum` rows, minimising padded tokens plus pass_cost per batch."""
-    widths = np.asarray(buckets)[np.searchsorted(buckets, sorted_len)]
+    """(start, stop, width) batches of rows sorted by length, each padded to a bucket width
+    (buckets None: to its longest row) and a multiple of `quantum` rows, minimising padded
+    tokens plus pass_cost per batch (no batch over batch_size rows)."""
+    widths = sorted_len if buckets is None else \
+        np.asarray(buckets)[np.searchsorted(buckets, sorted_len)]
     values, counts = np.unique(widths, return_counts=True)
     ends = np.cumsum(counts).tolist()
     values = values.tolist()
@@ -757,7 +740,7 @@ def _bucket_groups(sorted_len: np.ndarray, buckets: Sequence[int], quantum: int,
     groups, start = [], 0
     for k in reversed(bounds):
         stop = ends[k - 1]
-        groups.extend((i, min(i + batch_size, stop), values[k - 1])
+        groups.extend((i, min(i + batch_size, stop), int(values[k - 1]))
                       for i in range(start, stop, batch_size))
         start = stop
     return groups
