@@ -29,6 +29,10 @@ or after max_new_tokens, and so do we.
 
 Anything the fast path does not replicate exactly falls back to the HF call, so the caption is
 always the reference one; ``reason`` says why the fallback was taken (None when fast).
+
+On CUDA the second caption of a given max_new_tokens captures the whole decode (vision tower and
+every step, no SEP checks in between) as one CUDA graph, and later captions replay it: the same
+kernels on the same shapes, so the same tokens (tests/test_cuda_graphs.py, bench/).
 """
 
 from __future__ import annotations
