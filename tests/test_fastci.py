@@ -246,3 +246,30 @@ def test_subset_recheck_that_disagrees_falls_back_for_good(interrogators, images
     fast._exact_scores = skewed
     assert fast.interrogate(image, caption=caption) == expected
     assert fast.stats["subset_mismatches"] == 1 and fast.recheck == "full"
+
+
+def test_chain_reuses_the_chosen_candidates_ids(interrogators, images):
+    """The similarity and length checks of the chosen "{prompt}, {flavor}" use the ids already
+    built for it (exactly ci.tokenize's): same string, and that text is never tokenised again."""
+    ci, _ = interrogators[400]
+    image, caption = images["gradient"], CAPTIONS["gradient"]
+    expected = ci.interrogate(image, caption=caption)
+    fast = FastInterrogator(ci)
+    tokenized = []
+    tokenize = ci.tokenize
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(tokenize, name)
+
+        def __call__(self, texts, *args, **kwargs):
+            tokenized.append(list(texts))
+            return tokenize(texts, *args, **kwargs)
+
+    ci.tokenize = Spy()
+    try:
+        assert fast.interrogate(image, caption=caption) == expected
+    finally:
+        ci.tokenize = tokenize
+    # (the final comparison of the four prompts still tokenises them together, as the original)
+    assert fast._chosen is not None and [fast._chosen[0]] not in tokenized

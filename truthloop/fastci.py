@@ -326,7 +326,7 @@ class FastInterrogator:
             flave = self._rank_top(features, curr_prompt, [f for f in phrases], bank, reverse)
             if not check(flave, idx):
                 break
-            if _prompt_at_max_len(curr_prompt, self.ci.tokenize):
+            if self._at_max_len(curr_prompt):
                 break
             phrases.remove(flave)
         return best_prompt
@@ -400,7 +400,9 @@ class FastInterrogator:
 
     def _similarity(self, features, text: str) -> float:
         self.ci._prepare_clip()
-        tokens = self.ci.tokenize([text]).to(self.device)
+        ids = self._chosen_ids(text)
+        tokens = (self.ci.tokenize([text]) if ids is None
+                  else torch.from_numpy(np.ascontiguousarray(ids[None]))).to(self.device)
         with torch.no_grad():
             similarity = self._text_similarity(tokens, features)
         return similarity[0][0].item()
@@ -453,8 +455,27 @@ class FastInterrogator:
         None) the original's rank_top would return."""
         self.stats["links"] += 1
         rows = self._token_rows(prefix, phrases, bank)
+        index = self._rank_top_index(features, rows, reverse)
+        # The chain's next steps tokenise this very candidate (its similarity, its length):
+        # keep its ids, which are exactly ci.tokenize's (see _token_rows).
+        text = phrases[index] if prefix is None else f"{prefix}, {phrases[index]}"
+        self._chosen = (text, rows[index])
+        return phrases[index]
+
+    def _chosen_ids(self, text: str) -> Optional[np.ndarray]:
+        chosen = getattr(self, "_chosen", None)
+        return chosen[1] if chosen is not None and chosen[0] == text else None
+
+    def _at_max_len(self, text: str) -> bool:
+        """clip-interrogator's _prompt_at_max_len (the last of the 77 ids is not padding)."""
+        ids = self._chosen_ids(text)
+        if ids is None:
+            return _prompt_at_max_len(text, self.ci.tokenize)
+        return bool(ids[-1] != 0)
+
+    def _rank_top_index(self, features, rows: np.ndarray, reverse: bool) -> int:
         if len(rows) == 1:
-            return phrases[0]
+            return 0
         unique, first, counts, inverse = _unique_rows(rows)
         if len(unique) > 1:
             with torch.no_grad(), _autocast(self.device.type):
@@ -477,8 +498,8 @@ class FastInterrogator:
             if counts[near].sum() > 1:
                 self.stats["fallbacks"] += 1
                 candidates = np.flatnonzero(near[inverse])
-                return phrases[self._rank_top_exact(features, rows, candidates, reverse)]
-        return phrases[int(first[best])]
+                return self._rank_top_exact(features, rows, candidates, reverse)
+        return int(first[best])
 
     def _bank(self, phrases: Sequence[str]) -> _Bank:
         return _Bank(phrases, self._encode_cached, self._composable_cached)
