@@ -101,12 +101,15 @@ def test_blip_graph_gives_the_eager_tokens(cuda_models):
     assert graphed._graphs[20].replays == 3 and not graphed._graphs[20].failures
 
 
-def test_graphed_similarity_and_subset_recheck_match_clip_interrogator(cuda_interrogator):
+@pytest.mark.parametrize("graph_recheck", [False, True])
+def test_graphed_similarity_and_subset_recheck_match_clip_interrogator(cuda_interrogator,
+                                                                       graph_recheck):
     from truthloop.fastci import FastInterrogator
 
     ci = cuda_interrogator
     # Every link a near-tie: each is re-checked on the tied subset, the first few both ways.
-    fast = FastInterrogator(ci, tie_tol=3.0, recheck="subset", recheck_pad=8)
+    fast = FastInterrogator(ci, tie_tol=3.0, recheck="subset", recheck_pad=8,
+                            graph_recheck=graph_recheck)
     for image in _images(3):
         caption = "a photo of a thing"
         assert fast.interrogate(image, caption=caption) == ci.interrogate(image, caption=caption)
@@ -114,4 +117,6 @@ def test_graphed_similarity_and_subset_recheck_match_clip_interrogator(cuda_inte
     assert fast._image_features.replays > 0 and not fast._image_features.failures
     assert fast.fixed_shapes and fast._suffix_pass.replays > 0 and not fast._suffix_pass.failures
     assert fast.stats["subset_checks"] >= 1
+    if graph_recheck:
+        assert fast._subset_similarity.replays > 0 and not fast._subset_similarity.failures
     assert fast.stats["fallbacks"] == fast.stats["links"] > 0

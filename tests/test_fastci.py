@@ -214,14 +214,16 @@ def test_fallback_and_generic_paths(interrogators, images):
     assert generic.interrogate(image, caption=caption) == expected
 
 
-def test_subset_recheck_is_checked_against_the_full_batch(interrogators, images):
+@pytest.mark.parametrize("graph_recheck", [False, True])
+def test_subset_recheck_is_checked_against_the_full_batch(interrogators, images, graph_recheck):
     """Near-ties recomputed on the tied candidates only: each check compares them bit for bit
-    with the original's full batch, and the string stays clip-interrogator's."""
+    with the original's full batch, and the string stays clip-interrogator's. (graph_recheck
+    runs the same computation through the CUDA-graph wrapper, a plain call on the CPU.)"""
     ci, _ = interrogators[400]
     image, caption = images["noise1"], CAPTIONS["noise1"]
     expected = ci.interrogate(image, caption=caption)
     subset = FastInterrogator(ci, tie_tol=3.0, recheck="subset", recheck_pad=8,
-                              recheck_verify=10**6)
+                              recheck_verify=10**6, graph_recheck=graph_recheck)
     assert subset.interrogate(image, caption=caption) == expected
     assert subset.stats["subset_checks"] > 0
     # Whatever this CPU's BLAS does, a disagreement sends it back to the full batch for good.

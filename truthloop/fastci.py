@@ -128,7 +128,8 @@ class _Bank:
 class FastInterrogator:
     def __init__(self, ci, tie_tol: Optional[float] = None, batch_size: Optional[int] = None,
                  cuda_graphs: bool = True, recheck: str = "auto", recheck_pad: int = 32,
-                 recheck_verify: int = 3, fixed_shapes: Optional[bool] = None):
+                 recheck_verify: int = 3, fixed_shapes: Optional[bool] = None,
+                 graph_recheck: bool = False):
         """`tie_tol`: accept the fast encoder's winner in `rank_top` only if every other candidate
         scores more than this below it, else recompute that link as the original does. Default:
         1e-4 on CPU, 1e-3 on the GPU (fp16).
@@ -151,6 +152,9 @@ class FastInterrogator:
         captured once and replayed on every later link; eagerly, every link had new shapes and
         the host, not the GPU, set the pace. Its scores are as approximate as the variable-shape
         encoder's (near-ties are re-checked the original's way either way).
+        `graph_recheck` (off until measured on a GPU): the subset re-check's encode_text, at its
+        padded shapes, replays from CUDA graphs too; the verification above compares those
+        replayed numbers with the full batch's.
         """
         self.ci = ci
         self.device = torch.device(ci.device)
@@ -178,9 +182,12 @@ class FastInterrogator:
                                         shared_pool=True)
         self._suffix_pass = CudaGraphed(self._suffix_pass_eager, name="clip-suffix",
                                         shared_pool=True)
+        self._subset_similarity = CudaGraphed(self._subset_similarity_eager, name="clip-recheck",
+                                              shared_pool=True)
         for graphed in (self._text_similarity, self._image_features, self._prefix_pass,
                         self._suffix_pass):
             graphed.enabled = bool(cuda_graphs)
+        self._subset_similarity.enabled = bool(cuda_graphs) and graph_recheck
 
 
         from open_clip.tokenizer import SimpleTokenizer, _clean_lower
@@ -425,6 +432,14 @@ class FastInterrogator:
                 similarity = -similarity
         return similarity[:, 0]
 
+    def _subset_similarity_eager(self, tokens, features):
+        # _exact_scores' computation, reverse left to the caller (cast cache off: see
+        # _text_similarity_eager).
+        with torch.no_grad(), _autocast(self.device.type, cache=False):
+            text_features = self.ci.clip_model.encode_text(tokens)
+            text_features /= text_features.norm(dim=-1, keepdim=True)
+            return text_features @ features.T
+
     def _rank_top_exact(self, features, rows: np.ndarray, near: np.ndarray,
                         reverse: bool) -> int:
         """The original's argmax over `rows`, given that it lies among the indices `near`
@@ -434,7 +449,13 @@ class FastInterrogator:
             return int(self._exact_scores(features, rows, reverse).argmax().item())
         pad = -len(near) % self.recheck_pad
         subset = rows[np.concatenate([near, np.full(pad, near[-1])])]
-        scores = self._exact_scores(features, subset, reverse)[:len(near)]
+        if self._subset_similarity.enabled:
+            tokens = torch.from_numpy(np.ascontiguousarray(subset)).to(self.device)
+            with torch.no_grad():
+                scores = self._subset_similarity(tokens, features)[:, 0]
+            scores = (-scores if reverse else scores)[:len(near)]  # a sign flip is exact
+        else:
+            scores = self._exact_scores(features, subset, reverse)[:len(near)]
         if self._recheck_verify_left > 0:
             self._recheck_verify_left -= 1
             self.stats["subset_checks"] += 1
