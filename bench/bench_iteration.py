@@ -283,16 +283,11 @@ def part_best(paths, work: Path, images_count: int, profile_best: bool = False):
     captions = [captioner.caption(image, ci.config.caption_max_length) for image in images]
     agree, seed_times, fast_times, disagreements, expected_all = 0, [], [], [], []
     for image, cap in zip(images, captions):
-        sync()
-        start = time.perf_counter()
-        expected = ci.interrogate(image, caption=cap)
-        sync()
-        seed_times.append(time.perf_counter() - start)
+        seconds, expected = timed(lambda: ci.interrogate(image, caption=cap), 1, 0)
+        seed_times.append(seconds)
         expected_all.append(expected)
-        start = time.perf_counter()
-        got = fast.interrogate(image, caption=cap)
-        sync()
-        fast_times.append(time.perf_counter() - start)
+        seconds, got = timed(lambda: fast.interrogate(image, caption=cap), 1, 0)
+        fast_times.append(seconds)
         agree += got == expected
         if got != expected:
             disagreements.append((expected, got))
@@ -301,11 +296,9 @@ def part_best(paths, work: Path, images_count: int, profile_best: bool = False):
     variant = FastInterrogator(ci, graph_recheck=True)
     variant_times, variant_agree = [], 0
     for image, cap, expected in zip(images, captions, expected_all):
-        sync()
-        start = time.perf_counter()
-        variant_agree += variant.interrogate(image, caption=cap) == expected
-        sync()
-        variant_times.append(time.perf_counter() - start)
+        seconds, got = timed(lambda: variant.interrogate(image, caption=cap), 1, 0)
+        variant_times.append(seconds)
+        variant_agree += got == expected
     variant_best = statistics.median(variant_times[1:])
     row("interrogate best, + graph_recheck (not default)", seed_best, variant_best,
         f"{seed_best / variant_best:.1f}x faster; same string on {variant_agree}/{len(images)}; "
