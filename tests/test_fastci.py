@@ -238,10 +238,10 @@ def test_subset_recheck_that_disagrees_falls_back_for_good(interrogators, images
     exact_scores = fast._exact_scores
     calls = []
 
-    def skewed(features, rows, reverse):
+    def skewed(features, rows, reverse, compute=None):
         # The first call is the first near-tie's subset (then its full batch, to check it):
         # its numbers off by a little, as if another kernel had summed them.
-        scores = exact_scores(features, rows, reverse)
+        scores = exact_scores(features, rows, reverse, compute)
         calls.append(len(rows))
         return scores + 1e-3 if len(calls) == 1 else scores
 

@@ -71,7 +71,8 @@ class CudaGraphed:
             return self.fn(*tensors)
         captured = self._graphs.get(key)
         if captured is None:
-            if self.eager_first and key not in self._seen:  # first sight: plain eager (a one-off shape costs nothing)
+            # First sight: plain eager, so a one-off shape costs nothing extra.
+            if self.eager_first and key not in self._seen:
                 self._seen.add(key)
                 return self.fn(*tensors)
             try:

@@ -214,7 +214,7 @@ class FastCaptioner:
     def generate_ids(self, pixel_values: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """[[bos, t1, ..., tk]] as ``model.generate`` returns it (call ``unsupported`` first)."""
         on_cuda = pixel_values.device.type == "cuda" and self.cuda_graphs
-        if not on_cuda or max_new_tokens not in self._seen_lengths():
+        if not on_cuda or max_new_tokens not in self._graphs:
             if on_cuda:
                 self._graphed(max_new_tokens)  # the next caption of this length is replayed
             return self._decode_steps(pixel_values, max_new_tokens, look_for_eos=True)
@@ -227,9 +227,6 @@ class FastCaptioner:
             if hits.numel():
                 tokens = tokens[:, :int(hits[0, 0]) + 2]
         return tokens
-
-    def _seen_lengths(self) -> set[int]:
-        return set(self._graphs)
 
     def _decode_steps(self, pixel_values: torch.Tensor, max_new_tokens: int,
                       look_for_eos: bool) -> torch.Tensor:

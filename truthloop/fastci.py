@@ -182,7 +182,7 @@ class FastInterrogator:
                                         shared_pool=True)
         self._suffix_pass = CudaGraphed(self._suffix_pass_eager, name="clip-suffix",
                                         shared_pool=True)
-        self._subset_similarity = CudaGraphed(self._subset_similarity_eager, name="clip-recheck",
+        self._subset_similarity = CudaGraphed(self._text_similarity_eager, name="clip-recheck",
                                               shared_pool=True)
         for graphed in (self._text_similarity, self._image_features, self._prefix_pass,
                         self._suffix_pass):
@@ -421,24 +421,14 @@ class FastInterrogator:
             similarity = self._text_similarity(tokens, features)
         return similarity.T[0].tolist()
 
-    def _exact_scores(self, features, rows: np.ndarray, reverse: bool) -> torch.Tensor:
-        # rank_top's own computation on the same ids ci.tokenize gives (the tokenising skipped).
+    def _exact_scores(self, features, rows: np.ndarray, reverse: bool,
+                      compute=None) -> torch.Tensor:
+        """rank_top's own computation on the same ids ci.tokenize gives (the tokenising
+        skipped): similarity()'s, negated when reversed (a sign flip is exact)."""
         tokens = torch.from_numpy(np.ascontiguousarray(rows)).to(self.device)
-        with torch.no_grad(), _autocast(self.device.type):
-            text_features = self.ci.clip_model.encode_text(tokens)
-            text_features /= text_features.norm(dim=-1, keepdim=True)
-            similarity = text_features @ features.T
-            if reverse:
-                similarity = -similarity
-        return similarity[:, 0]
-
-    def _subset_similarity_eager(self, tokens, features):
-        # _exact_scores' computation, reverse left to the caller (cast cache off: see
-        # _text_similarity_eager).
-        with torch.no_grad(), _autocast(self.device.type, cache=False):
-            text_features = self.ci.clip_model.encode_text(tokens)
-            text_features /= text_features.norm(dim=-1, keepdim=True)
-            return text_features @ features.T
+        with torch.no_grad():
+            similarity = (compute or self._text_similarity_eager)(tokens, features)[:, 0]
+        return -similarity if reverse else similarity
 
     def _rank_top_exact(self, features, rows: np.ndarray, near: np.ndarray,
                         reverse: bool) -> int:
@@ -449,13 +439,8 @@ class FastInterrogator:
             return int(self._exact_scores(features, rows, reverse).argmax().item())
         pad = -len(near) % self.recheck_pad
         subset = rows[np.concatenate([near, np.full(pad, near[-1])])]
-        if self._subset_similarity.enabled:
-            tokens = torch.from_numpy(np.ascontiguousarray(subset)).to(self.device)
-            with torch.no_grad():
-                scores = self._subset_similarity(tokens, features)[:, 0]
-            scores = (-scores if reverse else scores)[:len(near)]  # a sign flip is exact
-        else:
-            scores = self._exact_scores(features, subset, reverse)[:len(near)]
+        scores = self._exact_scores(features, subset, reverse,
+                                    self._subset_similarity)[:len(near)]
         if self._recheck_verify_left > 0:
             self._recheck_verify_left -= 1
             self.stats["subset_checks"] += 1
