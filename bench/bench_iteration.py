@@ -145,6 +145,8 @@ def seed_interrogator(models, cache_path):
 
 
 class our_graphs_off:
+    """The shared UNet launched eagerly (our graph wrapper, once installed, switched off)."""
+
     def __init__(self, pipe):
         self.graphed = pipe.unet.__dict__.get("_truthloop_graphed")
 
@@ -156,11 +158,6 @@ class our_graphs_off:
     def __exit__(self, *exc):
         if self.graphed is not None:
             self.graphed.graphed.enabled = self.was
-
-
-def set_unet_graphs(painter, on: bool) -> None:
-    if painter.graphed_unet is not None:
-        painter.graphed_unet.graphed.enabled = on
 
 
 def image_hash(image) -> str:
@@ -471,10 +468,9 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
         plain_times.append(timed(plain, repeat=1, warmup=0)[0])
         paint_times.append(timed(lambda: painter.paint(prompt, lambda s, t: None),
                                  repeat=1, warmup=0)[0])
-        set_unet_graphs(painter, False)  # the same UNet, launched eagerly
-        eager_times.append(timed(lambda: eager_painter.paint(prompt, lambda s, t: None),
-                                 repeat=1, warmup=0)[0])
-        set_unet_graphs(painter, True)
+        with our_graphs_off(pipe):  # the same UNet, launched eagerly
+            eager_times.append(timed(lambda: eager_painter.paint(prompt, lambda s, t: None),
+                                     repeat=1, warmup=0)[0])
     plain_time, paint_time = statistics.median(plain_times), statistics.median(paint_times)
     eager_time = statistics.median(eager_times)
     same = image_hash(plain_image) == image_hash(painted)

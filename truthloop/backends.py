@@ -45,7 +45,7 @@ def load_backends(config: RunConfig, emit: EventSink) -> Backends:
     return Backends(
         captioner=captioner,
         painter=Painter(models.pipe, config.generate, models.device,
-                        cuda_graphs=config.models.cuda_graphs and not config.models.low_vram),
+                        cuda_graphs=config.models.cuda_graphs),
         embedder=ClipEmbedder(interrogator, captioner.fast),
         device=models.device,
         details={"clip_name": models.clip_name, "dtype": str(models.dtype)},

@@ -49,8 +49,9 @@ class ModelConfig:
     clip_model: str = "ViT-L-14/openai"
     device: str = "auto"
     low_vram: bool = False
-    # Replay the fixed-shape GPU work (UNet steps, BLIP's decode, CLIP's one-prompt similarity)
-    # from CUDA graphs: the same kernels as eager, so the same numbers, minus the launch cost.
+    # Replay the fixed-shape GPU work (UNet steps, BLIP's decode, CLIP's encoders) from CUDA
+    # graphs: the same kernels as eager, so the same numbers, minus the launch cost. Off where
+    # offloading (--low-vram) moves weights around each call.
     cuda_graphs: bool = True
 
 

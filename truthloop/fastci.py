@@ -196,6 +196,7 @@ class FastInterrogator:
         self._simple_tok = (isinstance(tok, SimpleTokenizer) and tok.reduction_fn is None
                             and tok.clean_fn is _clean_lower)
         self._ids_cache: dict[str, list[int]] = {}
+        self._chosen: Optional[tuple[str, np.ndarray]] = None  # the last rank_top's pick, ids
         self._composable: dict[str, bool] = {}
         self._survivor_memo = None
 
@@ -469,7 +470,7 @@ class FastInterrogator:
         return phrases[index]
 
     def _chosen_ids(self, text: str) -> Optional[np.ndarray]:
-        chosen = getattr(self, "_chosen", None)
+        chosen = self._chosen
         return chosen[1] if chosen is not None and chosen[0] == text else None
 
     def _at_max_len(self, text: str) -> bool:

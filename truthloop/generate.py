@@ -92,11 +92,10 @@ def compile_pipeline(pipe: Any) -> None:
     """
     import os
 
-    from truthloop.paths import cache_dir
-
     import torch
 
     from truthloop.cudagraph import GraphedUNet
+    from truthloop.paths import cache_dir
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
     # The UNet's own forward is compiled, under the graph wrapper (which replays the compiled
