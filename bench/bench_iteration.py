@@ -278,40 +278,26 @@ def part_best(paths, work: Path, images_count: int, profile_best: bool = False):
     images = varied_images(images_count)
     captioner = FastCaptioner(ci.caption_model, ci.caption_processor, ci.device, ci.dtype)
     captions = [captioner.caption(image, ci.config.caption_max_length) for image in images]
-    agree, seed_times, fast_times, disagreements, expected_all = 0, [], [], [], []
+    agree, seed_times, fast_times, disagreements = 0, [], [], []
     for image, cap in zip(images, captions):
         seconds, expected = timed(lambda: ci.interrogate(image, caption=cap), 1, 0)
         seed_times.append(seconds)
-        expected_all.append(expected)
         seconds, got = timed(lambda: fast.interrogate(image, caption=cap), 1, 0)
         fast_times.append(seconds)
         agree += got == expected
         if got != expected:
             disagreements.append((expected, got))
     seed_best, fast_best = statistics.median(seed_times[1:]), statistics.median(fast_times[1:])
-    # A candidate not yet on by default: the subset re-check replayed from graphs as well.
-    variant = FastInterrogator(ci, graph_recheck=True)
-    variant_times, variant_agree = [], 0
-    for image, cap, expected in zip(images, captions, expected_all):
-        seconds, got = timed(lambda: variant.interrogate(image, caption=cap), 1, 0)
-        variant_times.append(seconds)
-        variant_agree += got == expected
-    variant_best = statistics.median(variant_times[1:])
-    row("interrogate best, + graph_recheck (not default)", seed_best, variant_best,
-        f"{seed_best / variant_best:.1f}x faster; same string on {variant_agree}/{len(images)}; "
-        f"stats {variant.stats}; recheck graphs {len(variant._subset_similarity._graphs)} "
-        f"({variant._subset_similarity.replays} replays), failures "
-        f"{variant._subset_similarity.failures or 'none'}")
-    RESULTS["best_graph_recheck"] = {"fast": variant_best, "agree": variant_agree,
-                                     "stats": dict(variant.stats), "times": variant_times}
     failures = {g.name: g.failures for g in (fast._prefix_pass, fast._suffix_pass,
-                                              fast._text_similarity, fast._image_features)
+                                              fast._text_similarity, fast._image_features,
+                                              fast._subset_similarity)
                 if g.failures}
     row("interrogate best (ranking; median of images)", seed_best, fast_best,
         f"{seed_best / fast_best:.1f}x faster; same string on {agree}/{len(images)} images; "
         f"stats {fast.stats}, recheck now {fast.recheck}, fixed shapes {fast.fixed_shapes}, "
         f"suffix graphs {len(fast._suffix_pass._graphs)} ({fast._suffix_pass.replays} replays), "
-        f"capture failures {failures or 'none'}")
+        f"re-check graphs {len(fast._subset_similarity._graphs)} "
+        f"({fast._subset_similarity.replays} replays), capture failures {failures or 'none'}")
     row("  first image / mean of the rest", fast_times[0],
         statistics.mean(fast_times[1:]), "captures happen during the first images")
     RESULTS["best"] = {"seed": seed_best, "fast": fast_best, "agree": agree,

@@ -11,6 +11,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -120,3 +121,49 @@ def test_graphed_similarity_and_subset_recheck_match_clip_interrogator(cuda_inte
     if graph_recheck:
         assert fast._subset_similarity.replays > 0 and not fast._subset_similarity.failures
     assert fast.stats["fallbacks"] == fast.stats["links"] > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("heads,head_dim", [(12, 64), (2, 16)])
+def test_prefix_then_causal_attention_is_attention_over_the_joined_keys(dtype, heads, head_dim):
+    """The chain encoder's attention (the shared prefix and each row's own keys, merged by their
+    log-sum-exps on the GPU's kernel) against one attention over the keys joined per row."""
+    from truthloop.fastci import _prefix_then_causal_attention
+
+    gen = torch.Generator("cuda").manual_seed(0)
+    rows, width, prefix_keys = 256, 8, 77
+    randn = lambda *shape: torch.randn(*shape, device="cuda", dtype=dtype,  # noqa: E731
+                                       generator=gen)
+    q, k, v = randn(rows, heads, width, head_dim), randn(rows, heads, width, head_dim), \
+        randn(rows, heads, width, head_dim)
+    prefix_k, prefix_v = randn(1, heads, prefix_keys, head_dim), randn(1, heads, prefix_keys,
+                                                                      head_dim)
+    for prefix_len in (1, 30, 77):
+        present = torch.arange(prefix_keys, device="cuda") < prefix_len
+        got = _prefix_then_causal_attention(q, k, v, prefix_k, prefix_v, present)
+        steps = torch.arange(width, device="cuda")
+        mask = torch.cat([present.expand(width, -1), steps[None, :] <= steps[:, None]], dim=1)
+        joined = F.scaled_dot_product_attention(
+            q.float(), torch.cat([prefix_k.expand(rows, -1, -1, -1), k], 2).float(),
+            torch.cat([prefix_v.expand(rows, -1, -1, -1), v], 2).float(), attn_mask=mask)
+        tolerance = 2e-3 if dtype == torch.float16 else 1e-5
+        assert (got.float() - joined).abs().max().item() < tolerance, prefix_len
+
+
+def test_chain_encoder_on_the_gpu_close_to_encode_text(cuda_interrogator):
+    """Both chain encoders (fixed shapes through graphs, and the eager one) on the GPU: the
+    features encode_text gives, to the rounding of its precision."""
+    from truthloop.fastci import FastInterrogator
+
+    ci = cuda_interrogator
+    for fixed in (True, False):
+        fast = FastInterrogator(ci, fixed_shapes=fixed, cuda_graphs=fixed)
+        phrases = fast.merged.labels[::97]
+        bank = fast._bank(phrases)
+        for prefix in [None, "a photo of a cat", "word " * 60, "a photo of a dog"]:
+            rows = fast._token_rows(prefix, phrases, bank)
+            with torch.no_grad(), torch.autocast("cuda"):
+                ours = fast._encode_rows(rows).float()
+                reference = ci.clip_model.encode_text(torch.from_numpy(rows).cuda()).float()
+            scale = reference.abs().max().item()
+            assert (ours - reference).abs().max().item() < 1e-2 * scale, (fixed, prefix)

@@ -275,3 +275,21 @@ def test_chain_reuses_the_chosen_candidates_ids(interrogators, images):
         ci.tokenize = tokenize
     # (the final comparison of the four prompts still tokenises them together, as the original)
     assert fast._chosen is not None and [fast._chosen[0]] not in tokenized
+
+
+@pytest.mark.parametrize("total,chunk_size", [(112_003, 2048), (4096, 2048), (1000, 2048),
+                                              (5000, 400)])
+def test_chunked_topk_is_chunk_by_chunk_topk(total, chunk_size):
+    """The GPU path's per-chunk top-k on the host, batched: the same indices as the original's
+    chunk-by-chunk calls, also among the exact ties that fp16 similarities are full of."""
+    from truthloop.fastci import _chunked_topk
+
+    similarity = torch.randn(total, generator=torch.Generator().manual_seed(total)).half().float()
+    num_chunks = -(-total // chunk_size)
+    keep = int(chunk_size / num_chunks)
+    expected = []
+    for start in range(0, total, chunk_size):
+        chunk = similarity[None, start:start + chunk_size]
+        _, tops = chunk.topk(min(keep, chunk.shape[1]), dim=-1)
+        expected.extend(start + i for i in tops[0].tolist())
+    assert _chunked_topk(similarity, chunk_size, keep) == expected
