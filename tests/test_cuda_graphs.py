@@ -143,11 +143,18 @@ def test_prefix_then_causal_attention_is_attention_over_the_joined_keys(dtype, h
         got = _prefix_then_causal_attention(q, k, v, prefix_k, prefix_v, present)
         steps = torch.arange(width, device="cuda")
         mask = torch.cat([present.expand(width, -1), steps[None, :] <= steps[:, None]], dim=1)
-        joined = F.scaled_dot_product_attention(
-            q.float(), torch.cat([prefix_k.expand(rows, -1, -1, -1), k], 2).float(),
-            torch.cat([prefix_v.expand(rows, -1, -1, -1), v], 2).float(), attn_mask=mask)
-        tolerance = 2e-3 if dtype == torch.float16 else 1e-5
-        assert (got.float() - joined).abs().max().item() < tolerance, prefix_len
+        keys = torch.cat([prefix_k.expand(rows, -1, -1, -1), k], 2)
+        values = torch.cat([prefix_v.expand(rows, -1, -1, -1), v], 2)
+        exact = F.scaled_dot_product_attention(q.float(), keys.float(), values.float(),
+                                               attn_mask=mask)
+        error = (got.float() - exact).abs().max().item()
+        if dtype == torch.float16:
+            # Both halves come out rounded to fp16 before they are merged: allow a few of
+            # fp16's steps, measured against the rounding of the one attention it replaces.
+            joined = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            assert error <= 3 * (joined.float() - exact).abs().max().item(), prefix_len
+        else:
+            assert error < 1e-5, prefix_len
 
 
 def test_chain_encoder_on_the_gpu_close_to_encode_text(cuda_interrogator):
