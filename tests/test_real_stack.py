@@ -216,3 +216,16 @@ def test_fast_captioner_gives_the_reference_string(tiny_interrogator, mode):
               Image.new("RGB", (64, 64), (200, 30, 40))]
     for image in images:
         assert fast.caption(image) == reference.caption(image)
+
+
+@pytest.mark.parametrize("low_vram", [False, True])
+def test_low_vram_runs_without_cuda_graphs(truthloop_cache, low_vram):
+    """--low-vram trades speed for memory: no graph keeps its buffers for the run (on a GPU
+    the captioner's graphs alone hold GBs at full size)."""
+    config = RunConfig(start_prompt="a golf course")
+    config.models.models = "tiny"
+    config.models.low_vram = low_vram
+    backends = load_backends(config, lambda event: None)
+    graphed = [backends.captioner.fast._text_similarity, backends.captioner.fast._suffix_pass]
+    assert backends.captioner.cuda_graphs is (not low_vram)
+    assert all(g.enabled is (not low_vram) for g in graphed)

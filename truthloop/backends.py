@@ -41,11 +41,14 @@ def load_backends(config: RunConfig, emit: EventSink) -> Backends:
 
     emit(ev.Loading("preparing label embeddings"))
     interrogator = build_interrogator(models, config.caption, report)
-    captioner = Captioner(interrogator, config.caption, cuda_graphs=config.models.cuda_graphs)
+    # --low-vram asks for memory over speed: a CUDA graph keeps its buffers for the whole run
+    # (BLIP's decode and best's chain passes hold GBs at full size), and offloading moves the
+    # UNet's weights around each call, so no graphs there (the same numbers either way).
+    cuda_graphs = config.models.cuda_graphs and not config.models.low_vram
+    captioner = Captioner(interrogator, config.caption, cuda_graphs=cuda_graphs)
     return Backends(
         captioner=captioner,
-        painter=Painter(models.pipe, config.generate, models.device,
-                        cuda_graphs=config.models.cuda_graphs),
+        painter=Painter(models.pipe, config.generate, models.device, cuda_graphs=cuda_graphs),
         embedder=ClipEmbedder(interrogator, captioner.fast),
         device=models.device,
         details={"clip_name": models.clip_name, "dtype": str(models.dtype)},
