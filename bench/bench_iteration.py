@@ -681,6 +681,8 @@ def part_lowvram(paths, iterations: int):
             torch.cuda.empty_cache()
         reset_peak()
         backends = load_backends(config, lambda event: None)
+        load_peak = peak_gib()
+        reset_peak()
         prompt, prompts, times = config.start_prompt, [], []
         for _ in range(iterations):
             sync()
@@ -691,14 +693,17 @@ def part_lowvram(paths, iterations: int):
             sync()
             times.append(time.perf_counter() - start)
             prompts.append(prompt)
+        resident = torch.cuda.memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0
         outcome[low_vram] = {"times": times, "prompts": prompts, "hash": image_hash(image),
-                             "peak_gib": peak_gib(), "graphs": backends.captioner.cuda_graphs}
+                             "peak_gib": peak_gib(), "load_peak_gib": load_peak,
+                             "resident_gib": resident, "graphs": backends.captioner.cuda_graphs}
         del backends, image
     low, default = outcome[True], outcome[False]
     for name, result in (("--low-vram", low), ("default settings", default)):
         row(f"{name}, as a run loads it ({iterations} its; median of 2..n)", None,
             statistics.median(result["times"][1:]),
-            f"peak {result['peak_gib']:.2f} GiB (loading included); CUDA graphs "
+            f"peak {result['peak_gib']:.2f} GiB while iterating, {result['load_peak_gib']:.2f} "
+            f"GiB while loading, {result['resident_gib']:.2f} GiB allocated after; CUDA graphs "
             f"{'on' if result['graphs'] else 'off'}; each "
             + " ".join(f"{t:.2f}" for t in result["times"]))
     row("--low-vram vs default: same prompts, same last image", None, None,
