@@ -671,7 +671,10 @@ def part_lowvram(paths, iterations: int):
     from truthloop.config import RunConfig
 
     outcome = {}
-    for low_vram in (True, False):  # low-vram first, in a process with nothing else loaded
+    # low-vram first, in a process with nothing else loaded; then the default; then the
+    # default with the chain's text passes at half the rows (a memory probe).
+    for variant in ("low", "default", "rows1024"):
+        low_vram = variant == "low"
         config = RunConfig(start_prompt="a photo")
         config.models.sd_model, config.models.caption_model, config.models.clip_model = \
             paths["sd"], paths["blip"], paths["clip"]
@@ -681,29 +684,43 @@ def part_lowvram(paths, iterations: int):
             torch.cuda.empty_cache()
         reset_peak()
         backends = load_backends(config, lambda event: None)
+        if variant == "rows1024" and backends.captioner.fast is not None:
+            backends.captioner.fast.batch_size = 1024
         load_peak = peak_gib()
         reset_peak()
         prompt, prompts, times = config.start_prompt, [], []
+        stage_peaks = {"paint": 0.0, "caption": 0.0, "features": 0.0}
+
+        def stage(name, fn):
+            reset_peak()
+            value = fn()
+            stage_peaks[name] = max(stage_peaks[name], peak_gib())
+            return value
+
         for _ in range(iterations):
             sync()
             start = time.perf_counter()
-            image = backends.painter.paint(prompt, lambda s, t: None)
-            prompt = backends.captioner.caption(image)
-            backends.embedder.features(image)
+            image = stage("paint", lambda: backends.painter.paint(prompt, lambda s, t: None))
+            prompt = stage("caption", lambda: backends.captioner.caption(image))
+            stage("features", lambda: backends.embedder.features(image))
             sync()
             times.append(time.perf_counter() - start)
             prompts.append(prompt)
         resident = torch.cuda.memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0
-        outcome[low_vram] = {"times": times, "prompts": prompts, "hash": image_hash(image),
-                             "peak_gib": peak_gib(), "load_peak_gib": load_peak,
+        outcome[variant] = {"times": times, "prompts": prompts, "hash": image_hash(image),
+                             "peak_gib": max(stage_peaks.values()), "stage_peaks": stage_peaks,
+                             "load_peak_gib": load_peak,
                              "resident_gib": resident, "graphs": backends.captioner.cuda_graphs}
         del backends, image
-    low, default = outcome[True], outcome[False]
-    for name, result in (("--low-vram", low), ("default settings", default)):
+    low, default = outcome["low"], outcome["default"]
+    for name, result in (("--low-vram", low), ("default settings", default),
+                         ("default, chain passes of 1024 rows", outcome["rows1024"])):
         row(f"{name}, as a run loads it ({iterations} its; median of 2..n)", None,
             statistics.median(result["times"][1:]),
             f"peak {result['peak_gib']:.2f} GiB while iterating, {result['load_peak_gib']:.2f} "
-            f"GiB while loading, {result['resident_gib']:.2f} GiB allocated after; CUDA graphs "
+            f"GiB while loading, {result['resident_gib']:.2f} GiB allocated after; by stage "
+            + ", ".join(f"{k} {v:.2f}" for k, v in result["stage_peaks"].items())
+            + f"; CUDA graphs "
             f"{'on' if result['graphs'] else 'off'}; each "
             + " ".join(f"{t:.2f}" for t in result["times"]))
     row("--low-vram vs default: same prompts, same last image", None, None,
