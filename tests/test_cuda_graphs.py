@@ -123,12 +123,18 @@ def test_graphed_similarity_and_subset_recheck_match_clip_interrogator(cuda_inte
     assert fast.stats["fallbacks"] == fast.stats["links"] > 0
 
 
+@pytest.mark.parametrize("kernel", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("heads,head_dim", [(12, 64), (2, 16)])
-def test_prefix_then_causal_attention_is_attention_over_the_joined_keys(dtype, heads, head_dim):
+def test_prefix_then_causal_attention_is_attention_over_the_joined_keys(dtype, heads, head_dim,
+                                                                        kernel, monkeypatch):
     """The chain encoder's attention (the shared prefix and each row's own keys, merged by their
-    log-sum-exps on the GPU's kernel) against one attention over the keys joined per row."""
+    log-sum-exps, from PyTorch's kernel or, where that fails, plain math) against one attention
+    over the keys joined per row."""
+    from truthloop import fastci
     from truthloop.fastci import _prefix_then_causal_attention
+
+    monkeypatch.setattr(fastci, "_EFFICIENT_LSE", kernel)
 
     gen = torch.Generator("cuda").manual_seed(0)
     rows, width, prefix_keys = 256, 8, 77

@@ -845,8 +845,8 @@ def _prefix_then_causal_attention(q, k, v, prefix_k, prefix_v, present=None):
     rows (prefix_k/v: (1, heads, P, head_dim), only the keys where `present` is true, if given)
     followed by their own keys k, v under a causal mask: the softmax over the joined keys,
     computed as two attentions merged by their log-sum-exps. Joining the keys instead (the
-    prefix copied into every row, then one attention) moved ~1 GB per layer on an H200 and was
-    half the encoder's GPU time (bench/, --profile-best)."""
+    prefix copied into every row, then one attention over them) took over half of `best`'s
+    GPU time on an H200, the copy alone 30% (bench/, --profile-best)."""
     rows, heads, width, head_dim = q.shape
     # Every row's queries against the one prefix: a single batch of rows * width queries.
     flat = q.transpose(0, 1).reshape(1, heads, rows * width, head_dim)
@@ -860,23 +860,23 @@ def _prefix_then_causal_attention(q, k, v, prefix_k, prefix_v, present=None):
     return torch.lerp(out_s, out_p.to(out_s.dtype), share)
 
 
+# PyTorch's memory-efficient attention kernel returns each query's log-sum-exp, which the public
+# scaled_dot_product_attention does not. It is a private op (the one that function calls for
+# this kernel), so a failure turns it off for the process and plain float32 math takes over.
+_EFFICIENT_LSE = True
+
+
 def _attention_lse(q, k, v, present=None, causal=False):
     """softmax(q k^T / sqrt(head_dim)) v over the keys where `present` (keys,) is true (and
     causally, if asked), and each query's log-sum-exp of its scores (float32). At least one key
     must be present for every query (every CLIP text starts with its start token)."""
+    global _EFFICIENT_LSE
+    if q.is_cuda and _EFFICIENT_LSE:
+        try:
+            return _efficient_attention_lse(q, k, v, present, causal)
+        except RuntimeError:  # a card or build without this kernel
+            _EFFICIENT_LSE = False
     length = q.shape[2]
-    if q.is_cuda:
-        bias = None
-        if present is not None:
-            # An additive bias broadcast over rows, heads and queries (stride 0), its row
-            # padded to 8 elements as scaled_dot_product_attention pads masks for this kernel.
-            keys = present.shape[0]
-            bias = torch.zeros(1, 1, 1, -(-keys // 8) * 8, dtype=q.dtype, device=q.device)
-            bias[..., :keys].masked_fill_(~present, float("-inf"))
-            bias = bias[..., :keys].expand(q.shape[0], q.shape[1], length, keys)
-        out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
-            q, k, v, bias, True, 0.0, causal)
-        return out, lse[..., :length]
     scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if present is not None:
         scores = scores.masked_fill(~present, float("-inf"))
@@ -886,3 +886,18 @@ def _attention_lse(q, k, v, present=None, causal=False):
     lse = torch.logsumexp(scores, dim=-1)
     out = (torch.exp(scores - lse[..., None]) @ v.float()).to(q.dtype)
     return out, lse
+
+
+def _efficient_attention_lse(q, k, v, present, causal):
+    length = q.shape[2]
+    bias = None
+    if present is not None:
+        # An additive bias broadcast over rows, heads and queries (stride 0), its row padded
+        # to 8 elements as scaled_dot_product_attention pads masks for this kernel.
+        keys = present.shape[0]
+        bias = torch.zeros(1, 1, 1, -(-keys // 8) * 8, dtype=q.dtype, device=q.device)
+        bias[..., :keys].masked_fill_(~present, float("-inf"))
+        bias = bias[..., :keys].expand(q.shape[0], q.shape[1], length, keys)
+    out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, bias, True, 0.0, causal)
+    return out, lse[..., :length]
