@@ -662,6 +662,35 @@ def child_hash(paths, prompt: str, compile_: bool) -> dict:
     return {"hash": image_hash(image), "first": time.perf_counter() - start}
 
 
+def probe_caption_memory(backends) -> dict:
+    """Wrap the caption stage's GPU calls so that each records how far it lifts the peak above
+    what was allocated when it started (innermost calls measured; outer ones include them)."""
+    import truthloop.fastcaption as fastcaption
+
+    lifts: dict = {}
+
+    def wrap(name, fn):
+        def measured(*args, **kwargs):
+            if DEVICE != "cuda":
+                return fn(*args, **kwargs)
+            sync()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            value = fn(*args, **kwargs)
+            sync()
+            lift = (torch.cuda.max_memory_allocated() - before) / 2**30
+            lifts[name] = max(lifts.get(name, 0.0), lift)
+            return value
+        return measured
+
+    fast = backends.captioner.fast
+    for name in ("_prefix_pass", "_suffix_pass", "_text_similarity", "_subset_similarity",
+                 "_image_features", "_text_similarity_eager", "_survivors"):
+        setattr(fast, name, wrap(name, getattr(fast, name)))
+    fastcaption.fast_generate_caption = wrap("blip caption", fastcaption.fast_generate_caption)
+    return lifts
+
+
 def part_lowvram(paths, iterations: int):
     """--low-vram as a run loads it (load_backends, the run's defaults): time per iteration,
     peak GPU memory, and the same prompts and last image as the default settings."""
@@ -673,7 +702,8 @@ def part_lowvram(paths, iterations: int):
     outcome = {}
     # low-vram first, in a process with nothing else loaded; then the default; then the
     # default with the chain's text passes at half the rows (a memory probe).
-    for variant in ("low", "default", "rows1024"):
+    lifts = {}
+    for variant in ("low", "default", "probe"):
         low_vram = variant == "low"
         config = RunConfig(start_prompt="a photo")
         config.models.sd_model, config.models.caption_model, config.models.clip_model = \
@@ -684,8 +714,8 @@ def part_lowvram(paths, iterations: int):
             torch.cuda.empty_cache()
         reset_peak()
         backends = load_backends(config, lambda event: None)
-        if variant == "rows1024" and backends.captioner.fast is not None:
-            backends.captioner.fast.batch_size = 1024
+        if variant == "probe":
+            lifts = probe_caption_memory(backends)
         load_peak = peak_gib()
         reset_peak()
         prompt, prompts, times = config.start_prompt, [], []
@@ -713,8 +743,7 @@ def part_lowvram(paths, iterations: int):
                              "resident_gib": resident, "graphs": backends.captioner.cuda_graphs}
         del backends, image
     low, default = outcome["low"], outcome["default"]
-    for name, result in (("--low-vram", low), ("default settings", default),
-                         ("default, chain passes of 1024 rows", outcome["rows1024"])):
+    for name, result in (("--low-vram", low), ("default settings", default)):
         row(f"{name}, as a run loads it ({iterations} its; median of 2..n)", None,
             statistics.median(result["times"][1:]),
             f"peak {result['peak_gib']:.2f} GiB while iterating, {result['load_peak_gib']:.2f} "
@@ -723,6 +752,9 @@ def part_lowvram(paths, iterations: int):
             + f"; CUDA graphs "
             f"{'on' if result['graphs'] else 'off'}; each "
             + " ".join(f"{t:.2f}" for t in result["times"]))
+    row("default, caption stage: peak lift by call (GiB over what was allocated)", None, None,
+        ", ".join(f"{k} {v:.2f}" for k, v in sorted(lifts.items(), key=lambda kv: -kv[1])))
+    RESULTS["caption_lifts"] = lifts
     row("--low-vram vs default: same prompts, same last image", None, None,
         f"prompts equal: {low['prompts'] == default['prompts']}; last image equal: "
         f"{low['hash'] == default['hash']}")
