@@ -116,9 +116,21 @@ def test_sigkill_then_resume_equals_uninterrupted(trials_env, name):
 
 
 # -- signals ----------------------------------------------------------------------------------
+@pytest.fixture
+def terminal_signals():
+    """The signals as a terminal's foreground job has them, whoever started pytest: under
+    nohup SIGHUP is ignored, and in a background job (`cmd &`) SIGINT is, and truthloop rightly
+    leaves an ignored signal alone."""
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, signal.SIG_DFL) for signum in signums}
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_mid_denoising_stops_cleanly_and_resumes(monkeypatch, tmp_path, start_png, capsys,
-                                                        signum):
+                                                        signum, terminal_signals):
     out = tmp_path / "run"
 
     def hook(step):
@@ -126,13 +138,7 @@ def test_signal_mid_denoising_stops_cleanly_and_resumes(monkeypatch, tmp_path, s
             os.kill(os.getpid(), signum)
 
     painter = fakes.FakePainter(step_hook=hook)
-    # Under nohup (SIGHUP ignored) truthloop rightly leaves SIGHUP alone; this test wants the
-    # plain terminal's default whoever started pytest.
-    previous = signal.signal(signum, signal.SIG_DFL)
-    try:
-        code = fake_run(monkeypatch, start_png, out, painter=painter)
-    finally:
-        signal.signal(signum, previous)
+    code = fake_run(monkeypatch, start_png, out, painter=painter)
     captured = capsys.readouterr()
     assert code == 128 + signum
     assert "Traceback" not in captured.err
@@ -147,7 +153,7 @@ def test_signal_mid_denoising_stops_cleanly_and_resumes(monkeypatch, tmp_path, s
 
 
 def test_second_ctrl_c_abandons_the_step_and_still_stops_cleanly(monkeypatch, tmp_path, start_png,
-                                                                 capsys):
+                                                                 capsys, terminal_signals):
     out = tmp_path / "run"
 
     def hook(step):
@@ -537,7 +543,8 @@ def test_resume_of_a_missing_directory(monkeypatch, tmp_path, capsys):
     assert_one_clean_error_line(capsys.readouterr().err, "no such run directory")
 
 
-def test_shared_mode_resume_continues_the_random_stream(monkeypatch, tmp_path, start_png):
+def test_shared_mode_resume_continues_the_random_stream(monkeypatch, tmp_path, start_png,
+                                                       terminal_signals):
     """Stopped mid-run in shared mode, the resumed run draws the same images as an unbroken one."""
     whole = tmp_path / "whole"
     captioner = fakes.FakeCaptioner(SCRIPT, start="step 0")
@@ -678,3 +685,11 @@ def test_next_run_removes_a_killed_writers_half_created_directory(tmp_path):
     writer.close()
     assert not stray.exists()
     assert (tmp_path / "run" / "run.json").exists()
+
+
+def test_a_deep_run_directory_is_printed_on_one_line(monkeypatch, tmp_path, start_png, capsys):
+    """stderr is no terminal here (Rich then assumes 80 columns): a long path must still come
+    out whole on its line, for the user's log and for scripts that read it."""
+    out = tmp_path / ("deeply-nested-" * 8) / "run"
+    assert fake_run(monkeypatch, start_png, out, "--max-iters", "1") == 0
+    assert f"run directory: {out}" in capsys.readouterr().err.splitlines()

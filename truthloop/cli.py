@@ -339,7 +339,10 @@ class HeadlessPrinter:
     def __init__(self) -> None:
         from rich.console import Console
 
-        self.err = Console(stderr=True, highlight=False, markup=False)
+        # soft_wrap: Rich would otherwise break long lines (a deep run directory's path) at
+        # its width, 80 columns when stderr is not a terminal, and a log or a script would
+        # read half a path.
+        self.err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
         self.progress = None
         self.task = None
         self.iteration_start = time.perf_counter()
