@@ -34,6 +34,22 @@ def _outputs(result: Any) -> tuple[torch.Tensor, ...]:
     return result if isinstance(result, tuple) else (result,)
 
 
+_CAPTURE_STREAMS: dict[int, Any] = {}
+
+
+def _capture_stream() -> Any:
+    """One side stream per device for every capture. cuBLAS keeps a workspace per stream it
+    has run on (32 MiB with CUBLAS_WORKSPACE_CONFIG=:4096:8) for the life of the process, and
+    a graph's GEMMs keep using their capture stream's: a new stream per captured shape held
+    about 0.3 GiB more after a dozen captures. Captures and replays never overlap, so they can
+    share one."""
+    device = torch.cuda.current_device()
+    stream = _CAPTURE_STREAMS.get(device)
+    if stream is None:
+        stream = _CAPTURE_STREAMS[device] = torch.cuda.Stream()
+    return stream
+
+
 class _Captured:
     def __init__(self, graph: Any, inputs: tuple, outputs: tuple, single: bool):
         self.graph = graph
@@ -95,7 +111,7 @@ class CudaGraphed:
         # our Painter): they can be refilled in and out of it alike.
         with torch.inference_mode(False):
             inputs = tuple(t.clone() for t in tensors)
-        stream = torch.cuda.Stream()
+        stream = _capture_stream()
         stream.wait_stream(torch.cuda.current_stream())
         # Warm up on the capture stream first (lazy per-stream state such as cuBLAS workspaces
         # must not be created during capture), as torch.cuda.make_graphed_callables does.
