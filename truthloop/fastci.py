@@ -560,10 +560,7 @@ class FastInterrogator:
         if self.fixed_shapes:
             return self._encode_rows_fixed(rows)
 
-        pool = rows.argmax(axis=1)  # the original pools at text.argmax(): the first maximal id
-        differs = np.flatnonzero((rows != rows[0]).any(axis=0))
-        common = int(differs[0]) if len(differs) else rows.shape[1]
-        prefix_len = min(common, int(pool.min()))
+        pool, prefix_len = _pool_and_prefix(rows)
         prefix_kv = self._prefix_kv(rows[0, :prefix_len])
         suffix_len = pool - prefix_len + 1
         order = np.argsort(suffix_len, kind="stable")
@@ -582,14 +579,8 @@ class FastInterrogator:
             at = torch.from_numpy(pool[idx] - prefix_len).to(self.device)
             pieces.append(x[torch.arange(len(idx), device=self.device), at])
             places.append(idx)
-        x = torch.cat(pieces)
-        x = x[torch.from_numpy(np.argsort(np.concatenate(places), kind="stable")).to(self.device)]
         # ln_final acts on each position alone, so pooling before it changes nothing.
-        x = model.ln_final(x)
-        projection = model.text_projection
-        if projection is not None:
-            x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
-        return x
+        return _projected(model, _in_row_order(pieces, places))
 
     # ---------------------------------------------------------------- the same, at fixed shapes
 
@@ -599,10 +590,7 @@ class FastInterrogator:
     def _encode_rows_fixed(self, rows: np.ndarray) -> torch.Tensor:
         """_encode_rows through passes of a few fixed shapes (see `fixed_shapes`)."""
         ctx = rows.shape[1]
-        pool = rows.argmax(axis=1)
-        differs = np.flatnonzero((rows != rows[0]).any(axis=0))
-        common = int(differs[0]) if len(differs) else ctx
-        prefix_len = min(common, int(pool.min()))
+        pool, prefix_len = _pool_and_prefix(rows)
         prefix = np.zeros((1, ctx), dtype=np.int64)
         prefix[0, :prefix_len] = rows[0, :prefix_len]
         kv = self._prefix_pass(torch.from_numpy(prefix).to(self.device))
@@ -626,14 +614,12 @@ class FastInterrogator:
                                     torch.from_numpy(at).to(self.device))
             pieces.append(out[:count])
             places.append(idx)
-        x = torch.cat(pieces)
-        return x[torch.from_numpy(np.argsort(np.concatenate(places), kind="stable"))
-                 .to(self.device)]
+        return _in_row_order(pieces, places)
 
     def _prefix_pass_eager(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Keys and values of every layer for a (1, context_length) row, (layers, 2, heads,
-        context_length, head_dim). The causal mask keeps the first P positions' keys and values
-        independent of the padding after them."""
+        """Keys and values of every layer for a (1, length) row, (layers, 2, heads, length,
+        head_dim). The causal mask keeps the first P positions' keys and values independent of
+        any padding after them."""
         model = self.ci.clip_model
         blocks = model.transformer.resblocks
         cast_dtype = model.transformer.get_cast_dtype()
@@ -668,31 +654,39 @@ class FastInterrogator:
                 o = _prefix_then_causal_attention(q, k, v, layer[0][None], layer[1][None],
                                                   present)
                 x = _block_rest(block, x, o)
-            x = x[torch.arange(rows, device=device), at]
-            x = model.ln_final(x)
-            projection = model.text_projection
-            if projection is not None:
-                x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
-            return x
+            return _projected(model, x[torch.arange(rows, device=device), at])
 
     def _prefix_kv(self, prefix_ids: np.ndarray):
         """Each layer's keys and values for the shared prefix, (1, heads, prefix_len, head_dim)."""
-        model = self.ci.clip_model
-        blocks = model.transformer.resblocks
         if len(prefix_ids) == 0:
-            return [None] * len(blocks)
-        cast_dtype = model.transformer.get_cast_dtype()
+            return [None] * len(self.ci.clip_model.transformer.resblocks)
         tokens = torch.from_numpy(np.ascontiguousarray(prefix_ids))[None].to(self.device)
-        x = model.token_embedding(tokens).to(cast_dtype)
-        x = x + model.positional_embedding[:len(prefix_ids)].to(cast_dtype)
-        kvs = []
-        for block in blocks:
-            q, k, v = _qkv(block, x)
-            kvs.append((k, v))
-            if len(kvs) < len(blocks):  # the last layer's prefix outputs are never read
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-                x = _block_rest(block, x, o)
-        return kvs
+        return [(layer[0][None], layer[1][None]) for layer in self._prefix_pass_eager(tokens)]
+
+
+def _pool_and_prefix(rows: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each row's pooled position (the original pools at text.argmax(): the first maximal id)
+    and the length of the prefix all rows share, up to the earliest pooled position."""
+    pool = rows.argmax(axis=1)
+    differs = np.flatnonzero((rows != rows[0]).any(axis=0))
+    common = int(differs[0]) if len(differs) else rows.shape[1]
+    return pool, min(common, int(pool.min()))
+
+
+def _in_row_order(pieces: list[torch.Tensor], places: list[np.ndarray]) -> torch.Tensor:
+    """The batches' outputs, concatenated back into the order of the rows they came from."""
+    x = torch.cat(pieces)
+    order = np.argsort(np.concatenate(places), kind="stable")
+    return x[torch.from_numpy(order).to(x.device)]
+
+
+def _projected(model, x: torch.Tensor) -> torch.Tensor:
+    """encode_text's last steps on pooled positions: ln_final, then the text projection."""
+    x = model.ln_final(x)
+    projection = model.text_projection
+    if projection is not None:
+        x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+    return x
 
 
 def _chunked_topk(similarity: torch.Tensor, chunk_size: int, keep: int) -> list[int]:
