@@ -811,68 +811,57 @@ def main() -> None:
     machine = (f"{torch.cuda.get_device_name(0) if DEVICE == 'cuda' else platform.processor() or 'cpu'}, torch {torch.__version__}, "
                f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}")
     RESULTS["machine"] = machine
-    if args.part == "best":
-        try:
+    titles = {"best": "interrogation: truthloop vs clip-interrogator",
+              "lowvram": "truthloop --low-vram"}
+    title = f"{titles.get(args.part, 'truthloop vs seed stack')} — {machine}"
+    try:  # what was measured before a failure still gets printed and written
+        if args.part == "best":
             part_best(paths, work, args.images, profile_best=args.profile_best)
-        finally:
-            print_table(f"interrogation: truthloop vs clip-interrogator — {machine}")
-            if args.json:
-                Path(args.json).write_text(json.dumps(RESULTS, indent=2, default=str))
-        return
-    if args.part == "lowvram":
-        try:
+        elif args.part == "lowvram":
             part_lowvram(paths, args.iterations)
-        finally:
-            print_table(f"truthloop --low-vram — {machine}")
-            if args.json:
-                Path(args.json).write_text(json.dumps(RESULTS, indent=2, default=str))
-        return
-    if args.part == "base":
-        try:
+        elif args.part == "base":
             part_base(paths, work, args.images, args.iterations, compile_too=args.compile,
                       skip_extras=args.skip_extras, profile_best=args.profile_best)
-        finally:  # what was measured before a failure still gets printed and written
-            print_table(f"truthloop vs seed stack — {machine}")
-            if args.json:
-                Path(args.json).write_text(json.dumps(RESULTS, indent=2, default=str))
-        if args.skip_extras:
-            return
-        prompt = (work / "eager_prompt.txt").read_text()
-        child = subprocess.run([sys.executable, __file__, "--part", "child", "--work", str(work),
-                                "--prompt", prompt] + (["--tiny"] if args.tiny else []),
-                               capture_output=True, text=True)
-        line = [x for x in child.stdout.splitlines() if x.startswith("CHILD ")]
-        other = json.loads(line[0][6:]) if line else {"hash": child.stderr[-300:]}
-        same = other["hash"] == RESULTS["eager_hash"]
-        row("same prompt+seed, another process (eager)", None, None, f"same image: {same}")
-        RESULTS["determinism_across_processes"] = same
-        row("same prompt+seed, same process (eager)", None, None,
-            f"same image: {RESULTS['determinism_in_process']}")
-        if args.compile:
-            child = subprocess.run([sys.executable, __file__, "--part", "child", "--work",
-                                    str(work), "--prompt", prompt, "--compile"],
-                                   capture_output=True, text=True)
-            line = [x for x in child.stdout.splitlines() if x.startswith("CHILD ")]
-            other = json.loads(line[0][6:]) if line else {"hash": child.stderr[-300:],
-                                                          "first": -1.0}
-            same = other["hash"] == RESULTS["compile"]["compiled_hash"]
-            row("--compile in another process (warm inductor cache)", None, other["first"],
-                f"first image incl. compile; same image as this process: {same}")
+            if not args.skip_extras:
+                cross_process_checks(work, args.tiny, args.compile)
+        else:
+            part_compile(paths, work, args.iterations)
+            prompt = (work / "eager_prompt.txt").read_text() \
+                if (work / "eager_prompt.txt").exists() else "a photo"
+            other = run_child(work, prompt, "--compile")
+            row("compiled, another process (warm inductor cache)", None, other["first"],
+                f"first image incl. compile; same image: "
+                f"{other['hash'] == RESULTS['compile']['compiled_hash']}")
             RESULTS["compile"]["other_process"] = other
-    else:
-        part_compile(paths, work, args.iterations)
-        child = subprocess.run([sys.executable, __file__, "--part", "child", "--work", str(work),
-                                "--prompt", (work / "eager_prompt.txt").read_text()
-                                if (work / "eager_prompt.txt").exists() else "a photo",
-                                "--compile"], capture_output=True, text=True)
-        line = [x for x in child.stdout.splitlines() if x.startswith("CHILD ")]
-        other = json.loads(line[0][6:]) if line else {"hash": child.stderr[-300:], "first": -1}
-        row("compiled, another process (warm inductor cache)", None, other.get("first"),
-            f"first image incl. compile; same image: {other['hash'] == RESULTS['compile']['compiled_hash']}")
+    finally:
+        print_table(title)
+        if args.json:
+            Path(args.json).write_text(json.dumps(RESULTS, indent=2, default=str))
+
+
+def run_child(work: Path, prompt: str, *flags: str) -> dict:
+    """`--part child` in a fresh process: the hash of its first image and how long it took."""
+    child = subprocess.run([sys.executable, __file__, "--part", "child", "--work", str(work),
+                            "--prompt", prompt, *flags], capture_output=True, text=True)
+    line = [x for x in child.stdout.splitlines() if x.startswith("CHILD ")]
+    return json.loads(line[0][6:]) if line else {"hash": child.stderr[-300:], "first": -1.0}
+
+
+def cross_process_checks(work: Path, tiny: bool, compile_too: bool) -> None:
+    """The same prompt and seed in another process: the same image (eager, and compiled)."""
+    prompt = (work / "eager_prompt.txt").read_text()
+    other = run_child(work, prompt, *(["--tiny"] if tiny else []))
+    same = other["hash"] == RESULTS["eager_hash"]
+    row("same prompt+seed, another process (eager)", None, None, f"same image: {same}")
+    RESULTS["determinism_across_processes"] = same
+    row("same prompt+seed, same process (eager)", None, None,
+        f"same image: {RESULTS['determinism_in_process']}")
+    if compile_too:
+        other = run_child(work, prompt, "--compile")
+        same = other["hash"] == RESULTS["compile"]["compiled_hash"]
+        row("--compile in another process (warm inductor cache)", None, other["first"],
+            f"first image incl. compile; same image as this process: {same}")
         RESULTS["compile"]["other_process"] = other
-    print_table(f"truthloop vs seed stack — {machine}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(RESULTS, indent=2, default=str))
 
 
 if __name__ == "__main__":
