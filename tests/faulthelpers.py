@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 import fakes
 from truthloop import cli
 from truthloop.store import decode_problem
