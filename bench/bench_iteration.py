@@ -112,9 +112,9 @@ def load_stack(paths):
 
     set_determinism()
     start = time.perf_counter()
-    pipe = load_pipeline(paths["sd"], DEVICE, DTYPE)
-    blip, processor = load_caption_model(paths["blip"], DEVICE, DTYPE)
-    clip, preprocess, clip_name = load_clip(paths["clip"], DEVICE)
+    pipe, _ = load_pipeline(paths["sd"], DEVICE, DTYPE)
+    blip, processor, _ = load_caption_model(paths["blip"], DEVICE, DTYPE)
+    clip, preprocess, clip_name, _ = load_clip(paths["clip"], DEVICE)
     load_seconds = time.perf_counter() - start
 
     class Models:
@@ -603,7 +603,7 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
     models.pipe = pipe = None
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
-    low = load_pipeline(paths["sd"], DEVICE, DTYPE, low_vram=True)
+    low, _ = load_pipeline(paths["sd"], DEVICE, DTYPE, low_vram=True)
     low_painter = Painter(low, GenerateConfig(), DEVICE)
     reset_peak()
     low_time, low_image = timed(lambda: low_painter.paint(prompt, lambda s, t: None), repeat=1)

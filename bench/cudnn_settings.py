@@ -27,7 +27,7 @@ from truthloop.models import load_pipeline  # noqa: E402
 def main() -> None:
     quiet_libraries()
     paths = build_all(ROOT / ".bench" / "models")
-    pipe = load_pipeline(paths["sd"], "cuda", torch.float16)
+    pipe, _ = load_pipeline(paths["sd"], "cuda", torch.float16)
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     for deterministic, benchmark in ((True, False), (False, False), (False, True), (True, False)):
         torch.backends.cudnn.deterministic = deterministic

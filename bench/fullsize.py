@@ -1,7 +1,7 @@
 """Full-size random-weight checkpoints of the seed stack, built offline (no downloads).
 
-Same architectures as stabilityai/stable-diffusion-2 (768, v-prediction), Salesforce/blip-image-
-captioning-large and open_clip ViT-L-14, so FLOPs and memory are the real ones; the weights are
+Same architectures as the default models in truthloop.model_ids (SD2 at 768, v-prediction; BLIP
+large; open_clip ViT-L-14), so FLOPs and memory are the real ones; the weights are
 random, so captions and images mean nothing. They are written to disk and then loaded through
 truthloop.models, the same path real ids take.
 """

@@ -34,7 +34,8 @@ def load_backends(config: RunConfig, emit: EventSink) -> Backends:
     from truthloop.models import load_models
 
     models = load_models(config.models, config.generate.scheduler,
-                         progress=lambda message: emit(ev.Loading(message)))
+                         progress=lambda message: emit(ev.Loading(message)),
+                         notice=lambda message: emit(ev.Notice(message)))
 
     def report(label: str, done: int | None, total: int | None) -> None:
         emit(ev.Loading(f"label embeddings: {label}", done, total))
@@ -52,4 +53,5 @@ def load_backends(config: RunConfig, emit: EventSink) -> Backends:
         embedder=ClipEmbedder(interrogator, captioner.fast),
         device=models.device,
         details={"clip_name": models.clip_name, "dtype": str(models.dtype)},
+        loaded=models.loaded,
     )

@@ -20,6 +20,7 @@ from truthloop.config import (
     CAPTION_MODES, FEED_MODES, INTERROGATORS, PRESETS, PREVIEWS, SCHEDULERS, SEED_MODES,
     ConfigError, RunConfig, apply_preset,
 )
+from truthloop.model_ids import DEFAULT_CAPTION_MODEL, DEFAULT_CLIP_MODEL, DEFAULT_SD_MODEL
 from truthloop.text import visible
 
 SAMPLE_IMAGE = Path(__file__).parent / "data" / "sample.png"
@@ -105,9 +106,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     models = parser.add_argument_group("models")
     models.add_argument("--models", choices=("real", "tiny"),
                         help="tiny: offline random-weight checkpoints (machinery, not truth)")
-    models.add_argument("--sd-model", help="diffusers SD 1.x/2.x hub id or local directory")
-    models.add_argument("--caption-model", help="blip-large, blip-base, or a BLIP hub id / dir")
-    models.add_argument("--clip-model", help="open_clip ARCH/PRETRAINED or ARCH/path/to/ckpt")
+    models.add_argument("--sd-model", help="diffusers SD 1.x/2.x hub id or local directory "
+                        f"(default: {DEFAULT_SD_MODEL}; Stability AI's withdrawn SD2 ids load "
+                        "their mirror)")
+    models.add_argument("--caption-model", help="blip-large, blip-base, or a BLIP hub id / dir "
+                        f"(default: {DEFAULT_CAPTION_MODEL})")
+    models.add_argument("--clip-model", help="open_clip ARCH/PRETRAINED or ARCH/path/to/ckpt "
+                        f"(default: {DEFAULT_CLIP_MODEL})")
     models.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"))
     models.add_argument("--low-vram", action="store_true", default=None,
                         help="offload models to the CPU between uses")
@@ -394,6 +399,11 @@ class HeadlessPrinter:
             progress = self._progress()
             progress.update(self.task, description=event.message, total=event.total,
                             completed=event.done or 0)
+        elif isinstance(event, ev.Notice):
+            if self.progress is not None:
+                self.progress.console.print(f"note: {visible(event.message)}")
+            else:
+                self.err.print(f"note: {visible(event.message)}")
         elif isinstance(event, ev.Ready):
             self.close()
             self.err.print(f"models ready on {event.device} in {event.load_seconds:.1f}s")

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from truthloop.model_ids import DEFAULT_CAPTION_MODEL, DEFAULT_CLIP_MODEL, DEFAULT_SD_MODEL
+
 # The seed script's negative prompt, verbatim (typos and missing spaces included: they change the
 # tokens, so they change the images).
 SEED_NEGATIVE_PROMPT = (
@@ -30,12 +32,6 @@ SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler-a", "dpm++", "unipc", "
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PREVIEWS = ("auto", "tgp", "sixel", "halfcell", "none")
 
-# Short names for the caption models clip-interrogator knows, so `--caption-model blip-large`
-# means what it means there.
-CAPTION_MODEL_IDS = {
-    "blip-base": "Salesforce/blip-image-captioning-base",
-    "blip-large": "Salesforce/blip-image-captioning-large",
-}
 
 
 @dataclass
@@ -44,9 +40,10 @@ class ModelConfig:
 
     # "real" loads the ids below; "tiny" swaps every one for the offline random-weight checkpoints.
     models: str = "real"
-    sd_model: str = "stabilityai/stable-diffusion-2"
-    caption_model: str = "blip-large"
-    clip_model: str = "ViT-L-14/openai"
+    # Hub ids live in model_ids.py (the one table to change when a repository moves).
+    sd_model: str = DEFAULT_SD_MODEL
+    caption_model: str = DEFAULT_CAPTION_MODEL
+    clip_model: str = DEFAULT_CLIP_MODEL
     device: str = "auto"
     low_vram: bool = False
     # Replay the fixed-shape GPU work (UNet steps, BLIP's decode, CLIP's encoders) from CUDA
@@ -191,12 +188,12 @@ def _positive(name: str, value: int) -> None:
 # Presets override defaults; anything the user passes explicitly overrides the preset.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The seed script's stack: shared generator, best mode, blip-large + ViT-L-14/openai with
-    # chunk_size=400, SD2 at its own 768 size with the pipeline defaults (50 steps, guidance 7.5),
+    # chunk_size=400, SD2 (its sd2-community mirror) at its own 768 size with the pipeline defaults (50 steps, guidance 7.5),
     # the seed negative prompt. Its printed code compared the whole caption (clauses 0); its
     # converging run is `--preset article --clauses 1`.
     "article": {
-        "models": {"sd_model": "stabilityai/stable-diffusion-2", "caption_model": "blip-large",
-                   "clip_model": "ViT-L-14/openai"},
+        "models": {"sd_model": DEFAULT_SD_MODEL, "caption_model": DEFAULT_CAPTION_MODEL,
+                   "clip_model": DEFAULT_CLIP_MODEL},
         "caption": {"mode": "best", "chunk_size": 400, "flavor_intermediate_count": 2048},
         "generate": {"steps": 50, "guidance": 7.5, "width": None, "height": None,
                      "scheduler": "default", "negative_prompt": SEED_NEGATIVE_PROMPT, "seed": 42,

@@ -32,6 +32,14 @@ class Loading(Event):
 
 
 @dataclass(frozen=True)
+class Notice(Event):
+    """One line the user should read while models load (e.g. a withdrawn model id swapped for its
+    mirror); the run goes on."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class Ready(Event):
     device: str
     load_seconds: float

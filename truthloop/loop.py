@@ -53,6 +53,9 @@ class Backends:
     device: str = "cpu"
     # What a reader needs to know about how images and captions were made (paths, dtypes...).
     details: dict[str, Any] | None = None
+    # Where each model really came from (repository and revision, or a local path), recorded in
+    # summary.json as "models_loaded".
+    loaded: dict[str, Any] | None = None
 
 
 BackendFactory = Callable[[RunConfig, EventSink], Backends]
@@ -250,6 +253,8 @@ class TruthLoop:
             self._checkpoint(len(self.records))
             backends = self.backend_factory(self.config, self.emit)
             self.summary["device"] = backends.device
+            if backends.loaded is not None:
+                self.summary["models_loaded"] = backends.loaded
             self.emit(ev.Ready(backends.device, time.perf_counter() - load_start))
             return self._iterate(backends)
         except StopRequested:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from truthloop.config import CAPTION_MODEL_IDS, ModelConfig
+from truthloop.config import ModelConfig
+from truthloop.model_ids import CAPTION_MODEL_IDS, download_hint, mirror_of
 from truthloop.text import first_line
 
 Progress = Callable[[str], None]
@@ -34,6 +35,8 @@ class LoadedModels:
     clip_name: str
     device: str
     dtype: Any
+    # What was really loaded, per model: {"requested", "repo", "revision", "path"} (see _source).
+    loaded: dict[str, dict[str, str | None]]
 
 
 def resolve(config: ModelConfig) -> ModelConfig:
@@ -73,25 +76,67 @@ def set_determinism() -> None:
 
 
 def load_models(config: ModelConfig, scheduler: str = "default",
-                progress: Progress = lambda message: None) -> LoadedModels:
+                progress: Progress = lambda message: None,
+                notice: Progress = lambda message: None) -> LoadedModels:
+    """Load the three models. `notice` gets one line for anything the user should know (a
+    withdrawn hub id swapped for its mirror, or served from the user's cache)."""
     set_determinism()
     import torch
 
     config = resolve(config)
     device = pick_device(config.device)
     dtype = torch.float16 if device == "cuda" else torch.float32
+    loaded: dict[str, dict[str, str | None]] = {}
     progress(f"loading image model {config.sd_model}")
-    pipe = load_pipeline(config.sd_model, device, dtype, scheduler, config.low_vram)
+    pipe, loaded["sd_model"] = load_pipeline(config.sd_model, device, dtype, scheduler,
+                                             config.low_vram, notice)
     progress(f"loading caption model {config.caption_model}")
-    caption_model, caption_processor = load_caption_model(config.caption_model, device, dtype)
+    caption_model, caption_processor, loaded["caption_model"] = load_caption_model(
+        config.caption_model, device, dtype)
     progress(f"loading CLIP {config.clip_model}")
-    clip_model, clip_preprocess, clip_name = load_clip(config.clip_model, device)
+    clip_model, clip_preprocess, clip_name, loaded["clip_model"] = load_clip(config.clip_model,
+                                                                             device)
     return LoadedModels(pipe, caption_model, caption_processor, clip_model, clip_preprocess,
-                        clip_name, device, dtype)
+                        clip_name, device, dtype, loaded)
 
 
 def _is_local(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or os.path.exists(spec)
+
+
+def _cached_file(repo_id: str, filename: str) -> str | None:
+    """The path of `filename` in the user's hub cache for `repo_id`'s current revision, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename)
+    return found if isinstance(found, str) else None
+
+
+def _hub_source(kind: str, spec: str, marker: str, notice: Progress) -> str:
+    """The repository to load for `spec`: a withdrawn id becomes its mirror, unless the user's
+    hub cache still holds the withdrawn one (then that copy is used, and nothing is fetched)."""
+    mirror = mirror_of(spec)
+    if mirror is None:
+        return spec
+    if _cached_file(spec, marker) is not None:
+        notice(f"{kind} {spec} was withdrawn from the Hugging Face hub; "
+               f"using the copy in your hub cache")
+        return spec
+    notice(f"{kind} {spec} was withdrawn from the Hugging Face hub; loading its mirror {mirror}")
+    return mirror
+
+
+def _source(spec: str, repo: str | None, marker: str) -> dict[str, str | None]:
+    """Where a model really came from, for the run's record: the id asked for, the repository
+    and revision (commit) loaded from the hub cache, or the local path."""
+    if repo is None:
+        return {"requested": spec, "repo": None, "revision": None,
+                "path": str(Path(spec).expanduser().resolve())}
+    cached = _cached_file(repo, marker)
+    # A cached file lives at .../models--org--name/snapshots/<commit>/<marker>.
+    revision = Path(cached).parent.name if cached else None
+    return {"requested": spec, "repo": repo, "revision": revision,
+            "path": str(Path(cached).parent) if cached else None}
 
 
 def _from_pretrained(kind: str, spec: str, load: Callable[[str], Any]) -> Any:
@@ -110,7 +155,7 @@ def _from_pretrained(kind: str, spec: str, load: Callable[[str], Any]) -> Any:
             ) from None
         raise ModelUnavailable(
             f"{kind} {spec!r} is not in the Hugging Face cache and cannot be downloaded here: "
-            f"run `hf download {spec}` on a connected machine (and copy its HF_HOME cache), "
+            f"run `{download_hint(spec)}` on a connected machine (and copy its HF_HOME cache), "
             f"or pass a local directory"
         ) from None
 
@@ -128,7 +173,8 @@ SCHEDULER_CLASSES = {
 
 
 def load_pipeline(spec: str, device: str, dtype: Any, scheduler: str = "default",
-                  low_vram: bool = False) -> Any:
+                  low_vram: bool = False, notice: Progress = lambda message: None,
+                  ) -> tuple[Any, dict[str, str | None]]:
     import diffusers
     from diffusers import StableDiffusionPipeline
 
@@ -137,7 +183,9 @@ def load_pipeline(spec: str, device: str, dtype: Any, scheduler: str = "default"
             source, dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
 
-    pipe = _from_pretrained("image model", spec, load)
+    repo = None if _is_local(spec) else _hub_source("image model", spec, "model_index.json",
+                                                    notice)
+    pipe = _from_pretrained("image model", repo or spec, load)
     if scheduler != "default":
         scheduler_class = getattr(diffusers, SCHEDULER_CLASSES[scheduler])
         pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
@@ -148,10 +196,11 @@ def load_pipeline(spec: str, device: str, dtype: Any, scheduler: str = "default"
         pipe.vae.enable_slicing()
     else:
         pipe = pipe.to(device)
-    return pipe
+    return pipe, _source(spec, repo, "model_index.json")
 
 
-def load_caption_model(spec: str, device: str, dtype: Any) -> tuple[Any, Any]:
+def load_caption_model(spec: str, device: str, dtype: Any,
+                       ) -> tuple[Any, Any, dict[str, str | None]]:
     from transformers import AutoProcessor, BlipForConditionalGeneration
 
     source = CAPTION_MODEL_IDS.get(spec, spec)
@@ -163,10 +212,11 @@ def load_caption_model(spec: str, device: str, dtype: Any) -> tuple[Any, Any]:
 
     model, processor = _from_pretrained("caption model", source, load)
     model.eval()
-    return model.to(device), processor
+    repo = None if _is_local(source) else source
+    return model.to(device), processor, _source(source, repo, "config.json") | {"requested": spec}
 
 
-def load_clip(spec: str, device: str) -> tuple[Any, Any, str]:
+def load_clip(spec: str, device: str) -> tuple[Any, Any, str, dict[str, str | None]]:
     """Load an open_clip model named "ARCH/PRETRAINED" (a tag like "openai", or a checkpoint file)."""
     import open_clip
 
@@ -197,16 +247,36 @@ def load_clip(spec: str, device: str) -> tuple[Any, Any, str]:
             raise ModelUnavailable(f"CLIP {spec!r}: {first_line(error)}") from None
         raise
     except (OSError, ValueError) as error:
+        hub_repo = None if is_file else _clip_hub_repo(arch, pretrained)
+        fetch = f"run `{download_hint(hub_repo)}`" if hub_repo else "fetch it"
         raise ModelUnavailable(
             f"CLIP {spec!r} is not in the Hugging Face cache and cannot be downloaded here "
-            f"({first_line(error)}): fetch it on a connected machine, or pass "
+            f"({first_line(error)}): {fetch} on a connected machine, or pass "
             f"ARCH/path/to/checkpoint"
         ) from None
     model.eval()
     # clip-interrogator names its label cache after this; a checkpoint file is named by its
     # content's fingerprint, so two different files never share cached label embeddings.
     tag = f"file-{_file_fingerprint(Path(pretrained).expanduser())}" if is_file else pretrained
-    return model, preprocess, f"{arch}/{tag}"
+    if is_file:
+        source = {"requested": spec, "repo": None, "revision": None,
+                  "path": str(Path(pretrained).expanduser().resolve())}
+    else:
+        hub_repo = _clip_hub_repo(arch, pretrained)
+        source = {"requested": spec, "repo": hub_repo, "revision": None, "path": None}
+        for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            if hub_repo and _cached_file(hub_repo, name):
+                source = _source(spec, hub_repo, name)
+                break
+    return model, preprocess, f"{arch}/{tag}", source
+
+
+def _clip_hub_repo(arch: str, tag: str) -> str | None:
+    """The hub repository open_clip's own table fetches ARCH/TAG from (None: a URL or unknown)."""
+    import open_clip
+
+    repo = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "")
+    return repo.strip("/") or None
 
 
 def _file_fingerprint(path: Path) -> str:

@@ -218,6 +218,9 @@ class TruthLoopApp(App[int]):
             self._refresh_views()  # the start image exists now
         elif isinstance(event, ev.Loading):
             status.set(loading=event.message, loading_done=event.done, loading_total=event.total)
+        elif isinstance(event, ev.Notice):
+            # Plain text: the message can name a user-given id or path.
+            self.notify(visible(event.message), markup=False, timeout=15)
         elif isinstance(event, ev.Ready):
             status.set(device=event.device, loading="")
             if self.state == "loading":

