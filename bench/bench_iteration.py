@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.fullsize import build_all  # noqa: E402
-from truthloop.backends import quiet_libraries  # noqa: E402
+from truthloop.ml.backends import quiet_libraries  # noqa: E402
 from truthloop.config import SEED_NEGATIVE_PROMPT, CaptionConfig, GenerateConfig  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str]] = []  # (what, seed stack, truthloop, ratio / note)
@@ -108,7 +108,7 @@ def varied_images(count: int) -> list[Image.Image]:
 
 
 def load_stack(paths):
-    from truthloop.models import load_caption_model, load_clip, load_pipeline, set_determinism
+    from truthloop.ml.models import load_caption_model, load_clip, load_pipeline, set_determinism
 
     set_determinism()
     start = time.perf_counter()
@@ -269,8 +269,8 @@ def profile_interrogate(fast, images, captions):
 def part_best(paths, work: Path, images_count: int, profile_best: bool = False):
     """Only the interrogation: the seed's clip-interrogator vs truthloop's, `best` on varied
     images with the same (token-equal, CUDA-graphed) BLIP captions, plus the near-tie probe."""
-    from truthloop.fastcaption import FastCaptioner
-    from truthloop.fastci import FastInterrogator
+    from truthloop.ml.fastcaption import FastCaptioner
+    from truthloop.ml.fastci import FastInterrogator
 
     models, _ = load_stack(paths)
     ci = seed_interrogator(models, work / "labels")
@@ -314,8 +314,8 @@ def part_best(paths, work: Path, images_count: int, profile_best: bool = False):
 
 def part_base(paths, work: Path, images_count: int, iterations: int, compile_too: bool,
               skip_extras: bool = False, profile_best: bool = False):
-    from truthloop.fastci import FastInterrogator
-    from truthloop.generate import Painter
+    from truthloop.ml.fastci import FastInterrogator
+    from truthloop.ml.generate import Painter
 
     models, load_seconds = load_stack(paths)
     row("load models (SD2 + BLIP-large + ViT-L-14, fp16)", note=f"{load_seconds:.1f} s")
@@ -339,7 +339,7 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
     RESULTS["labels"] = {"first": first, "cached": cached, "fast_init": fast_init}
 
     images = varied_images(images_count)
-    from truthloop.fastcaption import FastCaptioner
+    from truthloop.ml.fastcaption import FastCaptioner
 
     def captioner(graphs):
         return FastCaptioner(ci.caption_model, ci.caption_processor, ci.device, ci.dtype,
@@ -499,7 +499,7 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
         return prompts, times, image
 
     def our_loop(n, painter_):
-        from truthloop.interrogate import Captioner, ClipEmbedder
+        from truthloop.ml.interrogate import Captioner, ClipEmbedder
 
         # truthloop's loop also takes CLIP features of each new image for its drift columns
         # (work the seed script does not do); it is timed here as part of the iteration.
@@ -597,7 +597,7 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
     if skip_extras:
         return
     # --low-vram: diffusers model CPU offload for the pipeline.
-    from truthloop.models import load_pipeline
+    from truthloop.ml.models import load_pipeline
 
     del painter, shared
     models.pipe = pipe = None
@@ -615,7 +615,7 @@ def part_base(paths, work: Path, images_count: int, iterations: int, compile_too
 
 
 def part_compile(paths, work: Path, iterations: int):
-    from truthloop.generate import Painter, compile_pipeline
+    from truthloop.ml.generate import Painter, compile_pipeline
 
     models, _ = load_stack(paths)
     pipe = models.pipe
@@ -651,7 +651,7 @@ def part_compile(paths, work: Path, iterations: int):
 
 def child_hash(paths, prompt: str, compile_: bool) -> dict:
     """In a fresh process: one image, its hash and how long the first one took (cache warm?)."""
-    from truthloop.generate import Painter
+    from truthloop.ml.generate import Painter
 
     models, _ = load_stack(paths)
     painter = Painter(models.pipe, GenerateConfig(compile=compile_), DEVICE)
@@ -665,7 +665,7 @@ def child_hash(paths, prompt: str, compile_: bool) -> dict:
 def probe_caption_memory(backends) -> dict:
     """Wrap the caption stage's GPU calls so that each records how far it lifts the peak above
     what was allocated when it started (innermost calls measured; outer ones include them)."""
-    import truthloop.fastcaption as fastcaption
+    import truthloop.ml.fastcaption as fastcaption
 
     lifts: dict = {}
 
@@ -696,7 +696,7 @@ def part_lowvram(paths, iterations: int):
     peak GPU memory, and the same prompts and last image as the default settings."""
     import gc
 
-    from truthloop.backends import load_backends
+    from truthloop.ml.backends import load_backends
     from truthloop.config import RunConfig
 
     outcome = {}
@@ -798,7 +798,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if args.tiny:  # a CPU smoke test of this script with the tiny checkpoints
-        from truthloop.tiny import build_tiny_models
+        from truthloop.ml.tiny import build_tiny_models
 
         tiny = build_tiny_models()
         paths = {"sd": tiny.sd_model, "blip": tiny.caption_model, "clip": tiny.clip_model}

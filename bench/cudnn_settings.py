@@ -19,9 +19,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.fullsize import build_all  # noqa: E402
-from truthloop.backends import quiet_libraries  # noqa: E402
+from truthloop.ml.backends import quiet_libraries  # noqa: E402
 from truthloop.config import SEED_NEGATIVE_PROMPT  # noqa: E402
-from truthloop.models import load_pipeline  # noqa: E402
+from truthloop.ml.models import load_pipeline  # noqa: E402
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 Same architectures as the default models in truthloop.model_ids (SD2 at 768, v-prediction; BLIP
 large; open_clip ViT-L-14), so FLOPs and memory are the real ones; the weights are
 random, so captions and images mean nothing. They are written to disk and then loaded through
-truthloop.models, the same path real ids take.
+truthloop.ml.models, the same path real ids take.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def build_all(root: Path, log=print) -> dict[str, str]:
     import torch
 
     torch.manual_seed(0)
-    from truthloop.tiny import _write_clip_tokenizer
+    from truthloop.ml.tiny import _write_clip_tokenizer
 
     tokenizer_dir = root / "clip-tokenizer"
     _write_clip_tokenizer(tokenizer_dir)

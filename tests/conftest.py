@@ -27,9 +27,9 @@ def truthloop_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(truthloop_cache):
     """Loaded tiny models (models.LoadedModels), built on first use."""
-    from truthloop.backends import quiet_libraries
+    from truthloop.ml.backends import quiet_libraries
     from truthloop.config import ModelConfig
-    from truthloop.models import load_models
+    from truthloop.ml.models import load_models
 
     quiet_libraries()
     return load_models(ModelConfig(models="tiny"))
@@ -39,6 +39,6 @@ def tiny_models(truthloop_cache):
 def tiny_interrogator(tiny_models):
     """clip-interrogator over the tiny models, with its label tables (computed once, cached)."""
     from truthloop.config import CaptionConfig
-    from truthloop.interrogate import build_interrogator
+    from truthloop.ml.interrogate import build_interrogator
 
     return build_interrogator(tiny_models, CaptionConfig(chunk_size=400))

@@ -18,9 +18,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.fixture(scope="module")
 def cuda_models(truthloop_cache):
-    from truthloop.backends import quiet_libraries
+    from truthloop.ml.backends import quiet_libraries
     from truthloop.config import ModelConfig
-    from truthloop.models import load_models
+    from truthloop.ml.models import load_models
 
     quiet_libraries()
     return load_models(ModelConfig(models="tiny", device="cuda"))
@@ -29,7 +29,7 @@ def cuda_models(truthloop_cache):
 @pytest.fixture(scope="module")
 def cuda_interrogator(cuda_models):
     from truthloop.config import CaptionConfig
-    from truthloop.interrogate import build_interrogator
+    from truthloop.ml.interrogate import build_interrogator
 
     return build_interrogator(cuda_models, CaptionConfig(chunk_size=400))
 
@@ -43,7 +43,7 @@ def _images(count: int):
 
 
 def test_graphed_function_equals_eager_and_replays():
-    from truthloop.cudagraph import CudaGraphed
+    from truthloop.ml.cudagraph import CudaGraphed
 
     weight = torch.randn(64, 64, device="cuda", dtype=torch.float16)
     fn = lambda x: torch.relu(x @ weight).softmax(-1)  # noqa: E731
@@ -66,7 +66,7 @@ def _hash(image) -> str:
 
 def test_unet_graph_paints_the_eager_image(cuda_models):
     from truthloop.config import GenerateConfig
-    from truthloop.generate import Painter
+    from truthloop.ml.generate import Painter
 
     config = GenerateConfig(steps=6, width=64, height=64)
     eager = Painter(cuda_models.pipe, config, "cuda", cuda_graphs=False)
@@ -89,7 +89,7 @@ def test_unet_graph_paints_the_eager_image(cuda_models):
 
 
 def test_blip_graph_gives_the_eager_tokens(cuda_models):
-    from truthloop.fastcaption import FastCaptioner
+    from truthloop.ml.fastcaption import FastCaptioner
 
     args = (cuda_models.caption_model, cuda_models.caption_processor, "cuda", cuda_models.dtype)
     eager = FastCaptioner(*args, cuda_graphs=False)
@@ -105,7 +105,7 @@ def test_blip_graph_gives_the_eager_tokens(cuda_models):
 @pytest.mark.parametrize("graph_recheck", [False, True])
 def test_graphed_similarity_and_subset_recheck_match_clip_interrogator(cuda_interrogator,
                                                                        graph_recheck):
-    from truthloop.fastci import FastInterrogator
+    from truthloop.ml.fastci import FastInterrogator
 
     ci = cuda_interrogator
     # Every link a near-tie: each is re-checked on the tied subset, the first few both ways.
@@ -131,8 +131,8 @@ def test_prefix_then_causal_attention_is_attention_over_the_joined_keys(dtype, h
     """The chain encoder's attention (the shared prefix and each row's own keys, merged by their
     log-sum-exps, from PyTorch's kernel or, where that fails, plain math) against one attention
     over the keys joined per row."""
-    from truthloop import fastci
-    from truthloop.fastci import _prefix_then_causal_attention
+    from truthloop.ml import fastci
+    from truthloop.ml.fastci import _prefix_then_causal_attention
 
     monkeypatch.setattr(fastci, "_EFFICIENT_LSE", kernel)
 
@@ -166,7 +166,7 @@ def test_prefix_then_causal_attention_is_attention_over_the_joined_keys(dtype, h
 def test_chain_encoder_on_the_gpu_close_to_encode_text(cuda_interrogator):
     """Both chain encoders (fixed shapes through graphs, and the eager one) on the GPU: the
     features encode_text gives, to the rounding of its precision."""
-    from truthloop.fastci import FastInterrogator
+    from truthloop.ml.fastci import FastInterrogator
 
     ci = cuda_interrogator
     for fixed in (True, False):

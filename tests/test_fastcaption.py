@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from truthloop.fastcaption import FastCaptioner, fast_generate_caption
+from truthloop.ml.fastcaption import FastCaptioner, fast_generate_caption
 
 LENGTHS = (1, 5, 32)
 
@@ -168,7 +168,7 @@ def _fallback_case(model, processor, max_new_tokens=5, expect=None, seed=None):
 def test_tiny_checkpoint_takes_the_fast_path(tiny_models):
     # The tiny BLIP's generation config holds nothing we do not replicate, so the loop's default
     # captioner runs the fast path on it (and tests through the tiny models exercise it).
-    from truthloop.fastcaption import FastCaptioner
+    from truthloop.ml.fastcaption import FastCaptioner
 
     captioner = FastCaptioner(tiny_models.caption_model, tiny_models.caption_processor,
                               tiny_models.device, tiny_models.dtype)

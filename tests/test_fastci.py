@@ -8,7 +8,7 @@ import torch
 from clip_interrogator.clip_interrogator import _merge_tables
 from PIL import Image
 
-from truthloop.fastci import FastInterrogator
+from truthloop.ml.fastci import FastInterrogator
 
 MODES = ("interrogate", "interrogate_fast", "interrogate_classic")
 
@@ -60,7 +60,7 @@ def interrogators(tiny_models, tiny_interrogator):
     """chunk_size -> (clip-interrogator, FastInterrogator over it); label tables come from the
     session's cache, computed once by tiny_interrogator."""
     from truthloop.config import CaptionConfig
-    from truthloop.interrogate import build_interrogator
+    from truthloop.ml.interrogate import build_interrogator
 
     assert tiny_interrogator.config.chunk_size == 400
     ci2048 = build_interrogator(tiny_models, CaptionConfig(chunk_size=2048))
@@ -90,7 +90,7 @@ def test_generated_caption(interrogators, images):
 
 
 def test_image_features(interrogators, images):
-    from truthloop.interrogate import ClipEmbedder
+    from truthloop.ml.interrogate import ClipEmbedder
 
     ci, fast = interrogators[400]
     for image in images.values():
@@ -162,7 +162,7 @@ def test_fixed_shape_encoder_close_to_encode_text(interrogators):
 
 
 def test_fixed_shape_groups_cover_every_row_once():
-    from truthloop.fastci import _bucket_groups
+    from truthloop.ml.fastci import _bucket_groups
 
     rng = np.random.default_rng(0)
     lengths = np.sort(rng.integers(1, 40, 3000))
@@ -282,7 +282,7 @@ def test_chain_reuses_the_chosen_candidates_ids(interrogators, images):
 def test_chunked_topk_is_chunk_by_chunk_topk(total, chunk_size):
     """The GPU path's per-chunk top-k on the host, batched: the same indices as the original's
     chunk-by-chunk calls, also among the exact ties that fp16 similarities are full of."""
-    from truthloop.fastci import _chunked_topk
+    from truthloop.ml.fastci import _chunked_topk
 
     similarity = torch.randn(total, generator=torch.Generator().manual_seed(total)).half().float()
     num_chunks = -(-total // chunk_size)

@@ -30,7 +30,7 @@ def _hub_cache_with(hf_home: Path, repo_id: str, model_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_dirs(truthloop_cache):
-    from truthloop.tiny import build_tiny_models
+    from truthloop.ml.tiny import build_tiny_models
 
     return build_tiny_models()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from truthloop.backends import load_backends
+from truthloop.ml.backends import load_backends
 from truthloop.config import RunConfig, apply_preset
 from truthloop.loop import TruthLoop
 from truthloop.store import read_run
@@ -44,7 +44,7 @@ def test_tiny_models_load_through_the_same_path_as_hub_ids(tiny_models):
 
 def test_reseed_mode_gives_the_same_image_for_the_same_prompt(tiny_models):
     from truthloop.config import GenerateConfig
-    from truthloop.generate import Painter
+    from truthloop.ml.generate import Painter
 
     painter = Painter(tiny_models.pipe, GenerateConfig(steps=4), tiny_models.device)
     noop = lambda step, total: None  # noqa: E731
@@ -90,7 +90,7 @@ def seed_script_loop(models, image, clauses: int, max_iters: int):
     """The article's loop, as printed, over the given models (no truthloop code in the loop)."""
     from clip_interrogator import Config, Interrogator
 
-    from truthloop.interrogate import label_cache_dir
+    from truthloop.ml.interrogate import label_cache_dir
 
     ci_config = Config(clip_model_name=models.clip_name, chunk_size=400,
                        cache_path=label_cache_dir(), download_cache=False,
@@ -204,7 +204,7 @@ def test_fast_captioner_gives_the_reference_string(tiny_interrogator, mode):
     from PIL import Image
 
     from truthloop.config import CaptionConfig
-    from truthloop.interrogate import Captioner
+    from truthloop.ml.interrogate import Captioner
 
     reference = Captioner(tiny_interrogator, CaptionConfig(mode=mode, chunk_size=400,
                                                            interrogator="reference"))

@@ -22,7 +22,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))  # fakes.py, however pytest is configured
 
 from fakes import FakeCaptioner, FakePainter, factory, start_image  # noqa: E402
-from truthloop import review  # noqa: E402
+from truthloop.lookback.export import EXPORTS_DIR, export, export_default  # noqa: E402
+from truthloop.lookback.html import diff_html  # noqa: E402
+from truthloop.lookback.render import _font, frame_layout, wrap_text  # noqa: E402
+from truthloop.lookback.runs import find_cycle, image_records, list_runs, open_run, runs_table  # noqa: E402
+from truthloop.lookback.video import find_encoder  # noqa: E402
 from truthloop.cli import main  # noqa: E402
 from truthloop.config import RunConfig  # noqa: E402
 from truthloop.loop import TruthLoop  # noqa: E402
@@ -51,7 +55,7 @@ def snapshot(run_dir: Path) -> dict[str, str]:
     """Every file of the run (not its exports) with a hash of its bytes."""
     return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and review.EXPORTS_DIR not in p.relative_to(run_dir).parts}
+            if p.is_file() and EXPORTS_DIR not in p.relative_to(run_dir).parts}
 
 
 def one_line_error(capsys) -> str:
@@ -79,14 +83,14 @@ def test_gif_has_one_frame_per_iteration(cycle_run, capsys):
         assert image.n_frames == 3  # 3 images; the 4th record only repeated a caption
         assert image.info["duration"] == 250
         assert image.info["loop"] == 0
-        layout = review.frame_layout(256, captions=True)
+        layout = frame_layout(256, captions=True)
         assert image.size == (layout.width, layout.height)
         assert image.height > image.width  # the caption band under the image
     assert snapshot(cycle_run) == before  # the run's own files are untouched
 
 
 def test_gif_without_captions_is_just_the_images(cycle_run):
-    results = review.export(cycle_run, ["gif"], captions=False, size=64)
+    results = export(cycle_run, ["gif"], captions=False, size=64)
     assert results[0]["frames"] == 3
     with Image.open(results[0]["path"]) as image:
         assert image.size == (64, 64)
@@ -101,7 +105,7 @@ def test_gif_without_captions_is_just_the_images(cycle_run):
 def test_mp4_without_an_encoder_says_so(cycle_run, monkeypatch, capsys):
     monkeypatch.setenv("PATH", "")
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # `import imageio_ffmpeg` fails
-    assert review.find_encoder() is None
+    assert find_encoder() is None
     code = main(["export", str(cycle_run), "--mp4", "--gif"])
     assert code == 1
     line = one_line_error(capsys)
@@ -109,9 +113,9 @@ def test_mp4_without_an_encoder_says_so(cycle_run, monkeypatch, capsys):
     assert not (cycle_run / "exports").exists()  # said before writing anything
 
 
-@pytest.mark.skipif(review.find_encoder() is None, reason="no ffmpeg / imageio-ffmpeg here")
+@pytest.mark.skipif(find_encoder() is None, reason="no ffmpeg / imageio-ffmpeg here")
 def test_mp4_with_an_encoder(cycle_run):
-    results = review.export(cycle_run, ["mp4"], fps=2)
+    results = export(cycle_run, ["mp4"], fps=2)
     path = results[0]["path"]
     data = path.read_bytes()
     assert data[4:8] == b"ftyp"
@@ -128,7 +132,7 @@ def test_mp4_with_an_encoder(cycle_run):
 
 # -- contact sheet ----------------------------------------------------------------------------
 def test_sheet_tiles_all_iterations(cycle_run):
-    result = review.export(cycle_run, ["sheet"], size=64)[0]
+    result = export(cycle_run, ["sheet"], size=64)[0]
     assert result["path"] == cycle_run / "exports" / "sheet.png"
     assert result["tiles"] == 3 and result["indices"] == [0, 1, 2]
     assert result["columns"] * result["rows"] >= 3 > result["columns"] * (result["rows"] - 1)
@@ -141,7 +145,7 @@ def test_sheet_tiles_all_iterations(cycle_run):
 
 
 def test_sheet_cycle_only(cycle_run):
-    result = review.export(cycle_run, ["sheet"], cycle_only=True, size=64, columns=1)[0]
+    result = export(cycle_run, ["sheet"], cycle_only=True, size=64, columns=1)[0]
     assert result["path"].name == "sheet-cycle.png"
     assert result["tiles"] == 2 and result["indices"] == [1, 2]
     assert (result["columns"], result["rows"]) == (1, 2)
@@ -150,23 +154,23 @@ def test_sheet_cycle_only(cycle_run):
 def test_cycle_only_without_a_cycle_is_a_clear_error(tmp_path, capsys):
     run_dir = make_run(tmp_path, script={}, max_iters=2, start="start, s")
     # no script: every caption is "lost, in, noise" -> repeats at #2? max_iters=2 stops first
-    assert review.find_cycle(review.open_run(run_dir).records) is None
+    assert find_cycle(open_run(run_dir).records) is None
     assert main(["export", str(run_dir), "--sheet", "--cycle-only"]) == 2
     assert "no cycle yet" in one_line_error(capsys)
 
 
 def test_long_words_wrap_inside_the_tile():
-    font = review._font(12)
-    lines = review.wrap_text("x" * 500 + " tail", font, 100, 3)
+    font = _font(12)
+    lines = wrap_text("x" * 500 + " tail", font, 100, 3)
     assert len(lines) == 3
     assert all(font.getlength(line) <= 100 for line in lines)
     assert lines[-1].endswith("…")
-    assert review.wrap_text("\x1b[31mred", font, 200, 2) == ["\\x1b[31mred"]
+    assert wrap_text("\x1b[31mred", font, 200, 2) == ["\\x1b[31mred"]
 
 
 # -- drift plot -------------------------------------------------------------------------------
 def test_drift_plot_marks_the_cycle(cycle_run):
-    result = review.export(cycle_run, ["drift"])[0]
+    result = export(cycle_run, ["drift"])[0]
     assert result["path"].name == "drift.png"
     assert result["points"] == 3
     assert result["cycle"] == (1, 2)
@@ -200,10 +204,10 @@ class PageParser(HTMLParser):
 def check_page(page: Path, run_dir: Path) -> PageParser:
     parser = PageParser()
     parser.feed(page.read_text(encoding="utf-8"))
-    view = review.open_run(run_dir)
+    view = open_run(run_dir)
     assert parser.figures == ["start"] + [f"iter-{r['index']}" for r in view.records]
     files = [src for src in parser.images if not src.startswith("data:")]
-    assert len(files) == 1 + len(review.image_records(view))  # start + every image
+    assert len(files) == 1 + len(image_records(view))  # start + every image
     for src in files:
         assert not src.startswith(("/", "file:", "http")), src  # relative
         assert (page.parent / unquote(src)).resolve().is_file(), src
@@ -213,7 +217,7 @@ def check_page(page: Path, run_dir: Path) -> PageParser:
 
 
 def test_html_lists_every_iteration_by_relative_path(cycle_run):
-    result = review.export(cycle_run, ["html"])[0]
+    result = export(cycle_run, ["html"])[0]
     page = result["path"]
     assert page == cycle_run / "exports" / "index.html"
     check_page(page, cycle_run)
@@ -224,7 +228,7 @@ def test_html_lists_every_iteration_by_relative_path(cycle_run):
 
 def test_html_elsewhere_with_out(cycle_run, tmp_path):
     out = tmp_path / "some where" / "pages"
-    page = review.export(cycle_run, ["html"], out=out)[0]["path"]
+    page = export(cycle_run, ["html"], out=out)[0]["path"]
     assert page.parent == out
     parser = check_page(page, cycle_run)
     assert any(src.startswith("../../") for src in parser.images)
@@ -234,7 +238,7 @@ def test_html_elsewhere_with_out(cycle_run, tmp_path):
 def test_html_escapes_hostile_captions(tmp_path):
     run_dir = make_run(tmp_path, script={"start": HOSTILE + ", more", HOSTILE: "start, s"},
                        clauses=1)
-    page = review.export(run_dir, ["html"])[0]["path"]
+    page = export(run_dir, ["html"])[0]["path"]
     text = page.read_text(encoding="utf-8")
     assert "<script" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
@@ -243,11 +247,11 @@ def test_html_escapes_hostile_captions(tmp_path):
 
 
 def test_diff_html_escapes_both_sides():
-    html_text = review.diff_html("a <b>bold</b>, c", "a <i>x</i>, c")
+    html_text = diff_html("a <b>bold</b>, c", "a <i>x</i>, c")
     assert "<b>" not in html_text and "<i>" not in html_text
     assert "&lt;i&gt;x&lt;/i&gt;" in html_text
     assert "<ins>" in html_text and "<del>" in html_text
-    assert review.diff_html(None, "<x>") == "&lt;x&gt;"
+    assert diff_html(None, "<x>") == "&lt;x&gt;"
 
 
 CHROMIUM = "/usr/bin/chromium"
@@ -263,7 +267,7 @@ window.addEventListener('load', () => {
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no /usr/bin/chromium here")
 @pytest.mark.timeout(120)
 def test_html_images_load_in_headless_chromium(cycle_run, tmp_path):
-    page = review.export(cycle_run, ["html"])[0]["path"]
+    page = export(cycle_run, ["html"])[0]["path"]
     text = page.read_text(encoding="utf-8")
     # A copy of the page beside it, with a checking script; the page's own CSP stays, except
     # that this one script is let through (the images must load under the page's img-src).
@@ -309,7 +313,7 @@ def test_runs_table_shows_hostile_text_literally(tmp_path, capsys):
     assert "\x1b" not in out  # no escape sequence reaches the terminal
     assert "[bold red]boom[/]" in out  # markup shown, not interpreted
     assert "\\x1b[31m" in out
-    table = review.runs_table(review.list_runs(tmp_path))
+    table = runs_table(list_runs(tmp_path))
     from rich.text import Text
 
     for column in table.columns:
@@ -378,7 +382,7 @@ def test_export_a_run_still_being_written(cycle_run, capsys):
     fd = os.open(cycle_run / "lock", os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        paths = review.export_default(cycle_run)
+        paths = export_default(cycle_run)
         assert [p.name for p in paths] == ["trajectory.gif", "sheet.png"]
         assert all(p.parent == cycle_run / "exports" for p in paths)
         with Image.open(paths[0]) as gif:
@@ -395,8 +399,8 @@ def test_default_export_is_gif_and_sheet(cycle_run, capsys):
                                                                          "trajectory.gif"]
 
 
-def test_review_imports_nothing_heavy():
-    code = ("import sys, truthloop.cli, truthloop.review; "
+def test_cli_imports_nothing_heavy():
+    code = ("import sys, truthloop.cli; "
             "bad = [m for m in ('PIL', 'rich', 'torch', 'textual') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -429,7 +433,11 @@ def test_end_to_end_tiny_models(tmp_path, truthloop_cache):
     assert rows[0]["models"] == "tiny"
 
 
-def test_own_word_diff_when_the_tui_has_none(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tui.diff", None)  # `from tui import diff` fails
-    html_text = review.diff_html("a red <b> house", "a blue <b> house")
-    assert html_text == "a <del>red</del> <ins>blue</ins> &lt;b&gt; house"
+def test_html_diff_is_the_core_diff_without_the_tui():
+    code = ("import sys; from truthloop.lookback.html import diff_html; "
+            "print(diff_html('a red <b> house', 'a blue <b> house')); "
+            "sys.exit(1 if any(m.startswith(('tui', 'textual')) for m in sys.modules) else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "a <del>[-red-]</del> <ins>{+blue+}</ins> &lt;b&gt; house"

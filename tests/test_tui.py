@@ -12,7 +12,8 @@ import pytest
 from fakes import FakePainter
 from truthloop.store import read_run
 from tui.app import TruthLoopApp
-from tui.diff import ADDED, REMOVED, caption_diff
+from truthloop.diff import caption_diff as core_caption_diff
+from tui.widgets.caption import ADDED, REMOVED, diff_text
 from tui.screens import ConfirmQuit, HelpScreen
 from tui.widgets.caption import CaptionPanel
 from tui_helpers import FINAL, HoldAt, make_loop, wait_for
@@ -47,6 +48,12 @@ def test_tui_does_not_import_torch_and_cli_does_not_import_textual():
 
 
 # -- diff --------------------------------------------------------------------------------------------
+def caption_diff(old, new):
+    """The core diff as the caption panel draws it."""
+    segments, stats = core_caption_diff(old, new)
+    return diff_text(segments), stats
+
+
 def test_diff_of_a_known_caption_pair():
     old = "a cat sitting on a mat, oil painting, trending on artstation"
     new = "a dog sitting on a red mat, oil painting, by greg rutkowski, 4k"
@@ -326,7 +333,7 @@ async def test_view_of_an_interrupted_run(tmp_path):
 # -- the tiny real models ----------------------------------------------------------------------------
 @pytest.mark.timeout(600)
 async def test_live_run_on_the_tiny_models(tmp_path):
-    from truthloop.backends import load_backends
+    from truthloop.ml.backends import load_backends
     from truthloop.config import RunConfig
     from truthloop.loop import LoopControl, TruthLoop
     from fakes import start_image

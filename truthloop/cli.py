@@ -7,6 +7,7 @@ pays for Textual (a test checks it).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -84,9 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tiny", help="build the tiny offline checkpoints now and print where they are")
 
-    from truthloop import review  # `runs` and `export`; light to import (no PIL, no rich)
-
-    review.add_commands(sub)
+    _add_lookback_commands(sub)
     return parser
 
 
@@ -170,12 +169,7 @@ def config_from_args(args: argparse.Namespace, demo: bool = False) -> RunConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handler = COMMANDS.get(args.command)
-        if handler is None:
-            from truthloop import review
-
-            return review.run_command(args)
-        return handler(args)
+        return COMMANDS[args.command](args)
     except UserError as error:
         print(f"truthloop: error: {visible(str(error))}", file=sys.stderr)
         return error.code
@@ -248,8 +242,8 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
-    from truthloop.backends import quiet_libraries
-    from truthloop.tiny import build_tiny_models
+    from truthloop.ml.backends import quiet_libraries
+    from truthloop.ml.tiny import build_tiny_models
 
     quiet_libraries()
     tiny = build_tiny_models()
@@ -257,14 +251,121 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- looking back: runs, export ----------------------------------------------------------------
+# -- the commands -----------------------------------------------------------------------------
+def _add_lookback_commands(sub: Any) -> None:
+    runs = sub.add_parser("runs", help="a table of the runs in a directory (default ./runs)")
+    runs.add_argument("dir", nargs="?", default="runs", metavar="DIR")
+    runs.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    export_parser = sub.add_parser(
+        "export", help="GIF / MP4 / contact sheet / drift plot / HTML page of a run",
+        description="Export a run (finished, stopped or still running) into RUN_DIR/exports/ "
+                    "(or --out). With no kind flag: --gif and --sheet.")
+    export_parser.add_argument("run_dir", metavar="RUN_DIR")
+    kinds = export_parser.add_argument_group("what to export")
+    kinds.add_argument("--gif", action="store_true", help="animated GIF of the trajectory")
+    kinds.add_argument("--mp4", action="store_true",
+                       help="MP4 of the trajectory (needs ffmpeg on PATH or imageio-ffmpeg)")
+    kinds.add_argument("--sheet", action="store_true", help="contact sheet PNG")
+    kinds.add_argument("--drift", action="store_true",
+                       help="PNG plot of similarity to start / previous image")
+    kinds.add_argument("--html", action="store_true",
+                       help="one HTML page of the run (open it in a browser)")
+    kinds.add_argument("--all", action="store_true", help="every kind (mp4 if an encoder exists)")
+    export_parser.add_argument("--out", metavar="DIR", help="where to write (default "
+                               "RUN_DIR/exports/)")
+    export_parser.add_argument("--fps", type=float, default=2.0,
+                               help="frames per second of GIF/MP4 (default 2)")
+    export_parser.add_argument("--no-captions", dest="captions", action="store_false",
+                               help="frames and tiles without the prompt text")
+    export_parser.add_argument("--cycle-only", action="store_true",
+                               help="the contact sheet shows only the truth cycle")
+    export_parser.add_argument("--size", type=int, help="image side in pixels on frames/tiles")
+    export_parser.add_argument("--columns", type=int, help="contact sheet columns")
+
+
+def cmd_lookback(args: argparse.Namespace) -> int:
+    """`runs` and `export`: their one-line errors become UserErrors (exit 2; 1 for no encoder)."""
+    from truthloop.lookback.runs import ExportError
+    from truthloop.lookback.video import MP4_NEEDS_ENCODER
+
+    try:
+        if args.command == "runs":
+            return cmd_runs(args)
+        if args.command == "export":
+            return cmd_export(args)
+    except ExportError as error:
+        code = 1 if str(error) == MP4_NEEDS_ENCODER else 2
+        raise UserError(str(error), code=code) from None
+    except BrokenPipeError:  # `truthloop runs --json | head`: the reader left, that is fine
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        except OSError:
+            pass
+        return 0
+    raise UserError(f"unknown command {args.command!r}")
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from truthloop.lookback.runs import list_runs, runs_table
+
+    rows = list_runs(args.dir)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    from rich.console import Console
+
+    console = Console(highlight=False, markup=False, emoji=False,
+                      width=None if os.isatty(1) else 160)
+    if not rows:
+        console.print(f"no runs in {visible(args.dir)}")
+        return 0
+    console.print(runs_table(rows, title=f"{len(rows)} run(s) in {args.dir}"))
+    return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from truthloop.lookback.export import DEFAULT_KINDS, EXPORT_KINDS, export
+    from truthloop.lookback.video import find_encoder
+
+    kinds = [kind for kind in EXPORT_KINDS if getattr(args, kind, False)]
+    if args.all:
+        kinds = [kind for kind in EXPORT_KINDS if kind != "mp4" or find_encoder() or args.mp4]
+    if not kinds:
+        kinds = list(DEFAULT_KINDS)
+    started = time.perf_counter()
+    results = export(args.run_dir, kinds, out=args.out, fps=args.fps, captions=args.captions,
+                     cycle_only=args.cycle_only, size=args.size, columns=args.columns)
+    for result in results:
+        path = Path(result["path"])
+        details = ""
+        if "frames" in result:
+            details = f"{_count(result['frames'], 'frame')}, {result['width']}x{result['height']}"
+        elif "tiles" in result:
+            details = f"{_count(result['tiles'], 'tile')}, {result['columns']}x{result['rows']} grid"
+        elif "points" in result:
+            details = _count(result["points"], "point")
+        elif "iterations" in result:
+            details = f"{result['iterations']} iterations; open file://{path.resolve()}"
+        size_kb = path.stat().st_size / 1024
+        print(f"wrote {visible(str(path))} ({details}, {size_kb:.0f} KB)")
+    print(f"exported in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "resume": cmd_resume, "view": cmd_view,
-            "tiny": cmd_tiny}
+            "tiny": cmd_tiny, "runs": cmd_lookback, "export": cmd_lookback}
 
 
 # -- driving a loop ---------------------------------------------------------------------------
 def _loading_factory(control: Any) -> Any:
     """The real backends, with a stop check at every progress report so Ctrl-C works mid-load."""
-    from truthloop.backends import load_backends
+    from truthloop.ml.backends import load_backends
 
     def factory(config: RunConfig, emit: Any) -> Any:
         def emit_and_check(event: ev.Event) -> None:

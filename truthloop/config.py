@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from truthloop.errors import OneLineError
 from truthloop.model_ids import DEFAULT_CAPTION_MODEL, DEFAULT_CLIP_MODEL, DEFAULT_SD_MODEL
 
 # The seed script's negative prompt, verbatim (typos and missing spaces included: they change the
@@ -171,7 +172,7 @@ class RunConfig:
             raise ConfigError("give either an input image or --prompt, not both or neither")
 
 
-class ConfigError(ValueError):
+class ConfigError(OneLineError, ValueError):
     """A parameter value that cannot work; the message is one line meant for the user."""
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol
 from truthloop import __version__
 from truthloop import events as ev
 from truthloop.config import ConfigError, RunConfig
+from truthloop.errors import OneLineError
 from truthloop.text import first_line
 from truthloop.store import RunDirError, RunWriter, read_run, resume_problem
 
@@ -438,8 +439,6 @@ def describe_error(error: BaseException) -> str:
         return f"disk full while writing the run directory ({first}); free space, then resume"
     if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write the run directory: {first}"
-    from truthloop.models import ModelUnavailable
-
-    if isinstance(error, (ModelUnavailable, RunDirError, ConfigError)):
+    if isinstance(error, OneLineError):  # a bad value, run directory or model: already one line
         return first
     return f"{name}: {first}"

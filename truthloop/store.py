@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from truthloop.errors import OneLineError
+
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -38,7 +40,7 @@ ERROR_FILE = "error.log"
 FORMAT_VERSION = 1
 
 
-class RunDirError(Exception):
+class RunDirError(OneLineError):
     """A run directory that cannot be used; the message is one line naming the file."""
 
 

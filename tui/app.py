@@ -572,7 +572,8 @@ class TruthLoopApp(App[int]):
     @work(thread=True, exclusive=True, group="export", exit_on_error=False)
     def _export(self) -> None:
         # Pillow work on every image of the run: off the UI thread, like the loop itself.
-        from truthloop.review import ExportError, export_default
+        from truthloop.lookback.export import export_default
+        from truthloop.lookback.runs import ExportError
 
         try:
             paths = export_default(self.run_dir)

@@ -7,8 +7,21 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
+from truthloop.diff import Segment, caption_diff
 from truthloop.text import visible
-from tui.diff import ADDED, REMOVED, caption_diff
+
+# How the TUI draws the core diff's marks (the marks' brackets keep it readable without colour).
+REMOVED = "strike red"
+ADDED = "bold underline green"
+STYLES = {"equal": "", "removed": REMOVED, "added": ADDED}
+
+
+def diff_text(segments: list[Segment]) -> Text:
+    """The core diff as Rich Text: every segment is already plain visible() text, never markup."""
+    text = Text()
+    for segment in segments:
+        text.append(segment.text, STYLES[segment.mark])
+    return text
 
 
 def caption_of(record: dict[str, Any] | None) -> str | None:
@@ -66,7 +79,7 @@ class CaptionPanel(Static):
             text.append("added", ADDED)
             text.append("+}", ADDED)
             text.append("\n")
-            text.append_text(diff)
+            text.append_text(diff_text(diff))
         repeat = record.get("repeat_of")
         if repeat is not None:
             text.append(f"\n↺ repeats the prompt of iteration #{repeat}", style="bold yellow")

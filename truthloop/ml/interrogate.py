@@ -80,7 +80,7 @@ class Captioner:
         self.cuda_graphs = cuda_graphs
         self.fast = None
         if config.interrogator == "fast":
-            from truthloop.fastci import FastInterrogator
+            from truthloop.ml.fastci import FastInterrogator
 
             self.fast = FastInterrogator(interrogator, cuda_graphs=cuda_graphs)
 
@@ -92,7 +92,7 @@ class Captioner:
             return {"best": self.ci.interrogate, "fast": self.ci.interrogate_fast,
                     "classic": self.ci.interrogate_classic,
                     "negative": self.ci.interrogate_negative}[mode](image)
-        from truthloop.fastcaption import fast_generate_caption
+        from truthloop.ml.fastcaption import fast_generate_caption
 
         if mode == "negative":
             return self.fast.interrogate_negative(image)

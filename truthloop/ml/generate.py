@@ -27,7 +27,7 @@ class Painter:
         self.graphed_unet = None
         if device == "cuda" and (cuda_graphs or config.compile) \
                 and not _has_offload_hooks(pipe.unet):
-            from truthloop.cudagraph import GraphedUNet
+            from truthloop.ml.cudagraph import GraphedUNet
 
             # Without --compile: the same kernels as eager, replayed, so images stay bit-equal
             # to plain diffusers'. With it: the compiled kernels, replayed.
@@ -94,7 +94,7 @@ def compile_pipeline(pipe: Any) -> None:
 
     import torch
 
-    from truthloop.cudagraph import GraphedUNet
+    from truthloop.ml.cudagraph import GraphedUNet
     from truthloop.paths import cache_dir
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))

@@ -29,9 +29,9 @@ def quiet_libraries() -> None:
 
 def load_backends(config: RunConfig, emit: EventSink) -> Backends:
     quiet_libraries()
-    from truthloop.generate import Painter
-    from truthloop.interrogate import Captioner, ClipEmbedder, build_interrogator
-    from truthloop.models import load_models
+    from truthloop.ml.generate import Painter
+    from truthloop.ml.interrogate import Captioner, ClipEmbedder, build_interrogator
+    from truthloop.ml.models import load_models
 
     models = load_models(config.models, config.generate.scheduler,
                          progress=lambda message: emit(ev.Loading(message)),

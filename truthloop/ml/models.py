@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from truthloop.config import ModelConfig
+from truthloop.errors import OneLineError
 from truthloop.model_ids import CAPTION_MODEL_IDS, download_hint, mirror_of
 from truthloop.text import first_line
 
 Progress = Callable[[str], None]
 
 
-class ModelUnavailable(Exception):
+class ModelUnavailable(OneLineError):
     """A model that cannot be loaded; the message is one line naming it and how to provide it."""
 
 
@@ -43,7 +44,7 @@ def resolve(config: ModelConfig) -> ModelConfig:
     """Swap in the tiny checkpoints' locations when `models == "tiny"` (building them if needed)."""
     if config.models != "tiny":
         return config
-    from truthloop.tiny import build_tiny_models
+    from truthloop.ml.tiny import build_tiny_models
 
     tiny = build_tiny_models()
     return replace(config, sd_model=tiny.sd_model, caption_model=tiny.caption_model,
@@ -220,7 +221,7 @@ def load_clip(spec: str, device: str) -> tuple[Any, Any, str, dict[str, str | No
     """Load an open_clip model named "ARCH/PRETRAINED" (a tag like "openai", or a checkpoint file)."""
     import open_clip
 
-    from truthloop.tiny import TINY_CLIP_ARCH, register_tiny_clip, tiny_root
+    from truthloop.ml.tiny import TINY_CLIP_ARCH, register_tiny_clip, tiny_root
 
     if "/" not in spec:
         raise ModelUnavailable(

@@ -173,7 +173,7 @@ class FastInterrogator:
         # fallbacks: links recomputed the original way because of a near-tie; of those,
         # subset_checks were also computed both ways, subset_mismatches disagreed.
         self.stats = {"links": 0, "fallbacks": 0, "subset_checks": 0, "subset_mismatches": 0}
-        from truthloop.cudagraph import CudaGraphed
+        from truthloop.ml.cudagraph import CudaGraphed
 
         self._text_similarity = CudaGraphed(self._text_similarity_eager, name="clip-text")
         self._image_features = CudaGraphed(self._image_features_eager, name="clip-image")

@@ -123,7 +123,7 @@ class FastCaptioner:
         self.check_every = check_every
         self.reason: str | None = None  # why the last caption used the HF path, if it did
         # On CUDA, from the second caption on, the whole decode (vision tower and every token
-        # step) replays from one CUDA graph per max_new_tokens: see truthloop.cudagraph.
+        # step) replays from one CUDA graph per max_new_tokens: see truthloop.ml.cudagraph.
         self.cuda_graphs = cuda_graphs
         self._graphs: dict[int, Any] = {}
 
@@ -200,7 +200,7 @@ class FastCaptioner:
         return self._decode(tokens)
 
     def _graphed(self, max_new_tokens: int) -> Any:
-        from truthloop.cudagraph import CudaGraphed
+        from truthloop.ml.cudagraph import CudaGraphed
 
         graphed = self._graphs.get(max_new_tokens)
         if graphed is None:

@@ -1,22 +1,29 @@
 """Caption diffs: clause level (captions are comma lists), word level inside changed clauses.
 
-Everything is built as Rich `Text` from plain strings (captions are untrusted: never markup), and
-changes are marked by shape as well as colour, wdiff style: `[-removed-]` struck through,
-`{+added+}` bold and underlined.
+The result is a list of plain-text segments, each marked "equal", "removed" or "added", so every
+face draws it its own way (the TUI as Rich Text styles, the HTML page as <del>/<ins>) from the
+same decisions. Changes carry their shape as well as their mark, wdiff style: `[-removed-]`,
+`{+added+}`, so the diff still reads with no colour at all. Every text is passed through
+`visible()` here: captions are untrusted and never become markup anywhere.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from difflib import SequenceMatcher
-
-from rich.text import Text
+from typing import Literal
 
 from truthloop.text import visible
 
-REMOVED = "strike red"
-ADDED = "bold underline green"
+Mark = Literal["equal", "removed", "added"]
 SEPARATOR = ", "
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    mark: Mark = "equal"
+
 
 def clauses(caption: str) -> list[str]:
     """The comma clauses of a caption, stripped; empty clauses dropped."""
@@ -47,70 +54,63 @@ class DiffStats:
                                                else "")
 
 
-def _removed(text: Text, value: str) -> None:
-    text.append("[-", REMOVED)
-    text.append(visible(value), REMOVED)
-    text.append("-]", REMOVED)
+def _removed(value: str) -> list[Segment]:
+    return [Segment("[-", "removed"), Segment(visible(value), "removed"), Segment("-]", "removed")]
 
 
-def _added(text: Text, value: str) -> None:
-    text.append("{+", ADDED)
-    text.append(visible(value), ADDED)
-    text.append("+}", ADDED)
+def _added(value: str) -> list[Segment]:
+    return [Segment("{+", "added"), Segment(visible(value), "added"), Segment("+}", "added")]
 
 
-def word_diff(old: str, new: str) -> Text:
+def _join(pieces: list[list[Segment]], separator: str) -> list[Segment]:
+    out: list[Segment] = []
+    for number, piece in enumerate(pieces):
+        if number:
+            out.append(Segment(separator))
+        out.extend(piece)
+    return out
+
+
+def word_diff(old: str, new: str) -> list[Segment]:
     """One clause against another, word by word (words rejoined with single spaces)."""
     a, b = old.split(), new.split()
-    pieces: list[Text] = []
+    pieces: list[list[Segment]] = []
     matcher = SequenceMatcher(a=a, b=b, autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
-            pieces.append(Text(visible(" ".join(b[j1:j2]))))
+            pieces.append([Segment(visible(" ".join(b[j1:j2])))])
             continue
         if i2 > i1:
-            piece = Text()
-            _removed(piece, " ".join(a[i1:i2]))
-            pieces.append(piece)
+            pieces.append(_removed(" ".join(a[i1:i2])))
         if j2 > j1:
-            piece = Text()
-            _added(piece, " ".join(b[j1:j2]))
-            pieces.append(piece)
-    return Text(" ").join(pieces)
+            pieces.append(_added(" ".join(b[j1:j2])))
+    return _join(pieces, " ")
 
 
-def caption_diff(old: str | None, new: str | None) -> tuple[Text, DiffStats]:
+def caption_diff(old: str | None, new: str | None) -> tuple[list[Segment], DiffStats]:
     """`new` shown against `old`: clauses kept plain, removed/added clauses marked whole, clauses
     replaced one-for-one diffed word by word."""
     old_clauses, new_clauses = clauses(old or ""), clauses(new or "")
     stats = DiffStats()
-    pieces: list[Text] = []
+    pieces: list[list[Segment]] = []
     matcher = SequenceMatcher(a=old_clauses, b=new_clauses, autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
-            pieces.extend(Text(visible(clause)) for clause in new_clauses[j1:j2])
+            pieces.extend([Segment(visible(clause))] for clause in new_clauses[j1:j2])
             continue
         gone, come = old_clauses[i1:i2], new_clauses[j1:j2]
         paired = min(len(gone), len(come)) if tag == "replace" else 0
         for before, after in zip(gone[:paired], come[:paired]):
             ratio = SequenceMatcher(a=before.split(), b=after.split(), autojunk=False).ratio()
-            piece = Text()
             if ratio >= 0.34:
-                piece = word_diff(before, after)
+                pieces.append(word_diff(before, after))
             else:  # nothing in common worth showing word by word
-                _removed(piece, before)
-                piece.append(" ")
-                _added(piece, after)
-            pieces.append(piece)
+                pieces.append([*_removed(before), Segment(" "), *_added(after)])
             stats.changed += 1
         for clause in gone[paired:]:
-            piece = Text()
-            _removed(piece, clause)
-            pieces.append(piece)
+            pieces.append(_removed(clause))
             stats.removed += 1
         for clause in come[paired:]:
-            piece = Text()
-            _added(piece, clause)
-            pieces.append(piece)
+            pieces.append(_added(clause))
             stats.added += 1
-    return Text(SEPARATOR).join(pieces), stats
+    return _join(pieces, SEPARATOR), stats

@@ -1,0 +1,175 @@
+"""One self-describing HTML page of a run. Every caption is escaped on the way out; diffs come
+from the core's caption diff (truthloop.diff) as <del>/<ins>.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+from truthloop.diff import caption_diff
+from truthloop.lookback.render import make_drift, need_images, png_bytes, write_file
+from truthloop.lookback.runs import (
+    TINY_LABEL,
+    find_cycle,
+    format_duration,
+    image_records,
+    models_label,
+    summarize,
+)
+from truthloop.text import visible
+
+
+# -- HTML ---------------------------------------------------------------------------------
+def _esc(text: Any) -> str:
+    return html.escape(visible("" if text is None else str(text)), quote=True)
+
+
+def diff_html(old: str | None, new: str | None) -> str:
+    """`new` against `old` as escaped HTML: the core's caption diff (clause level, then word
+    level), removed runs in <del>, added runs in <ins>."""
+    new = new or ""
+    if old is None:
+        return _esc(new)
+    segments, _ = caption_diff(old, new)
+    out: list[str] = []
+    tags = {"removed": "del", "added": "ins"}
+    for mark, run in groupby(segments, key=lambda segment: segment.mark):
+        # Segment texts are already visible() text; escaping is all that is left to do.
+        chunk = html.escape("".join(segment.text for segment in run), quote=True)
+        tag = tags.get(mark)
+        out.append(f"<{tag}>{chunk}</{tag}>" if tag else chunk)
+    return "".join(out)
+
+
+def _rel_url(target: Path, base: Path) -> str:
+    from urllib.parse import quote
+
+    relative = os.path.relpath(os.path.abspath(target), os.path.abspath(base))
+    return quote(Path(relative).as_posix(), safe="/")
+
+
+PAGE_CSS = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 1.5rem; background: #18181b; color: #e4e4e7; }
+h1 { font-size: 1.3rem; margin: 0 0 .3rem; overflow-wrap: anywhere; }
+h2 { font-size: 1.05rem; margin: 1.6rem 0 .6rem; }
+table.meta td { padding: .1rem .8rem .1rem 0; vertical-align: top; overflow-wrap: anywhere; }
+table.meta td:first-child { color: #a1a1aa; white-space: nowrap; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 1rem; }
+figure { margin: 0; background: #27272a; border: 3px solid transparent; border-radius: 6px;
+         padding: .5rem; overflow-wrap: anywhere; }
+figure.cycle { border-color: #fabe28; }
+figure.repeat { border-color: #78a0ff; }
+figure.text-only { opacity: .8; }
+figure img { width: 100%; height: auto; image-rendering: pixelated; display: block;
+             background: #111; }
+.idx { font-weight: 600; }
+.mark { color: #fabe28; font-size: .85rem; margin-left: .4rem; }
+.prompt { margin: .3rem 0; }
+.caption, .sims { color: #a1a1aa; font-size: .85rem; margin: .2rem 0; }
+del { color: #f87171; } ins { color: #4ade80; text-decoration: underline; }
+.note { color: #fabe28; }
+img.drift { max-width: 100%; background: #fff; border-radius: 4px; }
+"""
+
+
+def page_html(view: Any, out_dir: Path) -> str:
+    """The HTML of one run: start, every iteration (image by relative path, fed prompt diffed
+    against the previous one, full caption, similarities), the truth, the drift plot."""
+    row = summarize(view)
+    cycle = find_cycle(view.records)
+    records = view.records
+    drift, _ = make_drift(view)
+    drift_uri = "data:image/png;base64," + base64.b64encode(png_bytes(drift)).decode()
+    title = f"truthloop run {row['run']}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        # Captions are escaped; this is a second fence: no scripts, no remote loads.
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        "img-src 'self' file: data:; style-src 'unsafe-inline'\">",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_esc(title)}</title><style>{PAGE_CSS}</style></head><body>",
+        f"<h1>{_esc(title)}</h1>",
+    ]
+    if row.get("models") == "tiny":
+        parts.append(f'<p class="note">{_esc(TINY_LABEL)}</p>')
+    if cycle is not None:
+        cycle_text = (f"fixed point at #{cycle[0]}" if cycle[1] == 1
+                      else f"cycle of {cycle[1]} starting at #{cycle[0]}")
+    else:
+        cycle_text = "none yet"
+    meta = [("status", row["status"]), ("iterations", row["iterations"]),
+            ("cycle", cycle_text),
+            ("start", row.get("start_image") or (f"prompt: {row['start_prompt']}"
+                                                 if row.get("start_prompt") is not None else "-")),
+            ("models", models_label(row)), ("seed mode", f"{row.get('seed_mode')} "
+                                                          f"(seed {row.get('seed')})"),
+            ("clauses", f"{row.get('clauses')} (feed: {row.get('feed')})"),
+            ("iteration time", format_duration(row.get("duration_s"))),
+            ("started", row.get("started") or "-"), ("finished", row.get("finished") or "-")]
+    parts.append('<table class="meta">')
+    parts.extend(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in meta)
+    parts.append("</table>")
+    if row.get("truth_prompts"):
+        parts.append("<h2>The truth</h2><ul>")
+        parts.extend(f"<li>{_esc(prompt)}</li>" for prompt in row["truth_prompts"])
+        parts.append("</ul>")
+
+    parts.append('<h2>Trajectory</h2><div class="grid">')
+    if view.input_path is not None:
+        parts.append(f'<figure id="start"><img src="{_rel_url(view.input_path, out_dir)}" '
+                     f'alt="start image"><figcaption><span class="idx">start</span> '
+                     f"{_esc(row.get('start_image') or '')}</figcaption></figure>")
+    previous: str | None = None
+    for record in records:
+        index = record.get("index")
+        classes = []
+        mark = ""
+        if cycle is not None:
+            start, length = cycle
+            if start <= index < start + length:
+                classes.append("cycle")
+                mark = "truth" if length == 1 else f"truth {index - start + 1}/{length}"
+            elif index >= start + length:
+                classes.append("repeat")
+        if record.get("repeat_of") is not None:
+            mark = (mark + " · " if mark else "") + f"repeats #{record['repeat_of']}"
+        fed = record.get("fed_prompt") or ""
+        body = [f'<span class="idx">#{_esc(index)}</span>'
+                + (f'<span class="mark">{_esc(mark)}</span>' if mark else ""),
+                f'<p class="prompt">{diff_html(previous, fed)}</p>']
+        if record.get("caption") is not None and record.get("caption") != fed:
+            body.append(f'<p class="caption">caption: {_esc(record["caption"])}</p>')
+        sims = []
+        for key, name in (("sim_start", "to start"), ("sim_prev", "to previous")):
+            if isinstance(record.get(key), (int, float)):
+                sims.append(f"{name} {record[key]:.3f}")
+        if sims:
+            body.append(f'<p class="sims">similarity {_esc(", ".join(sims))}</p>')
+        if record.get("image"):
+            src = _rel_url(view.image_path(record), out_dir)
+            img = f'<img src="{src}" alt="iteration {_esc(index)}" loading="lazy">'
+        else:
+            classes.append("text-only")
+            img = ""
+            body.append('<p class="caption">(no image: this caption repeated an earlier one)'
+                        "</p>")
+        parts.append(f'<figure id="iter-{_esc(index)}" class="{" ".join(classes)}">{img}'
+                     f"<figcaption>{''.join(body)}</figcaption></figure>")
+        previous = fed
+    parts.append("</div>")
+    parts.append(f'<h2>Drift</h2><img class="drift" src="{drift_uri}" '
+                 'alt="similarity to start and to previous image per iteration">')
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_html(view: Any, path: Path) -> dict[str, Any]:
+    need_images(view)
+    write_file(path, page_html(view, path.parent).encode("utf-8"))
+    return {"path": path, "iterations": len(image_records(view)), "records": len(view.records)}

@@ -1,0 +1,196 @@
+"""Reading runs back for a person: the `truthloop runs` table and one summary row per run.
+
+Everything is read through `store.read_run`; captions are untrusted text, shown through
+`text.visible` in Rich `Text` (never markup).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from truthloop.text import clip, visible
+
+TINY_LABEL = "tiny random-weight models (machinery, not truth)"
+
+
+class ExportError(Exception):
+    """Why an export or listing cannot be done; str() is one line for the user."""
+
+
+# -- reading ----------------------------------------------------------------------------------
+def open_run(run_dir: Path | str) -> Any:
+    """read_run, with every problem that makes the run unusable turned into an ExportError.
+
+    A torn last log line (a writer mid-append) is not a problem: it is simply not a record yet.
+    """
+    from truthloop.store import RunDirError, read_run
+
+    try:
+        view = read_run(Path(run_dir))
+    except RunDirError as error:
+        raise ExportError(str(error)) from None
+    for problem in view.problems:
+        if "last line is incomplete" in problem or "summary.json" in problem:
+            continue
+        raise ExportError(f"{problem}; the run directory is damaged")
+    return view
+
+
+def image_records(view: Any) -> list[dict[str, Any]]:
+    """The records that drew an image, in order: one per iteration (frame, tile, plot point)."""
+    return [record for record in view.records if record.get("image")]
+
+
+def find_cycle(records: list[dict[str, Any]]) -> tuple[int, int] | None:
+    """(start, length) of the first repeat in the log, also for a run still being written."""
+    for record in records:
+        if record.get("repeat_of") is not None:
+            return record["repeat_of"], record["index"] - record["repeat_of"]
+    return None
+
+
+def summarize(view: Any) -> dict[str, Any]:
+    """One row of `truthloop runs` (also the header of sheets and pages); JSON-ready."""
+    config = view.config or {}
+    models = config.get("models", {}) or {}
+    generate = config.get("generate", {}) or {}
+    loop = config.get("loop", {}) or {}
+    images = image_records(view)
+    cycle = find_cycle(view.records)
+    truth = None
+    if cycle is not None:
+        start, length = cycle
+        by_index = {record.get("index"): record for record in view.records}
+        truth = [by_index[i].get("fed_prompt") for i in range(start, start + length)
+                 if i in by_index]
+    duration = sum(float((record.get("timings") or {}).get("total") or 0.0)
+                   for record in view.records)
+    summary = view.summary or {}
+    input_image = config.get("input_image")
+    return {
+        "run": view.path.name,
+        "path": str(view.path),
+        "start_image": Path(input_image).name if input_image else None,
+        "start_prompt": config.get("start_prompt"),
+        "status": view.status,
+        "iterations": len(images),
+        "records": len(view.records),
+        "cycle_start": cycle[0] if cycle else None,
+        "cycle_length": cycle[1] if cycle else None,
+        "truth_prompts": truth,
+        "duration_s": round(duration, 3),
+        "models": models.get("models"),
+        "sd_model": models.get("sd_model"),
+        "caption_model": models.get("caption_model"),
+        "clip_model": models.get("clip_model"),
+        "seed_mode": generate.get("seed_mode"),
+        "seed": generate.get("seed"),
+        "clauses": loop.get("clauses"),
+        "feed": loop.get("feed"),
+        "max_iters": loop.get("max_iters"),
+        "started": summary.get("started"),
+        "finished": summary.get("finished"),
+        "problems": list(view.problems),
+    }
+
+
+def models_label(row: dict[str, Any]) -> str:
+    if row.get("models") == "tiny":
+        return "tiny (random)"
+    parts = [Path(str(row[key])).name for key in ("sd_model", "caption_model", "clip_model")
+             if row.get(key)]
+    return " / ".join(parts) or "?"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def list_runs(directory: Path | str) -> list[dict[str, Any]]:
+    """Rows for every run directory in `directory` (or for `directory` itself if it is a run)."""
+    from truthloop.store import RUN_FILE, RunDirError, read_run
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ExportError(f"{directory}: no such directory (give the folder that holds your "
+                          f"run directories: `truthloop runs DIR`)")
+    if (directory / RUN_FILE).exists():
+        candidates = [directory]
+    else:
+        try:
+            # Hidden entries are a writer's half-created run directories (store.RunWriter).
+            candidates = sorted(child for child in directory.iterdir()
+                                if child.is_dir() and not child.name.startswith(".")
+                                and (child / RUN_FILE).exists())
+        except OSError as error:
+            raise ExportError(f"cannot list {directory}: {error.strerror}") from None
+    rows = []
+    for path in candidates:
+        try:
+            rows.append(summarize(read_run(path)))
+        except RunDirError as error:
+            rows.append({"run": path.name, "path": str(path), "status": "unreadable",
+                         "problems": [str(error)]})
+        except OSError as error:
+            rows.append({"run": path.name, "path": str(path), "status": "unreadable",
+                         "problems": [f"{path}: {error.strerror}"]})
+    return rows
+
+
+def runs_table(rows: list[dict[str, Any]], title: str | None = None) -> Any:
+    """A Rich Table; every cell is a Text built from visible() text (captions are untrusted)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(visible(title)) if title else None, title_justify="left")
+    table.add_column("run", overflow="fold")
+    table.add_column("start", overflow="fold", max_width=24)
+    table.add_column("status")
+    table.add_column("iters", justify="right")
+    table.add_column("cycle", justify="right")
+    table.add_column("truth prompt", overflow="fold", ratio=1, min_width=20)
+    table.add_column("time", justify="right")
+    table.add_column("models", overflow="fold", max_width=28)
+    table.add_column("seed", overflow="fold")
+    table.add_column("clauses", justify="right")
+    styles = {"converged": "green", "running": "cyan", "stopped": "yellow",
+              "interrupted": "yellow", "error": "red", "unreadable": "red", "max_iters": "magenta"}
+
+    def cell(value: Any, style: str = "") -> Any:
+        return Text(visible("-" if value is None else str(value)), style=style)
+
+    for row in rows:
+        status = row.get("status", "unknown")
+        if row.get("problems") and status != "unreadable":
+            status = f"{status} (damaged)"
+        if row.get("start_image"):
+            start = row["start_image"]
+        elif row.get("start_prompt") is not None:
+            start = "prompt: " + clip(row["start_prompt"], 40)
+        else:
+            start = None
+        truth = row.get("truth_prompts")
+        truth_text = clip(" | ".join(str(p) for p in truth), 120) if truth else None
+        if status == "unreadable":
+            truth_text = clip("; ".join(row.get("problems") or []), 120)
+        cycle = row.get("cycle_length")
+        if cycle is not None:
+            cycle = f"{cycle} @{row.get('cycle_start')}"
+        table.add_row(
+            cell(row.get("run")), cell(start), cell(status, styles.get(row.get("status"), "")),
+            cell(row.get("iterations")), cell(cycle), cell(truth_text),
+            cell(format_duration(row.get("duration_s")) if "duration_s" in row else None),
+            cell(models_label(row) if "models" in row else None), cell(row.get("seed_mode")),
+            cell(row.get("clauses")),
+        )
+    return table

@@ -1,0 +1,136 @@
+"""One iteration of a run, typed: what the loop writes, the store reads back, the TUI shows and the
+exports draw. Its JSON form is one line of `log.jsonl`.
+
+Also the one place that finds a run's cycle (fixed point or longer) in its records, so the loop,
+the summary, the viewers and the atlas all agree on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Record:
+    """Iteration `index`: the caption of the current image (None for a --prompt start's first
+    iteration), the part that is compared, the prompt fed to the image model, and the image drawn
+    from it (None for the last record of a converged run: the repeat is found before drawing)."""
+
+    index: int
+    caption: str | None
+    compared: str
+    fed_prompt: str
+    repeat_of: int | None = None  # the earlier iteration whose compared prompt this repeats
+    seed: int | None = None
+    image: str | None = None      # relative to the run directory, e.g. "images/0003.png"
+    rng_state: str | None = None  # the shared generator's state after drawing (seed mode shared)
+    sim_prev: float | None = None   # CLIP cosine of this image to the previous / the start image
+    sim_start: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    # Shown while the image is still being drawn (a live view); never written.
+    pending: bool = False
+
+    # Keys in the order log.jsonl has always had them; the drawing fields only when drawn.
+    _BASE = ("index", "caption", "compared", "fed_prompt", "repeat_of", "seed", "image")
+    _DRAWN = ("rng_state", "sim_prev", "sim_start")
+
+    def to_json(self) -> dict[str, Any]:
+        data = {key: getattr(self, key) for key in self._BASE}
+        if self.image is not None:
+            data.update({key: getattr(self, key) for key in self._DRAWN})
+        if self.timings:
+            data["timings"] = dict(self.timings)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Record":
+        """From a log line; raises ValueError when it is not a record (a damaged or foreign line).
+
+        Unknown keys are ignored: a run written by a newer truthloop of the same format stays
+        readable (a newer format is refused when the run is opened, see store.read_run)."""
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        index, compared, fed = data.get("index"), data.get("compared"), data.get("fed_prompt")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise ValueError("no valid 'index'")
+        if not isinstance(compared, str) or not isinstance(fed, str):
+            raise ValueError("no 'compared' / 'fed_prompt' text")
+        caption = data.get("caption")
+        repeat_of = data.get("repeat_of")
+        image = data.get("image")
+        timings = data.get("timings")
+        return cls(
+            index=index,
+            caption=caption if isinstance(caption, str) else None,
+            compared=compared,
+            fed_prompt=fed,
+            repeat_of=repeat_of if isinstance(repeat_of, int) else None,
+            seed=data.get("seed") if isinstance(data.get("seed"), int) else None,
+            image=image if isinstance(image, str) and image else None,
+            rng_state=data.get("rng_state") if isinstance(data.get("rng_state"), str) else None,
+            sim_prev=_number(data.get("sim_prev")),
+            sim_start=_number(data.get("sim_start")),
+            timings={k: v for k, v in timings.items() if isinstance(v, (int, float))}
+            if isinstance(timings, dict) else {},
+        )
+
+    @property
+    def total_seconds(self) -> float | None:
+        return self.timings.get("total")
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """Where a run's compared prompts started repeating: iterations start .. start+length-1
+    repeat forever (length 1: a fixed point). Found at iteration start+length."""
+
+    start: int
+    length: int
+
+    @property
+    def kind(self) -> str:
+        return "fixed_point" if self.length == 1 else "cycle"
+
+    @property
+    def found_at(self) -> int:
+        return self.start + self.length
+
+    def describe(self) -> str:
+        return "fixed point" if self.length == 1 else f"cycle of length {self.length}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": self.start, "length": self.length, "kind": self.kind,
+                "found_at": self.found_at}
+
+
+def find_cycle(records: list[Record]) -> Cycle | None:
+    """The first repeat in the records (the loop marks it with `repeat_of`), or None."""
+    for record in records:
+        if record.repeat_of is not None:
+            return Cycle(record.repeat_of, record.index - record.repeat_of)
+    return None
+
+
+def result_fields(records: list[Record]) -> dict[str, Any]:
+    """The summary's result: images drawn, the cycle, its truth prompts and images, and whether
+    the iterations after the first repeat followed the cycle (--confirm-iters)."""
+    images = sum(1 for r in records if r.image)
+    fields: dict[str, Any] = {"iterations": images, "records": len(records),
+                              "cycle": None, "truth_prompts": None, "truth_images": None}
+    cycle = find_cycle(records)
+    if cycle is not None:
+        members = records[cycle.start:cycle.start + cycle.length]
+        fields["cycle"] = cycle.to_json()
+        fields["truth_prompts"] = [r.fed_prompt for r in members]
+        fields["truth_images"] = [r.image for r in members]
+        after = records[cycle.found_at:]
+        fields["confirmed_iterations"] = len(after) - 1
+        fields["cycle_held"] = all(
+            r.compared == records[r.index - cycle.length].compared for r in after
+        )
+    return fields

@@ -1,0 +1,260 @@
+"""The sweep driver: starts (or joins) Ray, keeps one `TrajectoryWorker` actor per GPU busy, and
+shows progress. The only module of truthloop that imports Ray at the top level of a function call.
+
+Faults are Ray's business: actors are created with `max_restarts` and their calls with
+`max_task_retries`, so when a worker process dies (kill -9, a lost node) Ray starts a new one
+(models loaded again) and calls `run` again with the same trajectory, which continues from its run
+directory: at most the iteration in flight is lost. The driver only hands out trajectories and
+reads run directories back (shared storage: every node sees the sweep directory).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from truthloop.store import LOG_FILE
+from truthloop.sweep import state as st
+from truthloop.sweep.spec import Trajectory
+from truthloop.text import visible
+
+TABLE_INTERVAL = 2.0  # s between rewrites of trajectories.jsonl while running
+POLL = 0.5
+
+
+class SweepError(Exception):
+    """One line for the user (exit code in .code)."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when a cluster address does not answer: `ray.init` itself retries
+    for minutes and logs from C++ before it gives up."""
+    if address in ("auto", "local") or address.startswith("ray://"):
+        host_port = address[len("ray://"):] if address.startswith("ray://") else None
+        if host_port is None:
+            return
+    else:
+        host_port = address
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"--address {address!r} is not HOST:PORT (or ray://HOST:PORT)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise SweepError(f"cannot reach the Ray cluster at {address}: {reason}", code=1) from None
+
+
+def start_ray(address: str | None, num_gpus: int | None) -> bool:
+    """Join a cluster at `address`, or start Ray on this machine. Returns whether we started it
+    (then we shut it down at the end). An already-initialised Ray (tests) is used as it is."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # Ray's own logs would bury the progress bar; the workers' errors come back as exceptions.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if address:
+        check_address(address)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+        return True
+    # Locally: no dashboard (an HTTP server on 8265), and Ray's token authentication on (its
+    # default since 2.5x; set explicitly so an inherited RAY_AUTH_MODE=disabled does not open it).
+    os.environ["RAY_AUTH_MODE"] = "token"
+    kwargs: dict[str, Any] = {}
+    if num_gpus is not None:
+        kwargs["num_gpus"] = num_gpus
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", **kwargs)
+    return True
+
+
+@dataclass
+class Job:
+    trajectory: Trajectory
+    run_dir: Path
+    log_size: int = 0
+    iterations: int = 0
+
+
+class Progress:
+    """Headless: one Rich progress bar on stderr (trajectories done / total, iterations per
+    second, ETA) and one line per finished trajectory on stdout (through the bar's console when
+    stdout is the same terminal, so lines land above the bar)."""
+
+    def __init__(self, total: int, done: int) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
+            TimeElapsedColumn, TimeRemainingColumn,
+        )
+
+        self.console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+        self.bar = RichProgress(
+            TextColumn("trajectories", markup=False), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} it/s", markup=False), TimeElapsedColumn(),
+            TextColumn("ETA", markup=False), TimeRemainingColumn(),
+            console=self.console, redirect_stdout=True, transient=False)
+        self.task = self.bar.add_task("sweep", total=total, completed=done, rate="-")
+        self.window: deque[tuple[float, int]] = deque()
+        self.iterations = 0
+
+    def __enter__(self) -> "Progress":
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.stop()
+
+    def add_iterations(self, count: int) -> None:
+        now = time.monotonic()
+        self.iterations += count
+        self.window.append((now, self.iterations))
+        while len(self.window) > 2 and now - self.window[0][0] > 60:
+            self.window.popleft()
+        rate = "-"
+        if len(self.window) >= 2 and self.window[-1][0] > self.window[0][0]:
+            span = self.window[-1][0] - self.window[0][0]
+            rate = f"{(self.window[-1][1] - self.window[0][1]) / span:.2f}"
+        self.bar.update(self.task, rate=rate)
+
+    def finished(self, line: str) -> None:
+        self.bar.advance(self.task)
+        print(line, flush=True)
+
+    def note(self, line: str) -> None:
+        self.console.print(line)
+
+
+def describe(row: dict[str, Any]) -> str:
+    head = f"{row['state']:<10} {row['number']:5d} {visible(row['run'])}"
+    if row["state"] == "converged":
+        cycle = row.get("cycle") or {}
+        kind = "fixed point" if cycle.get("length") == 1 else f"{cycle.get('length')}-cycle"
+        return f"{head}: {kind} after {row['iterations']} images: {visible(row['truth'])}"
+    if row["state"] == "error":
+        return f"{head}: {visible(row.get('message') or '')}"
+    return f"{head}: {row['iterations']} images"
+
+
+def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | None,
+              address: str | None = None, workers: int | None = None,
+              num_gpus: int | None = None, max_restarts: int = 8,
+              on_started: Callable[[list[Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run every trajectory not yet done; returns the final state table."""
+    import ray
+
+    from truthloop.sweep.worker import TrajectoryWorker
+
+    rows = st.table(sweep_dir, trajectories)
+    todo = [t for t, row in zip(trajectories, rows) if not st.is_done(row)]
+    started = start_ray(address, num_gpus)
+    progress = Progress(len(trajectories), len(trajectories) - len(todo))
+    try:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        count = workers or max(1, gpus)
+        count = max(1, min(count, len(todo))) if todo else 0
+        # One GPU each where there are GPUs (Ray sets CUDA_VISIBLE_DEVICES for the actor).
+        actor_class = ray.remote(TrajectoryWorker).options(
+            num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+            max_restarts=max_restarts, max_task_retries=max_restarts)
+        actors = [actor_class.remote(backend) for _ in range(count)]
+        if on_started is not None:
+            on_started(actors)
+        queue = deque(todo)
+        inflight: dict[Any, tuple[Any, Job]] = {}
+        idle = list(actors)
+        last_table = 0.0
+        with progress:
+            if todo:
+                progress.note(f"{len(todo)} of {len(trajectories)} trajectories to run on "
+                              f"{count} worker{'s' if count != 1 else ''}"
+                              f"{f' ({gpus} GPUs)' if gpus else ' (no GPU)'}")
+            while queue or inflight:
+                while idle and queue:
+                    actor, trajectory = idle.pop(), queue.popleft()
+                    job = Job(trajectory, trajectory.run_dir(sweep_dir))
+                    job.log_size, _ = _count_lines(job.run_dir, 0)
+                    ref = actor.run.remote({"run_dir": str(job.run_dir),
+                                            "config": trajectory.config})
+                    inflight[ref] = (actor, job)
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL)
+                for ref in ready:
+                    actor, job = inflight.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                        idle.append(actor)
+                    except ray.exceptions.RayActorError as error:
+                        # Out of restarts: this worker is gone for good; the others go on.
+                        outcome = {"status": "error",
+                                   "message": f"worker lost: {type(error).__name__}"}
+                    _poll(job, progress)
+                    row = st.trajectory_row(sweep_dir, job.trajectory)
+                    if outcome.get("status") == "error" and row["state"] != "error":
+                        row["state"], row["message"] = "error", outcome.get("message")
+                    rows[job.trajectory.number] = row
+                    progress.finished(describe(row))
+                for _, job in inflight.values():
+                    _poll(job, progress)
+                if time.monotonic() - last_table > TABLE_INTERVAL:
+                    _write_table(sweep_dir, rows, inflight)
+                    last_table = time.monotonic()
+                if not idle and not inflight and queue:
+                    raise SweepError("every worker was lost; run the same command again to "
+                                     "continue", code=1)
+        for actor in actors:
+            ray.kill(actor)
+    finally:
+        if started:
+            ray.shutdown()
+    rows = st.table(sweep_dir, trajectories)
+    st.write_table(sweep_dir, rows)
+    return rows
+
+
+def _write_table(sweep_dir: Path, rows: list[dict[str, Any]], inflight: dict) -> None:
+    for _, job in inflight.values():
+        rows[job.trajectory.number] = st.trajectory_row(sweep_dir, job.trajectory)
+    try:
+        st.write_table(sweep_dir, rows)
+    except OSError:
+        pass  # the table is a convenience; the run directories hold the state
+
+
+def _count_lines(run_dir: Path, offset: int) -> tuple[int, int]:
+    """(new size, newlines added since offset) of the run's log.jsonl."""
+    path = run_dir / LOG_FILE
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return offset, 0
+    if size <= offset:
+        return size, 0
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return size, handle.read(size - offset).count(b"\n")
+
+
+def _poll(job: Job, progress: Progress) -> None:
+    size, lines = _count_lines(job.run_dir, job.log_size)
+    if size < job.log_size:  # trimmed by a resume (a torn last line): count from there
+        job.log_size = size
+    elif lines:
+        job.log_size = size
+        progress.add_iterations(lines)
+
+
+def announce_skipped(problems: list[str]) -> None:
+    for problem in problems:
+        print(f"truthloop: skipped: {visible(problem)}", file=sys.stderr)
