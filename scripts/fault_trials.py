@@ -132,7 +132,7 @@ def run_args(mode: str, out: Path) -> list[str]:
 def trajectory(out: Path) -> list[tuple[str, str, int | None]]:
     from truthloop.store import read_run
 
-    return [(r["compared"], r["fed_prompt"], r.get("repeat_of")) for r in read_run(out).records]
+    return [(r.compared, r.fed_prompt, r.repeat_of) for r in read_run(out).records]
 
 
 @dataclass
@@ -159,7 +159,7 @@ def reference(mode: str, workdir: Path, env: dict[str, str], slow_too: bool = Tr
         if done.returncode != 0:
             raise SystemExit(f"reference run ({mode}) failed:\n{done.stderr}")
         view = read_run(out)
-        totals = [r["timings"]["total"] for r in view.records if r.get("image")]
+        totals = [r.timings["total"] for r in view.records if r.image]
         if ref is None:
             ref = Reference(mode, trajectory(out), view.status)
         elif (trajectory(out), view.status) != (ref.prompts, ref.status):
@@ -204,9 +204,9 @@ def inspect(out: Path, ref: Reference, finished: bool) -> list[str]:
         return decode_problem(path) is None
 
     for number, record in enumerate(view.records):
-        if record.get("index") != number:
-            problems.append(f"record {number} has index {record.get('index')}")
-        name = record.get("image")
+        if record.index != number:
+            problems.append(f"record {number} has index {record.index}")
+        name = record.image
         if name is not None and (name != image_name(number) or not decodes(out / name)):
             problems.append(f"{name}: named by record {number} but missing or unreadable")
     for path in sorted((out / IMAGES_DIR).glob("*.png")):
@@ -214,7 +214,7 @@ def inspect(out: Path, ref: Reference, finished: bool) -> list[str]:
             problems.append(f"{path}: a partial PNG is visible")
     if (out / "input.png").exists() and not decodes(out / "input.png"):
         problems.append("input.png unreadable")
-    got = [(r["compared"], r["fed_prompt"], r.get("repeat_of")) for r in view.records]
+    got = [(r.compared, r.fed_prompt, r.repeat_of) for r in view.records]
     if got != ref.prompts[: len(got)]:
         problems.append("the log's prompts differ from the uninterrupted run's")
     if finished:

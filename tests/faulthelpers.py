@@ -41,7 +41,7 @@ def run_main(argv: list[str]) -> int:
 def prompts(run_dir: Path) -> list[str]:
     from truthloop.store import read_run
 
-    return [r["compared"] for r in read_run(run_dir).records]
+    return [r.compared for r in read_run(run_dir).records]
 
 
 def summary(run_dir: Path) -> dict:

@@ -350,7 +350,7 @@ def test_hostile_caption_is_logged_faithfully_and_printed_literally(monkeypatch,
     captured = capsys.readouterr()
     records = [json.loads(line) for line in (out / "log.jsonl").read_bytes().splitlines()]
     assert records[0]["caption"] == text and records[0]["fed_prompt"] == text  # exact round-trip
-    assert read_run(out).records[0]["caption"] == text
+    assert read_run(out).records[0].caption == text
     first = captured.out.splitlines()[0]
     assert first.endswith(visible(text))  # the whole text, escapes visible, on one line
     for raw in ("\x1b", "\x00", "\x07", "\u202e", "\u200f", "\r", "\udcff"):
@@ -372,7 +372,7 @@ def test_hostile_start_prompt(monkeypatch, tmp_path, capsys):
     captured = capsys.readouterr()
     view = read_run(out)
     assert view.config["start_prompt"] == prompt
-    assert view.records[0]["fed_prompt"] == prompt
+    assert view.records[0].fed_prompt == prompt
     assert captured.out.splitlines()[0].endswith(visible(prompt))
     assert "\x1b" not in captured.out
 

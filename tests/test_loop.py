@@ -33,7 +33,7 @@ def run_loop(tmp_path, script, config=None, painter=None, control=None, name="ru
 
 
 def fed(view):
-    return [r["fed_prompt"] for r in view.records]
+    return [r.fed_prompt for r in view.records]
 
 
 def test_cut_prompt_keeps_text_exactly():
@@ -53,7 +53,7 @@ def test_fixed_point_is_detected_before_drawing_again(tmp_path):
     assert summary["truth_prompts"] == ["golf course"]
     assert summary["truth_images"] == ["images/0002.png"]
     last = view.records[-1]
-    assert last["repeat_of"] == 2 and last["image"] is None  # nothing drawn for the repeat
+    assert last.repeat_of == 2 and last.image is None  # nothing drawn for the repeat
     assert summary["iterations"] == 3
 
 
@@ -84,7 +84,7 @@ def test_feed_full_compares_the_cut_but_draws_the_whole_caption(tmp_path):
     summary, view = run_loop(tmp_path, script, config=make_config(clauses=1, feed="full"),
                              painter=painter)
     assert painter.painted == ["start, s", "a, 1"]
-    assert [r["compared"] for r in view.records] == ["start", "a", "a"]
+    assert [r.compared for r in view.records] == ["start", "a", "a"]
     assert summary["status"] == "converged"
     assert summary["truth_prompts"] == ["a, 1"]
 
@@ -106,7 +106,7 @@ def test_prompt_start_draws_first(tmp_path):
     loop = TruthLoop(config, tmp_path / "p", factory(captioner, painter))
     summary = loop.run()
     view = read_run(tmp_path / "p")
-    assert view.records[0]["caption"] is None
+    assert view.records[0].caption is None
     assert painter.painted[0] == "a red car, fast"  # the user's prompt is drawn as given
     assert fed(view) == ["a red car, fast", "car", "car"]
     assert summary["cycle"]["start"] == 1
@@ -143,7 +143,7 @@ def test_stop_mid_denoising_leaves_a_consistent_run(tmp_path):
     script = {f"p{i}": f"p{i + 1}, x" for i in range(50)}
     summary, view = run_loop(tmp_path, script, painter=painter, control=control, start="p0, x")
     assert summary["status"] == "stopped"
-    assert [r["index"] for r in view.records] == [0, 1]
+    assert [r.index for r in view.records] == [0, 1]
     assert sorted(p.name for p in (tmp_path / "run" / "images").iterdir()) == \
         ["0000.png", "0001.png"]
     assert view.problems == []
@@ -205,8 +205,8 @@ def test_resume_continues_the_same_trajectory(tmp_path, seed_mode):
     resumed = read_run(tmp_path / "part")
     assert fed(resumed) == fed(whole)
     for a, b in zip(resumed.records, whole.records):
-        assert (tmp_path / "part" / a["image"]).read_bytes() == \
-            (tmp_path / "whole" / b["image"]).read_bytes()
+        assert (tmp_path / "part" / a.image).read_bytes() == \
+            (tmp_path / "whole" / b.image).read_bytes()
 
 
 def test_resume_of_converged_run_draws_nothing(tmp_path):
@@ -222,12 +222,12 @@ def test_resume_of_converged_run_draws_nothing(tmp_path):
 def test_similarities_and_timings_recorded(tmp_path):
     script = {"start": "a, 1", "a": "b, 2", "b": "b, 3"}
     _, view = run_loop(tmp_path, script)
-    drawn = [r for r in view.records if r["image"]]
+    drawn = [r for r in view.records if r.image]
     for record in drawn:
-        assert -1.0 <= record["sim_start"] <= 1.0001
-        assert -1.0 <= record["sim_prev"] <= 1.0001
-        assert set(record["timings"]) >= {"caption", "generate", "total"}
-    assert drawn[1]["sim_prev"] == pytest.approx(
+        assert -1.0 <= record.sim_start <= 1.0001
+        assert -1.0 <= record.sim_prev <= 1.0001
+        assert set(record.timings) >= {"caption", "generate", "total"}
+    assert drawn[1].sim_prev == pytest.approx(
         sum(a * b for a, b in zip(*(view_features(tmp_path, r) for r in drawn[:2]))), abs=1e-5)
 
 
@@ -236,7 +236,7 @@ def view_features(tmp_path, record):
 
     from fakes import FakeEmbedder
 
-    with Image.open(tmp_path / "run" / record["image"]) as image:
+    with Image.open(tmp_path / "run" / record.image) as image:
         return FakeEmbedder().features(image)
 
 

@@ -69,7 +69,7 @@ def test_withdrawn_id_cached_loads_that_copy_and_says_so(tmp_path, tiny_dirs):
     loaded = read_run(out).summary["models_loaded"]["sd_model"]
     assert loaded["requested"] == OFFICIAL
     assert loaded["repo"] == OFFICIAL and loaded["revision"] == FAKE_COMMIT
-    assert read_run(out).records[0]["image"] is not None
+    assert read_run(out).records[0].image is not None
 
 
 def test_withdrawn_id_not_cached_goes_to_the_mirror(tmp_path, tiny_dirs):
@@ -114,7 +114,7 @@ def test_resume_of_a_run_naming_the_withdrawn_id(tmp_path, tiny_dirs):
     assert "using the copy in your hub cache" in cached.stderr
     view = read_run(out)
     assert view.summary["models_loaded"]["sd_model"]["repo"] == OFFICIAL
-    assert len(view.records) == 1 and view.records[0]["image"]
+    assert len(view.records) == 1 and view.records[0].image
 
 
 # -- the one table ---------------------------------------------------------------------------

@@ -77,12 +77,12 @@ def test_a_short_tiny_run_writes_a_complete_run_directory(tmp_path, truthloop_ca
     assert {"torch", "diffusers", "clip-interrogator"} <= set(view.info["versions"])
     assert view.input_path is not None
     for record in view.records:
-        assert set(record) >= {"index", "caption", "fed_prompt", "compared", "seed", "timings",
+        assert set(record.to_json()) >= {"index", "caption", "fed_prompt", "compared", "seed", "timings",
                                "repeat_of", "image"}
-        if record["image"]:
-            assert (tmp_path / "run" / record["image"]).exists()
-            assert -1.0 <= record["sim_start"] <= 1.0001
-        assert record["fed_prompt"] == record["caption"].split(",")[0]
+        if record.image:
+            assert (tmp_path / "run" / record.image).exists()
+            assert -1.0 <= record.sim_start <= 1.0001
+        assert record.fed_prompt == record.caption.split(",")[0]
     assert not list((tmp_path / "run").glob(".*tmp*"))
 
 
@@ -137,13 +137,13 @@ def test_article_preset_reproduces_the_seed_script_step_by_step(tmp_path, tiny_m
     config.loop.max_iters = max_iters
     TruthLoop(config, tmp_path / "run", load_backends, input_image=sample_image()).run()
     view = read_run(tmp_path / "run")
-    assert [r["caption"] for r in view.records] == expected_prompts
+    assert [r.caption for r in view.records] == expected_prompts
     from PIL import Image
 
     ours = []
     for record in view.records:
-        if record["image"]:
-            with Image.open(tmp_path / "run" / record["image"]) as image:
+        if record.image:
+            with Image.open(tmp_path / "run" / record.image) as image:
                 ours.append(image.convert("RGB").tobytes())
     assert ours == expected_images
     assert view.info["config"]["generate"]["seed_mode"] == "shared"
@@ -167,7 +167,7 @@ def test_headless_cli_demo_then_resume(tmp_path):
         result = run_cli("resume", str(out), "--max-iters", "3", "--headless")
         assert result.returncode == 0, result.stderr
         view = read_run(out)
-        assert [r["index"] for r in view.records][:3] == [0, 1, 2]
+        assert [r.index for r in view.records][:3] == [0, 1, 2]
 
 
 def test_headless_prompt_start(tmp_path):

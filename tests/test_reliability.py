@@ -46,9 +46,9 @@ def assert_intact(out: Path, records: int | None = None) -> None:
     view = read_run(out)
     assert [p for p in view.problems if "last line is incomplete" not in p] == []
     for number, record in enumerate(view.records):
-        assert record["index"] == number
-        if record["image"]:
-            assert image_ok(out / record["image"])
+        assert record.index == number
+        if record.image:
+            assert image_ok(out / record.image)
     for png in (out / "images").glob("*.png"):
         assert image_ok(png), png
     if records is not None:
@@ -563,8 +563,8 @@ def test_shared_mode_resume_continues_the_random_stream(monkeypatch, tmp_path, s
                              painter=fakes.FakePainter(seed_mode="shared")) == 0
     assert prompts(part) == prompts(whole)
     for record in read_run(whole).records:
-        if record["image"]:
-            assert (part / record["image"]).read_bytes() == (whole / record["image"]).read_bytes()
+        if record.image:
+            assert (part / record.image).read_bytes() == (whole / record.image).read_bytes()
 
 
 # -- the terminal goes away -------------------------------------------------------------------

@@ -205,7 +205,7 @@ def check_page(page: Path, run_dir: Path) -> PageParser:
     parser = PageParser()
     parser.feed(page.read_text(encoding="utf-8"))
     view = open_run(run_dir)
-    assert parser.figures == ["start"] + [f"iter-{r['index']}" for r in view.records]
+    assert parser.figures == ["start"] + [f"iter-{r.index}" for r in view.records]
     files = [src for src in parser.images if not src.startswith("data:")]
     assert len(files) == 1 + len(image_records(view))  # start + every image
     for src in files:

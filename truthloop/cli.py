@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tiny", help="build the tiny offline checkpoints now and print where they are")
 
     _add_lookback_commands(sub)
+    _add_sweep_commands(sub)
     return parser
 
 
@@ -99,6 +100,12 @@ def _add_ui_options(parser: argparse.ArgumentParser) -> None:
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run directory (default: RUNS_DIR/<time>-<input name>)")
     parser.add_argument("--runs-dir", default="runs", help="where new run directories go")
+    _add_config_options(parser)
+    _add_ui_options(parser)
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """Every RunConfig option (OPTION_FIELDS): `run`, `demo` and `sweep` share them."""
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="article: the seed script's exact stack (shared generator, best "
                              "mode, chunk_size 400, SD2 768, 50 steps)")
@@ -145,7 +152,6 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     loop.add_argument("--max-iters", type=int)
     loop.add_argument("--confirm-iters", type=int,
                       help="after the first repeat, keep going N iterations to confirm the cycle")
-    _add_ui_options(parser)
 
 
 def config_from_args(args: argparse.Namespace, demo: bool = False) -> RunConfig:
@@ -229,7 +235,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_view(args: argparse.Namespace) -> int:
     from truthloop.store import RunDirError, read_run
+    from truthloop.sweep.spec import is_sweep_dir
 
+    if is_sweep_dir(Path(args.run_dir)):
+        return _view_sweep(args)
     try:
         read_run(Path(args.run_dir))
     except RunDirError as error:
@@ -239,6 +248,22 @@ def cmd_view(args: argparse.Namespace) -> int:
     from tui import view_tui
 
     return view_tui(Path(args.run_dir), preview=args.preview)
+
+
+def _view_sweep(args: argparse.Namespace) -> int:
+    """`view SWEEP_DIR`: the sweep's table (tui/sweep_view.py); Enter opens a trajectory."""
+    from truthloop.sweep.spec import SpecError, read_spec
+
+    try:
+        read_spec(Path(args.run_dir))
+    except SpecError as error:
+        raise UserError(str(error)) from None
+    if not sys.stdout.isatty():
+        raise UserError("`view` needs a terminal; for a plain listing read "
+                        f"{args.run_dir}/trajectories.jsonl")
+    from tui.sweep_view import run_sweep_view
+
+    return run_sweep_view(Path(args.run_dir), preview=args.preview)
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
@@ -358,8 +383,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- sweeps: the sweep and atlas commands live in truthloop.sweep.command --------------------------
+def _add_sweep_commands(sub: Any) -> None:
+    from truthloop.sweep.command import add_parsers  # light: no Ray, no torch
+
+    add_parsers(sub, _add_config_options)
+
+
+def cmd_sweep_or_atlas(args: argparse.Namespace) -> int:
+    from truthloop.sweep.command import CommandError, cmd_atlas, cmd_sweep
+
+    try:
+        if args.command == "atlas":
+            return cmd_atlas(args)
+        return cmd_sweep(args, config_from_args(args))
+    except CommandError as error:
+        raise UserError(str(error), code=error.code) from None
+
+
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "resume": cmd_resume, "view": cmd_view,
-            "tiny": cmd_tiny, "runs": cmd_lookback, "export": cmd_lookback}
+            "tiny": cmd_tiny, "runs": cmd_lookback, "export": cmd_lookback,
+            "sweep": cmd_sweep_or_atlas, "atlas": cmd_sweep_or_atlas}
 
 
 # -- driving a loop ---------------------------------------------------------------------------
@@ -512,9 +556,9 @@ class HeadlessPrinter:
             self.iteration_start = time.perf_counter()
         elif isinstance(event, ev.IterationDone):
             record = event.record
-            seconds = record.get("timings", {}).get("total", 0.0)
-            mark = f"  = #{record['repeat_of']}" if record.get("repeat_of") is not None else ""
-            line = f"[{record['index']:4d}] {seconds:6.2f}s  {visible(record['fed_prompt'])}{mark}"
+            seconds = record.timings.get("total", 0.0)
+            mark = f"  = #{record.repeat_of}" if record.repeat_of is not None else ""
+            line = f"[{record.index:4d}] {seconds:6.2f}s  {visible(record.fed_prompt)}{mark}"
             print(line, flush=True)
 
     def print_summary(self, summary: dict[str, Any], run_dir: Path) -> None:

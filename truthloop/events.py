@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from truthloop.record import Record
+
 
 @dataclass(frozen=True)
 class Event:
@@ -68,7 +70,9 @@ class DenoiseStep(Event):
 
 @dataclass(frozen=True)
 class IterationDone(Event):
-    record: dict[str, Any] = field(default_factory=dict)
+    """An iteration is on disk (its log line written): `record` is a copy of it."""
+
+    record: Record
 
 
 @dataclass(frozen=True)

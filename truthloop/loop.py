@@ -14,7 +14,7 @@ import platform
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -23,7 +23,8 @@ from truthloop import events as ev
 from truthloop.config import ConfigError, RunConfig
 from truthloop.errors import OneLineError
 from truthloop.text import first_line
-from truthloop.store import RunDirError, RunWriter, read_run, resume_problem
+from truthloop.record import Cycle, Record, find_cycle, result_fields
+from truthloop.store import FORMAT_VERSION, RunDirError, RunWriter, read_run, resume_problem
 
 EventSink = Callable[[ev.Event], None]
 
@@ -171,7 +172,7 @@ class TruthLoop:
         self.control = control or LoopControl()
         self.input_image = input_image
         self.resume = resume
-        self.records: list[dict[str, Any]] = []
+        self.records: list[Record] = []
         self.summary: dict[str, Any] = {}
         self._writer: RunWriter | None = None
         self._started = time.time()
@@ -233,7 +234,7 @@ class TruthLoop:
                 self.input_image = _read_rgb(view.input_path)
         else:
             info = {
-                "format": 1,
+                "format": FORMAT_VERSION,
                 "config": self.config.to_dict(),
                 "versions": package_versions(),
                 "machine": {"host": platform.node(), "platform": platform.platform()},
@@ -266,7 +267,7 @@ class TruthLoop:
             message = describe_error(error)
             if self._writer:
                 self._writer.write_error(traceback.format_exc())
-            self.summary.update(self._result_fields())
+            self.summary.update(result_fields(self.records))
             self.summary.update({"status": "error", "message": message,
                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             try:
@@ -276,9 +277,9 @@ class TruthLoop:
             self.emit(ev.Failed(message, dict(self.summary)))
             raise LoopFailed(message) from error
 
-    def _already_converged(self) -> dict[str, Any] | None:
-        if self.records and self.records[-1].get("image") is None \
-                and self.records[-1].get("repeat_of") is not None:
+    def _already_converged(self) -> Record | None:
+        if self.records and self.records[-1].image is None \
+                and self.records[-1].repeat_of is not None:
             return self.records[-1]
         return None
 
@@ -286,18 +287,18 @@ class TruthLoop:
         cfg = self.config
         keys: dict[str, int] = {}
         for record in self.records:
-            keys.setdefault(record["compared"], record["index"])
-        cycle = self._cycle_from_records()
-        confirm_until = (cycle[0] + cycle[1] + cfg.loop.confirm_iters) if cycle else None
+            keys.setdefault(record.compared, record.index)
+        cycle = find_cycle(self.records)
+        confirm_until = (cycle.found_at + cfg.loop.confirm_iters) if cycle else None
 
         embed = backends.embedder.features if backends.embedder else (lambda image: None)
         current = self.input_image
         if self.records:
-            current = _read_rgb(self.run_dir / self.records[-1]["image"])
-            backends.painter.set_rng_state(self.records[-1].get("rng_state"))
+            current = _read_rgb(self.run_dir / self.records[-1].image)
+            backends.painter.set_rng_state(self.records[-1].rng_state)
         start_features = embed(self.input_image) if self.input_image is not None else None
         if start_features is None and self.records and backends.embedder:
-            start_features = embed(_read_rgb(self.run_dir / self.records[0]["image"]))
+            start_features = embed(_read_rgb(self.run_dir / self.records[0].image))
         previous_features = embed(current) if current is not None else None
 
         index = len(self.records)
@@ -316,23 +317,16 @@ class TruthLoop:
             repeat_of = keys.get(compared)
             self.emit(ev.CaptionReady(index, caption, fed, compared, repeat_of))
             if repeat_of is not None and cycle is None:
-                cycle = (repeat_of, index - repeat_of)
+                cycle = Cycle(repeat_of, index - repeat_of)
                 confirm_until = index + cfg.loop.confirm_iters
-            record: dict[str, Any] = {
-                "index": index,
-                "caption": caption,
-                "compared": compared,
-                "fed_prompt": fed,
-                "repeat_of": repeat_of,
-                "seed": cfg.generate.seed,
-                "image": None,
-            }
+            record = Record(index=index, caption=caption, compared=compared, fed_prompt=fed,
+                            repeat_of=repeat_of, seed=cfg.generate.seed)
             if cycle is not None and index >= confirm_until:
-                record["timings"] = {"caption": round(t_caption - t_start, 4),
-                                     "total": round(t_caption - t_start, 4)}
+                record.timings = {"caption": round(t_caption - t_start, 4),
+                                  "total": round(t_caption - t_start, 4)}
                 self._writer.append_record(record)
                 self.records.append(record)
-                self.emit(ev.IterationDone(dict(record)))
+                self.emit(ev.IterationDone(replace(record)))
                 return self._finish("converged", record)
 
             self._checkpoint(index)
@@ -349,12 +343,12 @@ class TruthLoop:
             sim_prev = cosine(features, previous_features)
             sim_start = cosine(features, start_features)
             t_similarity = time.perf_counter()
-            record["image"] = self._writer.write_image(index, image)
-            record["rng_state"] = backends.painter.rng_state()
-            record["sim_prev"] = _round(sim_prev)
-            record["sim_start"] = _round(sim_start)
+            record.image = self._writer.write_image(index, image)
+            record.rng_state = backends.painter.rng_state()
+            record.sim_prev = _round(sim_prev)
+            record.sim_start = _round(sim_start)
             t_end = time.perf_counter()
-            record["timings"] = {
+            record.timings = {
                 "caption": round(t_caption - t_start, 4),
                 "generate": round(t_generate - t_caption, 4),
                 "similarity": round(t_similarity - t_generate, 4),
@@ -365,7 +359,7 @@ class TruthLoop:
             self.records.append(record)
             keys.setdefault(compared, index)
             current, previous_features = image, features
-            self.emit(ev.IterationDone(dict(record)))
+            self.emit(ev.IterationDone(replace(record)))
             self.control.end_of_iteration()
             index += 1
 
@@ -373,35 +367,8 @@ class TruthLoop:
         self.control.checkpoint(on_pause=lambda: self.emit(ev.Paused(index)),
                                 on_resume=lambda: self.emit(ev.Resumed(index)))
 
-    def _cycle_from_records(self) -> tuple[int, int] | None:
-        for record in self.records:
-            if record.get("repeat_of") is not None:
-                return record["repeat_of"], record["index"] - record["repeat_of"]
-        return None
-
-    def _result_fields(self) -> dict[str, Any]:
-        images = sum(1 for r in self.records if r.get("image"))
-        fields: dict[str, Any] = {"iterations": images, "records": len(self.records),
-                                  "cycle": None, "truth_prompts": None, "truth_images": None}
-        cycle = self._cycle_from_records()
-        if cycle is not None:
-            start, length = cycle
-            members = self.records[start:start + length]
-            fields["cycle"] = {"start": start, "length": length,
-                               "kind": "fixed_point" if length == 1 else "cycle",
-                               "found_at": start + length}
-            fields["truth_prompts"] = [r["fed_prompt"] for r in members]
-            fields["truth_images"] = [r["image"] for r in members]
-            # After the first repeat, every compared prompt must follow the cycle.
-            after = self.records[start + length:]
-            fields["confirmed_iterations"] = len(after) - 1
-            fields["cycle_held"] = all(
-                r["compared"] == self.records[r["index"] - length]["compared"] for r in after
-            )
-        return fields
-
-    def _finish(self, status: str, last: dict[str, Any] | None = None) -> dict[str, Any]:
-        self.summary.update(self._result_fields())
+    def _finish(self, status: str, last: Record | None = None) -> dict[str, Any]:
+        self.summary.update(result_fields(self.records))
         self.summary.update({
             "status": status,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from truthloop.errors import OneLineError
+from truthloop.record import Record
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
@@ -37,6 +38,8 @@ INPUT_FILE = "input.png"
 IMAGES_DIR = "images"
 LOCK_FILE = "lock"
 ERROR_FILE = "error.log"
+# Written into run.json as "format"; a reader refuses a run written in a newer format rather
+# than misreading it.
 FORMAT_VERSION = 1
 
 
@@ -238,8 +241,8 @@ class RunWriter:
         atomic_write_bytes(self.path / name, png_bytes(image))
         return name
 
-    def append_record(self, record: dict[str, Any]) -> None:
-        line = json_bytes(record) + b"\n"
+    def append_record(self, record: Record) -> None:
+        line = json_bytes(record.to_json()) + b"\n"
         fd = os.open(self.path / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             written = os.write(fd, line)
@@ -265,7 +268,7 @@ class RunView:
 
     path: Path
     info: dict[str, Any]
-    records: list[dict[str, Any]]
+    records: list[Record]
     summary: dict[str, Any] | None
     problems: list[str] = field(default_factory=list)
 
@@ -280,9 +283,8 @@ class RunView:
             return "interrupted"
         return status
 
-    def image_path(self, record: dict[str, Any]) -> Path | None:
-        name = record.get("image")
-        return self.path / name if isinstance(name, str) and name else None
+    def image_path(self, record: Record) -> Path | None:
+        return self.path / record.image if record.image else None
 
     @property
     def input_path(self) -> Path | None:
@@ -310,7 +312,7 @@ def is_locked(path: Path) -> bool:
     return False
 
 
-def read_records(path: Path, problems: list[str] | None = None) -> list[dict[str, Any]]:
+def read_records(path: Path, problems: list[str] | None = None) -> list[Record]:
     """Complete log lines as records; a torn last line or a bad line is reported, not raised."""
     log = Path(path) / LOG_FILE
     try:
@@ -328,14 +330,16 @@ def read_records(path: Path, problems: list[str] | None = None) -> list[dict[str
             problems.append(f"{log}: last line is incomplete (ignored)")
     for number, line in enumerate(lines, 1):
         try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not an object")
+            data = json.loads(line)
         except ValueError:
             if problems is not None:
                 problems.append(f"{log}: line {number} is not valid JSON (ignored)")
             continue
-        records.append(record)
+        try:
+            records.append(Record.from_json(data))
+        except ValueError as error:
+            if problems is not None:
+                problems.append(f"{log}: line {number} is not a record: {error} (ignored)")
     return records
 
 
@@ -354,11 +358,14 @@ def read_run(path: Path) -> RunView:
         raise RunDirError(f"{path} is not a truthloop run directory (no {RUN_FILE})") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise RunDirError(f"{info_path} is not valid: {error}") from None
+    written = info.get("format", 1)
+    if not isinstance(written, int) or written > FORMAT_VERSION:
+        raise RunDirError(f"{path} was written by a newer truthloop (run format {written}; this "
+                          f"one reads up to {FORMAT_VERSION}): upgrade truthloop to open it")
     records = read_records(path, problems)
     for record in records:
-        name = record.get("image")
-        if isinstance(name, str) and name and not (path / name).exists():
-            problems.append(f"{path / name}: image of iteration {record.get('index')} is missing")
+        if record.image and not (path / record.image).exists():
+            problems.append(f"{path / record.image}: image of iteration {record.index} is missing")
     summary = None
     summary_path = path / SUMMARY_FILE
     if summary_path.exists():
@@ -380,16 +387,14 @@ def resume_problem(view: RunView) -> str | None:
         if problem.startswith(f"{log}: line "):
             return f"{problem.replace(' (ignored)', '')}; this run cannot be resumed"
     for number, record in enumerate(view.records):
-        image = record.get("image")
+        image = record.image
         last = number == len(view.records) - 1
-        if (record.get("index") != number or not isinstance(record.get("compared"), str)
-                or not isinstance(record.get("fed_prompt"), str)
-                or not (image == image_name(number) or (image is None and last))):
+        if record.index != number or not (image == image_name(number) or (image is None and last)):
             return (f"{log}: record {number + 1} is not a valid record of iteration {number}; "
                     f"this run cannot be resumed")
         if image and not (view.path / image).exists():
             return f"{view.path / image} is missing; this run cannot be resumed"
-    last = next((r["image"] for r in reversed(view.records) if r.get("image")), None)
+    last = next((r.image for r in reversed(view.records) if r.image), None)
     if last is not None:  # the image the run continues from must decode
         damage = decode_problem(view.path / last)
         if damage is not None:

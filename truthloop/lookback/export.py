@@ -12,13 +12,14 @@ from typing import Any, Iterable
 
 from truthloop.lookback.html import write_html
 from truthloop.lookback.render import need_images, write_drift, write_sheet
-from truthloop.lookback.runs import ExportError, find_cycle, open_run
+from truthloop.lookback.runs import ExportError, open_run
 from truthloop.lookback.video import (
     MP4_NEEDS_ENCODER,
     find_encoder,
     write_gif,
     write_mp4,
 )
+from truthloop.record import find_cycle
 
 EXPORT_KINDS = ("gif", "mp4", "sheet", "drift", "html")
 DEFAULT_KINDS = ("gif", "sheet")

@@ -15,12 +15,12 @@ from truthloop.diff import caption_diff
 from truthloop.lookback.render import make_drift, need_images, png_bytes, write_file
 from truthloop.lookback.runs import (
     TINY_LABEL,
-    find_cycle,
     format_duration,
     image_records,
     models_label,
     summarize,
 )
+from truthloop.record import find_cycle
 from truthloop.text import visible
 
 
@@ -99,8 +99,8 @@ def page_html(view: Any, out_dir: Path) -> str:
     if row.get("models") == "tiny":
         parts.append(f'<p class="note">{_esc(TINY_LABEL)}</p>')
     if cycle is not None:
-        cycle_text = (f"fixed point at #{cycle[0]}" if cycle[1] == 1
-                      else f"cycle of {cycle[1]} starting at #{cycle[0]}")
+        cycle_text = (f"fixed point at #{cycle.start}" if cycle.length == 1
+                      else f"cycle of {cycle.length} starting at #{cycle.start}")
     else:
         cycle_text = "none yet"
     meta = [("status", row["status"]), ("iterations", row["iterations"]),
@@ -127,31 +127,31 @@ def page_html(view: Any, out_dir: Path) -> str:
                      f"{_esc(row.get('start_image') or '')}</figcaption></figure>")
     previous: str | None = None
     for record in records:
-        index = record.get("index")
+        index = record.index
         classes = []
         mark = ""
         if cycle is not None:
-            start, length = cycle
+            start, length = cycle.start, cycle.length
             if start <= index < start + length:
                 classes.append("cycle")
                 mark = "truth" if length == 1 else f"truth {index - start + 1}/{length}"
             elif index >= start + length:
                 classes.append("repeat")
-        if record.get("repeat_of") is not None:
-            mark = (mark + " · " if mark else "") + f"repeats #{record['repeat_of']}"
-        fed = record.get("fed_prompt") or ""
+        if record.repeat_of is not None:
+            mark = (mark + " · " if mark else "") + f"repeats #{record.repeat_of}"
+        fed = record.fed_prompt or ""
         body = [f'<span class="idx">#{_esc(index)}</span>'
                 + (f'<span class="mark">{_esc(mark)}</span>' if mark else ""),
                 f'<p class="prompt">{diff_html(previous, fed)}</p>']
-        if record.get("caption") is not None and record.get("caption") != fed:
-            body.append(f'<p class="caption">caption: {_esc(record["caption"])}</p>')
+        if record.caption is not None and record.caption != fed:
+            body.append(f'<p class="caption">caption: {_esc(record.caption)}</p>')
         sims = []
         for key, name in (("sim_start", "to start"), ("sim_prev", "to previous")):
-            if isinstance(record.get(key), (int, float)):
-                sims.append(f"{name} {record[key]:.3f}")
+            if isinstance(getattr(record, key), (int, float)):
+                sims.append(f"{name} {getattr(record, key):.3f}")
         if sims:
             body.append(f'<p class="sims">similarity {_esc(", ".join(sims))}</p>')
-        if record.get("image"):
+        if record.image:
             src = _rel_url(view.image_path(record), out_dir)
             img = f'<img src="{src}" alt="iteration {_esc(index)}" loading="lazy">'
         else:

@@ -14,11 +14,11 @@ from typing import Any, Iterator
 from truthloop.lookback.runs import (
     TINY_LABEL,
     ExportError,
-    find_cycle,
     image_records,
     models_label,
     summarize,
 )
+from truthloop.record import Cycle, Record, find_cycle
 from truthloop.text import visible
 
 BACKGROUND = (24, 24, 27)
@@ -102,7 +102,7 @@ def _fit(image: Any, size: int) -> Any:
     return square
 
 
-def _load(view: Any, record: dict[str, Any]) -> Any:
+def _load(view: Any, record: Record) -> Any:
     from PIL import Image
 
     path = view.image_path(record)
@@ -110,15 +110,15 @@ def _load(view: Any, record: dict[str, Any]) -> Any:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, ValueError) as error:
-        raise ExportError(f"{path}: cannot read image of iteration {record.get('index')} "
+        raise ExportError(f"{path}: cannot read image of iteration {record.index} "
                           f"({error})") from None
 
 
-def _label(record: dict[str, Any], cycle: tuple[int, int] | None) -> str:
-    index = record.get("index")
+def _label(record: Record, cycle: Cycle | None) -> str:
+    index = record.index
     label = f"#{index}"
     if cycle is not None:
-        start, length = cycle
+        start, length = cycle.start, cycle.length
         if start <= index < start + length:
             label += "  truth" if length == 1 else f"  truth {index - start + 1}/{length}"
         elif index >= start + length:
@@ -126,11 +126,11 @@ def _label(record: dict[str, Any], cycle: tuple[int, int] | None) -> str:
     return label
 
 
-def _frame_colour(record: dict[str, Any], cycle: tuple[int, int] | None) -> tuple[int, int, int]:
+def _frame_colour(record: Record, cycle: Cycle | None) -> tuple[int, int, int]:
     if cycle is None:
         return BACKGROUND
-    start, length = cycle
-    index = record.get("index", -1)
+    start, length = cycle.start, cycle.length
+    index = record.index
     if start <= index < start + length:
         return CYCLE
     if index >= start + length:
@@ -155,8 +155,8 @@ def frame_layout(size: int, captions: bool, lines: int = 4) -> FrameLayout:
     return FrameLayout(width, height, size, lines if captions else 0)
 
 
-def render_frame(image: Any, record: dict[str, Any], layout: FrameLayout,
-                 cycle: tuple[int, int] | None) -> Any:
+def render_frame(image: Any, record: Record, layout: FrameLayout,
+                 cycle: Cycle | None) -> Any:
     """One video frame: the image, and below it the iteration index and the prompt it was drawn
     from (the fed prompt)."""
     from PIL import Image, ImageDraw
@@ -171,14 +171,14 @@ def render_frame(image: Any, record: dict[str, Any], layout: FrameLayout,
         colour = _frame_colour(record, cycle)
         draw.text((6, y), _label(record, cycle), font=font,
                   fill=colour if colour != BACKGROUND else FOREGROUND)
-        for line in wrap_text(record.get("fed_prompt") or "", font, layout.width - 12,
+        for line in wrap_text(record.fed_prompt or "", font, layout.width - 12,
                               layout.caption_lines):
             y += line_h
             draw.text((6, y), line, font=font, fill=DIM)
     return frame
 
 
-def iter_frames(view: Any, records: list[dict[str, Any]], layout: FrameLayout,
+def iter_frames(view: Any, records: list[Record], layout: FrameLayout,
                 captions: bool) -> Iterator[Any]:
     cycle = find_cycle(view.records)
     for record in records:
@@ -204,7 +204,7 @@ def default_size(count: int, native: int) -> int:
     return 256 if native < 256 else min(384, native)
 
 
-def native_size(view: Any, records: list[dict[str, Any]]) -> int:
+def native_size(view: Any, records: list[Record]) -> int:
     from PIL import Image
 
     try:
@@ -267,15 +267,15 @@ def make_sheet(view: Any, cycle_only: bool = False, captions: bool = True,
         if cycle is None:
             raise ExportError(f"{view.path} has no cycle yet (no caption repeated); "
                               f"--cycle-only needs one")
-        start, length = cycle
-        records = [r for r in records if start <= r.get("index", -1) < start + length]
+        start, length = cycle.start, cycle.length
+        records = [r for r in records if start <= r.index < start + length]
     size = size or default_size(len(records), native_size(view, records))
     header_font = _font(HEADER_FONT)
     row = summarize(view)
     title = f"{row['run']}  ·  {row['status']}  ·  {row['iterations']} iterations"
     if cycle is not None:
-        title += ("  ·  fixed point at #%d" % cycle[0] if cycle[1] == 1
-                  else f"  ·  cycle of {cycle[1]} from #{cycle[0]}")
+        title += ("  ·  fixed point at #%d" % cycle.start if cycle.length == 1
+                  else f"  ·  cycle of {cycle.length} from #{cycle.start}")
     if cycle_only:
         title += "  ·  cycle only"
     models = TINY_LABEL if row.get("models") == "tiny" else f"models: {models_label(row)}"
@@ -285,7 +285,7 @@ def make_sheet(view: Any, cycle_only: bool = False, captions: bool = True,
     header = [(line, FOREGROUND) for line in wrap_text(title, header_font, text_width, 2)]
     header += [(line, DIM) for line in wrap_text(subtitle, header_font, text_width, 3)]
     layout = sheet_layout(len(records), size, captions, columns, header_lines=len(header))
-    layout.indices = [record.get("index") for record in records]
+    layout.indices = [record.index for record in records]
     sheet = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     for number, (line, colour) in enumerate(header):
@@ -305,7 +305,7 @@ def make_sheet(view: Any, cycle_only: bool = False, captions: bool = True,
         draw.text((x, text_y), _label(record, cycle), font=font,
                   fill=colour if colour != BACKGROUND else FOREGROUND)
         if captions:
-            for line in wrap_text(record.get("fed_prompt") or "", font, size, 3):
+            for line in wrap_text(record.fed_prompt or "", font, size, 3):
                 text_y += line_h
                 draw.text((x, text_y), line, font=font, fill=DIM)
     return sheet, layout
@@ -345,11 +345,11 @@ def make_drift(view: Any, width: int = 760, height: int = 320) -> tuple[Any, Dri
     series = {"sim_start": [], "sim_prev": []}
     for record in records:
         for key in series:
-            value = record.get(key)
+            value = getattr(record, key)
             if isinstance(value, (int, float)) and math.isfinite(value):
-                series[key].append((record["index"], float(value)))
+                series[key].append((record.index, float(value)))
     values = [v for points in series.values() for _, v in points]
-    indices = [record["index"] for record in records]
+    indices = [record.index for record in records]
     x_min, x_max = (min(indices), max(indices)) if indices else (0, 1)
     if values:
         lo, hi = min(values), max(values)
@@ -368,7 +368,7 @@ def make_drift(view: Any, width: int = 760, height: int = 320) -> tuple[Any, Dri
 
     # convergence: shade the cycle members, mark where the truth begins
     if cycle is not None:
-        start, length = cycle
+        start, length = cycle.start, cycle.length
         x0 = max(left, px(start - 0.5) if length > 0 else px(start))
         x1 = min(right, px(start + length - 0.5))
         if x1 > x0:
@@ -415,7 +415,7 @@ def make_drift(view: Any, width: int = 760, height: int = 320) -> tuple[Any, Dri
         draw.text(((left + right) / 2 - font.getlength(message) / 2, (top + bottom) / 2),
                   message, font=font, fill=(120, 120, 120))
     layout = DriftLayout(points=len(series["sim_start"]), x_min=x_min, x_max=x_max, y_min=lo,
-                         y_max=hi, cycle=cycle, plot_box=(left, top, right, bottom))
+                         y_max=hi, cycle=(cycle.start, cycle.length) if cycle else None, plot_box=(left, top, right, bottom))
     return image, layout
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from truthloop.record import Record, find_cycle
 from truthloop.text import clip, visible
 
 TINY_LABEL = "tiny random-weight models (machinery, not truth)"
@@ -37,17 +38,9 @@ def open_run(run_dir: Path | str) -> Any:
     return view
 
 
-def image_records(view: Any) -> list[dict[str, Any]]:
+def image_records(view: Any) -> list[Record]:
     """The records that drew an image, in order: one per iteration (frame, tile, plot point)."""
-    return [record for record in view.records if record.get("image")]
-
-
-def find_cycle(records: list[dict[str, Any]]) -> tuple[int, int] | None:
-    """(start, length) of the first repeat in the log, also for a run still being written."""
-    for record in records:
-        if record.get("repeat_of") is not None:
-            return record["repeat_of"], record["index"] - record["repeat_of"]
-    return None
+    return [record for record in view.records if record.image]
 
 
 def summarize(view: Any) -> dict[str, Any]:
@@ -60,11 +53,11 @@ def summarize(view: Any) -> dict[str, Any]:
     cycle = find_cycle(view.records)
     truth = None
     if cycle is not None:
-        start, length = cycle
-        by_index = {record.get("index"): record for record in view.records}
-        truth = [by_index[i].get("fed_prompt") for i in range(start, start + length)
+        start, length = cycle.start, cycle.length
+        by_index = {record.index: record for record in view.records}
+        truth = [by_index[i].fed_prompt for i in range(start, start + length)
                  if i in by_index]
-    duration = sum(float((record.get("timings") or {}).get("total") or 0.0)
+    duration = sum(float(record.timings.get("total") or 0.0)
                    for record in view.records)
     summary = view.summary or {}
     input_image = config.get("input_image")
@@ -76,8 +69,8 @@ def summarize(view: Any) -> dict[str, Any]:
         "status": view.status,
         "iterations": len(images),
         "records": len(view.records),
-        "cycle_start": cycle[0] if cycle else None,
-        "cycle_length": cycle[1] if cycle else None,
+        "cycle_start": cycle.start if cycle else None,
+        "cycle_length": cycle.length if cycle else None,
         "truth_prompts": truth,
         "duration_s": round(duration, 3),
         "models": models.get("models"),
