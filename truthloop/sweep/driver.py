@@ -22,7 +22,7 @@ from typing import Any, Callable
 from truthloop.store import LOG_FILE
 from truthloop.sweep import state as st
 from truthloop.sweep.spec import Trajectory
-from truthloop.text import visible
+from truthloop.text import first_line, visible
 
 TABLE_INTERVAL = 2.0  # s between rewrites of trajectories.jsonl while running
 POLL = 0.5
@@ -61,12 +61,11 @@ def start_ray(address: str | None, num_gpus: int | None) -> bool:
     (then we shut it down at the end). An already-initialised Ray (tests) is used as it is."""
     import ray
 
-    if ray.is_initialized():
-        return False
-    # Ray's own logs would bury the progress bar; the workers' errors come back as exceptions.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if address:
         check_address(address)
+    if ray.is_initialized():
+        return False
+    if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR")
         return True
@@ -199,6 +198,12 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
                         # Out of restarts: this worker is gone for good; the others go on.
                         outcome = {"status": "error",
                                    "message": f"worker lost: {type(error).__name__}"}
+                    except ray.exceptions.RayTaskError as error:
+                        # A bug, not a fault: the worker is fine, this trajectory is not.
+                        idle.append(actor)
+                        cause = error.cause if error.cause is not None else error
+                        outcome = {"status": "error",
+                                   "message": f"{type(cause).__name__}: {first_line(cause)}"}
                     _poll(job, progress)
                     row = st.trajectory_row(sweep_dir, job.trajectory)
                     if outcome.get("status") == "error" and row["state"] != "error":

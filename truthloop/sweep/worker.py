@@ -15,7 +15,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from truthloop.config import RunConfig
+from truthloop.config import ConfigError, RunConfig
+from truthloop.images import BadImage, load_input_image
 from truthloop.loop import Backends, LoopFailed, TruthLoop
 from truthloop.store import RUN_FILE, RunDirError, atomic_write_json, read_records, read_run
 from truthloop.sweep.state import EMBEDDING_FILE, read_summary
@@ -85,7 +86,7 @@ class TrajectoryWorker:
         run_dir = Path(job["run_dir"])
         try:
             status = self._run_loop(run_dir, RunConfig.from_dict(job["config"]))
-        except (LoopFailed, RunDirError) as error:
+        except (LoopFailed, RunDirError, BadImage, ConfigError) as error:
             return {"status": "error", "message": str(error)}
         if status == "converged" and not (run_dir / EMBEDDING_FILE).exists():
             try:
@@ -104,8 +105,6 @@ class TrajectoryWorker:
         else:
             image = None
             if config.input_image is not None:
-                from truthloop.images import load_input_image
-
                 image = load_input_image(config.input_image)
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             loop = TruthLoop(config, run_dir, self._backends_for, input_image=image)

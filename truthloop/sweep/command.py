@@ -1,0 +1,178 @@
+"""`truthloop sweep` and `truthloop atlas`: their arguments and what they do. cli.py registers
+them (`add_parsers`) and calls `cmd_sweep` / `cmd_atlas`; errors come back as `CommandError`, one
+line each, which cli turns into `truthloop: error: ...` and the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from truthloop.config import ConfigError, RunConfig
+from truthloop.store import atomic_write_json
+from truthloop.sweep import missing_extras
+from truthloop.sweep.spec import (
+    GRID_FIELDS, LOCK_FILE, SPEC_FILE, SpecError, difference, find_images, make_spec,
+    parse_grid, parse_seeds, read_prompts, read_spec, trajectories,
+)
+from truthloop.text import visible
+
+
+class CommandError(Exception):
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def add_parsers(sub: Any, add_config_options: Callable[[argparse.ArgumentParser], None]) -> None:
+    sweep = sub.add_parser(
+        "sweep", help="many trajectories on Ray: images/prompts × seeds × a grid of settings",
+        description="Run one trajectory per start × seed × grid point, spread over Ray workers "
+                    "(one per GPU), each an ordinary run directory under SWEEP_DIR/runs/. "
+                    "The same command again continues the sweep.")
+    sweep.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    sweep.add_argument("--images", nargs="+", metavar="PATH", default=[],
+                       help="start images: files, or folders (their image files)")
+    sweep.add_argument("--prompts", metavar="FILE", help="start prompts, one a line")
+    sweep.add_argument("--seeds", help="seeds: 0-15, 1,5,9 or a mix (default: --seed, 42)")
+    sweep.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                       help=f"vary a setting: {', '.join(GRID_FIELDS)} (repeatable)")
+    sweep.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                       help="Ray cluster to join (default $RAY_ADDRESS; none: start Ray here)")
+    sweep.add_argument("--workers", type=int, help="worker processes (default: one per GPU, "
+                       "or one without GPUs)")
+    sweep.add_argument("--gpus", type=int, help="GPUs Ray may use on this machine (local only)")
+    sweep.add_argument("--no-atlas", dest="atlas", action="store_false",
+                       help="do not write the atlas at the end")
+    sweep.add_argument("--max-restarts", type=int, default=8, help=argparse.SUPPRESS)
+    # module:function of a backend factory, for tests (fake models a worker builds by name).
+    sweep.add_argument("--backend", help=argparse.SUPPRESS)
+    add_config_options(sweep)
+
+    atlas = sub.add_parser("atlas", help="the attractors and motifs of a sweep "
+                           "(atlas.json, atlas.png, atlas.html)")
+    atlas.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    atlas.add_argument("--out", metavar="DIR", help="where to write (default SWEEP_DIR/atlas/)")
+    atlas.add_argument("--min-cluster-size", type=int, default=2,
+                       help="HDBSCAN's smallest motif, in attractors (default 2)")
+
+
+def build_spec(args: argparse.Namespace, config: RunConfig,
+               on_skip: Callable[[str], None]) -> dict[str, Any]:
+    """The spec this command asks for; each unreadable image goes to `on_skip` (one line)."""
+    from truthloop.images import BadImage, load_input_image
+
+    seeds = parse_seeds(args.seeds) if args.seeds else [config.generate.seed]
+    grid = parse_grid(args.grid)
+    images = []
+    for path in find_images(args.images):
+        try:
+            load_input_image(path)
+        except BadImage as error:
+            on_skip(str(error))
+            continue
+        images.append(path)
+    prompts = read_prompts(args.prompts) if args.prompts else []
+    if args.images and not images and not prompts:
+        raise SpecError("none of the --images could be read; nothing to run")
+    return make_spec(config, images, prompts, seeds, grid, backend=args.backend)
+
+
+def cmd_sweep(args: argparse.Namespace, config: RunConfig) -> int:
+    missing = missing_extras()
+    if missing:
+        raise CommandError(missing)
+    if args.workers is not None and args.workers < 1:
+        raise CommandError("--workers must be 1 or more")
+    if args.address and args.gpus is not None:
+        raise CommandError("--gpus is for a local Ray; a cluster brings its own GPUs")
+    # The spec's per-trajectory fields are filled per trajectory; validate the rest now.
+    config.start_prompt = "-"
+    try:
+        config.validate()
+    except ConfigError as error:
+        raise CommandError(str(error)) from None
+    config.start_prompt = None
+    sweep_dir = Path(args.sweep_dir)
+    try:
+        spec = build_spec(args, config, lambda line: print(
+            f"truthloop: skipped: {visible(line)}", file=sys.stderr))
+        old = read_spec(sweep_dir)
+    except SpecError as error:
+        raise CommandError(str(error)) from None
+    if old is not None:
+        diff = difference(old, spec)
+        if diff:
+            raise CommandError(f"{sweep_dir} holds another sweep ({diff}); use another "
+                               f"SWEEP_DIR or the command that made it")
+    elif sweep_dir.exists() and (not sweep_dir.is_dir() or any(sweep_dir.iterdir())):
+        raise CommandError(f"{sweep_dir} exists and is not a sweep directory; pick another")
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        lock = _lock(sweep_dir)
+        if old is None:
+            atomic_write_json(sweep_dir / SPEC_FILE, spec)
+    except OSError as error:
+        raise CommandError(f"cannot write {sweep_dir}: {error.strerror or error}") from None
+    try:
+        return _run(args, sweep_dir, spec)
+    finally:
+        os.close(lock)
+
+
+def _lock(sweep_dir: Path) -> int:
+    fd = os.open(sweep_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise CommandError(f"{sweep_dir} is being run by another `truthloop sweep`; watch it "
+                           f"with `truthloop view {sweep_dir}`") from None
+    return fd
+
+
+def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int:
+    from truthloop.sweep.driver import SweepError, run_sweep
+
+    trajs = trajectories(spec)
+    try:
+        rows = run_sweep(sweep_dir, trajs, spec.get("backend"), address=args.address,
+                         workers=args.workers, num_gpus=args.gpus,
+                         max_restarts=args.max_restarts)
+    except SweepError as error:
+        raise CommandError(str(error), code=error.code) from None
+    states: dict[str, int] = {}
+    for row in rows:
+        states[row["state"]] = states.get(row["state"], 0) + 1
+    print("sweep: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) +
+          f"; {visible(str(sweep_dir))}")
+    if args.atlas and states.get("converged"):
+        _print_atlas(sweep_dir, None, 2)
+    return 1 if states.get("error") else 0
+
+
+def cmd_atlas(args: argparse.Namespace) -> int:
+    missing = missing_extras((("scikit-learn", "sklearn"),))
+    if missing:
+        raise CommandError(missing)
+    if args.min_cluster_size < 2:
+        raise CommandError("--min-cluster-size must be 2 or more")
+    _print_atlas(Path(args.sweep_dir), Path(args.out) if args.out else None,
+                 args.min_cluster_size)
+    return 0
+
+
+def _print_atlas(sweep_dir: Path, out: Path | None, min_cluster_size: int) -> None:
+    from truthloop.lookback.atlas import AtlasError, describe, write_atlas
+
+    try:
+        atlas, where = write_atlas(sweep_dir, out, min_cluster_size)
+    except AtlasError as error:
+        raise CommandError(str(error)) from None
+    for line in describe(atlas):
+        print(line)
+    print(f"atlas: {visible(str(where / 'atlas.html'))}")
