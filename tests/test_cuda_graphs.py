@@ -131,10 +131,10 @@ def test_prefix_then_causal_attention_is_attention_over_the_joined_keys(dtype, h
     """The chain encoder's attention (the shared prefix and each row's own keys, merged by their
     log-sum-exps, from PyTorch's kernel or, where that fails, plain math) against one attention
     over the keys joined per row."""
-    from truthloop.ml import fastci
-    from truthloop.ml.fastci import _prefix_then_causal_attention
+    from truthloop.ml import attention
+    from truthloop.ml.attention import prefix_then_causal_attention
 
-    monkeypatch.setattr(fastci, "_EFFICIENT_LSE", kernel)
+    monkeypatch.setattr(attention, "_EFFICIENT_LSE", kernel)
 
     gen = torch.Generator("cuda").manual_seed(0)
     rows, width, prefix_keys = 256, 8, 77
@@ -146,7 +146,7 @@ def test_prefix_then_causal_attention_is_attention_over_the_joined_keys(dtype, h
                                                                       head_dim)
     for prefix_len in (1, 30, 77):
         present = torch.arange(prefix_keys, device="cuda") < prefix_len
-        got = _prefix_then_causal_attention(q, k, v, prefix_k, prefix_v, present)
+        got = prefix_then_causal_attention(q, k, v, prefix_k, prefix_v, present)
         steps = torch.arange(width, device="cuda")
         mask = torch.cat([present.expand(width, -1), steps[None, :] <= steps[:, None]], dim=1)
         keys = torch.cat([prefix_k.expand(rows, -1, -1, -1), k], 2)
