@@ -312,3 +312,26 @@ def test_tiny_models_end_to_end(tmp_path, tiny_interrogator, capsys):
     if converged:
         assert atlas["converged"] == converged
         assert sum(a["basin_size"] for a in atlas["attractors"]) == converged
+
+
+def test_a_retargeted_painter_draws_what_a_fresh_one_draws(tiny_models):
+    """A worker keeps its models across trajectories of different seeds: after
+    `start_trajectory`, the painter's images equal those of a painter made for that seed (the
+    shared generator starts over, not where the last trajectory left it)."""
+    import numpy as np
+
+    from truthloop.config import GenerateConfig
+    from truthloop.ml.generate import Painter
+
+    def config(seed: int) -> GenerateConfig:
+        return GenerateConfig(steps=2, width=64, height=64, seed=seed, seed_mode="shared")
+
+    def draw(painter: Painter) -> list:
+        return [np.asarray(painter.paint("a red house", lambda *a: None)) for _ in range(2)]
+
+    reused = Painter(tiny_models.pipe, config(1), tiny_models.device)
+    draw(reused)  # the first trajectory moves the shared generator on
+    reused.start_trajectory(config(2))
+    fresh = Painter(tiny_models.pipe, config(2), tiny_models.device)
+    for mine, theirs in zip(draw(reused), draw(fresh)):
+        assert np.array_equal(mine, theirs)

@@ -79,6 +79,12 @@ class Painter:
         raw = bytearray(base64.b64decode(state))
         self._shared.set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
 
+    def start_trajectory(self, config: GenerateConfig) -> None:
+        """Draw the next trajectory with these settings (a sweep worker keeps the models loaded
+        across trajectories of different seeds): a fresh shared generator from its seed."""
+        self.config = config
+        self._shared.manual_seed(config.seed)
+
 
 def _has_offload_hooks(module: Any) -> bool:
     # accelerate's offloading moves weights in and out around each call; a graph cannot.
