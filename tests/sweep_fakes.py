@@ -10,6 +10,7 @@ prompt; the captioner reads the colour back), so every start's trajectory is kno
     start "d1" -> cyc3y -> cyc3z -> cyc3x          the same 3-cycle, entered at another phase
     start "e1" -> fixE                             fixed point        (motif "city")
     start "n1" -> n2 -> n3 -> ...                  never repeats (hits --max-iters 8)
+    start "h1" -> HOSTILE                          fixed point on a caption full of markup
 
 Start images: a flat colour from START_COLOURS is captioned as its start prompt.
 """
@@ -22,12 +23,16 @@ import time
 import fakes
 from truthloop.loop import Backends
 
+HOSTILE = "<script>alert(1)</script> [bold red]boom[/bold red] \x1b[31m"
+
 SCRIPT = {
     "a1": "a2", "a2": "fixA", "fixA": "fixA",
     "b1": "cycB1", "cycB1": "cycB2", "cycB2": "cycB1",
     "c1": "c2", "c2": "cyc3x", "cyc3x": "cyc3y", "cyc3y": "cyc3z", "cyc3z": "cyc3x",
     "d1": "cyc3y",
     "e1": "fixE", "fixE": "fixE",
+    # Captions are untrusted text: markup and HTML in a truth must come out literally.
+    "h1": HOSTILE, HOSTILE: HOSTILE,
 } | {f"n{i}": f"n{i + 1}" for i in range(1, 40)}
 
 START_COLOURS = {(10, 20, 30): "a1", (40, 50, 60): "d1", (70, 80, 90): "e1"}

@@ -154,12 +154,16 @@ def _motifs(attractors: list[dict[str, Any]], vectors: dict[str, list[float]],
     usable = [i for i, m in enumerate(means) if m is not None]
     labels = {i: -1 for i in range(len(attractors))}
     method: dict[str, Any] = {"method": "hdbscan", "min_cluster_size": min_cluster_size,
+                              "min_samples": 1, "allow_single_cluster": True,
                               "features": "concat(unit CLIP image mean, unit CLIP text mean)",
                               "units": "exact attractors"}
     if len(usable) > min_cluster_size:
         from sklearn.cluster import HDBSCAN
 
-        found = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=1, copy=True).fit_predict(
+        # allow_single_cluster: without it a sweep with one motif (plus outliers) would report
+        # every attractor as noise, since HDBSCAN never selects its root cluster by default.
+        found = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=1, copy=True,
+                        allow_single_cluster=True).fit_predict(
             np.stack([means[i] for i in usable]))
         labels.update({i: int(label) for i, label in zip(usable, found)})
     else:
