@@ -18,8 +18,8 @@ from typing import Any, Sequence
 from truthloop import __version__
 from truthloop import events as ev
 from truthloop.config import (
-    CAPTION_MODES, FEED_MODES, INTERROGATORS, PRESETS, PREVIEWS, SCHEDULERS, SEED_MODES,
-    ConfigError, RunConfig, apply_preset,
+    CAPTION_MODES, DEFAULT_RUNS_DIR, DEVICES, FEED_MODES, INTERROGATORS, PRESETS, PREVIEWS,
+    SCHEDULERS, SEED_MODES, ConfigError, RunConfig, apply_demo, apply_preset,
 )
 from truthloop.model_ids import DEFAULT_CAPTION_MODEL, DEFAULT_CLIP_MODEL, DEFAULT_SD_MODEL
 from truthloop.text import visible
@@ -99,7 +99,8 @@ def _add_ui_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run directory (default: RUNS_DIR/<time>-<input name>)")
-    parser.add_argument("--runs-dir", default="runs", help="where new run directories go")
+    parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
+                        help="where new run directories go (default: ./%(default)s)")
     _add_config_options(parser)
     _add_ui_options(parser)
 
@@ -119,7 +120,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                         f"(default: {DEFAULT_CAPTION_MODEL})")
     models.add_argument("--clip-model", help="open_clip ARCH/PRETRAINED or ARCH/path/to/ckpt "
                         f"(default: {DEFAULT_CLIP_MODEL})")
-    models.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"))
+    models.add_argument("--device", choices=DEVICES)
     models.add_argument("--low-vram", action="store_true", default=None,
                         help="offload models to the CPU between uses")
     caption = parser.add_argument_group("caption step")
@@ -157,12 +158,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, demo: bool = False) -> RunConfig:
     config = RunConfig()
     if demo:
-        # Small and quick on a CPU; the user's options still win.
-        config.models.models = "tiny"
-        config.generate.steps = 20
-        config.loop.clauses = 1
-        config.loop.max_iters = 30
-        config.caption.mode = "fast"
+        apply_demo(config)
     if getattr(args, "preset", None):
         apply_preset(config, args.preset)
     for dest, (section, name) in OPTION_FIELDS.items():
@@ -279,8 +275,9 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 # -- looking back: runs, export ----------------------------------------------------------------
 # -- the commands -----------------------------------------------------------------------------
 def _add_lookback_commands(sub: Any) -> None:
-    runs = sub.add_parser("runs", help="a table of the runs in a directory (default ./runs)")
-    runs.add_argument("dir", nargs="?", default="runs", metavar="DIR")
+    runs = sub.add_parser("runs", help="a table of the runs in a directory "
+                          f"(default ./{DEFAULT_RUNS_DIR})")
+    runs.add_argument("dir", nargs="?", default=DEFAULT_RUNS_DIR, metavar="DIR")
     runs.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     export_parser = sub.add_parser(

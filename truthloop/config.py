@@ -29,9 +29,23 @@ CAPTION_MODES = ("best", "fast", "classic", "negative", "caption")
 SEED_MODES = ("reseed", "shared")
 FEED_MODES = ("cut", "full")
 INTERROGATORS = ("fast", "reference")
-SCHEDULERS = ("default", "ddim", "pndm", "euler", "euler-a", "dpm++", "unipc", "lms", "heun")
+# --scheduler name -> the diffusers class it loads ("default": the model's own scheduler).
+SCHEDULER_CLASSES = {
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+}
+SCHEDULERS = ("default", *SCHEDULER_CLASSES)
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PREVIEWS = ("auto", "tgp", "sixel", "halfcell", "none")
+# Where new run directories go when neither --out nor --runs-dir says (relative to the current
+# directory), and where `truthloop runs` looks.
+DEFAULT_RUNS_DIR = "runs"
 
 
 
@@ -203,11 +217,28 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def apply_preset(config: RunConfig, name: str) -> None:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown --preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    for section, values in PRESETS[name].items():
+# `truthloop demo`: small and quick on a CPU with the tiny models; the user's options still win.
+DEMO: dict[str, dict[str, Any]] = {
+    "models": {"models": "tiny"},
+    "caption": {"mode": "fast"},
+    "generate": {"steps": 20},
+    "loop": {"clauses": 1, "max_iters": 30},
+}
+
+
+def _apply(config: RunConfig, sections: dict[str, dict[str, Any]]) -> None:
+    for section, values in sections.items():
         target = getattr(config, section)
         for key, value in values.items():
             setattr(target, key, value)
+
+
+def apply_demo(config: RunConfig) -> None:
+    _apply(config, DEMO)
+
+
+def apply_preset(config: RunConfig, name: str) -> None:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown --preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    _apply(config, PRESETS[name])
     config.preset = name

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from truthloop.config import ModelConfig
+from truthloop.config import SCHEDULER_CLASSES, ModelConfig
 from truthloop.errors import OneLineError
 from truthloop.model_ids import CAPTION_MODEL_IDS, download_hint, mirror_of
 from truthloop.text import first_line
@@ -159,18 +159,6 @@ def _from_pretrained(kind: str, spec: str, load: Callable[[str], Any]) -> Any:
             f"run `{download_hint(spec)}` on a connected machine (and copy its HF_HOME cache), "
             f"or pass a local directory"
         ) from None
-
-
-SCHEDULER_CLASSES = {
-    "ddim": "DDIMScheduler",
-    "pndm": "PNDMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler-a": "EulerAncestralDiscreteScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-    "unipc": "UniPCMultistepScheduler",
-    "lms": "LMSDiscreteScheduler",
-    "heun": "HeunDiscreteScheduler",
-}
 
 
 def load_pipeline(spec: str, device: str, dtype: Any, scheduler: str = "default",
