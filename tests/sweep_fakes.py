@@ -126,3 +126,28 @@ def start_image(prompt: str):
 
     colour = next(c for c, p in START_COLOURS.items() if p == prompt)
     return Image.new("RGB", (16, 16), colour)
+
+
+def make_sweep(sweep_dir, prompts: list[str], seeds: list[int], run: bool | list[int] = True):
+    """A sweep directory over these start prompts, its trajectories run in this process by the
+    sweep worker (no Ray): all of them, or those numbered in `run`. Returns the trajectories."""
+    from truthloop.config import RunConfig
+    from truthloop.store import atomic_write_json
+    from truthloop.sweep.spec import make_spec, trajectories
+    from truthloop.sweep.worker import TrajectoryWorker
+
+    base = RunConfig()
+    base.loop.max_iters = 8
+    spec = make_spec(base, [], prompts, seeds, {}, backend="sweep_fakes:attractor_factory")
+    sweep_dir.mkdir(parents=True)
+    atomic_write_json(sweep_dir / "sweep.json", spec)
+    worker = TrajectoryWorker(spec["backend"])
+    trajs = trajectories(spec)
+    for trajectory in trajs:
+        if run is not True and trajectory.number not in run:
+            continue
+        outcome = worker.run({"run_dir": str(trajectory.run_dir(sweep_dir)),
+                              "config": trajectory.config})
+        assert outcome["status"] in ("converged", "max_iters"), outcome
+    assert worker.loads <= 1  # one model load for every trajectory and seed
+    return trajs

@@ -11,28 +11,9 @@ import pytest
 pytest.importorskip("sklearn")
 
 import sweep_fakes  # noqa: E402
+from sweep_fakes import make_sweep  # noqa: E402
 from faulthelpers import assert_one_clean_error_line, run_main  # noqa: E402
-from truthloop.config import RunConfig  # noqa: E402
 from truthloop.lookback.atlas import build_atlas, canonical, write_atlas  # noqa: E402
-from truthloop.store import atomic_write_json  # noqa: E402
-from truthloop.sweep.spec import make_spec, trajectories  # noqa: E402
-from truthloop.sweep.worker import TrajectoryWorker  # noqa: E402
-
-
-def make_sweep(sweep_dir: Path, prompts: list[str], seeds: list[int]) -> list:
-    base = RunConfig()
-    base.loop.max_iters = 8
-    spec = make_spec(base, [], prompts, seeds, {}, backend="sweep_fakes:attractor_factory")
-    sweep_dir.mkdir(parents=True)
-    atomic_write_json(sweep_dir / "sweep.json", spec)
-    worker = TrajectoryWorker(spec["backend"])
-    trajs = trajectories(spec)
-    for trajectory in trajs:
-        outcome = worker.run({"run_dir": str(trajectory.run_dir(sweep_dir)),
-                              "config": trajectory.config})
-        assert outcome["status"] in ("converged", "max_iters"), outcome
-    assert worker.loads == 1  # one model load for every trajectory and seed
-    return trajs
 
 
 def test_cycles_entered_at_any_phase_are_one_attractor():

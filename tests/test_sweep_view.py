@@ -1,0 +1,62 @@
+"""`truthloop view SWEEP_DIR`: the sweep table follows the directory, shows captions literally,
+and Enter opens a trajectory's own view."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from faulthelpers import assert_one_clean_error_line, run_main
+from sweep_fakes import HOSTILE, make_sweep
+from truthloop.sweep.worker import TrajectoryWorker
+from tui_helpers import wait_for
+from tui.sweep_view import SweepApp
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def cell(app: SweepApp, number: int, column: str) -> str:
+    return app.query_one("#sweep-table").get_cell(str(number), column).plain
+
+
+async def test_table_follows_the_sweep_and_enter_opens_a_trajectory(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    trajs = make_sweep(sweep_dir, ["h1", "c1", "n1"], [0], run=[0])
+    opened: list[Path] = []
+    app = SweepApp(sweep_dir, preview="none", poll_interval=0.05,
+                   open_run=lambda app, run_dir, preview: opened.append(run_dir))
+    async with app.run_test(size=(120, 30)) as pilot:
+        assert [cell(app, n, "state") for n in range(3)] == ["converged", "pending", "pending"]
+        # The hostile caption is shown as text: brackets kept, the escape made visible.
+        truth = cell(app, 0, "truth")
+        assert "[bold red]boom" in truth and "\x1b" not in truth
+
+        # Enter on a trajectory that has not started: nothing to open.
+        await pilot.press("down", "enter")
+        await pilot.pause()
+        assert opened == []
+
+        # The sweep goes on while we watch: the table follows.
+        worker = TrajectoryWorker("sweep_fakes:attractor_factory")
+        worker.run({"run_dir": str(trajs[1].run_dir(sweep_dir)), "config": trajs[1].config})
+        await wait_for(pilot, lambda: cell(app, 1, "state") == "converged")
+        assert cell(app, 1, "truth").startswith("3-cycle: cyc3")
+        assert cell(app, 1, "it") == "5"
+
+        await pilot.press("enter")
+        await pilot.pause()
+        assert opened == [trajs[1].run_dir(sweep_dir)]
+        assert "1 pending" in str(app.query_one("#sweep-header").render())
+
+
+def test_view_of_a_sweep_needs_a_terminal(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    make_sweep(sweep_dir, ["a1"], [0], run=[])
+    assert run_main(["view", str(sweep_dir)]) == 2
+    assert_one_clean_error_line(capsys.readouterr().err, "needs a terminal")

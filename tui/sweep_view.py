@@ -1,0 +1,185 @@
+"""`truthloop view SWEEP_DIR`: a sweep as a table (one row per trajectory: state, iteration, current
+caption, truth), following the directory while it grows; Enter opens that trajectory's own view.
+
+Reads the sweep directory only (sweep.json and the run directories, through truthloop.sweep.state),
+like the run view reads a run directory: it works beside a running sweep, on any node that sees the
+directory, and after the sweep is over. Polling is cheap: a run directory is re-read only when its
+log.jsonl or summary.json changed (or its writer's lock may have gone).
+
+The trajectory view is the existing run view (`truthloop view RUN_DIR`), run as a child process
+while this app is suspended (`App.suspend`): q / Escape there comes back here. `open_run` is a
+parameter so that a later in-process screen (or a test) can take its place.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.text import Text
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Static
+
+from truthloop.store import LOG_FILE, SUMMARY_FILE
+from truthloop.sweep import state as st
+from truthloop.sweep.spec import read_spec, trajectories
+from truthloop.text import clip, visible
+
+STATE_STYLE = {"converged": "bold green", "running": "bold cyan", "error": "bold red",
+               "interrupted": "yellow", "stopped": "yellow", "max_iters": "magenta",
+               "pending": "dim"}
+COLUMNS = (("#", "number"), ("start", "start"), ("seed", "seed"), ("grid", "grid"),
+           ("state", "state"), ("it", "it"), ("caption now", "caption"), ("truth", "truth"))
+
+
+def open_in_child_process(app: App, run_dir: Path, preview: str) -> None:
+    """The run view in its own process, over this suspended app's terminal."""
+    with app.suspend():
+        subprocess.run([sys.executable, "-m", "truthloop.cli", "view", str(run_dir),
+                        "--preview", preview], check=False)
+
+
+class SweepApp(App[int]):
+    TITLE = "truthloop sweep"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("enter", "open", "Open trajectory"),
+        Binding("end,f", "follow", "Newest running", show=False),
+        Binding("q,escape", "quit", "Quit"),
+    ]
+    DEFAULT_CSS = """
+    #sweep-header { height: 1; background: $boost; padding: 0 1; }
+    #sweep-table { height: 1fr; }
+    """
+
+    def __init__(self, sweep_dir: Path, preview: str = "auto", poll_interval: float = 1.0,
+                 open_run: Callable[[App, Path, str], None] | None = None) -> None:
+        super().__init__()
+        self.sweep_dir = Path(sweep_dir)
+        self.preview = preview
+        self.poll_interval = poll_interval
+        self.open_run = open_run or open_in_child_process
+        spec = read_spec(self.sweep_dir) or {}
+        self.trajectories = trajectories(spec) if spec else []
+        self.rows: dict[int, dict[str, Any]] = {}
+        self._stamps: dict[int, tuple] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="sweep-header", markup=False)
+        table: DataTable = DataTable(id="sweep-table", cursor_type="row", zebra_stripes=True)
+        yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for label, key in COLUMNS:
+            table.add_column(label, key=key)
+        for trajectory in self.trajectories:
+            row = st.trajectory_row(self.sweep_dir, trajectory)
+            self.rows[trajectory.number] = row
+            table.add_row(*self._cells(row), key=str(trajectory.number))
+        self._update_header()
+        self.set_interval(self.poll_interval, self.poll)
+        table.focus()
+
+    # -- following the directory ------------------------------------------------------------------
+    def _stamp(self, number: int) -> tuple:
+        run_dir = self.trajectories[number].run_dir(self.sweep_dir)
+        stamp = []
+        for name in (LOG_FILE, SUMMARY_FILE, st.EMBEDDING_FILE):
+            try:
+                info = os.stat(run_dir / name)
+                stamp.append((info.st_size, info.st_mtime_ns))
+            except OSError:
+                stamp.append(None)
+        return tuple(stamp)
+
+    def poll(self) -> None:
+        table = self.query_one(DataTable)
+        for trajectory in self.trajectories:
+            number = trajectory.number
+            stamp = self._stamp(number)
+            # A "running" row is re-read every poll: its writer may have died (no file changes).
+            if stamp == self._stamps.get(number) and self.rows[number]["state"] != "running":
+                continue
+            self._stamps[number] = stamp
+            row = st.trajectory_row(self.sweep_dir, trajectory)
+            if row == self.rows[number]:
+                continue
+            self.rows[number] = row
+            for (_, key), value in zip(COLUMNS, self._cells(row)):
+                table.update_cell(str(number), key, value)
+        self._update_header()
+
+    def _update_header(self) -> None:
+        counts: dict[str, int] = {}
+        for row in self.rows.values():
+            counts[row["state"]] = counts.get(row["state"], 0) + 1
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        self.query_one("#sweep-header", Static).update(Text(
+            f"{visible(str(self.sweep_dir))}: {len(self.rows)} trajectories ({parts})"))
+
+    @staticmethod
+    def _cells(row: dict[str, Any]) -> list[Any]:
+        # Captions are untrusted: plain Text from visible(), never markup.
+        grid = " ".join(f"{k}={v}" for k, v in row["settings"].items())
+        cycle = row.get("cycle") or {}
+        truth = ""
+        if row["state"] == "converged":
+            kind = "fixed" if cycle.get("length") == 1 else f"{cycle.get('length')}-cycle"
+            truth = f"{kind}: {row.get('truth') or ''}"
+        elif row["state"] == "error":
+            truth = row.get("message") or ""
+        return [
+            Text(str(row["number"]), justify="right"),
+            Text(clip(visible(row["start"]), 24)),
+            Text(str(row["seed"]), justify="right"),
+            Text(visible(grid)),
+            Text(row["state"], style=STATE_STYLE.get(row["state"], "")),
+            Text(str(row["iterations"]), justify="right"),
+            Text(clip(visible(row.get("caption") or ""), 48)),
+            Text(clip(visible(truth), 48)),
+        ]
+
+    # -- actions ----------------------------------------------------------------------------------
+    def selected(self) -> int | None:
+        table = self.query_one(DataTable)
+        if not self.trajectories or table.cursor_row is None:
+            return None
+        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key
+        return int(key.value)
+
+    def action_open(self) -> None:
+        number = self.selected()
+        if number is None:
+            return
+        trajectory = self.trajectories[number]
+        run_dir = trajectory.run_dir(self.sweep_dir)
+        if not (run_dir / "run.json").exists():
+            self.notify("this trajectory has not started yet", severity="warning")
+            return
+        self.open_run(self, run_dir, self.preview)
+        self.poll()
+
+    @on(DataTable.RowSelected)
+    def _on_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
+    def action_follow(self) -> None:
+        """Jump to the first running trajectory (or the last one that moved)."""
+        table = self.query_one(DataTable)
+        for number, row in self.rows.items():
+            if row["state"] == "running":
+                table.move_cursor(row=table.get_row_index(str(number)))
+                return
+
+
+def run_sweep_view(sweep_dir: Path, preview: str = "auto") -> int:
+    app = SweepApp(Path(sweep_dir), preview=preview)
+    app.run()
+    return app.return_code or 0
