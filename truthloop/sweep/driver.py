@@ -69,9 +69,14 @@ def start_ray(address: str | None, num_gpus: int | None) -> bool:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR")
         return True
-    # Locally: no dashboard (an HTTP server on 8265), and Ray's token authentication on (its
-    # default since 2.5x; set explicitly so an inherited RAY_AUTH_MODE=disabled does not open it).
-    os.environ["RAY_AUTH_MODE"] = "token"
+    # Locally: no dashboard (an HTTP server on 8265). Ray's token authentication is on by
+    # default for a new local Ray (it sets RAY_AUTH_MODE=token itself; setting it here, after
+    # `import ray`, would leave this process's cached setting behind its children's). Only an
+    # explicit opt-out turns it off, and then the user is told.
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        print("truthloop: note: Ray's token authentication is off (RAY_AUTH_MODE="
+              f"{os.environ['RAY_AUTH_MODE']}): anyone who reaches this machine's Ray ports "
+              "can run code here", file=sys.stderr)
     kwargs: dict[str, Any] = {}
     if num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
