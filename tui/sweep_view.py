@@ -50,7 +50,7 @@ class SweepApp(App[int]):
     BINDINGS = [
         Binding("enter", "open", "Open trajectory"),
         Binding("end,f", "follow", "Newest running", show=False),
-        Binding("q,escape", "quit", "Quit"),
+        Binding("q", "quit", "Quit"),
     ]
     DEFAULT_CSS = """
     #sweep-header { height: 1; background: $boost; padding: 0 1; }
@@ -122,7 +122,8 @@ class SweepApp(App[int]):
             counts[row["state"]] = counts.get(row["state"], 0) + 1
         parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         self.query_one("#sweep-header", Static).update(Text(
-            f"{visible(str(self.sweep_dir))}: {len(self.rows)} trajectories ({parts})"))
+            f"{visible(str(self.sweep_dir))}: {len(self.rows)} trajectories ({parts})"
+            "  ·  enter: open  ·  q: quit"))
 
     @staticmethod
     def _cells(row: dict[str, Any]) -> list[Any]:
@@ -142,8 +143,8 @@ class SweepApp(App[int]):
             Text(visible(grid)),
             Text(row["state"], style=STATE_STYLE.get(row["state"], "")),
             Text(str(row["iterations"]), justify="right"),
-            Text(clip(visible(row.get("caption") or ""), 48)),
-            Text(clip(visible(truth), 48)),
+            Text(clip(visible(row.get("caption") or ""), 40)),
+            Text(clip(visible(truth), 40)),
         ]
 
     # -- actions ----------------------------------------------------------------------------------

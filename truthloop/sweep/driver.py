@@ -22,7 +22,7 @@ from typing import Any, Callable
 from truthloop.store import LOG_FILE
 from truthloop.sweep import state as st
 from truthloop.sweep.spec import Trajectory
-from truthloop.text import first_line, visible
+from truthloop.text import clip, first_line, visible
 
 TABLE_INTERVAL = 2.0  # s between rewrites of trajectories.jsonl while running
 POLL = 0.5
@@ -146,7 +146,9 @@ def describe(row: dict[str, Any]) -> str:
     if row["state"] == "converged":
         cycle = row.get("cycle") or {}
         kind = "fixed point" if cycle.get("length") == 1 else f"{cycle.get('length')}-cycle"
-        return f"{head}: {kind} after {row['iterations']} images: {visible(row['truth'])}"
+        # One line: the truth clipped (the whole of it is in the run directory and the atlas).
+        return (f"{head}: {kind} after {row['iterations']} images: "
+                f"{clip(visible(row['truth']), 100)}")
     if row["state"] == "error":
         return f"{head}: {visible(row.get('message') or '')}"
     return f"{head}: {row['iterations']} images"
