@@ -33,9 +33,9 @@ async def test_table_follows_the_sweep_and_enter_opens_a_trajectory(tmp_path):
                    open_run=lambda app, run_dir, preview: opened.append(run_dir))
     async with app.run_test(size=(120, 30)) as pilot:
         assert [cell(app, n, "state") for n in range(3)] == ["converged", "pending", "pending"]
-        # The hostile caption is shown as text: brackets kept, the escape made visible.
+        # The hostile caption is shown as text: tags and brackets kept, nothing interpreted.
         truth = cell(app, 0, "truth")
-        assert "[bold red]boom" in truth and "\x1b" not in truth
+        assert truth.startswith("fixed: <script>alert(1)</script> [bold") and "\x1b" not in truth
 
         # Enter on a trajectory that has not started: nothing to open.
         await pilot.press("down", "enter")
