@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from fakes import FakePainter
+from truthloop.record import Record
 from truthloop.store import read_run
 from tui.app import TruthLoopApp
 from truthloop.diff import caption_diff as core_caption_diff
@@ -30,7 +31,7 @@ MARKUP = "[bold]x[/] [link=http://evil]click[/link], \x1b[31mred\x1b[0m, [/]"
 
 
 def done(app):
-    return [r for r in app.records if not r.get("pending")]
+    return [r for r in app.run_screen.records if not r.pending]
 
 
 def live_app(loop, **kwargs):
@@ -74,8 +75,9 @@ def test_markup_and_escapes_in_captions_render_literally():
     text, _ = caption_diff("plain", MARKUP)
     assert "[bold]x[/]" in text.plain and "[link=http://evil]" in text.plain
     assert "\x1b" not in text.plain and "\\x1b[31m" in text.plain
-    record = {"index": 1, "caption": MARKUP, "fed_prompt": MARKUP, "repeat_of": None}
-    panel = CaptionPanel.build(record, {"index": 0, "caption": "[/]"}, "previous #0")
+    record = Record(index=1, caption=MARKUP, compared=MARKUP, fed_prompt=MARKUP)
+    base = Record(index=0, caption="[/]", compared="[/]", fed_prompt="[/]")
+    panel = CaptionPanel.build(record, base, "previous #0")
     assert "[link=http://evil]click[/link]" in panel.plain and "\x1b" not in panel.plain
 
 
@@ -84,9 +86,9 @@ async def test_markup_captions_in_a_live_run(tmp_path):
     loop = make_loop(tmp_path / "run", script=script, start=MARKUP, max_iters=4)
     app = live_app(loop)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.state in FINAL)
-        assert app.state == "converged"
-        assert app.records[0]["caption"] == MARKUP
+        await wait_for(pilot, lambda: app.run_screen.state in FINAL)
+        assert app.run_screen.state == "converged"
+        assert app.run_screen.records[0].caption == MARKUP
         table = app.query_one("#log")
         cell = table.get_cell("0", "prompt")
         assert cell.plain.startswith("[bold]x[/] [li")
@@ -105,20 +107,20 @@ async def test_pause_then_step_advances_exactly_one_iteration(tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, hold.reached.is_set)
         await pilot.press("space")
-        assert app.state == "pausing"
+        assert app.run_screen.state == "pausing"
         hold.release.set()
-        await wait_for(pilot, lambda: app.state == "paused")
+        await wait_for(pilot, lambda: app.run_screen.state == "paused")
         assert len(done(app)) == 0 and loop.control.paused
         for expected in (1, 2):
             await pilot.press("n")
-            await wait_for(pilot, lambda: app.state == "paused")
+            await wait_for(pilot, lambda: app.run_screen.state == "paused")
             await wait_for(pilot, lambda: len(done(app)) == expected)
             await pilot.pause(0.1)  # nothing more may happen while paused
             assert len(done(app)) == expected
             assert len(read_run(tmp_path / "run").records) == expected
         await pilot.press("space")
-        assert app.state in ("running", "converged")
-        await wait_for(pilot, lambda: app.state == "converged")
+        assert app.run_screen.state in ("running", "converged")
+        await wait_for(pilot, lambda: app.run_screen.state == "converged")
         assert "CONVERGED" in str(app.query_one("#banner").render())
 
 
@@ -130,9 +132,9 @@ async def test_stop_ends_the_run_with_a_consistent_run_dir(tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, hold.reached.is_set)
         await pilot.press("s")
-        await wait_for(pilot, lambda: app.state == "stopped" and not app.loop_active)
+        await wait_for(pilot, lambda: app.run_screen.state == "stopped" and not app.run_screen.loop_active)
         assert "STOPPED" in str(app.query_one("#banner").render())
-        assert len(app.records) == 1 and app.query_one("#log").row_count == 1  # as on disk
+        assert len(app.run_screen.records) == 1 and app.query_one("#log").row_count == 1  # as on disk
     view = read_run(tmp_path / "run")
     assert view.status == "stopped" and len(view.records) == 1 and not view.problems
     assert app.return_code in (None, 0)
@@ -149,11 +151,11 @@ async def test_loop_ending_after_the_app_closed_is_not_a_crash(tmp_path):
     loop = make_loop(tmp_path / "run", painter=FakePainter(steps=2))
     app = live_app(loop)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: not app.loop_active)
+        await wait_for(pilot, lambda: not app.run_screen.loop_active)
     assert not app.screen_stack
     ended = SimpleNamespace(group="loop", error=RuntimeError("late failure"))
-    app.on_worker_state_changed(Worker.StateChanged(ended, WorkerState.ERROR))
-    assert app.failed and app.state == "error" and not app.loop_active
+    app.run_screen.on_worker_state_changed(Worker.StateChanged(ended, WorkerState.ERROR))
+    assert app.failed and app.run_screen.state == "error" and not app.run_screen.loop_active
 
 
 async def test_quit_asks_while_running_then_stops_cleanly(tmp_path):
@@ -166,7 +168,7 @@ async def test_quit_asks_while_running_then_stops_cleanly(tmp_path):
         await pilot.press("q")
         assert isinstance(app.screen, ConfirmQuit)
         await pilot.press("n")
-        assert not isinstance(app.screen, ConfirmQuit) and app.loop_active
+        assert not isinstance(app.screen, ConfirmQuit) and app.run_screen.loop_active
         await pilot.press("q")
         await pilot.press("y")
         await wait_for(pilot, lambda: not app.is_running, timeout=10)
@@ -177,7 +179,7 @@ async def test_quit_asks_while_running_then_stops_cleanly(tmp_path):
 async def test_quit_without_asking_once_finished(tmp_path):
     app = live_app(make_loop(tmp_path / "run"))
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.state == "converged" and not app.loop_active)
+        await wait_for(pilot, lambda: app.run_screen.state == "converged" and not app.run_screen.loop_active)
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running)
     assert app.return_code == 0
@@ -186,14 +188,14 @@ async def test_quit_without_asking_once_finished(tmp_path):
 async def test_history_browsing_diff_base_help_and_path(tmp_path):
     app = live_app(make_loop(tmp_path / "run"))
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.state == "converged")
+        await wait_for(pilot, lambda: app.run_screen.state == "converged")
         banner = str(app.query_one("#banner").render())
         assert "fixed point at iteration 3" in banner
         assert "truth: a dog on a red mat, oil painting" in banner
-        assert app.current_index == 3  # the truth is shown
+        assert app.run_screen.current_index == 3  # the truth is shown
         caption = app.query_one(CaptionPanel)
         await pilot.press("left")
-        assert app.current_index == 2
+        assert app.run_screen.current_index == 2
         text = str(caption.render())
         assert text.startswith("#2 caption  a dog sitting on a red mat")
         assert "vs previous #1" in text
@@ -201,11 +203,11 @@ async def test_history_browsing_diff_base_help_and_path(tmp_path):
         await pilot.press("b")
         assert "vs start #0" in str(caption.render())
         await pilot.press("left", "B", "right", "right")
-        assert app.current_index == 3 and "vs #1 (pinned)" in str(caption.render())
+        assert app.run_screen.current_index == 3 and "vs #1 (pinned)" in str(caption.render())
         await pilot.press("right")
-        assert app.current_index == 4 and app.selected is None  # following the newest again
+        assert app.run_screen.current_index == 4 and app.run_screen.history.selected is None  # following the newest again
         await pilot.press("up", "up")
-        assert app.current_index == 2  # the table's own keys browse too
+        assert app.run_screen.current_index == 2  # the table's own keys browse too
         await pilot.press("c")
         await pilot.pause()
         assert any("0002.png" in n.message for n in app._notifications)
@@ -221,7 +223,7 @@ async def test_engine_error_is_shown_and_run_dir_kept(tmp_path):
 
     app = live_app(make_loop(tmp_path / "run", backend_factory=broken))
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.state == "error" and not app.loop_active)
+        await wait_for(pilot, lambda: app.run_screen.state == "error" and not app.run_screen.loop_active)
         banner = str(app.query_one("#banner").render())
         assert "ERROR" in banner and "ran out of memory" in banner
         assert app.failed
@@ -243,7 +245,7 @@ async def test_locked_run_dir_is_an_error_not_a_crash(tmp_path):
         loop = TruthLoop.for_resume(tmp_path / "run", first.backend_factory, max_iters=30)
         app = live_app(loop)
         async with app.run_test(size=(80, 24)) as pilot:
-            await wait_for(pilot, lambda: app.state == "error" and not app.loop_active)
+            await wait_for(pilot, lambda: app.run_screen.state == "error" and not app.run_screen.loop_active)
             assert "being written by process" in str(app.query_one("#banner").render())
     finally:
         writer.close()
@@ -255,12 +257,12 @@ async def test_view_of_a_finished_run(tmp_path):
     app = TruthLoopApp(run_dir=tmp_path / "run", preview="none", stable=True)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        assert app.state == "converged" and len(app.records) == 5
+        assert app.run_screen.state == "converged" and len(app.run_screen.records) == 5
         assert "fixed point" in str(app.query_one("#banner").render())
         await pilot.press("space", "s", "n")  # live-only keys do nothing here
-        assert app.state == "converged"
+        assert app.run_screen.state == "converged"
         await pilot.press("left")
-        assert app.current_index == 2
+        assert app.run_screen.current_index == 2
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running)
 
@@ -288,7 +290,7 @@ async def test_view_names_what_it_could_not_read(tmp_path):
     app = TruthLoopApp(run_dir=tmp_path / "run", preview="none", stable=True)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
-        assert len(app.records) == 5  # everything readable is still shown
+        assert len(app.run_screen.records) == 5  # everything readable is still shown
         messages = [n.message for n in app._notifications]
         assert any("0001.png" in m and "missing" in m for m in messages)
 
@@ -305,11 +307,11 @@ async def test_view_follows_a_growing_run(tmp_path):
                            poll_interval=0.05)
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.pause()
-            assert app.state == "running" and len(app.records) == 2
+            assert app.run_screen.state == "running" and len(app.run_screen.records) == 2
             assert app.query_one("StatusBar").info.following
             hold.release.set()
-            await wait_for(pilot, lambda: app.state == "converged")
-            assert len(app.records) == 5
+            await wait_for(pilot, lambda: app.run_screen.state == "converged")
+            assert len(app.run_screen.records) == 5
             assert not app.query_one("StatusBar").info.following
     finally:
         hold.release.set()
@@ -326,7 +328,7 @@ async def test_view_of_an_interrupted_run(tmp_path):
     app = TruthLoopApp(run_dir=tmp_path / "run", preview="halfcell", stable=True)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        assert app.state == "interrupted"
+        assert app.run_screen.state == "interrupted"
         assert "INTERRUPTED" in str(app.query_one("#banner").render())
 
 
@@ -350,10 +352,10 @@ async def test_live_run_on_the_tiny_models(tmp_path):
     app = live_app(loop)
     seen_loading = []
     async with app.run_test(size=(100, 30)) as pilot:
-        while app.state not in FINAL:
-            if app.state == "loading" and app.query_one("StatusBar").info.loading:
+        while app.run_screen.state not in FINAL:
+            if app.run_screen.state == "loading" and app.query_one("StatusBar").info.loading:
                 seen_loading.append(app.query_one("StatusBar").info.loading)
             await pilot.pause(0.05)
-        assert app.state in ("converged", "max_iters"), app.error_message
+        assert app.run_screen.state in ("converged", "max_iters"), app.run_screen.error_message
         assert len(done(app)) >= 1 and seen_loading
         assert app.query_one("StatusBar").info.device

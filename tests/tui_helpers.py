@@ -87,8 +87,8 @@ def scenario(name: str, run_dir: Path):
         hold.control = loop.control
 
         async def run_before(pilot):
-            await wait_for(pilot, lambda: hold.reached.is_set() and pilot.app.records
-                           and len(pilot.app.records) == 3
+            await wait_for(pilot, lambda: hold.reached.is_set() and pilot.app.run_screen.records
+                           and len(pilot.app.run_screen.records) == 3
                            and pilot.app.query_one("StatusBar").info.step == 1)
     elif name == "paused":
         hold = HoldAt(paint=1, step=2)
@@ -99,17 +99,17 @@ def scenario(name: str, run_dir: Path):
             await wait_for(pilot, hold.reached.is_set)
             await pilot.press("space")
             hold.release.set()
-            await wait_for(pilot, lambda: pilot.app.state == "paused")
+            await wait_for(pilot, lambda: pilot.app.run_screen.state == "paused")
             for _ in range(2):
                 await pilot.press("n")
-                await wait_for(pilot, lambda: pilot.app.state == "paused")
-            await wait_for(pilot, lambda: len(pilot.app.records) == 2
-                           and not pilot.app.records[-1].get("pending"))
+                await wait_for(pilot, lambda: pilot.app.run_screen.state == "paused")
+            await wait_for(pilot, lambda: len(pilot.app.run_screen.records) == 2
+                           and not pilot.app.run_screen.records[-1].pending)
     elif name == "converged":
         loop = make_loop(run_dir)
 
         async def run_before(pilot):
-            await wait_for(pilot, lambda: pilot.app.state == "converged")
+            await wait_for(pilot, lambda: pilot.app.run_screen.state == "converged")
     elif name == "error":
         def broken(config, emit):
             from truthloop import events as ev
@@ -120,8 +120,8 @@ def scenario(name: str, run_dir: Path):
         loop = make_loop(run_dir, backend_factory=broken)
 
         async def run_before(pilot):
-            await wait_for(pilot, lambda: pilot.app.state == "error"
-                           and not pilot.app.loop_active)
+            await wait_for(pilot, lambda: pilot.app.run_screen.state == "error"
+                           and not pilot.app.run_screen.loop_active)
     else:
         raise ValueError(name)
     return TruthLoopApp(loop=loop, preview="halfcell", stable=True), run_before

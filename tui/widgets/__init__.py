@@ -1,1 +1,2 @@
-"""The app's widgets, one per file: log table, caption diff, image preview, status, drift."""
+"""The run screens' widgets, one per file: status line, banner, iteration log, caption diff, image
+preview, drift sparkline. Each draws what it is given and keeps its own display state."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.text import Text
 from textual.widgets import Static
 
 from truthloop.diff import Segment, caption_diff
+from truthloop.record import Record
 from truthloop.text import visible
 
 # How the TUI draws the core diff's marks (the marks' brackets keep it readable without colour).
@@ -24,11 +23,10 @@ def diff_text(segments: list[Segment]) -> Text:
     return text
 
 
-def caption_of(record: dict[str, Any] | None) -> str | None:
+def caption_of(record: Record | None) -> str | None:
     if record is None:
         return None
-    caption = record.get("caption")
-    return caption if caption is not None else record.get("fed_prompt")
+    return record.caption if record.caption is not None else record.fed_prompt
 
 
 class CaptionPanel(Static):
@@ -39,17 +37,17 @@ class CaptionPanel(Static):
     def __init__(self, **kwargs) -> None:
         super().__init__("", markup=False, **kwargs)
 
-    def show(self, record: dict[str, Any] | None, base: dict[str, Any] | None,
+    def show(self, record: Record | None, base: Record | None,
              base_label: str) -> None:
         self.update(self.build(record, base, base_label))
 
     @staticmethod
-    def build(record: dict[str, Any] | None, base: dict[str, Any] | None,
+    def build(record: Record | None, base: Record | None,
               base_label: str) -> Text:
         if record is None:
             return Text("waiting for the first caption…", style="dim italic")
-        index = record["index"]
-        caption = record.get("caption")
+        index = record.index
+        caption = record.caption
         text = Text()
         text.append(f"#{index} caption  ", style="bold")
         if caption is None:
@@ -58,7 +56,7 @@ class CaptionPanel(Static):
             text.append(visible(caption))
             text.append("\n")
         text.append("fed  ", style="bold")
-        fed = record.get("fed_prompt") or ""
+        fed = record.fed_prompt or ""
         if caption is not None and fed == caption:
             text.append("(the whole caption)", style="dim")
         else:
@@ -80,7 +78,7 @@ class CaptionPanel(Static):
             text.append("+}", ADDED)
             text.append("\n")
             text.append_text(diff_text(diff))
-        repeat = record.get("repeat_of")
+        repeat = record.repeat_of
         if repeat is not None:
             text.append(f"\n↺ repeats the prompt of iteration #{repeat}", style="bold yellow")
         return text

@@ -7,6 +7,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
+from truthloop.record import Record
+
 
 class Drift(Vertical):
     DEFAULT_CSS = """
@@ -18,6 +20,10 @@ class Drift(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("", markup=False, id="drift-label")
         yield Sparkline([], id="drift-spark")
+
+    def show_records(self, records: list[Record]) -> None:
+        """The drawn records' similarity to the start image."""
+        self.set_values([r.sim_start for r in records])
 
     def set_values(self, values: list[float | None]) -> None:
         numbers = [v for v in values if isinstance(v, (int, float))]

@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 from textual.widgets.data_table import RowDoesNotExist
 
+from truthloop.record import Record
 from truthloop.text import clip, visible
 
 # key, label, width (the prompt column takes what is left)
@@ -47,18 +48,18 @@ class LogTable(DataTable):
     def __init__(self, stable: bool = False, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.stable = stable
-        self.records: dict[int, dict[str, Any]] = {}
+        self.records: dict[int, Record] = {}
         self.prompt_width = 30
 
     def on_mount(self) -> None:
         for key, label, width in COLUMNS:
             self.add_column(label, key=key, width=width or self.prompt_width)
 
-    def cells(self, record: dict[str, Any]) -> dict[str, Text]:
-        timings = record.get("timings") or {}
-        pending = record.get("pending")
-        prompt = clip(visible(record.get("fed_prompt") or ""), self.prompt_width)
-        repeat = record.get("repeat_of")
+    def cells(self, record: Record) -> dict[str, Text]:
+        timings = record.timings
+        pending = record.pending
+        prompt = clip(visible(record.fed_prompt or ""), self.prompt_width)
+        repeat = record.repeat_of
         if repeat is not None:
             mark = Text(f"↺#{repeat}", style="bold yellow")
         elif pending:
@@ -66,19 +67,19 @@ class LogTable(DataTable):
         else:
             mark = Text("")
         return {
-            "index": Text(str(record["index"]), justify="right"),
+            "index": Text(str(record.index), justify="right"),
             "caption": seconds(timings.get("caption"), self.stable),
             "draw": (Text("…", style="dim", justify="right") if pending
                      else seconds(timings.get("generate"), self.stable)),
             "prompt": Text(prompt, style="bold yellow" if repeat is not None else ""),
-            "sim_prev": similarity(record.get("sim_prev")),
-            "sim_start": similarity(record.get("sim_start")),
+            "sim_prev": similarity(record.sim_prev),
+            "sim_start": similarity(record.sim_start),
             "repeat": mark,
         }
 
-    def upsert(self, record: dict[str, Any]) -> bool:
+    def upsert(self, record: Record) -> bool:
         """Add or update the row of `record`; True when a row was added."""
-        index = record["index"]
+        index = record.index
         self.records[index] = record
         cells = self.cells(record)
         try:
@@ -89,6 +90,23 @@ class LogTable(DataTable):
         for key, value in cells.items():
             self.update_cell(str(index), key, value)
         return False
+
+    def on_resize(self) -> None:
+        # Once the new layout is drawn: the prompt column takes the width that is left.
+        self.call_after_refresh(self._fit_width)
+
+    def _fit_width(self) -> None:
+        self.fit(self.scrollable_content_region.width or self.size.width)
+
+    def remove(self, index: int) -> None:
+        """Drop the row of iteration `index` (one that never reached the log)."""
+        if self.records.pop(index, None) is not None:
+            self.remove_row(str(index))
+
+    def show_row(self, index: int) -> None:
+        """Move the cursor to iteration `index` (no animation; nothing when already there)."""
+        if 0 <= index < self.row_count and self.cursor_row != index:
+            self.move_cursor(row=index, animate=False)
 
     def fit(self, width: int) -> None:
         """Give the prompt column what the other columns leave of `width` (rebuilds the rows)."""

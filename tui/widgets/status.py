@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 
 from rich.text import Text
@@ -60,6 +62,11 @@ class StatusBar(Static):
         super().__init__("", markup=False, **kwargs)
         self.info = StatusInfo()
 
+    def watch_memory(self, interval: float = 2.0) -> None:
+        """Show the process's memory now and every `interval` seconds (live runs)."""
+        self.set(memory=memory_line())
+        self.set_interval(interval, lambda: self.set(memory=memory_line()))
+
     def set(self, **fields) -> None:
         changed = False
         for name, value in fields.items():
@@ -103,3 +110,24 @@ class StatusBar(Static):
             second.append(visible(info.run_dir))
         text.append("  ·  ".join(second), "dim")
         return text
+
+
+def memory_line() -> str:
+    """Process RSS, and GPU memory when the engine already loaded torch with CUDA (never imports
+    torch itself)."""
+    parts = []
+    try:
+        with open("/proc/self/statm") as handle:
+            rss = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        parts.append(f"RSS {rss / 2**30:.1f} GiB" if rss >= 2**30 else f"RSS {rss / 2**20:.0f} MiB")
+    except (OSError, ValueError, IndexError):
+        pass
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_initialized():
+            used = torch.cuda.memory_allocated() / 2**30
+            total = torch.cuda.get_device_properties(0).total_memory / 2**30
+            parts.append(f"GPU {used:.1f}/{total:.0f} GiB")
+    except Exception:  # noqa: BLE001 - memory is a nicety; never let it break the status line
+        pass
+    return "  ".join(parts)

@@ -1,0 +1,204 @@
+"""A live run: the loop runs in a thread worker and its events arrive as messages (tui/messages.py).
+
+The loop knows nothing of Textual: its `on_event` posts `from_event(event)` to this screen
+(`post_message` is thread-safe) and the UI never waits on it. Progress messages collapse in the
+queue when the UI falls behind (`can_replace`). Keys act through the loop's `LoopControl`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on, work
+from textual.binding import Binding
+from textual.worker import Worker, WorkerState
+
+from truthloop.store import read_records
+from truthloop.text import visible
+from tui import messages as m
+from tui.screens.modals import ConfirmQuit
+from tui.screens.run import BROWSE_BINDINGS, FINAL, RunScreen
+from tui.widgets.log_table import LogTable
+from tui.widgets.status import StatusBar
+
+
+class LiveScreen(RunScreen):
+    BINDINGS = [
+        Binding("space", "pause", "Pause"),
+        Binding("space", "resume", "Resume"),
+        Binding("n", "step", "Step"),
+        Binding("s", "stop", "Stop"),
+        *BROWSE_BINDINGS,
+    ]
+
+    mode = "live"
+
+    def __init__(self, loop: Any, preview: str = "halfcell", stable: bool = False) -> None:
+        super().__init__(loop.run_dir, preview=preview, stable=stable)
+        self.loop = loop
+        self.config = dict(loop.config.to_dict())
+        self.loop_started = False
+        self.loop_active = False
+        self.failed = False
+        self._quit_requested = False
+
+    def start(self) -> None:
+        self.loop.on_event = lambda event: self.post_message(m.from_event(event))
+        self.loop_active = True
+        self.state = "loading"
+        status = self.query_one(StatusBar)
+        status.set(loading="starting")
+        self.run_loop()
+        if not self.stable:
+            status.watch_memory()
+
+    @work(thread=True, exclusive=True, group="loop", exit_on_error=False, name="truthloop")
+    def run_loop(self) -> dict[str, Any]:
+        self.loop_started = True
+        return self.loop.run()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "loop" or event.state not in (
+                WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        self.loop_active = False
+        # The loop may end while the app is already closing (quit, SIGHUP): this screen is gone
+        # then, and only the flags that run_live reads still matter.
+        on_screen = self.is_attached
+        if event.state == WorkerState.ERROR:
+            self.failed = True
+            error = event.worker.error
+            if self.state != "error":  # a setup error (bad run dir, lock held): no Failed event
+                self.error_message = visible(str(error) or type(error).__name__)
+                if on_screen:
+                    self.state = "error"
+                    self.show_banner()
+                else:  # no watchers: they would draw on widgets that are gone
+                    self.set_reactive(LiveScreen.state, "error")
+        if on_screen:
+            self.refresh_bindings()
+        if self._quit_requested:
+            self.app.exit(return_code=1 if self.failed else 0)
+
+    # -- engine messages -----------------------------------------------------------------------
+    @on(m.RunStarted)
+    def _run_started(self, message: m.RunStarted) -> None:
+        self.config = message.config or self.config
+        self.show_max_iters()
+        if message.resumed_at:
+            for record in read_records(self.run_dir):
+                self.add_record(record)
+        self.query_one(StatusBar).set(loading="loading models",
+                                      iteration=message.resumed_at or None)
+        self.refresh_views()  # the start image exists now
+
+    @on(m.Loading)
+    def _loading(self, message: m.Loading) -> None:
+        self.query_one(StatusBar).set(loading=message.message, loading_done=message.done,
+                                      loading_total=message.total)
+
+    @on(m.Notice)
+    def _notice(self, message: m.Notice) -> None:
+        # Plain text: the message can name a user-given id or path.
+        self.notify(visible(message.message), markup=False, timeout=15)
+
+    @on(m.Ready)
+    def _models_ready(self, message: m.Ready) -> None:
+        self.query_one(StatusBar).set(device=message.device, loading="")
+        if self.state == "loading":
+            self.state = "running"
+
+    @on(m.IterationStarted)
+    def _iteration_started(self, message: m.IterationStarted) -> None:
+        self.query_one(StatusBar).set(iteration=message.index, step=None, steps=None)
+        if self.state == "loading":
+            self.state = "running"
+
+    @on(m.CaptionReady)
+    def _caption_ready(self, message: m.CaptionReady) -> None:
+        self.add_record(message.pending_record())
+
+    @on(m.DenoiseStep)
+    def _denoise_step(self, message: m.DenoiseStep) -> None:
+        self.query_one(StatusBar).set(iteration=message.index, step=message.step,
+                                      steps=message.total)
+
+    @on(m.IterationDone)
+    def _iteration_done(self, message: m.IterationDone) -> None:
+        self.add_record(message.record)
+        self.query_one(StatusBar).set(step=None, steps=None)
+
+    @on(m.Paused)
+    def _paused(self, message: m.Paused) -> None:
+        self.query_one(StatusBar).set(iteration=message.index)
+        if self.state not in FINAL and self.state != "stopping":
+            self.state = "paused"
+
+    @on(m.Resumed)
+    def _resumed(self, message: m.Resumed) -> None:
+        if self.state in ("paused", "pausing"):
+            self.state = "running"
+
+    @on(m.Finished)
+    def _finished(self, message: m.Finished) -> None:
+        self.summary = dict(message.summary)
+        self.state = self.summary.get("status", "stopped")
+        self.finished()
+
+    @on(m.Failed)
+    def _failed(self, message: m.Failed) -> None:
+        self.summary = dict(message.summary)
+        self.error_message = visible(message.message)
+        self.failed = True
+        self.state = "error"
+        self.finished()
+
+    # -- keys ----------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("pause", "resume", "step", "stop"):
+            if not self.loop_active or self.state in FINAL:
+                return False
+            if action == "pause":
+                return self.state in ("loading", "running", "stepping")
+            if action == "resume":
+                return self.state in ("paused", "pausing")
+            if action == "step":
+                return True if self.state in ("paused", "pausing") else None
+            return self.state != "stopping"
+        return True
+
+    def action_pause(self) -> None:
+        self.loop.control.pause()
+        self.state = "pausing"  # until the loop reaches its next checkpoint and says Paused
+
+    def action_resume(self) -> None:
+        self.loop.control.resume()
+        self.state = "running"
+
+    def action_step(self) -> None:
+        self.loop.control.step()
+        self.state = "stepping"
+
+    def action_stop(self) -> None:
+        self.loop.control.stop()
+        self.state = "stopping"
+
+    def request_quit(self) -> None:
+        if not self.loop_active:
+            self.app.exit(return_code=1 if self.failed else 0)
+            return
+        if self._quit_requested or isinstance(self.app.screen, ConfirmQuit):
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._quit_requested = True
+                self.loop.control.stop()
+                self.state = "stopping"
+                if not self.loop_active:
+                    self.app.exit(return_code=1 if self.failed else 0)
+
+        self.app.push_screen(ConfirmQuit(self.dir_label), answered)
+
+    def on_unmount(self) -> None:
+        self.loop.control.stop()  # never leave the engine running behind a closed UI

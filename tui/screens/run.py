@@ -1,0 +1,262 @@
+"""What both run screens share: the layout, browsing history, the diff base, the image path, export.
+
+`RunScreen` shows one run directory's records (a `History`); `LiveScreen` feeds it from a loop in a
+thread worker, `ViewScreen` from the directory on disk. Either can be the app's first screen or be
+pushed by another screen (a sweep table pushes a `ViewScreen` per trajectory; escape pops it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer
+
+from truthloop.record import Record
+from truthloop.text import visible
+from tui.history import History
+from tui.widgets.banner import FINAL, Banner
+from tui.widgets.caption import CaptionPanel
+from tui.widgets.drift import Drift
+from tui.widgets.image import ImageView
+from tui.widgets.log_table import LogTable
+from tui.widgets.status import StatusBar
+
+MEDIUM = 100  # from this width on, a larger image
+WIDE = 140  # from this width on, the previous image is shown beside the current one
+
+# The keys of every run screen, in footer order. Each screen class lists all of its keys (a live
+# screen puts its loop keys first): Textual puts a base class's bindings before a subclass's.
+BROWSE_BINDINGS = [
+    Binding("left", "browse(-1)", "Older", priority=True, show=False),
+    Binding("right", "browse(1)", "Newer", priority=True, show=False),
+    Binding("end,f", "follow", "Follow", show=False),
+    Binding("b", "toggle_base", "Diff base"),
+    Binding("B", "pin_base", "Pin base", show=False),
+    Binding("c", "copy_path", "Image path"),
+    Binding("e", "export", "Export"),
+]
+
+
+class RunScreen(Screen[None]):
+    """Status on top, the banner, the iteration log beside the images and drift, the caption
+    panel, the footer. Works from 80x24 up (app.tcss; `-medium` / `-wide` from the width)."""
+
+    HORIZONTAL_BREAKPOINTS = [(MEDIUM, "-medium"), (WIDE, "-wide")]
+    BINDINGS: list[Binding] = []  # see BROWSE_BINDINGS
+
+    mode = "live"  # what the status line says: live | view
+    state: reactive[str] = reactive("loading", bindings=True)
+
+    def __init__(self, run_dir: Path, preview: str = "halfcell", stable: bool = False) -> None:
+        """`preview` must already be resolved (`resolve_preview`); `stable` blanks timings, memory
+        and absolute paths, for deterministic screenshots."""
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.preview = preview
+        self.stable = stable
+        self.history = History(self.run_dir)
+        self.config: dict[str, Any] = {}
+        self.summary: dict[str, Any] | None = None
+        self.error_message: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        yield Banner(id="banner")
+        with Horizontal(id="main"):
+            yield LogTable(stable=self.stable, id="log")
+            with Vertical(id="side"):
+                with Horizontal(id="images"):
+                    yield ImageView(self.preview, id="img-current")
+                    yield ImageView(self.preview, id="img-previous")
+                yield Drift(id="drift")
+        with VerticalScroll(id="caption-box", can_focus=False):
+            yield CaptionPanel(id="caption")
+        yield Footer()
+
+    @property
+    def records(self) -> list[Record]:
+        return self.history.records
+
+    @property
+    def current_index(self) -> int | None:
+        return self.history.current_index
+
+    @property
+    def dir_label(self) -> str:
+        return self.run_dir.name if self.stable else str(self.run_dir)
+
+    def on_mount(self) -> None:
+        self.query_one(StatusBar).set(mode=self.mode,
+                                      run_dir="" if self.stable else str(self.run_dir))
+        self.show_max_iters()
+        self.query_one(LogTable).focus()
+        self.start()
+        if not self.records:
+            self.query_one(Drift).show_records([])
+        self.refresh_views()
+
+    def start(self) -> None:
+        """Start feeding records (the subclass's source)."""
+
+    # -- what the records say ------------------------------------------------------------------
+    def show_max_iters(self) -> None:
+        max_iters = self.config.get("loop", {}).get("max_iters") if self.config else None
+        self.query_one(StatusBar).set(max_iters=max_iters)
+
+    def add_record(self, record: Record) -> None:
+        """A new or updated record (a finished iteration, or the pending row of one being drawn)."""
+        if not self.history.add(record):
+            return  # a gap: not a record of this run's sequence
+        self.query_one(LogTable).upsert(record)
+        done = self.history.done
+        sec_per_iter = self.history.sec_per_iter()
+        self.query_one(StatusBar).set(done=len(done),
+                                      sec_per_iter=None if self.stable else sec_per_iter)
+        self.records_changed(done)
+        self.query_one(Drift).show_records(done)
+        if self.history.selected is None:
+            self.query_one(LogTable).show_row(self.history.newest)
+        self.refresh_views()
+
+    def records_changed(self, done: list[Record]) -> None:
+        """Hook: the list of finished records changed."""
+
+    def refresh_views(self) -> None:
+        """Caption panel and images for the selected (or newest) iteration."""
+        history = self.history
+        index = history.current_index
+        caption = self.query_one(CaptionPanel)
+        current_view = self.query_one("#img-current", ImageView)
+        previous_view = self.query_one("#img-previous", ImageView)
+        if index is None:
+            caption.show(None, None, "")
+            start, _ = history.image_of(-1)
+            current_view.show(start, "start image" if start else "no image yet")
+            previous_view.show(None, "")
+            return
+        record = history.records[index]
+        base, label = history.base_for(index)
+        caption.show(record, base, label)
+        shown = index
+        if record.pending:  # being drawn: keep showing the newest finished image
+            shown = index - 1
+        path, note = history.image_of(shown)
+        title = f"#{shown}" if shown >= 0 else "start image"
+        if shown != index:
+            note = f"drawing #{index}…"
+        elif history.selected is not None:
+            note = (note + "  " if note else "") + "(browsing)"
+        current_view.show(path, title, note)
+        prev_path, _ = history.image_of(shown - 1)
+        prev_title = f"previous #{shown - 1}" if shown - 1 >= 0 else "start image"
+        previous_view.show(prev_path, prev_title if shown >= 0 else "")
+
+    def finished(self) -> None:
+        """The run is over (or was already when viewed): drop a pending row, show the cycle's
+        start when it converged, and the banner."""
+        self.query_one(StatusBar).set(step=None, steps=None, loading="")
+        pending = self.history.drop_pending()
+        if pending is not None:
+            self.query_one(LogTable).remove(pending.index)
+        if self.state == "converged":
+            cycle = (self.summary or {}).get("cycle") or {}
+            start = cycle.get("start")
+            if isinstance(start, int) and start < len(self.records):
+                self.history.selected = start if start != self.history.newest else None
+                self.query_one(LogTable).show_row(start)
+        self.show_banner()
+        self.refresh_views()
+
+    def show_banner(self) -> None:
+        self.query_one(Banner).show_outcome(self.state, self.summary, self.error_message,
+                                            self.dir_label, len(self.records))
+
+    def watch_state(self, state: str) -> None:
+        self.query_one(StatusBar).set(state=state)
+
+    # -- keys ----------------------------------------------------------------------------------
+    def action_browse(self, delta: int) -> None:
+        if not self.records:
+            return
+        index = self.current_index or 0
+        index = max(0, min(self.history.newest, index + delta))
+        self._select(index)
+        self.query_one(LogTable).show_row(index)
+
+    def action_follow(self) -> None:
+        if self.records:
+            self._select(self.history.newest)
+            self.query_one(LogTable).show_row(self.history.newest)
+
+    def _select(self, index: int) -> None:
+        if self.history.select(index):
+            self.refresh_views()
+
+    @on(DataTable.RowHighlighted)
+    def _on_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.cursor_row != event.data_table.cursor_row:
+            return  # stale: the cursor moved on (following new rows) since this was posted
+        try:
+            index = int(event.row_key.value or "")
+        except ValueError:
+            return
+        if index < len(self.records):
+            self._select(index)
+
+    def action_toggle_base(self) -> None:
+        self.history.base = "start" if self.history.base == "previous" else "previous"
+        self.refresh_views()
+        self.notify(f"diff base: {self.history.base}", timeout=2)
+
+    def action_pin_base(self) -> None:
+        index = self.current_index
+        if index is None:
+            return
+        self.history.base = index
+        self.refresh_views()
+        self.notify(f"diff base: iteration #{index} (b: back to previous/start)", timeout=3)
+
+    def action_copy_path(self) -> None:
+        index = self.current_index
+        path = None if index is None else self.history.image_of(index)[0]
+        if path is None:
+            path, _ = self.history.image_of(-1)
+        if path is None:
+            self.notify("no image yet", timeout=2)
+            return
+        self.app.copy_to_clipboard(str(path))
+        self.notify(visible(str(path)), title="image path (copied to the clipboard)", markup=False,
+                    timeout=8)
+
+    def action_export(self) -> None:
+        self.notify("exporting GIF + contact sheet…", timeout=2)
+        self._export()
+
+    @work(thread=True, exclusive=True, group="export", exit_on_error=False)
+    def _export(self) -> None:
+        # Pillow work on every image of the run: off the UI thread, like the loop itself.
+        from truthloop.lookback.export import export_default
+        from truthloop.lookback.runs import ExportError
+
+        try:
+            paths = export_default(self.run_dir)
+        except ExportError as error:
+            self.app.call_from_thread(self.notify, visible(str(error)), title="export failed",
+                                      severity="error", markup=False, timeout=8)
+            return
+        listing = "\n".join(visible(str(path)) for path in paths)
+        self.app.call_from_thread(self.notify, listing, title="exported", markup=False, timeout=10)
+
+    def request_quit(self) -> None:
+        """`q`: leave the app (a live screen asks first while its loop runs)."""
+        self.app.exit(return_code=0)
+
+
+__all__ = ["FINAL", "RunScreen", "BROWSE_BINDINGS"]

@@ -1,0 +1,76 @@
+"""The banner: how the run ended (fixed point or cycle and its "truth", stopped, no repeat, error,
+interrupted), with the command that continues it. Hidden while the run goes on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import Static
+
+from truthloop.text import visible
+
+FINAL = ("converged", "stopped", "error", "max_iters", "interrupted")
+
+
+def banner_text(state: str, summary: dict[str, Any] | None, error_message: str | None,
+                run_dir: str, records: int) -> Text:
+    """What the banner says for `state`; empty while the run is not over. Captions and paths are
+    appended as plain text (never markup)."""
+    summary = summary or {}
+    text = Text()
+    if state == "converged":
+        cycle = summary.get("cycle") or {}
+        length, start = cycle.get("length"), cycle.get("start")
+        text.append(" ✔ CONVERGED ", "bold reverse")
+        if length == 1:
+            text.append(f"  fixed point at iteration {start}", "bold")
+        else:
+            text.append(f"  cycle of length {length} starting at iteration {start}", "bold")
+        if cycle.get("found_at") is not None:
+            text.append(f"  (repeat found at #{cycle['found_at']})")
+        prompts = summary.get("truth_prompts") or []
+        images = summary.get("truth_images") or []
+        for n, prompt in enumerate(prompts[:3]):
+            text.append("\n truth: ", "bold")
+            text.append(visible(str(prompt)))
+            if n < len(images) and images[n]:
+                text.append(f"  [{visible(str(images[n]))}]", "dim")
+        if len(prompts) > 3:
+            text.append(f"\n … and {len(prompts) - 3} more in summary.json", "dim")
+    elif state == "error":
+        text.append(" ✖ ERROR ", "bold reverse")
+        text.append("  " + (error_message or "the run failed"), "bold")
+        text.append(f"\n run directory kept: {visible(run_dir)}"
+                    f"  (details in error.log; resume with truthloop resume)")
+    elif state == "stopped":
+        text.append(" ■ STOPPED ", "bold reverse")
+        text.append(f"  after {summary.get('iterations', records)} iterations;"
+                    f" continue with: truthloop resume {visible(run_dir)}")
+    elif state == "max_iters":
+        text.append(" … NO REPEAT ", "bold reverse")
+        text.append(f"  within {summary.get('iterations', records)} iterations"
+                    f" (--max-iters); continue with: truthloop resume --max-iters N"
+                    f" {visible(run_dir)}")
+    elif state == "interrupted":
+        text.append(" ✖ INTERRUPTED ", "bold reverse")
+        text.append(f"  nothing writes this run any more; continue with: truthloop resume"
+                    f" {visible(run_dir)}")
+    return text
+
+
+class Banner(Static):
+    """Shown once the run is over; its class (the final state) picks the colour (app.tcss)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("", markup=False, **kwargs)
+
+    def show_outcome(self, state: str, summary: dict[str, Any] | None, error_message: str | None,
+                     run_dir: str, records: int) -> None:
+        text = banner_text(state, summary, error_message, run_dir, records)
+        for name in FINAL:
+            self.remove_class(name)
+        self.update(text)
+        self.display = bool(text.plain)
+        if state in FINAL:
+            self.add_class(state)
