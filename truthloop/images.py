@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from pathlib import Path
@@ -10,6 +11,9 @@ from pathlib import Path
 # shrunk to MAX_SIDE, which is far more than any captioner looks at.
 MAX_PIXELS = 16384 * 16384
 MAX_SIDE = 2048
+# Pillow reads a PNG's ICC profile under its text-chunk limit (1 MB decompressed), and cameras and
+# editors write profiles of several MB; raised for our load only, still bounded.
+MAX_PNG_CHUNK = 64 * 1024 * 1024
 
 
 class BadImage(ValueError):
@@ -17,11 +21,17 @@ class BadImage(ValueError):
 
 
 def load_input_image(path: str | os.PathLike) -> "Image.Image":  # noqa: F821
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
     path = Path(path)
-    if not path.exists():
-        raise BadImage(f"{path}: no such file")
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise BadImage(f"{path}: a loop of symbolic links (it never reaches a file)") from None
+        if not isinstance(error, FileNotFoundError):
+            raise BadImage(f"{path}: cannot read ({error.strerror})") from None
+        raise BadImage(f"{path}: no such file") from None
     if path.is_dir():
         raise BadImage(f"{path} is a directory, not an image")
     try:
@@ -31,7 +41,9 @@ def load_input_image(path: str | os.PathLike) -> "Image.Image":  # noqa: F821
     if size == 0:
         raise BadImage(f"{path} is empty (0 bytes)")
     previous_limit = Image.MAX_IMAGE_PIXELS
+    previous_chunk = PngImagePlugin.MAX_TEXT_CHUNK
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    PngImagePlugin.MAX_TEXT_CHUNK = max(previous_chunk, MAX_PNG_CHUNK)
     try:
         with warnings.catch_warnings():
             # Between 1x and 2x the limit Pillow only warns (a stray stderr line); we refuse below.
@@ -57,6 +69,7 @@ def load_input_image(path: str | os.PathLike) -> "Image.Image":  # noqa: F821
         raise BadImage(f"{path} is truncated or corrupt ({error})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
+        PngImagePlugin.MAX_TEXT_CHUNK = previous_chunk
     if max(rgb.size) > MAX_SIDE:
         rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
     return rgb
