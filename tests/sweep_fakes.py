@@ -87,7 +87,8 @@ class SweepPainter(fakes.FakePainter):
         folder = os.environ.get("TRUTHLOOP_FAKE_DIR")
         if folder:
             try:
-                time.sleep(float(open(os.path.join(folder, "delay")).read()))
+                with open(os.path.join(folder, "delay")) as delay:
+                    time.sleep(float(delay.read()))
             except (OSError, ValueError):
                 pass
         image = super().paint(prompt, on_step)

@@ -4,7 +4,6 @@ sweep worker in this process over fake backends with designed attractors (tests/
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -158,7 +158,7 @@ def test_same_command_continues_and_another_spec_is_refused(tmp_path, starts, ca
     before = paints(fake_dir)
 
     assert run_main(sweep_args(sweep_dir, starts)) == 0
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     # Only the stopped trajectory ran, from where it stopped: one image redrawn.
     assert paints(fake_dir) - before == 1
     assert "1 of 28 trajectories to run" in err
@@ -249,7 +249,6 @@ def test_bad_specs_are_one_line(tmp_path, starts, capsys):
                           (["--seeds", "5-2"], "backwards")):
         assert run_main(sweep_args(tmp_path / "s", starts) + extra) == 2
         one_error(capsys.readouterr().err, needle)
-    prompts, _ = starts
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.png").write_bytes(b"nope")
@@ -295,7 +294,7 @@ def test_tiny_models_end_to_end(tmp_path, tiny_interrogator, capsys):
                      str(prompts), "--seeds", "1-2", "--models", "tiny", "--device", "cpu",
                      "--steps", "2", "--width", "64", "--height", "64", "--mode", "fast",
                      "--chunk-size", "400", "--clauses", "1", "--max-iters", "4"])
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     assert code == 0, err
     rows = [json.loads(line) for line in (sweep_dir / "trajectories.jsonl").read_text()
             .splitlines()]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from faulthelpers import assert_one_clean_error_line, run_main
-from sweep_fakes import HOSTILE, make_sweep
+from sweep_fakes import make_sweep
 from truthloop.sweep.worker import TrajectoryWorker
 from tui_helpers import wait_for
 from tui.sweep_view import SweepApp

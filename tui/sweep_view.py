@@ -57,15 +57,17 @@ class SweepApp(App[int]):
     #sweep-table { height: 1fr; }
     """
 
-    def __init__(self, sweep_dir: Path, preview: str = "auto", poll_interval: float = 1.0,
+    def __init__(self, sweep_dir: Path, preview: str = "auto", poll_interval: float | None = None,
                  open_run: Callable[[App, Path, str], None] | None = None) -> None:
         super().__init__()
         self.sweep_dir = Path(sweep_dir)
         self.preview = preview
-        self.poll_interval = poll_interval
         self.open_run = open_run or open_in_child_process
         spec = read_spec(self.sweep_dir) or {}
         self.trajectories = trajectories(spec) if spec else []
+        # Each poll stats three files per trajectory: once a second up to 2,000 trajectories,
+        # then proportionally less often (a shared file system pays for every stat).
+        self.poll_interval = poll_interval or max(1.0, len(self.trajectories) / 2000)
         self.rows: dict[int, dict[str, Any]] = {}
         self._stamps: dict[int, tuple] = {}
 

@@ -10,10 +10,13 @@ from importlib.util import find_spec
 EXTRA_HINT = "pip install 'truthloop[sweep]'"
 
 
-def missing_extras(modules: tuple[tuple[str, str], ...] = (("ray", "ray"),
-                                                            ("scikit-learn", "sklearn"))) -> str | None:
+SWEEP_MODULES = (("ray", "ray"), ("scikit-learn", "sklearn"))
+
+
+def missing_extras(modules: tuple[tuple[str, str], ...] = SWEEP_MODULES) -> str | None:
     """One line naming what is missing for sweeps and the atlas, or None."""
     missing = [name for name, module in modules if find_spec(module) is None]
     if not missing:
         return None
-    return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed: {EXTRA_HINT}"
+    verb = "is" if len(missing) == 1 else "are"
+    return f"{' and '.join(missing)} {verb} not installed: {EXTRA_HINT}"

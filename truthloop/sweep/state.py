@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from truthloop.store import LOG_FILE, RUN_FILE, SUMMARY_FILE, atomic_write_bytes, is_locked, json_bytes
+from truthloop.store import (
+    LOG_FILE, RUN_FILE, SUMMARY_FILE, atomic_write_bytes, is_locked, json_bytes,
+)
 from truthloop.sweep.spec import TABLE_FILE, Trajectory
 
 EMBEDDING_FILE = "embedding.json"

@@ -12,17 +12,21 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from truthloop.config import ConfigError, RunConfig
 from truthloop.images import BadImage, load_input_image
 from truthloop.loop import Backends, LoopFailed, TruthLoop
-from truthloop.store import RUN_FILE, RunDirError, atomic_write_json, read_records, read_run
+from truthloop.store import (
+    RUN_FILE, RunDirError, RunLocked, atomic_write_json, read_records, read_run,
+)
 from truthloop.sweep.state import EMBEDDING_FILE, read_summary
 
 # The real models; tests name a factory of fake backends instead (`module:function`).
 REAL_BACKENDS = "truthloop.ml.backends:load_backends"
+LOCK_WAIT = 180.0  # s a retried trajectory waits for a dead writer's lock to be released
 
 
 def resolve_factory(name: str | None) -> Callable[..., Backends]:
@@ -84,10 +88,20 @@ class TrajectoryWorker:
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """job: {"run_dir", "config" (RunConfig dict)}. Returns {"status", "message"?}."""
         run_dir = Path(job["run_dir"])
-        try:
-            status = self._run_loop(run_dir, RunConfig.from_dict(job["config"]))
-        except (LoopFailed, RunDirError, BadImage, ConfigError) as error:
-            return {"status": "error", "message": str(error)}
+        waited = 0.0
+        while True:
+            try:
+                status = self._run_loop(run_dir, RunConfig.from_dict(job["config"]))
+                break
+            except RunLocked as error:
+                # A retry after a lost node: on shared storage the dead writer's lock lives on
+                # until the file server's lease runs out (NFSv4: 90 s by default).
+                if waited >= LOCK_WAIT:
+                    return {"status": "error", "message": str(error)}
+                time.sleep(5.0)
+                waited += 5.0
+            except (LoopFailed, RunDirError, BadImage, ConfigError) as error:
+                return {"status": "error", "message": str(error)}
         if status == "converged" and not (run_dir / EMBEDDING_FILE).exists():
             try:
                 self._embed(run_dir, RunConfig.from_dict(job["config"]))
@@ -110,7 +124,7 @@ class TrajectoryWorker:
             loop = TruthLoop(config, run_dir, self._backends_for, input_image=image)
         return loop.run()["status"]
 
-    # -- embeddings for the atlas -------------------------------------------------------------------
+    # -- embeddings for the atlas --------------------------------------------------------------
     def _embed(self, run_dir: Path, config: RunConfig) -> None:
         """CLIP embeddings of the truth: the cycle's images (their mean) and its prompts (mean),
         unit length, from the CLIP the backends already hold; written to embedding.json."""
