@@ -1,6 +1,7 @@
 """The truthloop app: a live run (`run`, `demo`, `resume`) or a run directory read-only (`view`).
 
-The app is thin: its stylesheet, its first screen, and the keys every screen shares (`?`, `q`).
+The app is thin: its first screen, and the keys every screen shares (`?`, `q`); the run screens
+bring their own stylesheet (app.tcss, scoped to RunScreen), so another app can push them too.
 Data goes one way. Live (`LiveScreen`): the engine runs `TruthLoop.run()` in a thread worker and
 its events come back as messages (tui/messages.py). View (`ViewScreen`): the run directory is
 polled and read with `truthloop.store`. Both show their records through the same widgets.
@@ -15,11 +16,14 @@ from textual.app import App
 from textual.binding import Binding
 
 from tui.screens import HelpScreen, LiveScreen, RunScreen, ViewScreen
+from tui.screens.run import STYLESHEET as RUN_STYLESHEET
 from tui.widgets.image import resolve_preview
 
 
 class TruthLoopApp(App[int]):
-    CSS_PATH = "app.tcss"
+    # The run screens' stylesheet: Textual loads a screen's CSS_PATH when the screen is pushed, not
+    # for the first screen, so the app names it too (read once: same path).
+    CSS_PATH = RUN_STYLESHEET
     TITLE = "truthloop"
     ENABLE_COMMAND_PALETTE = False
 

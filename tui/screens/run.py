@@ -28,6 +28,8 @@ from tui.widgets.image import ImageView
 from tui.widgets.log_table import LogTable
 from tui.widgets.status import StatusBar
 
+# The run screens' stylesheet (tui/app.tcss, where the package data is), scoped to RunScreen.
+STYLESHEET = Path(__file__).resolve().parent.parent / "app.tcss"
 MEDIUM = 100  # from this width on, a larger image
 WIDE = 140  # from this width on, the previous image is shown beside the current one
 
@@ -48,6 +50,7 @@ class RunScreen(Screen[None]):
     """Status on top, the banner, the iteration log beside the images and drift, the caption
     panel, the footer. Works from 80x24 up (app.tcss; `-medium` / `-wide` from the width)."""
 
+    CSS_PATH = STYLESHEET
     HORIZONTAL_BREAKPOINTS = [(MEDIUM, "-medium"), (WIDE, "-wide")]
     BINDINGS: list[Binding] = []  # see BROWSE_BINDINGS
 
