@@ -181,7 +181,7 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
         queue = deque(todo)
         inflight: dict[Any, tuple[Any, Job]] = {}
         idle = list(actors)
-        last_table = 0.0
+        last_table = last_poll = 0.0
         with progress:
             if todo:
                 progress.note(f"{len(todo)} of {len(trajectories)} trajectories to run on "
@@ -217,8 +217,12 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
                         row["state"], row["message"] = "error", outcome.get("message")
                     rows[job.trajectory.number] = row
                     progress.finished(describe(row))
-                for _, job in inflight.values():
-                    _poll(job, progress)
+                # A stat per running trajectory: every 0.5 s, or less often when there are so
+                # many that the stats would keep a shared file system busy (about 1 ms each).
+                if time.monotonic() - last_poll > max(POLL, len(inflight) / 1000):
+                    for _, job in inflight.values():
+                        _poll(job, progress)
+                    last_poll = time.monotonic()
                 # The table is rewritten whole: every 2 s for a small sweep, less often for a big
                 # one (about 1 s per 2,000 rows), so its cost stays a fraction of the driver's.
                 if time.monotonic() - last_table > max(TABLE_INTERVAL, len(rows) / 2000):
