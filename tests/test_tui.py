@@ -359,3 +359,117 @@ async def test_live_run_on_the_tiny_models(tmp_path):
         assert app.run_screen.state in ("converged", "max_iters"), app.run_screen.error_message
         assert len(done(app)) >= 1 and seen_loading
         assert app.query_one("StatusBar").info.device
+
+
+# -- engine messages (asserted with message_hook) ----------------------------------------------------
+def test_every_engine_event_has_its_message():
+    import dataclasses
+
+    from truthloop import events as ev
+    from tui import messages as m
+
+    kinds = [c for c in vars(ev).values()
+             if isinstance(c, type) and issubclass(c, ev.Event) and c is not ev.Event]
+    samples = {ev.DenoiseStep: ev.DenoiseStep(2, 3, 4), ev.Loading: ev.Loading("clip", 1, 9)}
+    for kind in kinds:
+        fields = {f.name: None for f in dataclasses.fields(kind)}
+        event = samples.get(kind) or kind(**fields)
+        message = m.from_event(event)
+        assert type(message).__name__ == kind.__name__
+        assert {f: getattr(message, f) for f in fields} == {f: getattr(event, f) for f in fields}
+    # Progress collapses only into a newer message of its own kind (and iteration).
+    step = m.DenoiseStep(2, 3, 4)
+    assert step.can_replace(m.DenoiseStep(2, 4, 4))
+    assert not step.can_replace(m.DenoiseStep(3, 1, 4))
+    assert not step.can_replace(m.IterationStarted(3))
+    assert m.Loading("a").can_replace(m.Loading("b")) and not m.Loading("a").can_replace(m.Ready("cpu", 1))
+
+
+async def test_a_burst_of_denoise_steps_collapses_to_the_newest(tmp_path):
+    hold = HoldAt(paint=1, step=2)
+    loop = make_loop(tmp_path / "run", painter=FakePainter(steps=4, step_hook=hold))
+    hold.control = loop.control
+    app = live_app(loop)
+    handled = []
+    from tui import messages as m
+
+    def hook(message):
+        if isinstance(message, m.DenoiseStep) and message.total == 50:
+            handled.append(message.step)
+
+    try:
+        async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
+            await wait_for(pilot, hold.reached.is_set)
+            await pilot.pause()
+            for step in range(1, 51):  # faster than the UI handles them
+                app.run_screen.post_message(m.DenoiseStep(0, step, 50))
+            await wait_for(pilot, lambda: handled)
+            await pilot.pause()
+            assert handled == [50]  # one update drawn, the newest
+            status = str(app.query_one("#status").render())
+            assert "iteration #0" in status and "denoise ████████████ 50/50" in status
+            hold.release.set()
+            await wait_for(pilot, lambda: app.run_screen.state == "converged")
+    finally:
+        hold.release.set()
+        loop.control.stop()
+
+
+async def test_iteration_messages_fill_the_log_and_finished_shows_the_banner(tmp_path):
+    from truthloop.text import clip
+    from tui import messages as m
+
+    seen = []
+    app = live_app(make_loop(tmp_path / "run", max_iters=2))
+    async with app.run_test(size=(120, 40),
+                            message_hook=lambda message: seen.append(message)) as pilot:
+        await wait_for(pilot, lambda: not app.run_screen.loop_active)
+        table = app.query_one("#log")
+        done_messages = [s for s in seen if isinstance(s, m.IterationDone)]
+        assert [s.record.index for s in done_messages] == [0, 1] == [
+            int(key.value) for key in table.rows]
+        prompt = done_messages[1].record.fed_prompt
+        assert prompt == "a cat sitting on a red mat, oil painting, soft light"
+        assert table.get_cell("1", "prompt").plain == clip(prompt, table.prompt_width)
+        # Each caption arrived first as a pending row ("…"), then its record replaced it.
+        captions = [s for s in seen if isinstance(s, m.CaptionReady)]
+        assert [s.index for s in captions] == [0, 1]
+        finished = [s for s in seen if isinstance(s, m.Finished)]
+        assert len(finished) == 1 and finished[0].summary["status"] == "max_iters"
+        assert str(app.query_one("#banner").render()) == (
+            " … NO REPEAT   within 2 iterations (--max-iters); continue with: truthloop resume"
+            " --max-iters N run")
+        status = str(app.query_one("#status").render())
+        assert "… max iterations" in status and "2/2 done" in status
+
+
+async def test_a_view_screen_pushed_over_another_screen_goes_back_with_escape(tmp_path):
+    """The hook for a sweep table: any app can push a trajectory's ViewScreen and pop it."""
+    from textual.app import App
+    from textual.screen import Screen
+    from textual.widgets import Static
+
+    from tui.screens import ViewScreen
+
+    make_loop(tmp_path / "run").run()
+
+    class Table(Screen):
+        def compose(self):
+            yield Static("the sweep table")
+
+    class Host(App):
+        def get_default_screen(self):
+            return Table()
+
+    app = Host()
+    async with app.run_test(size=(100, 30)) as pilot:
+        view = ViewScreen(tmp_path / "run", preview="none", stable=True)
+        await app.push_screen(view)
+        await pilot.pause()
+        assert view.state == "converged" and len(view.records) == 5
+        assert "fixed point at iteration 3" in str(view.query_one("#banner").render())
+        assert view.query_one("#side").outer_size.width == 36  # its stylesheet came with it
+        await pilot.press("left")
+        assert view.current_index == 2
+        await pilot.press("escape")
+        assert isinstance(app.screen, Table)

@@ -23,6 +23,10 @@ from truthloop.record import Record
 class EngineMessage(Message, bubble=False):
     """Base of every message that stands for an engine event."""
 
+    def __init_subclass__(cls, bubble: bool | None = False, **kwargs: Any) -> None:
+        # Message.__init_subclass__ would make every subclass bubble again.
+        super().__init_subclass__(bubble=bubble, **kwargs)
+
 
 @dataclass
 class RunStarted(EngineMessage):
