@@ -9,15 +9,33 @@ from truthloop.config import RunConfig
 from truthloop.loop import Backends, EventSink
 
 
+# The warnings the libraries are known to repeat at every call, each filtered by its text and
+# the module it is attributed to, and nothing else: any other warning (a model loaded in fp32, a
+# deprecation that will break us next release) still reaches stderr.
+KNOWN_NOISE = (
+    # clip-interrogator 0.6.0 wraps every CLIP call in torch.cuda.amp.autocast()...
+    (FutureWarning, r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated",
+     r"clip_interrogator\."),
+    # ...which, on a machine without CUDA, says so once per call.
+    (UserWarning, r"CUDA is not available or torch_xla is imported\. Disabling autocast",
+     r"torch\.cuda\.amp\.autocast_mode"),
+)
+
+
 def quiet_libraries() -> None:
-    """The libraries' own progress bars and notices would tear through the TUI and the log lines."""
+    """The libraries' own progress bars and notices would tear through the TUI and the log lines.
+
+    Warnings: only KNOWN_NOISE is filtered. The filters are process-wide but match one message
+    from one module each; `warnings.catch_warnings` around the calls instead would swap the
+    process's filter list from the loop's thread while the TUI's thread runs (it is not
+    thread-safe before Python 3.14).
+    """
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for category, message, module in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
     import diffusers
     import transformers
 

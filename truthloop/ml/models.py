@@ -175,6 +175,13 @@ def load_pipeline(spec: str, device: str, dtype: Any, scheduler: str = "default"
     repo = None if _is_local(spec) else _hub_source("image model", spec, "model_index.json",
                                                     notice)
     pipe = _from_pretrained("image model", repo or spec, load)
+    loaded_dtype = getattr(pipe.unet, "dtype", dtype)
+    if loaded_dtype != dtype:
+        # diffusers 0.30-0.36 ignored `dtype=` (it wanted torch_dtype=): fp32 on CUDA is twice
+        # the memory and slower, and it is not what the run says it used.
+        notice(f"the image model loaded as {str(loaded_dtype).replace('torch.', '')}, not "
+               f"{str(dtype).replace('torch.', '')} as asked (diffusers "
+               f"{diffusers.__version__} ignores dtype=); truthloop needs diffusers >= 0.42")
     if scheduler != "default":
         scheduler_class = getattr(diffusers, SCHEDULER_CLASSES[scheduler])
         pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
@@ -195,7 +202,7 @@ def load_caption_model(spec: str, device: str, dtype: Any,
     source = CAPTION_MODEL_IDS.get(spec, spec)
 
     def load(path: str) -> tuple[Any, Any]:
-        model = BlipForConditionalGeneration.from_pretrained(path, torch_dtype=dtype)
+        model = BlipForConditionalGeneration.from_pretrained(path, dtype=dtype)
         processor = AutoProcessor.from_pretrained(path)
         return model, processor
 
