@@ -3,14 +3,13 @@ and Enter opens a trajectory's own view."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from faulthelpers import assert_one_clean_error_line, run_main
 from sweep_fakes import make_sweep
 from truthloop.sweep.worker import TrajectoryWorker
 from tui_helpers import wait_for
+from tui.screens import ViewScreen
 from tui.sweep_view import SweepApp
 
 pytestmark = pytest.mark.anyio
@@ -28,9 +27,7 @@ def cell(app: SweepApp, number: int, column: str) -> str:
 async def test_table_follows_the_sweep_and_enter_opens_a_trajectory(tmp_path):
     sweep_dir = tmp_path / "sweep"
     trajs = make_sweep(sweep_dir, ["h1", "c1", "n1"], [0], run=[0])
-    opened: list[Path] = []
-    app = SweepApp(sweep_dir, preview="none", poll_interval=0.05,
-                   open_run=lambda app, run_dir, preview: opened.append(run_dir))
+    app = SweepApp(sweep_dir, preview="none", poll_interval=0.05)
     async with app.run_test(size=(120, 30)) as pilot:
         assert [cell(app, n, "state") for n in range(3)] == ["converged", "pending", "pending"]
         # The hostile caption is shown as text: tags and brackets kept, nothing interpreted.
@@ -40,7 +37,7 @@ async def test_table_follows_the_sweep_and_enter_opens_a_trajectory(tmp_path):
         # Enter on a trajectory that has not started: nothing to open.
         await pilot.press("down", "enter")
         await pilot.pause()
-        assert opened == []
+        assert not isinstance(app.screen, ViewScreen)
 
         # The sweep goes on while we watch: the table follows.
         worker = TrajectoryWorker("sweep_fakes:attractor_factory")
@@ -49,10 +46,21 @@ async def test_table_follows_the_sweep_and_enter_opens_a_trajectory(tmp_path):
         assert cell(app, 1, "truth").startswith("3-cycle: cyc3")
         assert cell(app, 1, "it") == "5"
 
-        await pilot.press("enter")
-        await pilot.pause()
-        assert opened == [trajs[1].run_dir(sweep_dir)]
         assert "1 pending" in str(app.query_one("#sweep-header").render())
+
+        # Enter: the trajectory's own run view, over the table; Escape and q come back.
+        for back in ("escape", "q"):
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ViewScreen)
+                           and app.screen.state == "converged")
+            assert app.screen.run_dir == trajs[1].run_dir(sweep_dir)
+            assert len(app.screen.records) == 6  # c1's five images and the repeat
+            await pilot.press(back)
+            await wait_for(pilot, lambda: not isinstance(app.screen, ViewScreen))
+            assert app.is_running
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_code == 0
 
 
 def test_view_of_a_sweep_needs_a_terminal(tmp_path, capsys):

@@ -6,18 +6,15 @@ like the run view reads a run directory: it works beside a running sweep, on any
 directory, and after the sweep is over. Polling is cheap: a run directory is re-read only when its
 log.jsonl or summary.json changed (or its writer's lock may have gone).
 
-The trajectory view is the existing run view (`truthloop view RUN_DIR`), run as a child process
-while this app is suspended (`App.suspend`): q / Escape there comes back here. `open_run` is a
-parameter so that a later in-process screen (or a test) can take its place.
+The trajectory view is the run view itself: `tui.screens.ViewScreen` (what `truthloop view
+RUN_DIR` shows), pushed over the table; Escape or q there comes back here.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.text import Text
 from textual import on
@@ -29,6 +26,8 @@ from truthloop.store import LOG_FILE, SUMMARY_FILE
 from truthloop.sweep import state as st
 from truthloop.sweep.spec import read_spec, trajectories
 from truthloop.text import clip, visible
+from tui.screens import HelpScreen, ViewScreen
+from tui.widgets.image import resolve_preview
 
 STATE_STYLE = {"converged": "bold green", "running": "bold cyan", "error": "bold red",
                "interrupted": "yellow", "stopped": "yellow", "max_iters": "magenta",
@@ -37,19 +36,13 @@ COLUMNS = (("#", "number"), ("start", "start"), ("seed", "seed"), ("grid", "grid
            ("state", "state"), ("it", "it"), ("caption now", "caption"), ("truth", "truth"))
 
 
-def open_in_child_process(app: App, run_dir: Path, preview: str) -> None:
-    """The run view in its own process, over this suspended app's terminal."""
-    with app.suspend():
-        subprocess.run([sys.executable, "-m", "truthloop.cli", "view", str(run_dir),
-                        "--preview", preview], check=False)
-
-
 class SweepApp(App[int]):
     TITLE = "truthloop sweep"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
         Binding("enter", "open", "Open trajectory"),
         Binding("end,f", "follow", "Newest running", show=False),
+        Binding("question_mark", "help", "Help", show=False),
         Binding("q", "quit", "Quit"),
     ]
     DEFAULT_CSS = """
@@ -57,12 +50,12 @@ class SweepApp(App[int]):
     #sweep-table { height: 1fr; }
     """
 
-    def __init__(self, sweep_dir: Path, preview: str = "auto", poll_interval: float | None = None,
-                 open_run: Callable[[App, Path, str], None] | None = None) -> None:
+    def __init__(self, sweep_dir: Path, preview: str = "halfcell",
+                 poll_interval: float | None = None) -> None:
+        """`preview` must already be resolved (`resolve_preview`, before the app starts)."""
         super().__init__()
         self.sweep_dir = Path(sweep_dir)
         self.preview = preview
-        self.open_run = open_run or open_in_child_process
         spec = read_spec(self.sweep_dir) or {}
         self.trajectories = trajectories(spec) if spec else []
         # Each poll stats three files per trajectory: once a second up to 2,000 trajectories,
@@ -166,8 +159,7 @@ class SweepApp(App[int]):
         if not (run_dir / "run.json").exists():
             self.notify("this trajectory has not started yet", severity="warning")
             return
-        self.open_run(self, run_dir, self.preview)
-        self.poll()
+        self.push_screen(ViewScreen(run_dir, preview=self.preview))
 
     @on(DataTable.RowSelected)
     def _on_selected(self, event: DataTable.RowSelected) -> None:
@@ -182,7 +174,19 @@ class SweepApp(App[int]):
                 return
 
 
+    def action_help(self) -> None:
+        if isinstance(self.screen, ViewScreen):
+            self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        """q: back to the table from a trajectory (as Escape), or leave from the table."""
+        if isinstance(self.screen, ViewScreen):
+            self.pop_screen()
+            return
+        self.exit(return_code=0)
+
+
 def run_sweep_view(sweep_dir: Path, preview: str = "auto") -> int:
-    app = SweepApp(Path(sweep_dir), preview=preview)
+    app = SweepApp(Path(sweep_dir), preview=resolve_preview(preview))
     app.run()
     return app.return_code or 0
