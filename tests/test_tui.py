@@ -473,3 +473,16 @@ async def test_a_view_screen_pushed_over_another_screen_goes_back_with_escape(tm
         assert view.current_index == 2
         await pilot.press("escape")
         assert isinstance(app.screen, Table)
+
+
+async def test_help_lists_the_keys(tmp_path):
+    make_loop(tmp_path / "run").run()
+    app = TruthLoopApp(run_dir=tmp_path / "run", preview="none", stable=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        await pilot.pause()
+        box = app.screen.query_one("Vertical")
+        assert box.size.width > 40  # was an empty box: auto width around 1fr-wide texts
+        keys = app.screen.query("Static")[1]
+        shown = " ".join(strip.text for strip in keys.render_lines(keys.region.reset_offset))
+        assert "space" in shown and "pause / resume the loop (live runs)" in shown

@@ -37,7 +37,8 @@ class HelpScreen(ModalScreen[None]):
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
     HelpScreen > Vertical {
-        width: auto; max-width: 100%; height: auto; max-height: 100%;
+        /* a fixed width: with `auto` the texts inside (1fr wide) had none, the box came up empty */
+        width: 88; max-width: 100%; height: auto; max-height: 100%;
         border: round $primary; background: $surface; padding: 0 1;
     }
     """
