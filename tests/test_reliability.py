@@ -476,7 +476,10 @@ CORRUPTIONS = {
     "garbage-middle-line": (lambda d: _replace_line(d, 1, b"{\"index\": 1, \"capt"),
                             ["log.jsonl: line 2", "cannot be resumed"]),
     "record-out-of-sequence": (lambda d: _replace_line(d, 2, b'{"index": 7}'),
-                               ["log.jsonl: record 3", "cannot be resumed"]),
+                               ["log.jsonl: line 3 is not a record", "cannot be resumed"]),
+    "record-renumbered": (lambda d: _replace_line(d, 2, json.dumps(dict(
+        json.loads((d / "log.jsonl").read_text().splitlines()[2]), index=7)).encode()),
+        ["log.jsonl: record 3", "cannot be resumed"]),
     "image-path-escapes": (lambda d: _replace_line(d, 0, json.dumps(dict(
         json.loads((d / "log.jsonl").read_text().splitlines()[0]), image="../../x.png")).encode()),
         ["log.jsonl: record 1"]),
