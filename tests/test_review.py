@@ -417,6 +417,10 @@ def test_end_to_end_tiny_models(tmp_path, truthloop_cache):
     demo = subprocess.run(exe + ["demo", "--headless", "--out", str(run_dir), "--max-iters", "3"],
                           capture_output=True, text=True, env=env, timeout=540)
     assert demo.returncode == 0, demo.stderr[-3000:]
+    import torch
+
+    if not torch.cuda.is_available():  # --device auto fell back to the CPU: said once
+        assert demo.stderr.count("note: --device auto: running on the CPU") == 1, demo.stderr
     export = subprocess.run(exe + ["export", str(run_dir), "--gif", "--sheet", "--drift",
                                    "--html"], capture_output=True, text=True, env=env, timeout=120)
     assert export.returncode == 0, export.stderr[-3000:]

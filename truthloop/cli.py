@@ -74,9 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="offline demo: tiny random models on the bundled image")
     _add_run_options(demo)
 
-    resume = sub.add_parser("resume", help="continue a stopped or interrupted run")
+    resume = sub.add_parser(
+        "resume", help="continue a stopped or interrupted run",
+        description="Continue a run on the same trajectory. Options that change how it runs but "
+                    "not what it computes may change; each is recorded per segment in "
+                    "summary.json, and a later resume starts from the last segment's.")
     resume.add_argument("run_dir")
-    resume.add_argument("--max-iters", type=int, help="raise the iteration limit")
+    same = "(default: as the run last ran)"
+    resume.add_argument("--max-iters", type=int, help=f"the iteration limit {same}")
+    resume.add_argument("--device", choices=DEVICES,
+                        help=f"where to run; fp16 on CUDA, fp32 elsewhere {same}")
+    resume.add_argument("--low-vram", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"offload models to the CPU between uses; same images {same}")
+    resume.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"replay CUDA graphs (--no-cuda-graphs: launch eagerly); same "
+                             f"numbers either way {same}")
+    resume.add_argument("--compile", action="store_true", default=None,
+                        help="accepted only for a run started with --compile: compiled images "
+                             "are not bit-equal to eager ones, so a trajectory keeps its "
+                             "setting (default: the run's)")
     _add_ui_options(resume)
 
     view = sub.add_parser("view", help="browse a run directory (follows it while it grows)")
@@ -428,8 +444,10 @@ def _drive(args: argparse.Namespace, config: RunConfig | None, run_dir: Path,
     factory = _loading_factory(control)
     try:
         if resume:
-            loop = TruthLoop.for_resume(run_dir, factory, control=control,
-                                        max_iters=getattr(args, "max_iters", None))
+            loop = TruthLoop.for_resume(
+                run_dir, factory, control=control, max_iters=getattr(args, "max_iters", None),
+                options={name: getattr(args, name, None)
+                         for name in ("device", "low_vram", "cuda_graphs", "compile")})
         else:
             loop = TruthLoop(config, run_dir, factory, control=control, input_image=input_image)
     except (RunDirError, ConfigError) as error:
@@ -447,6 +465,7 @@ def _run_headless(loop: Any, control: Any) -> int:
     from truthloop.store import RunDirError
 
     printer = HeadlessPrinter()
+    printer.changed = dict(getattr(loop, "changed_options", {}) or {})
     loop.on_event = printer.handle
     received: list[int] = []
 
@@ -511,6 +530,7 @@ class HeadlessPrinter:
             self.progress = None
 
     dead = False
+    changed: dict[str, Any] = {}
 
     def handle(self, event: ev.Event) -> None:
         # Watching is best effort: a closed pipe (`| head`) or a dead SSH terminal must not end
@@ -537,6 +557,10 @@ class HeadlessPrinter:
         if isinstance(event, ev.RunStarted):
             what = "resuming" if event.resumed_at else "run directory"
             self.err.print(f"{what}: {visible(event.run_dir)}")
+            if self.changed:
+                changed = ", ".join(f"{name.replace('_', '-')} {_option_text(value)}"
+                                    for name, value in self.changed.items())
+                self.err.print(f"changed for this segment: {changed}")
         elif isinstance(event, ev.Loading):
             progress = self._progress()
             progress.update(self.task, description=event.message, total=event.total,
@@ -582,6 +606,11 @@ class HeadlessPrinter:
             print(f"stopped after {summary['iterations']} iterations; "
                   f"continue with: truthloop resume {visible(str(run_dir))}")
         print(f"run directory: {visible(str(run_dir))}")
+
+
+def _option_text(value: Any) -> str:
+    return {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) \
+        else str(value)
 
 
 def entry_point() -> None:

@@ -200,6 +200,48 @@ def _positive(name: str, value: int) -> None:
         raise ConfigError(f"--{name} must be 1 or more, not {value}")
 
 
+# What `resume` may change: how a trajectory runs, not what it computes. Each resumed stretch of a
+# run (a "segment") records these in summary.json, and the next resume starts from them.
+# --compile is not here: compiled kernels give images that are not bit-equal to eager ones, so a
+# trajectory keeps the setting it started with (resume refuses to change it). --device is, though
+# a CPU computes in fp32 where CUDA uses fp16: resuming on another machine, or on the CPU after
+# the GPU ran out of memory, is what resume is for, and each segment records its device.
+RESUMABLE = {"device": ("models", "device"), "low_vram": ("models", "low_vram"),
+             "cuda_graphs": ("models", "cuda_graphs"), "max_iters": ("loop", "max_iters")}
+
+
+def resumable_options(config: "RunConfig") -> dict[str, Any]:
+    return {name: getattr(getattr(config, section), field_name)
+            for name, (section, field_name) in RESUMABLE.items()}
+
+
+def apply_resume_options(config: "RunConfig", options: dict[str, Any]) -> dict[str, Any]:
+    """Set the RESUMABLE `options` (None = keep) on `config`; returns those that changed.
+
+    Raises ConfigError for --compile different from the run's, or a combination that cannot work.
+    """
+    options = {name: value for name, value in options.items() if value is not None}
+    compile_asked = options.pop("compile", None)
+    if compile_asked is not None and compile_asked != config.generate.compile:
+        raise ConfigError("--compile cannot change on resume: compiled kernels draw images that "
+                          "are not bit-equal to eager ones, and this trajectory was started "
+                          "without it; start a new run with --compile")
+    unknown = set(options) - set(RESUMABLE)
+    if unknown:
+        raise ConfigError(f"resume cannot change {', '.join(sorted(unknown))}")
+    before = resumable_options(config)
+    for name, value in options.items():
+        section, field_name = RESUMABLE[name]
+        setattr(getattr(config, section), field_name, value)
+    if config.generate.compile and config.models.low_vram:
+        raise ConfigError("this run was started with --compile, which --low-vram cannot use "
+                          "(offloading moves the compiled UNet's weights); free the GPU or "
+                          "resume with --device cpu")
+    config.validate()
+    after = resumable_options(config)
+    return {name: after[name] for name in after if after[name] != before[name]}
+
+
 # Presets override defaults; anything the user passes explicitly overrides the preset.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The seed script's stack: shared generator, best mode, blip-large + ViT-L-14/openai with

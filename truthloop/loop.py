@@ -20,7 +20,9 @@ from typing import Any, Callable, Protocol
 
 from truthloop import __version__
 from truthloop import events as ev
-from truthloop.config import ConfigError, RunConfig
+from truthloop.config import (
+    RESUMABLE, ConfigError, RunConfig, apply_resume_options, resumable_options,
+)
 from truthloop.errors import OneLineError
 from truthloop.text import first_line
 from truthloop.record import Cycle, Record, find_cycle, result_fields
@@ -176,6 +178,10 @@ class TruthLoop:
         self.summary: dict[str, Any] = {}
         self._writer: RunWriter | None = None
         self._started = time.time()
+        # The RESUMABLE options this process changed (resume), and its entry in summary.json's
+        # "segments": one per process that ran the run (started, options, device, models...).
+        self.changed_options: dict[str, Any] = {}
+        self._segment: dict[str, Any] = {}
         # Set once run() has returned or raised: a UI that quits waits on it, so the summary
         # ("stopped") is on disk before the process exits.
         self.done = threading.Event()
@@ -183,16 +189,31 @@ class TruthLoop:
     @classmethod
     def for_resume(cls, run_dir: Path, backend_factory: BackendFactory,
                    on_event: EventSink = lambda event: None, control: LoopControl | None = None,
-                   max_iters: int | None = None) -> "TruthLoop":
+                   max_iters: int | None = None,
+                   options: dict[str, Any] | None = None) -> "TruthLoop":
+        """Continue a run with its run.json config, as its last segment ran it (device, low VRAM,
+        CUDA graphs, iteration limit), with `options` (config.RESUMABLE names; None = keep)
+        changed. Raises ConfigError for an option resume cannot change (--compile)."""
         view = read_run(run_dir)
         try:
             config = RunConfig.from_dict(view.config)
         except (ConfigError, TypeError) as error:
             raise RunDirError(f"{Path(run_dir) / 'run.json'} has an invalid config: {error}") from None
+        segments = (view.summary or {}).get("segments")
+        last = segments[-1].get("options") if isinstance(segments, list) and segments \
+            and isinstance(segments[-1], dict) else None
+        if isinstance(last, dict):
+            try:
+                apply_resume_options(config, {name: last.get(name) for name in RESUMABLE})
+            except (ConfigError, TypeError):
+                config = RunConfig.from_dict(view.config)  # an edited summary: run.json's own
+        asked = dict(options or {})
         if max_iters is not None:
-            config.loop.max_iters = max_iters
-            config.validate()
-        return cls(config, run_dir, backend_factory, on_event, control, resume=True)
+            asked["max_iters"] = max_iters
+        changed = apply_resume_options(config, asked)
+        loop = cls(config, run_dir, backend_factory, on_event, control, resume=True)
+        loop.changed_options = changed
+        return loop
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, event: ev.Event) -> None:
@@ -241,8 +262,21 @@ class TruthLoop:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             self._writer = RunWriter.create(self.run_dir, info, self.input_image)
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.summary.update({"status": "running", "pid": os.getpid()})
-        self.summary.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self.summary.setdefault("started", now)
+        segments = self.summary.get("segments")
+        if not isinstance(segments, list):
+            segments = []
+            if self.records:  # a run written before segments were recorded: what is known
+                segments.append({"started": self.summary.get("started"), "first_iteration": 0,
+                                 "device": self.summary.get("device"),
+                                 "models_loaded": self.summary.get("models_loaded")})
+        self._segment = {"started": now, "first_iteration": len(self.records),
+                         "options": resumable_options(self.config),
+                         "changed": dict(self.changed_options), "pid": os.getpid()}
+        segments.append(self._segment)
+        self.summary["segments"] = segments
         self._writer.write_summary(self.summary)
 
     def _run_opened(self) -> dict[str, Any]:
@@ -254,9 +288,9 @@ class TruthLoop:
             load_start = time.perf_counter()
             self._checkpoint(len(self.records))
             backends = self.backend_factory(self.config, self.emit)
-            self.summary["device"] = backends.device
+            self.summary["device"] = self._segment["device"] = backends.device
             if backends.loaded is not None:
-                self.summary["models_loaded"] = backends.loaded
+                self.summary["models_loaded"] = self._segment["models_loaded"] = backends.loaded
             self.emit(ev.Ready(backends.device, time.perf_counter() - load_start))
             return self._iterate(backends)
         except StopRequested:
@@ -264,7 +298,8 @@ class TruthLoop:
         except KeyboardInterrupt:
             return self._finish("stopped")
         except Exception as error:  # noqa: BLE001 - every failure must end as a readable summary
-            message = describe_error(error)
+            message = describe_error(error, self.run_dir, self.config)
+            self._end_segment("error")
             if self._writer:
                 self._writer.write_error(traceback.format_exc())
             self.summary.update(result_fields(self.records))
@@ -375,9 +410,14 @@ class TruthLoop:
             "elapsed_this_process": round(time.time() - self._started, 3),
         })
         self.summary.pop("message", None)
+        self._end_segment(status)
         self._writer.write_summary(self.summary)
         self.emit(ev.Finished(dict(self.summary)))
         return dict(self.summary)
+
+    def _end_segment(self, status: str) -> None:
+        self._segment.update({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": status,
+                              "records": len(self.records)})
 
 
 class LoopFailed(Exception):
@@ -395,13 +435,21 @@ def _read_rgb(path: Path) -> Any:
         return image.convert("RGB")
 
 
-def describe_error(error: BaseException) -> str:
+def describe_error(error: BaseException, run_dir: Path | None = None,
+                   config: RunConfig | None = None) -> str:
     """One line a user can act on, for the errors a long run on a shared box meets."""
     name = type(error).__name__
     first = first_line(error)
     if name == "OutOfMemoryError" or "out of memory" in first.lower():
-        return ("the GPU ran out of memory; try --low-vram, a smaller --width/--height, "
-                "or free the GPU")
+        resume = f"truthloop resume {run_dir}" if run_dir is not None else "truthloop resume"
+        if config is not None and config.generate.compile:  # --low-vram cannot go with it
+            return (f"the GPU ran out of memory; free the GPU and `{resume}`, or start a new "
+                    f"run with a smaller --width/--height")
+        if config is not None and config.models.low_vram:
+            return (f"the GPU ran out of memory even with --low-vram; free the GPU and "
+                    f"`{resume}`, or start a new run with a smaller --width/--height")
+        return (f"the GPU ran out of memory; continue with `{resume} --low-vram`, free the GPU, "
+                f"or start a new run with a smaller --width/--height")
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"disk full while writing the run directory ({first}); free space, then resume"
     if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

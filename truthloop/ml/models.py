@@ -51,7 +51,9 @@ def resolve(config: ModelConfig) -> ModelConfig:
                    clip_model=tiny.clip_model)
 
 
-def pick_device(requested: str) -> str:
+def pick_device(requested: str, notice: Progress = lambda message: None) -> str:
+    """The device for `requested`; `auto` on a machine whose CUDA is not usable says, through
+    `notice`, that it falls back to the CPU and why (once per load)."""
     import torch
 
     if requested != "auto":
@@ -64,6 +66,12 @@ def pick_device(requested: str) -> str:
         return "cuda"
     if torch.backends.mps.is_available():
         return "mps"
+    if torch.version.cuda is None:
+        why = "this torch is a CPU-only build"
+    else:
+        why = (f"torch built for CUDA {torch.version.cuda} finds no usable GPU: none visible, "
+               f"or the driver is too old")
+    notice(f"--device auto: running on the CPU ({why})")
     return "cpu"
 
 
@@ -85,7 +93,7 @@ def load_models(config: ModelConfig, scheduler: str = "default",
     import torch
 
     config = resolve(config)
-    device = pick_device(config.device)
+    device = pick_device(config.device, notice)
     dtype = torch.float16 if device == "cuda" else torch.float32
     loaded: dict[str, dict[str, str | None]] = {}
     progress(f"loading image model {config.sd_model}")
