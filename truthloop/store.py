@@ -262,6 +262,17 @@ class RunWriter:
             pass
 
 
+def update_run_info(path: Path, fields: dict[str, Any]) -> None:
+    """Add top-level fields to run.json (e.g. a sweep's batch setting), rewritten whole and
+    renamed into place; the caller holds the run's writer lock. The config is never touched."""
+    info_path = Path(path) / RUN_FILE
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    if "config" in fields:
+        raise ValueError("run.json's config is written once, at creation")
+    info.update(fields)
+    atomic_write_json(info_path, info)
+
+
 @dataclass
 class RunView:
     """A run directory as read back; `problems` lists what was unreadable, one line each."""

@@ -277,7 +277,9 @@ class FastCaptioner:
         position_weight = emb.position_embeddings.weight
         word_weight = emb.word_embeddings.weight
         position_ids = emb.position_ids
-        token = torch.full((1, 1), text.bos_token_id, dtype=torch.long, device=device)
+        # One row per image (a lockstep batch decodes many; a single caption has one).
+        token = torch.full((pixel_values.shape[0], 1), text.bos_token_id, dtype=torch.long,
+                           device=device)
         generated = [token]
         check_every = self.check_every or (1 if device.type == "cpu" else 8)
         unchecked = 0

@@ -43,7 +43,10 @@ class Painter:
             return self._shared
         return torch.Generator(self.generator_device).manual_seed(self.config.seed)
 
-    def paint(self, prompt: str, on_step: Callable[[int, int], None]) -> Any:
+    def paint(self, prompt: str, on_step: Callable[[int, int], None],
+              generator: Any = None) -> Any:
+        """`generator`: draw from this one instead of the painter's own (a lockstep batch keeps
+        one per trajectory; at batch 1 it calls this very method)."""
         import torch
 
         total = self.config.steps
@@ -61,7 +64,7 @@ class Painter:
                 guidance_scale=self.config.guidance,
                 width=self.config.width,
                 height=self.config.height,
-                generator=self._generator(),
+                generator=self._generator() if generator is None else generator,
                 callback_on_step_end=step_end,
             )
         return result.images[0]
