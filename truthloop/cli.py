@@ -103,20 +103,59 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_lookback_commands(sub)
     _add_sweep_commands(sub)
+    for name, command in sub.choices.items():
+        config = RunConfig()
+        if name == "demo":
+            apply_demo(config)
+        _show_defaults(command, config)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser, config: RunConfig) -> None:
+    """Every option's help line ends with its default: a RunConfig option's from `config` (the
+    one place defaults live; the demo's own for `demo`), any other's from argparse."""
+    for action in parser._actions:
+        if not action.option_strings or action.default == argparse.SUPPRESS \
+                or "default" in (action.help or ""):
+            continue
+        if action.dest in OPTION_FIELDS:
+            section, name = OPTION_FIELDS[action.dest]
+            value = getattr(getattr(config, section), name)
+            if action.dest in ("width", "height", "scheduler"):
+                value = "the model's own" if value in (None, "default") else value
+            elif action.dest == "cuda_graphs":
+                value = "graphs on" if value else "graphs off"
+        elif action.dest == "preset":
+            value = "none"
+        elif action.dest in ("size", "columns") and action.default is None:
+            value = "fitted to the run"
+        else:
+            value = action.default
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        elif value is None:
+            value = "not set"
+        text = str(value).replace("%", "%%")
+        action.help = f"{action.help} (default: {text})" if action.help else f"default: {text}"
 
 
 def _add_ui_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--headless", action="store_true",
-                        help="no TUI: print one line per iteration (default when stdout is not a TTY)")
+                        help="no TUI: print one line per iteration (default: when stdout is not "
+                             "a TTY)")
+    parser.add_argument("--json", action="store_true",
+                        help="headless, for scripts: one JSON object per line on stdout (started, "
+                             "one per iteration, then the summary); notes and errors on stderr "
+                             "(default: off)")
     parser.add_argument("--preview", choices=PREVIEWS, default="auto",
                         help="TUI image preview: terminal graphics, half-blocks or none")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run directory (default: RUNS_DIR/<time>-<input name>)")
-    parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
-                        help="where new run directories go (default: ./%(default)s)")
+    parser.add_argument("--runs-dir", default=None,
+                        help="where new run directories go (default: $TRUTHLOOP_RUNS_DIR if "
+                             f"set, else ./{DEFAULT_RUNS_DIR})")
     _add_config_options(parser)
     _add_ui_options(parser)
 
@@ -224,7 +263,12 @@ def cmd_run(args: argparse.Namespace, demo: bool = False) -> int:
     except ConfigError as error:
         raise UserError(str(error)) from None
     label = Path(args.image).stem if args.image else "prompt"
-    out = Path(args.out) if args.out else Path(args.runs_dir) / run_dir_name(label)
+    if args.out:
+        out = Path(args.out)
+    else:
+        from truthloop.paths import runs_dir
+
+        out = (Path(args.runs_dir) if args.runs_dir else runs_dir()) / run_dir_name(label)
     return _drive(args, config, out, input_image=input_image)
 
 
@@ -292,8 +336,9 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 # -- the commands -----------------------------------------------------------------------------
 def _add_lookback_commands(sub: Any) -> None:
     runs = sub.add_parser("runs", help="a table of the runs in a directory "
-                          f"(default ./{DEFAULT_RUNS_DIR})")
-    runs.add_argument("dir", nargs="?", default=DEFAULT_RUNS_DIR, metavar="DIR")
+                          f"(default: $TRUTHLOOP_RUNS_DIR if set, else ./{DEFAULT_RUNS_DIR})")
+    runs.add_argument("dir", nargs="?", default=None, metavar="DIR",
+                      help=f"default: $TRUTHLOOP_RUNS_DIR if set, else ./{DEFAULT_RUNS_DIR}")
     runs.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     export_parser = sub.add_parser(
@@ -321,6 +366,9 @@ def _add_lookback_commands(sub: Any) -> None:
                                help="the contact sheet shows only the truth cycle")
     export_parser.add_argument("--size", type=int, help="image side in pixels on frames/tiles")
     export_parser.add_argument("--columns", type=int, help="contact sheet columns")
+    export_parser.add_argument("--json", action="store_true",
+                               help="print what was written as one JSON object (files with "
+                                    "their kind, path, bytes and layout; kinds skipped and why)")
 
 
 def cmd_lookback(args: argparse.Namespace) -> int:
@@ -347,7 +395,10 @@ def cmd_lookback(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from truthloop.lookback.runs import list_runs, runs_table
+    from truthloop.paths import runs_dir
 
+    if args.dir is None:
+        args.dir = str(runs_dir())
     rows = list_runs(args.dir)
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
@@ -371,14 +422,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     from truthloop.lookback.export import DEFAULT_KINDS, EXPORT_KINDS, export
     from truthloop.lookback.video import find_encoder
 
+    from truthloop.lookback.video import MP4_SKIPPED
+
     kinds = [kind for kind in EXPORT_KINDS if getattr(args, kind, False)]
+    skipped = []
     if args.all:
         kinds = [kind for kind in EXPORT_KINDS if kind != "mp4" or find_encoder() or args.mp4]
+        if "mp4" not in kinds:
+            skipped.append({"kind": "mp4", "reason": MP4_SKIPPED})
     if not kinds:
         kinds = list(DEFAULT_KINDS)
     started = time.perf_counter()
     results = export(args.run_dir, kinds, out=args.out, fps=args.fps, captions=args.captions,
                      cycle_only=args.cycle_only, size=args.size, columns=args.columns)
+    if args.json:
+        files = [{key: str(value) if isinstance(value, Path) else value
+                  for key, value in result.items()} | {"bytes": Path(result["path"]).stat().st_size}
+                 for result in results]
+        print(json.dumps({"run_dir": str(Path(args.run_dir).resolve()),
+                          "files": files, "skipped": skipped,
+                          "seconds": round(time.perf_counter() - started, 3)},
+                         ensure_ascii=False, indent=2))
+        return 0
+    for item in skipped:
+        print(f"skipped {item['kind']}: {item['reason']}")
     for result in results:
         path = Path(result["path"])
         details = ""
@@ -453,18 +520,19 @@ def _drive(args: argparse.Namespace, config: RunConfig | None, run_dir: Path,
     except (RunDirError, ConfigError) as error:
         raise UserError(str(error)) from None
 
-    if not args.headless and sys.stdout.isatty() and sys.stdin.isatty():
+    if not args.headless and not getattr(args, "json", False) and sys.stdout.isatty() \
+            and sys.stdin.isatty():
         from tui import run_tui
 
         return run_tui(loop, preview=args.preview)
-    return _run_headless(loop, control)
+    return _run_headless(loop, control, as_json=getattr(args, "json", False))
 
 
-def _run_headless(loop: Any, control: Any) -> int:
+def _run_headless(loop: Any, control: Any, as_json: bool = False) -> int:
     from truthloop.loop import LoopFailed
     from truthloop.store import RunDirError
 
-    printer = HeadlessPrinter()
+    printer = JsonPrinter() if as_json else HeadlessPrinter()
     printer.changed = dict(getattr(loop, "changed_options", {}) or {})
     loop.on_event = printer.handle
     received: list[int] = []
@@ -486,6 +554,8 @@ def _run_headless(loop: Any, control: Any) -> int:
         raise UserError(str(error)) from None
     except LoopFailed as error:
         printer.close()
+        if as_json:
+            printer.print_summary(loop.summary, loop.run_dir)
         print(f"truthloop: error: {visible(str(error))}", file=sys.stderr)
         print(f"run directory kept: {visible(str(loop.run_dir))}", file=sys.stderr)
         return 1
@@ -606,6 +676,34 @@ class HeadlessPrinter:
             print(f"stopped after {summary['iterations']} iterations; "
                   f"continue with: truthloop resume {visible(str(run_dir))}")
         print(f"run directory: {visible(str(run_dir))}")
+
+
+class JsonPrinter(HeadlessPrinter):
+    """`--json`: one JSON object per line on stdout, for scripts. {"type": "started", run_dir,
+    resumed_at, config}; per iteration {"type": "iteration", run_dir, image_path (absolute, or
+    null), ...the log.jsonl record}; last {"type": "summary", run_dir, ...summary.json}.
+    Loading progress, notes and errors go to stderr as in the plain headless mode."""
+
+    def _emit(self, data: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    def _handle(self, event: ev.Event) -> None:
+        if isinstance(event, ev.RunStarted):
+            self.run_dir = Path(event.run_dir)
+            self._emit({"type": "started", "run_dir": str(self.run_dir.resolve()),
+                        "resumed_at": event.resumed_at, "changed": self.changed,
+                        "config": event.config})
+        elif isinstance(event, ev.IterationDone):
+            record = event.record
+            image = str((self.run_dir / record.image).resolve()) if record.image else None
+            self._emit({"type": "iteration", "run_dir": str(self.run_dir.resolve()),
+                        "image_path": image, **record.to_json()})
+        elif not isinstance(event, ev.IterationStarted):
+            super()._handle(event)
+
+    def _print_summary(self, summary: dict[str, Any], run_dir: Path) -> None:
+        self._emit({"type": "summary", "run_dir": str(Path(run_dir).resolve()), **summary})
 
 
 def _option_text(value: Any) -> str:

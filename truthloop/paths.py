@@ -14,3 +14,13 @@ def cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("truthloop"))
+
+
+def runs_dir() -> Path:
+    """Where new run directories go and where `truthloop runs` looks, when no option says:
+    TRUTHLOOP_RUNS_DIR if set (so it does not depend on the current directory), else
+    config.DEFAULT_RUNS_DIR relative to the current directory."""
+    from truthloop.config import DEFAULT_RUNS_DIR
+
+    override = os.environ.get("TRUTHLOOP_RUNS_DIR")
+    return Path(override).expanduser() if override else Path(DEFAULT_RUNS_DIR)

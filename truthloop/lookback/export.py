@@ -64,18 +64,18 @@ def export(run_dir: Path | str, kinds: Iterable[str] = DEFAULT_KINDS, out: Path 
     results = []
     for kind in kinds:
         if kind == "gif":
-            results.append(write_gif(view, out_dir / FILE_NAMES["gif"], fps, captions, size))
+            result = write_gif(view, out_dir / FILE_NAMES["gif"], fps, captions, size)
         elif kind == "mp4":
-            results.append(write_mp4(view, out_dir / FILE_NAMES["mp4"], fps, captions, size,
-                                     encoder))
+            result = write_mp4(view, out_dir / FILE_NAMES["mp4"], fps, captions, size, encoder)
         elif kind == "sheet":
             name = FILE_NAMES["sheet_cycle" if cycle_only else "sheet"]
-            results.append(write_sheet(view, out_dir / name, cycle_only=cycle_only,
-                                       captions=captions, size=size, columns=columns))
+            result = write_sheet(view, out_dir / name, cycle_only=cycle_only, captions=captions,
+                                 size=size, columns=columns)
         elif kind == "drift":
-            results.append(write_drift(view, out_dir / FILE_NAMES["drift"]))
-        elif kind == "html":
-            results.append(write_html(view, out_dir / FILE_NAMES["html"]))
+            result = write_drift(view, out_dir / FILE_NAMES["drift"])
+        else:
+            result = write_html(view, out_dir / FILE_NAMES["html"])
+        results.append({"kind": kind, **result})
     return results
 
 

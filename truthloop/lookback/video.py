@@ -50,6 +50,8 @@ def find_encoder() -> str | None:
         return None
 
 
+MP4_SKIPPED = ("no ffmpeg encoder here (install ffmpeg on PATH or `pip install imageio-ffmpeg`); "
+               "the GIF has the same frames")
 MP4_NEEDS_ENCODER = ("--mp4 needs an ffmpeg encoder: install ffmpeg (on PATH) or "
                      "`pip install imageio-ffmpeg`; --gif works without one")
 
