@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a benchmark part (or the GPU-only tests) on the lent GPU box: its image lacks diffusers,
 # open_clip, clip-interrogator and pytest, which travel as wheels in .whl/ (docs/benchmark.md).
-# Usage: bench/run_on_gpu.sh base|compile [bench options] | bench/run_on_gpu.sh tests
+# Usage: bench/run_on_gpu.sh base|compile|best|lowvram|batch [bench options] | bench/run_on_gpu.sh tests
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD TRUTHLOOP_CACHE=/tmp/tlcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -11,6 +11,10 @@ out=${OUT:-/tmp}
 if [ "$1" = tests ]; then
     TRUTHLOOP_TEST_CACHE=/tmp/tlcache python3 -m pytest -q -p no:cacheprovider -o addopts= \
         tests/test_cuda_graphs.py "${@:2}" 2>&1 | tee "$out/tests.log"
+    exit "${PIPESTATUS[0]}"
+fi
+if [ "$1" = batch ]; then  # many trajectories in lockstep (bench/bench_batch.py, issue 14)
+    python3 bench/bench_batch.py --json "$out/batch.json" "${@:2}" 2>&1 | tee "$out/batch.log"
     exit "${PIPESTATUS[0]}"
 fi
 python3 bench/bench_iteration.py --part "$1" --json "$out/$1.json" "${@:2}" 2>&1 | tee "$out/$1.log"
