@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tiny", help="build the tiny offline checkpoints now and print where they are")
 
     _add_lookback_commands(sub)
+    _add_fork_compare_commands(sub)
     _add_sweep_commands(sub)
     for name, command in sub.choices.items():
         config = RunConfig()
@@ -463,6 +464,114 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- fork and compare ------------------------------------------------------------------------------
+def _add_fork_compare_commands(sub: Any) -> None:
+    fork = sub.add_parser(
+        "fork", help="a new run from iteration K's image of a run (change any run option)",
+        description="A new run that starts from iteration K's image of RUN_DIR (captioned first), "
+                    "with RUN_DIR's options and the ones given here; run.json records the parent "
+                    "and K. With the same options (reseed mode) it replays the parent from there.")
+    fork.add_argument("run_dir", metavar="RUN_DIR")
+    fork.add_argument("--at", type=int, required=True, metavar="K",
+                      help="the parent's iteration whose image the fork starts from")
+    fork.add_argument("--out", help="the fork's run directory (default: beside the parent)")
+    fork.add_argument("--runs-dir", help="where the fork's directory goes (default: the "
+                      "parent's folder)")
+    _add_config_options(fork)
+    _add_ui_options(fork)
+
+    compare = sub.add_parser(
+        "compare", help="two runs side by side: where they first differ, same attractor?",
+        description="Two runs' iterations aligned (a fork beside its parent from where it "
+                    "started), the captions diffed, where they first differ and whether they end "
+                    "in the same attractor. In the terminal app, or --html PAGE.")
+    compare.add_argument("run_a", metavar="RUN_A")
+    compare.add_argument("run_b", metavar="RUN_B")
+    compare.add_argument("--html", metavar="PAGE", help="write a self-contained HTML page")
+    compare.add_argument("--preview", choices=PREVIEWS, default="auto")
+
+
+def _fork_options(args: argparse.Namespace) -> dict[str, Any]:
+    from truthloop.fork import FORK_FIELDS
+
+    return {name: getattr(args, name, None) for name in FORK_FIELDS}
+
+
+def cmd_fork(args: argparse.Namespace) -> int:
+    from truthloop.config import ConfigError
+    from truthloop.fork import ForkError, plan_fork
+    from truthloop.store import RunDirError
+
+    if args.preset:
+        raise UserError("a fork starts from its parent's options; give the ones to change, "
+                        "not --preset")
+    try:
+        plan = plan_fork(Path(args.run_dir), args.at, _fork_options(args),
+                         out=Path(args.out) if args.out else None,
+                         runs_dir=Path(args.runs_dir) if args.runs_dir else None)
+    except (ForkError, RunDirError, ConfigError) as error:
+        raise UserError(str(error)) from None
+    try:
+        image = plan.input_image()
+    except OSError as error:
+        raise UserError(f"cannot read {plan.image_path}: {error}") from None
+    from truthloop.fork import describe_changed
+
+    print(f"fork of {visible(str(plan.parent.path))} at #{plan.at} "
+          f"({visible(describe_changed(plan.changed))})", file=sys.stderr)
+    return _drive(args, plan.config, plan.out, input_image=image, run_info=plan.run_info)
+
+
+def _fork_maker() -> Any:
+    """For the TUI's `f`: (parent run, K, options) -> a fork's TruthLoop, not yet run. Raises the
+    core's one-line errors (ForkError, RunDirError, ConfigError) for the form to show."""
+
+    def make(parent_dir: Path, at: int, options: dict[str, Any]) -> Any:
+        from truthloop.fork import make_fork_loop, plan_fork
+        from truthloop.loop import LoopControl
+
+        plan = plan_fork(Path(parent_dir), at, options)
+        control = LoopControl()
+        return make_fork_loop(plan, _loading_factory(control), control=control)
+
+    return make
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from truthloop.compare import CompareError, compare_runs
+    from truthloop.store import RunDirError
+
+    try:
+        comparison = compare_runs(Path(args.run_a), Path(args.run_b))
+    except (RunDirError, CompareError) as error:
+        raise UserError(str(error)) from None
+    if args.html:
+        from truthloop.lookback.compare_page import write_page
+
+        out = Path(args.html)
+        if out.is_dir():
+            raise UserError(f"{out} is a directory; give --html a file name")
+        try:
+            write_page(comparison, out)
+        except OSError as error:
+            raise UserError(f"cannot write {out}: {error.strerror or error}") from None
+        for line in comparison.lines():
+            print(visible(line))
+        print(f"wrote {visible(str(out))}; open file://{out.resolve()}")
+        return 0
+    if sys.stdout.isatty() and sys.stdin.isatty():
+        from tui import compare_tui
+
+        return compare_tui(comparison.a.path, comparison.b.path, preview=args.preview)
+    for line in comparison.lines():
+        print(visible(line))
+    for row in comparison.rows:
+        a = f"#{row.a.index} {visible(row.a.fed_prompt)}" if row.a else "-"
+        b = f"#{row.b.index} {visible(row.b.fed_prompt)}" if row.b else "-"
+        print(f"{a}\t{b}")
+    return 0
+
+
 # -- sweeps: the sweep and atlas commands live in truthloop.sweep.command --------------------------
 def _add_sweep_commands(sub: Any) -> None:
     from truthloop.sweep.command import add_parsers  # light: no Ray, no torch
@@ -483,7 +592,8 @@ def cmd_sweep_or_atlas(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "resume": cmd_resume, "view": cmd_view,
             "tiny": cmd_tiny, "runs": cmd_lookback, "export": cmd_lookback,
-            "sweep": cmd_sweep_or_atlas, "atlas": cmd_sweep_or_atlas}
+            "sweep": cmd_sweep_or_atlas, "atlas": cmd_sweep_or_atlas,
+            "fork": cmd_fork, "compare": cmd_compare}
 
 
 # -- driving a loop ---------------------------------------------------------------------------
@@ -503,7 +613,8 @@ def _loading_factory(control: Any) -> Any:
 
 
 def _drive(args: argparse.Namespace, config: RunConfig | None, run_dir: Path,
-           input_image: Any = None, resume: bool = False) -> int:
+           input_image: Any = None, resume: bool = False,
+           run_info: dict[str, Any] | None = None) -> int:
     from truthloop.loop import LoopControl, TruthLoop
     from truthloop.store import RunDirError
 
@@ -516,7 +627,8 @@ def _drive(args: argparse.Namespace, config: RunConfig | None, run_dir: Path,
                 options={name: getattr(args, name, None)
                          for name in ("device", "low_vram", "cuda_graphs", "compile")})
         else:
-            loop = TruthLoop(config, run_dir, factory, control=control, input_image=input_image)
+            loop = TruthLoop(config, run_dir, factory, control=control, input_image=input_image,
+                             run_info=run_info)
     except (RunDirError, ConfigError) as error:
         raise UserError(str(error)) from None
 

@@ -166,8 +166,11 @@ class TruthLoop:
 
     def __init__(self, config: RunConfig, run_dir: Path, backend_factory: BackendFactory,
                  on_event: EventSink = lambda event: None, control: LoopControl | None = None,
-                 input_image: Any | None = None, resume: bool = False):
+                 input_image: Any | None = None, resume: bool = False,
+                 run_info: dict[str, Any] | None = None):
+        """`run_info`: more top-level fields for a new run's run.json (a fork's "parent")."""
         self.config = config
+        self.run_info = dict(run_info or {})
         self.run_dir = Path(run_dir)
         self.backend_factory = backend_factory
         self.on_event = on_event
@@ -260,6 +263,7 @@ class TruthLoop:
                 "versions": package_versions(),
                 "machine": {"host": platform.node(), "platform": platform.platform()},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **{k: v for k, v in self.run_info.items() if k not in ("format", "config")},
             }
             self._writer = RunWriter.create(self.run_dir, info, self.input_image)
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -116,6 +116,23 @@ def find_cycle(records: list[Record]) -> Cycle | None:
     return None
 
 
+def cycle_prompts(records: list[Record]) -> list[str] | None:
+    """The compared prompts of the run's cycle, in the order the run met them; None: no cycle."""
+    cycle = find_cycle(records)
+    if cycle is None:
+        return None
+    return [r.compared for r in records[cycle.start:cycle.start + cycle.length]]
+
+
+def canonical_cycle(cycle: list[str]) -> tuple[str, ...]:
+    """The rotation of a cycle's prompts that sorts first: one key for every phase of entry, so two
+    runs that entered the same cycle by different members have the same key (the atlas's
+    attractors, `compare`'s "same attractor")."""
+    if not cycle:
+        return ()
+    return min(tuple(cycle[i:] + cycle[:i]) for i in range(len(cycle)))
+
+
 def result_fields(records: list[Record]) -> dict[str, Any]:
     """The summary's result: images drawn, the cycle, its truth prompts and images, and whether
     the iterations after the first repeat followed the cycle (--confirm-iters)."""

@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from truthloop.record import canonical_cycle
 from truthloop.store import atomic_write_bytes, atomic_write_json, read_records
 from truthloop.sweep import state as st
 from truthloop.sweep.spec import ATLAS_DIR, SpecError, read_spec, trajectories
@@ -38,11 +39,8 @@ class AtlasError(Exception):
     """One line for the user."""
 
 
-def canonical(cycle: list[str]) -> tuple[str, ...]:
-    """The rotation of a cycle's prompts that sorts first: one key for every phase of entry."""
-    if not cycle:
-        return ()
-    return min(tuple(cycle[i:] + cycle[:i]) for i in range(len(cycle)))
+# The rotation-invariant key of a cycle lives in the core (compare uses it too).
+canonical = canonical_cycle
 
 
 def _embedding(run_dir: Path) -> dict[str, Any] | None:

@@ -1,0 +1,142 @@
+"""Forks: a run started from another run's iteration K (its caption step first), recorded in
+run.json; with the parent's options in reseed mode it replays the parent from there exactly.
+Fake backends whose painter follows the run's own seed and seed mode (instant, deterministic)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from fakes import FakeCaptioner, FakeEmbedder, FakePainter, start_image
+from truthloop.config import RunConfig
+from truthloop.fork import ForkError, forks_of, make_fork_loop, parent_of, plan_fork
+from truthloop.loop import Backends, TruthLoop
+from truthloop.store import read_run
+
+# start -> p1 -> p2 -> ... -> p6 -> p6 (a fixed point at iteration 6).
+CHAIN = [f"prompt {i}, clause" for i in range(1, 7)]
+SCRIPT = {CHAIN[i]: CHAIN[min(i + 1, len(CHAIN) - 1)] for i in range(len(CHAIN))}
+START = CHAIN[0]
+
+
+def seeded_factory(script=SCRIPT):
+    """Backends whose painter draws with the config's own seed and seed mode."""
+
+    def build(config, emit):
+        painter = FakePainter(seed=config.generate.seed, seed_mode=config.generate.seed_mode)
+        return Backends(captioner=FakeCaptioner(script, start=START), painter=painter,
+                        embedder=FakeEmbedder())
+
+    return build
+
+
+def make_parent(tmp_path, name="parent", **generate) -> RunConfig:
+    config = RunConfig(input_image="start.png")
+    config.models.models = "tiny"
+    for key, value in generate.items():
+        setattr(config.generate, key, value)
+    TruthLoop(config, tmp_path / name, seeded_factory(), input_image=start_image()).run()
+    return config
+
+
+def run_fork(tmp_path, at, options=None, name="fork"):
+    plan = plan_fork(tmp_path / "parent", at, options, out=tmp_path / name)
+    summary = make_fork_loop(plan, seeded_factory()).run()
+    return plan, summary, read_run(tmp_path / name)
+
+
+def pixels(view, record):
+    from PIL import Image
+
+    with Image.open(view.path / record.image) as image:
+        return image.convert("RGB").tobytes()
+
+
+def other_seed(seed: int = 42) -> int:
+    """A seed whose fake noise differs from `seed`'s (the fake painter has four)."""
+    mine = random.Random(seed).randrange(4)
+    return next(s for s in range(1000) if random.Random(s).randrange(4) != mine)
+
+
+def test_fork_with_the_same_options_replays_the_parent(tmp_path):
+    make_parent(tmp_path)
+    parent = read_run(tmp_path / "parent")
+    assert len(parent.records) == 7  # 0..5 drawn, 6 repeats 5
+    k = 2
+    plan, summary, fork = run_fork(tmp_path, k)
+    assert plan.changed == {}
+    # Its first caption is the parent's caption of image K (the parent's iteration K+1) ...
+    assert fork.records[0].caption == parent.records[k + 1].caption
+    # ... then the same prompts and the same images, pixel for pixel.
+    for j, record in enumerate(fork.records):
+        twin = parent.records[k + 1 + j]
+        assert (record.caption, record.fed_prompt) == (twin.caption, twin.fed_prompt)
+        if record.image:
+            assert pixels(fork, record) == pixels(parent, twin)
+    assert fork.records[-1].repeat_of is not None  # it found the same fixed point
+    info = json.loads((tmp_path / "fork" / "run.json").read_text())
+    assert info["parent"] == {"run": str((tmp_path / "parent").resolve()), "at": k,
+                              "changed": {}}
+    assert info["config"]["input_image"] == str((tmp_path / "parent/images/0002.png").resolve())
+    assert (tmp_path / "fork" / "input.png").exists()
+    assert summary["status"] == "converged"
+
+
+def test_fork_with_another_seed_differs_and_says_so(tmp_path):
+    from truthloop.compare import compare_runs
+
+    make_parent(tmp_path)
+    seed = other_seed()
+    plan, _, fork = run_fork(tmp_path, 1, {"seed": seed, "clauses": None})
+    assert plan.changed == {"seed": seed}
+    info = json.loads((tmp_path / "fork" / "run.json").read_text())
+    assert info["parent"]["changed"] == {"seed": seed}
+    assert info["config"]["generate"]["seed"] == seed
+    parent = read_run(tmp_path / "parent")
+    assert fork.records[0].caption == parent.records[2].caption  # the same image captioned
+    assert pixels(fork, fork.records[0]) != pixels(parent, parent.records[2])  # drawn otherwise
+    comparison = compare_runs(tmp_path / "parent", tmp_path / "fork")
+    assert comparison.relation.startswith("B is a fork of A at #1")
+    difference = comparison.first_difference
+    assert difference is not None and difference.kind == "image"
+    assert (difference.a.index, difference.b.index) == (2, 0)
+    assert "first differ at A #2 / B #0: images (same caption)" in comparison.lines()
+
+
+def test_bad_forks_are_one_line_and_write_nothing(tmp_path):
+    from truthloop.store import RunDirError
+
+    make_parent(tmp_path)
+    (tmp_path / "notarun").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ForkError, match=r"--at 9 is past its end: .* iterations 0\.\.5"):
+        plan_fork(tmp_path / "parent", 9)
+    with pytest.raises(ForkError, match="--at 6 is an iteration without an image"):
+        plan_fork(tmp_path / "parent", 6)  # the repeat: found before drawing
+    with pytest.raises(ForkError, match="--clauses must be 0"):
+        plan_fork(tmp_path / "parent", 1, {"clauses": -1})
+    with pytest.raises(RunDirError, match="not a truthloop run directory"):
+        plan_fork(tmp_path / "notarun", 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_parent_and_forks_are_found(tmp_path):
+    make_parent(tmp_path)
+    run_fork(tmp_path, 3, name="fork-b")
+    run_fork(tmp_path, 1, {"seed": 7}, name="fork-a")
+    forks = forks_of(tmp_path / "parent")
+    assert [(f.path.name, f.at, f.changed) for f in forks] == [
+        ("fork-a", 1, {"seed": 7}), ("fork-b", 3, {})]
+    relation = parent_of(read_run(tmp_path / "fork-a"))
+    assert relation.path == (tmp_path / "parent").resolve() and relation.at == 1
+    assert parent_of(read_run(tmp_path / "parent")) is None
+    assert forks_of(tmp_path / "fork-a") == []
+
+
+def test_default_fork_directory_is_beside_the_parent(tmp_path):
+    make_parent(tmp_path, name="20260101-000000-photo")
+    plan = plan_fork(tmp_path / "20260101-000000-photo", 2)
+    assert plan.out.parent == tmp_path.resolve()
+    assert plan.out.name.endswith("-fork2-photo")
