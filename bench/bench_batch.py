@@ -120,6 +120,12 @@ def run_variant(stack: Stack, work: Path, label: str, size: int, exact: bool, co
 
     out = work / "runs" / label
     shutil.rmtree(out, ignore_errors=True)
+    # The UNet graphs of earlier variants' batch sizes would stay in this variant's peak; a
+    # worker holds only its own (they are captured again in the untimed first drawing).
+    graphed = stack.pipe.unet.__dict__.get("_truthloop_graphed")
+    if graphed is not None:
+        graphed.graphed._graphs.clear()
+        graphed.graphed._seen.clear()
     gc.collect()
     if DEVICE == "cuda":
         torch.cuda.empty_cache()

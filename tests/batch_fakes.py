@@ -62,3 +62,20 @@ class FakeBatchModels:
 
 def factory(models):
     return lambda config, emit: models
+
+
+# `truthloop sweep --batch N --backend batch_fakes:attractor_factory`: the sweep's designed
+# attractors (sweep_fakes), one at a time (embeddings) and batched (the worker adds _batched).
+def attractor_factory(config, emit):
+    import sweep_fakes
+
+    return sweep_fakes.attractor_factory(config, emit)
+
+
+def attractor_factory_batched(config, emit):
+    import sweep_fakes
+
+    models = FakeBatchModels(sweep_fakes.SCRIPT)
+    models.captioner = sweep_fakes.ScriptCaptioner()
+    models.embedder = sweep_fakes.PromptEmbedder()
+    return models

@@ -77,6 +77,12 @@ class BatchedBackends:
         self.captioner = backends.captioner
         self._negative: dict[tuple, Any] = {}
         self._blip = None
+        if config.generate.compile and not exact:
+            # A batch of another size would otherwise recompile the UNet into one dynamic-shape
+            # kernel for all sizes (slower); a sweep pads to one size, the bench measures a few.
+            import torch._dynamo
+
+            torch._dynamo.config.automatic_dynamic_shapes = False
         self.batch_sizes: list[tuple[str, int]] = []  # (kind, rows) of each call, for tests/bench
 
     def stream(self, config: RunConfig) -> Stream:
@@ -218,14 +224,7 @@ def load_batched(config: RunConfig, emit: EventSink, exact: bool = False) -> Bat
     """A lockstep engine's model factory: a single run's backends (`load_backends`), batched."""
     from truthloop.ml.backends import load_backends
 
-    backends = load_backends(config, emit)
-    if config.generate.compile and not exact:
-        # A batch of another size would otherwise recompile into one dynamic-shape kernel for
-        # all sizes (slower); a sweep pads to one size, the bench measures a few.
-        import torch._dynamo
-
-        torch._dynamo.config.automatic_dynamic_shapes = False
-    return BatchedBackends(backends, config, exact=exact)
+    return BatchedBackends(load_backends(config, emit), config, exact=exact)
 
 
 def exact_factory(config: RunConfig, emit: EventSink) -> BatchedBackends:

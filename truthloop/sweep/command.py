@@ -46,6 +46,10 @@ def add_parsers(sub: Any, add_config_options: Callable[[argparse.ArgumentParser]
     sweep.add_argument("--workers", type=int, help="worker processes (default: one per GPU, "
                        "or one without GPUs)")
     sweep.add_argument("--gpus", type=int, help="GPUs Ray may use on this machine (local only)")
+    sweep.add_argument("--batch", type=int, default=1, metavar="N",
+                       help="each worker runs N trajectories at a time in lockstep, drawing and "
+                            "captioning them in batches (faster per GPU; a trajectory's prompts "
+                            "may differ from its run alone; default 1: exactly `truthloop run`)")
     sweep.add_argument("--no-atlas", dest="atlas", action="store_false",
                        help="do not write the atlas at the end")
     sweep.add_argument("--max-restarts", type=int, default=8, help=argparse.SUPPRESS)
@@ -90,6 +94,8 @@ def cmd_sweep(args: argparse.Namespace, config: RunConfig) -> int:
         raise CommandError("--workers must be 1 or more")
     if args.address and args.gpus is not None:
         raise CommandError("--gpus is for a local Ray; a cluster brings its own GPUs")
+    if args.batch < 1:
+        raise CommandError("--batch must be 1 or more")
     # The spec's per-trajectory fields are filled per trajectory; validate the rest now.
     config.start_prompt = "-"
     try:
@@ -104,6 +110,9 @@ def cmd_sweep(args: argparse.Namespace, config: RunConfig) -> int:
         old = read_spec(sweep_dir)
     except SpecError as error:
         raise CommandError(str(error)) from None
+    if args.batch > 1:
+        # Part of the sweep: batches change results, so a rerun must batch as the first run did.
+        spec["batch"] = args.batch
     if old is not None:
         diff = difference(old, spec)
         if diff:
@@ -140,9 +149,16 @@ def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int
 
     trajs = trajectories(spec)
     try:
-        rows = run_sweep(sweep_dir, trajs, spec.get("backend"), address=args.address,
-                         workers=args.workers, num_gpus=args.gpus,
-                         max_restarts=args.max_restarts)
+        if spec.get("batch", 1) > 1:
+            from truthloop.sweep.batching import run_sweep_batched
+
+            rows = run_sweep_batched(sweep_dir, trajs, spec.get("backend"), spec["batch"],
+                                     address=args.address, workers=args.workers,
+                                     num_gpus=args.gpus, max_restarts=args.max_restarts)
+        else:
+            rows = run_sweep(sweep_dir, trajs, spec.get("backend"), address=args.address,
+                             workers=args.workers, num_gpus=args.gpus,
+                             max_restarts=args.max_restarts)
     except SweepError as error:
         raise CommandError(str(error), code=error.code) from None
     states: dict[str, int] = {}

@@ -1,0 +1,170 @@
+"""`truthloop sweep --batch N`: each worker runs its trajectories N at a time in lockstep
+(`truthloop.lockstep`, models batched by `truthloop.ml.batched`), a slot refilled as soon as its
+trajectory ends. Kept beside the one-at-a-time driver and worker (driver.py, worker.py), which
+it reuses: the same run directories, resumes, embeddings and progress.
+
+Composition: the trajectories still to run are dealt to the workers in a fixed way (worker i gets
+every count-th one, in the sweep's order) and each worker fills its slots in that order, so the
+same sweep with the same --batch and the same number of workers composes the same batches. A
+trajectory's prompts can differ from its run alone (batched kernels); each run's run.json says
+which batch drew it ("batch").
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from truthloop.config import RunConfig
+from truthloop.images import BadImage, load_input_image
+from truthloop.lockstep import Job as LockstepJob, Lockstep, model_key
+from truthloop.store import RUN_FILE
+from truthloop.sweep import state as st
+from truthloop.sweep.driver import POLL, Job, Progress, _poll, describe, start_ray
+from truthloop.sweep.spec import Trajectory
+from truthloop.sweep.state import EMBEDDING_FILE, read_summary
+from truthloop.sweep.worker import TrajectoryWorker, _model_key, resolve_factory
+from truthloop.text import first_line
+
+BATCHED_BACKENDS = "truthloop.ml.batched:batched_factory"
+
+
+class BatchWorker(TrajectoryWorker):
+    """A TrajectoryWorker that can also run many trajectories in lockstep (`run_batch`)."""
+
+    def _batch_factory(self) -> Callable[..., Any]:
+        # A test's fake backends `module:name` come batched as `module:name_batched`.
+        return resolve_factory(f"{self.backend}_batched" if self.backend else BATCHED_BACKENDS)
+
+    def run_batch(self, jobs: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+        """jobs: [{"run_dir", "config"}]; returns one {"status", "message"?} per job. Jobs whose
+        models differ (a grid over steps, say) run as separate lockstep groups, one after
+        another; a run directory that exists is continued as `truthloop resume` does."""
+        outcomes: list[dict[str, Any] | None] = [None] * len(jobs)
+        groups: dict[str, list[LockstepJob]] = {}
+        configs = [RunConfig.from_dict(job["config"]) for job in jobs]
+        for number, (job, config) in enumerate(zip(jobs, configs)):
+            run_dir = Path(job["run_dir"])
+            if (run_dir / RUN_FILE).exists():
+                summary = read_summary(run_dir) or {}
+                if summary.get("status") in st.DONE:
+                    outcomes[number] = {"status": summary["status"]}
+                    continue
+                item = LockstepJob(run_dir, resume=True, key=number)
+            else:
+                try:
+                    image = load_input_image(config.input_image) \
+                        if config.input_image is not None else None
+                except BadImage as error:
+                    outcomes[number] = {"status": "error", "message": str(error)}
+                    continue
+                run_dir.parent.mkdir(parents=True, exist_ok=True)
+                item = LockstepJob(run_dir, config, input_image=image, key=number)
+            groups.setdefault(repr(model_key(config)), []).append(item)
+        for group in groups.values():
+            self._backends = None  # the one-at-a-time models, if any, go before a batch loads
+            engine = Lockstep(self._batch_factory(), size)
+            for outcome in engine.run(group):
+                outcomes[outcome["key"]] = {k: v for k, v in outcome.items()
+                                            if k in ("status", "message")}
+            # The atlas's embeddings from the models the batch held (no second copy loaded).
+            single = getattr(engine.models, "backends", None)
+            config = configs[group[0].key]
+            if single is not None:
+                self._backends, self._key = single, _model_key(config, exact=False)
+            for item in group:
+                outcome = outcomes[item.key]
+                if outcome["status"] == "converged" \
+                        and not (item.run_dir / EMBEDDING_FILE).exists():
+                    try:
+                        self._embed(item.run_dir, configs[item.key])
+                    except Exception as error:  # noqa: BLE001 - the trajectory stands
+                        outcomes[item.key] = {"status": "error", "message":
+                                              f"embedding: {type(error).__name__}: {error}"}
+            del engine
+        return [outcome or {"status": "error", "message": "not run"} for outcome in outcomes]
+
+
+def run_sweep_batched(sweep_dir: Path, trajectories: list[Trajectory], backend: str | None,
+                      size: int, address: str | None = None, workers: int | None = None,
+                      num_gpus: int | None = None, max_restarts: int = 8) -> list[dict[str, Any]]:
+    """run_sweep's work, each worker `size` trajectories at a time. A lost worker's call is
+    retried by Ray (max_task_retries) and continues its run directories."""
+    import ray
+
+    from truthloop.sweep.driver import SweepError
+
+    rows = st.table(sweep_dir, trajectories)
+    todo = [t for t, row in zip(trajectories, rows) if not st.is_done(row)]
+    started = start_ray(address, num_gpus)
+    progress = Progress(len(trajectories), len(trajectories) - len(todo))
+    try:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        count = workers or max(1, gpus)
+        count = max(1, min(count, len(todo))) if todo else 0
+        actor_class = ray.remote(BatchWorker).options(
+            num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+            max_restarts=max_restarts, max_task_retries=max_restarts)
+        actors = [actor_class.remote(backend) for _ in range(count)]
+        shares = [todo[i::count] for i in range(count)]
+        inflight = {}
+        for actor, share in zip(actors, shares):
+            payload = [{"run_dir": str(t.run_dir(sweep_dir)), "config": t.config} for t in share]
+            inflight[actor.run_batch.remote(payload, size)] = share
+        jobs = {t.number: Job(t, t.run_dir(sweep_dir)) for t in todo}
+        reported: set[int] = set()
+        last_look = 0.0
+        with progress:
+            if todo:
+                progress.note(f"{len(todo)} of {len(trajectories)} trajectories to run on "
+                              f"{count} worker{'s' if count != 1 else ''}, {size} at a time each"
+                              f"{f' ({gpus} GPUs)' if gpus else ' (no GPU)'}")
+            while inflight:
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL)
+                for ref in ready:
+                    share = inflight.pop(ref)
+                    try:
+                        outcomes = ray.get(ref)
+                    except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as error:
+                        cause = getattr(error, "cause", None) or error
+                        outcomes = [{"status": "error", "message":
+                                     f"worker lost: {type(cause).__name__}: "
+                                     f"{first_line(cause)}"}] * len(share)
+                    for trajectory, outcome in zip(share, outcomes):
+                        row = st.trajectory_row(sweep_dir, trajectory)
+                        if outcome.get("status") == "error" and row["state"] != "error":
+                            row["state"], row["message"] = "error", outcome.get("message")
+                        rows[trajectory.number] = row
+                        _poll(jobs[trajectory.number], progress)
+                        if trajectory.number not in reported:
+                            reported.add(trajectory.number)
+                            progress.finished(describe(row))
+                if time.monotonic() - last_look > 2.0:
+                    # Lines for trajectories that ended inside a call still running.
+                    for share in inflight.values():
+                        for trajectory in share:
+                            _poll(jobs[trajectory.number], progress)
+                            if trajectory.number in reported:
+                                continue
+                            row = st.trajectory_row(sweep_dir, trajectory)
+                            if row["state"] in st.DONE and (row["state"] != "converged"
+                                                            or row["embedded"]):
+                                reported.add(trajectory.number)
+                                rows[trajectory.number] = row
+                                progress.finished(describe(row))
+                    try:
+                        st.write_table(sweep_dir, rows)
+                    except OSError:
+                        pass
+                    last_look = time.monotonic()
+        for actor in actors:
+            ray.kill(actor)
+    except ray.exceptions.RaySystemError as error:
+        raise SweepError(f"Ray failed: {first_line(error)}", code=1) from None
+    finally:
+        if started:
+            ray.shutdown()
+    rows = st.table(sweep_dir, trajectories)
+    st.write_table(sweep_dir, rows)
+    return rows
