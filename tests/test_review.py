@@ -80,7 +80,7 @@ def test_gif_has_one_frame_per_iteration(cycle_run, capsys):
     gif = cycle_run / "exports" / "trajectory.gif"
     assert f"wrote {gif}" in out
     with Image.open(gif) as image:
-        assert image.n_frames == 3  # 3 images; the 4th record only repeated a caption
+        assert image.n_frames == 4  # the start, 3 images; the 4th record only repeated a caption
         assert image.info["duration"] == 250
         assert image.info["loop"] == 0
         layout = frame_layout(256, captions=True)
@@ -91,10 +91,11 @@ def test_gif_has_one_frame_per_iteration(cycle_run, capsys):
 
 def test_gif_without_captions_is_just_the_images(cycle_run):
     results = export(cycle_run, ["gif"], captions=False, size=64)
-    assert results[0]["frames"] == 3
+    assert results[0]["frames"] == 4 and results[0]["start"]
     with Image.open(results[0]["path"]) as image:
         assert image.size == (64, 64)
-        image.seek(1)
+        assert image.convert("RGB").getpixel((32, 32)) == (1, 2, 3)  # the start image first
+        image.seek(2)
         # The fake painter draws flat colours: the frame is the image of iteration 1, enlarged.
         with Image.open(cycle_run / "images" / "0001.png") as original:
             expected = original.convert("RGB").getpixel((0, 0))
@@ -119,7 +120,7 @@ def test_mp4_with_an_encoder(cycle_run):
     path = results[0]["path"]
     data = path.read_bytes()
     assert data[4:8] == b"ftyp"
-    assert results[0]["frames"] == 3
+    assert results[0]["frames"] == 4
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp left
     ffprobe = shutil.which("ffprobe")
     if ffprobe:
@@ -134,7 +135,7 @@ def test_mp4_with_an_encoder(cycle_run):
 def test_sheet_tiles_all_iterations(cycle_run):
     result = export(cycle_run, ["sheet"], size=64)[0]
     assert result["path"] == cycle_run / "exports" / "sheet.png"
-    assert result["tiles"] == 3 and result["indices"] == [0, 1, 2]
+    assert result["tiles"] == 4 and result["indices"] == [0, 1, 2] and result["start"]
     assert result["columns"] * result["rows"] >= 3 > result["columns"] * (result["rows"] - 1)
     with Image.open(result["path"]) as sheet:
         assert sheet.size == (result["width"], result["height"])
@@ -147,7 +148,7 @@ def test_sheet_tiles_all_iterations(cycle_run):
 def test_sheet_cycle_only(cycle_run):
     result = export(cycle_run, ["sheet"], cycle_only=True, size=64, columns=1)[0]
     assert result["path"].name == "sheet-cycle.png"
-    assert result["tiles"] == 2 and result["indices"] == [1, 2]
+    assert result["tiles"] == 2 and result["indices"] == [1, 2] and not result["start"]
     assert (result["columns"], result["rows"]) == (1, 2)
 
 
@@ -211,7 +212,9 @@ def check_page(page: Path, run_dir: Path) -> PageParser:
     for src in files:
         assert not src.startswith(("/", "file:", "http")), src  # relative
         assert (page.parent / unquote(src)).resolve().is_file(), src
-    assert (page.parent / unquote(files[1])).resolve() == (run_dir / "images/0000.png").resolve()
+    # The images travel with the page (index_files/ beside it): the same bytes as the run's.
+    assert (page.parent / unquote(files[1])).read_bytes() == (run_dir / "images/0000.png").read_bytes()
+    assert (page.parent / unquote(files[0])).read_bytes() == (run_dir / "input.png").read_bytes()
     assert parser.scripts == 0
     return parser
 
@@ -231,7 +234,7 @@ def test_html_elsewhere_with_out(cycle_run, tmp_path):
     page = export(cycle_run, ["html"], out=out)[0]["path"]
     assert page.parent == out
     parser = check_page(page, cycle_run)
-    assert any(src.startswith("../../") for src in parser.images)
+    assert all(src.startswith(("index_files/", "data:")) for src in parser.images)
     assert not (cycle_run / "exports").exists()
 
 
@@ -386,7 +389,7 @@ def test_export_a_run_still_being_written(cycle_run, capsys):
         assert [p.name for p in paths] == ["trajectory.gif", "sheet.png"]
         assert all(p.parent == cycle_run / "exports" for p in paths)
         with Image.open(paths[0]) as gif:
-            assert gif.n_frames == 3
+            assert gif.n_frames == 4
         assert main(["runs", str(cycle_run), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)[0]["status"] == "running"
     finally:
@@ -428,7 +431,7 @@ def test_end_to_end_tiny_models(tmp_path, truthloop_cache):
     summary = json.loads((run_dir / "summary.json").read_text())
     exports = run_dir / "exports"
     with Image.open(exports / "trajectory.gif") as gif:
-        assert gif.n_frames == summary["iterations"]
+        assert gif.n_frames == summary["iterations"] + 1  # the start image first
     check_page(exports / "index.html", run_dir)
     listing = subprocess.run(exe + ["runs", str(tmp_path), "--json"], capture_output=True,
                              text=True, env=env, timeout=60)

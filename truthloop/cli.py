@@ -455,7 +455,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         elif "tiles" in result:
             details = f"{_count(result['tiles'], 'tile')}, {result['columns']}x{result['rows']} grid"
         elif "points" in result:
-            details = _count(result["points"], "point")
+            details = f"{_count(result['points'], 'point')}; series in {result['csv'].name}"
         elif "iterations" in result:
             details = f"{result['iterations']} iterations; open file://{path.resolve()}"
         size_kb = path.stat().st_size / 1024

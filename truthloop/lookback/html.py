@@ -46,11 +46,46 @@ def diff_html(old: str | None, new: str | None) -> str:
     return "".join(out)
 
 
-def _rel_url(target: Path, base: Path) -> str:
+# The page's images live beside it in this folder (as a browser's "save page" does), so the
+# exports folder can be copied or moved anywhere and still shows them.
+FILES_DIR = "index_files"
+START_FILE = "start.png"
+
+
+def _file_url(name: str) -> str:
     from urllib.parse import quote
 
-    relative = os.path.relpath(os.path.abspath(target), os.path.abspath(base))
-    return quote(Path(relative).as_posix(), safe="/")
+    return quote(f"{FILES_DIR}/{name}", safe="/")
+
+
+def _place_beside(source: Path, target: Path) -> None:
+    """`source` at `target`: a hard link when they share a file system (the run's images are
+    never rewritten in place, so nothing doubles on disk), else a copy."""
+    import shutil
+
+    if target.exists():
+        if os.path.samefile(source, target):
+            return
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _copy_images(view: Any, out_dir: Path) -> None:
+    from truthloop.lookback.runs import ExportError
+
+    folder = out_dir / FILES_DIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if view.input_path is not None:
+            _place_beside(view.input_path, folder / START_FILE)
+        for record in image_records(view):
+            _place_beside(view.image_path(record), folder / Path(record.image).name)
+    except OSError as error:
+        raise ExportError(f"cannot write the page's images into {folder}: "
+                          f"{error.strerror or error}") from None
 
 
 PAGE_CSS = """
@@ -78,8 +113,8 @@ img.drift { max-width: 100%; background: #fff; border-radius: 4px; }
 
 
 def page_html(view: Any, out_dir: Path) -> str:
-    """The HTML of one run: start, every iteration (image by relative path, fed prompt diffed
-    against the previous one, full caption, similarities), the truth, the drift plot."""
+    """The HTML of one run: start, every iteration (image from FILES_DIR beside the page, fed
+    prompt diffed against the previous one, full caption, similarities), the truth, the drift plot."""
     row = summarize(view)
     cycle = find_cycle(view.records)
     records = view.records
@@ -107,7 +142,10 @@ def page_html(view: Any, out_dir: Path) -> str:
             ("cycle", cycle_text),
             ("start", row.get("start_image") or (f"prompt: {row['start_prompt']}"
                                                  if row.get("start_prompt") is not None else "-")),
-            ("models", models_label(row)), ("seed mode", f"{row.get('seed_mode')} "
+            ("models", models_label(row)),
+            ("models loaded", ", ".join(f"{k}: {v}" for k, v in
+                                        (row.get("models_loaded") or {}).items()) or "-"),
+            ("seed mode", f"{row.get('seed_mode')} "
                                                           f"(seed {row.get('seed')})"),
             ("clauses", f"{row.get('clauses')} (feed: {row.get('feed')})"),
             ("iteration time", format_duration(row.get("duration_s"))),
@@ -122,7 +160,7 @@ def page_html(view: Any, out_dir: Path) -> str:
 
     parts.append('<h2>Trajectory</h2><div class="grid">')
     if view.input_path is not None:
-        parts.append(f'<figure id="start"><img src="{_rel_url(view.input_path, out_dir)}" '
+        parts.append(f'<figure id="start"><img src="{_file_url(START_FILE)}" '
                      f'alt="start image"><figcaption><span class="idx">start</span> '
                      f"{_esc(row.get('start_image') or '')}</figcaption></figure>")
     previous: str | None = None
@@ -152,7 +190,7 @@ def page_html(view: Any, out_dir: Path) -> str:
         if sims:
             body.append(f'<p class="sims">similarity {_esc(", ".join(sims))}</p>')
         if record.image:
-            src = _rel_url(view.image_path(record), out_dir)
+            src = _file_url(Path(record.image).name)
             img = f'<img src="{src}" alt="iteration {_esc(index)}" loading="lazy">'
         else:
             classes.append("text-only")
@@ -171,5 +209,6 @@ def page_html(view: Any, out_dir: Path) -> str:
 
 def write_html(view: Any, path: Path) -> dict[str, Any]:
     need_images(view)
+    _copy_images(view, path.parent)
     write_file(path, page_html(view, path.parent).encode("utf-8"))
     return {"path": path, "iterations": len(image_records(view)), "records": len(view.records)}

@@ -159,6 +159,13 @@ def render_frame(image: Any, record: Record, layout: FrameLayout,
                  cycle: Cycle | None) -> Any:
     """One video frame: the image, and below it the iteration index and the prompt it was drawn
     from (the fed prompt)."""
+    colour = _frame_colour(record, cycle)
+    return _frame(image, _label(record, cycle), record.fed_prompt or "",
+                  colour if colour != BACKGROUND else FOREGROUND, layout)
+
+
+def _frame(image: Any, label: str, text: str, colour: tuple[int, int, int],
+           layout: FrameLayout) -> Any:
     from PIL import Image, ImageDraw
 
     frame = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
@@ -168,32 +175,60 @@ def render_frame(image: Any, record: Record, layout: FrameLayout,
         line_h = _line_height(font)
         draw = ImageDraw.Draw(frame)
         y = layout.image_size + 5
-        colour = _frame_colour(record, cycle)
-        draw.text((6, y), _label(record, cycle), font=font,
-                  fill=colour if colour != BACKGROUND else FOREGROUND)
-        for line in wrap_text(record.fed_prompt or "", font, layout.width - 12,
-                              layout.caption_lines):
+        draw.text((6, y), label, font=font, fill=colour)
+        for line in wrap_text(text, font, layout.width - 12, layout.caption_lines):
             y += line_h
             draw.text((6, y), line, font=font, fill=DIM)
     return frame
 
 
+START_LABEL = "start"
+
+
+def start_image(view: Any) -> Any | None:
+    """The run's start image (input.png) as RGB, or None for a --prompt start."""
+    from PIL import Image
+
+    path = view.input_path
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as error:
+        raise ExportError(f"{path}: cannot read the start image ({error})") from None
+
+
+def _start_text(view: Any) -> str:
+    name = (view.config or {}).get("input_image")
+    return f"the start image ({Path(name).name})" if name else "the start image"
+
+
 def iter_frames(view: Any, records: list[Record], layout: FrameLayout,
                 captions: bool) -> Iterator[Any]:
     cycle = find_cycle(view.records)
+    start = start_image(view)
+    if start is not None:  # the first frame: what the trajectory started from
+        if captions:
+            yield _frame(start, START_LABEL, _start_text(view), START_COLOUR, layout)
+        else:
+            yield _pad(_fit(start, layout.image_size), layout)
     for record in records:
         image = _load(view, record)
         if captions:
             yield render_frame(image, record, layout, cycle)
         else:
-            frame = _fit(image, layout.image_size)
-            if frame.size != (layout.width, layout.height):
-                from PIL import Image
+            yield _pad(_fit(image, layout.image_size), layout)
 
-                padded = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
-                padded.paste(frame, (0, 0))
-                frame = padded
-            yield frame
+
+def _pad(frame: Any, layout: FrameLayout) -> Any:
+    if frame.size == (layout.width, layout.height):
+        return frame
+    from PIL import Image
+
+    padded = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
+    padded.paste(frame, (0, 0))
+    return padded
 
 
 def default_size(count: int, native: int) -> int:
@@ -232,7 +267,8 @@ class SheetLayout:
     gap: int
     width: int
     height: int
-    indices: list[int]
+    indices: list[int]   # the iterations tiled, in order
+    start: bool = False  # a first tile shows the start image
 
 
 def sheet_layout(count: int, size: int, captions: bool, columns: int | None = None,
@@ -280,12 +316,20 @@ def make_sheet(view: Any, cycle_only: bool = False, captions: bool = True,
         title += "  ·  cycle only"
     models = TINY_LABEL if row.get("models") == "tiny" else f"models: {models_label(row)}"
     subtitle = f"{models}  ·  seed mode {row.get('seed_mode')}  ·  clauses {row.get('clauses')}"
-    probe = sheet_layout(len(records), size, captions, columns)
+    # One tile per iteration, after the start image's (as the GIF and the page begin with it).
+    start = None if cycle_only else start_image(view)
+    tiles: list[Any] = ([(start, START_LABEL, _start_text(view), START_COLOUR)]
+                        if start is not None else [])
+    for record in records:
+        colour = _frame_colour(record, cycle)
+        tiles.append((record, _label(record, cycle), record.fed_prompt or "", colour))
+    probe = sheet_layout(len(tiles), size, captions, columns)
     text_width = probe.width - 2 * probe.gap
     header = [(line, FOREGROUND) for line in wrap_text(title, header_font, text_width, 2)]
     header += [(line, DIM) for line in wrap_text(subtitle, header_font, text_width, 3)]
-    layout = sheet_layout(len(records), size, captions, columns, header_lines=len(header))
+    layout = sheet_layout(len(tiles), size, captions, columns, header_lines=len(header))
     layout.indices = [record.index for record in records]
+    layout.start = start is not None
     sheet = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     for number, (line, colour) in enumerate(header):
@@ -293,19 +337,19 @@ def make_sheet(view: Any, cycle_only: bool = False, captions: bool = True,
                   fill=colour)
     font = _font(max(11, size // 22))
     line_h = _line_height(font)
-    for number, record in enumerate(records):
+    for number, (source, label, text, colour) in enumerate(tiles):
         column, row_number = number % layout.columns, number // layout.columns
         x = layout.gap + column * (size + layout.gap)
         y = layout.header_height + row_number * (layout.tile_height + layout.gap)
-        colour = _frame_colour(record, cycle)
-        if colour != BACKGROUND:
+        if colour not in (BACKGROUND, START_COLOUR):
             draw.rectangle((x - 3, y - 3, x + size + 2, y + size + 2), outline=colour, width=3)
-        sheet.paste(_fit(_load(view, record), size), (x, y))
+        image = _load(view, source) if isinstance(source, Record) else source
+        sheet.paste(_fit(image, size), (x, y))
         text_y = y + size + 5
-        draw.text((x, text_y), _label(record, cycle), font=font,
+        draw.text((x, text_y), label, font=font,
                   fill=colour if colour != BACKGROUND else FOREGROUND)
         if captions:
-            for line in wrap_text(record.fed_prompt or "", font, size, 3):
+            for line in wrap_text(text, font, size, 3):
                 text_y += line_h
                 draw.text((x, text_y), line, font=font, fill=DIM)
     return sheet, layout
@@ -326,6 +370,7 @@ class DriftLayout:
     y_max: float
     cycle: tuple[int, int] | None
     plot_box: tuple[int, int, int, int]
+    y_zoomed: bool = False  # the y axis does not start at 0 (the range is written under it)
 
 
 def make_drift(view: Any, width: int = 760, height: int = 320) -> tuple[Any, DriftLayout]:
@@ -339,7 +384,7 @@ def make_drift(view: Any, width: int = 760, height: int = 320) -> tuple[Any, Dri
     draw = ImageDraw.Draw(image)
     font = _font(13)
     small = _font(11)
-    left, top, right, bottom = 58, 34, width - 16, height - 42
+    left, top, right, bottom = 74, 34, width - 16, height - 42
     draw.text((left, 8), "similarity of each image (cosine of image embeddings)", font=font,
               fill=(30, 30, 30))
     series = {"sim_start": [], "sim_prev": []}
@@ -397,6 +442,18 @@ def make_drift(view: Any, width: int = 760, height: int = 320) -> tuple[Any, Dri
                   fill=(80, 80, 80))
     draw.text((left + (right - left) / 2 - 24, height - 18), "iteration", font=small,
               fill=(80, 80, 80))
+    # The y axis: what it measures, and its range when it does not start at 0 (it zooms to the
+    # values, so a flat 0.992-1.000 must not read as a big swing).
+    axis_name = "cosine similarity"
+    label = Image.new("RGB", (int(small.getlength(axis_name)) + 4, 16), (255, 255, 255))
+    ImageDraw.Draw(label).text((2, 1), axis_name, font=small, fill=(80, 80, 80))
+    label = label.rotate(90, expand=True)
+    image.paste(label, (4, int((top + bottom) / 2 - label.height / 2)))
+    zoomed = values and lo > 0.0
+    range_note = (f"y axis zoomed: {lo:.3f} to {hi:.3f}" if zoomed
+                  else f"y axis: {lo:.3f} to {hi:.3f}")
+    draw.text((left, height - 18), range_note, font=small,
+              fill=(200, 60, 60) if zoomed else (80, 80, 80))
 
     for key, colour in (("sim_start", START_COLOUR), ("sim_prev", PREV_COLOUR)):
         points = [(px(x), py(y)) for x, y in series[key]]
@@ -415,15 +472,31 @@ def make_drift(view: Any, width: int = 760, height: int = 320) -> tuple[Any, Dri
         draw.text(((left + right) / 2 - font.getlength(message) / 2, (top + bottom) / 2),
                   message, font=font, fill=(120, 120, 120))
     layout = DriftLayout(points=len(series["sim_start"]), x_min=x_min, x_max=x_max, y_min=lo,
-                         y_max=hi, cycle=(cycle.start, cycle.length) if cycle else None, plot_box=(left, top, right, bottom))
+                         y_max=hi, cycle=(cycle.start, cycle.length) if cycle else None,
+                         plot_box=(left, top, right, bottom), y_zoomed=bool(zoomed))
     return image, layout
+
+
+def drift_csv(view: Any) -> str:
+    """The drift plot's series: one row per drawn image (iteration, sim_start, sim_prev,
+    in_cycle); an empty cell where a value is missing."""
+    cycle = find_cycle(view.records)
+    rows = ["iteration,sim_start,sim_prev,in_cycle"]
+    for record in image_records(view):
+        in_cycle = cycle is not None and cycle.start <= record.index < cycle.found_at
+        cells = ["" if value is None else repr(float(value))
+                 for value in (record.sim_start, record.sim_prev)]
+        rows.append(f"{record.index},{cells[0]},{cells[1]},{int(in_cycle)}")
+    return "\n".join(rows) + "\n"
 
 
 def write_drift(view: Any, path: Path) -> dict[str, Any]:
     need_images(view)
     image, layout = make_drift(view)
     write_file(path, png_bytes(image))
-    return {"path": path, **asdict(layout)}
+    csv_path = path.with_suffix(".csv")
+    write_file(csv_path, drift_csv(view).encode())
+    return {"path": path, "csv": csv_path, **asdict(layout)}
 
 
 # -- files ------------------------------------------------------------------------------------

@@ -77,6 +77,9 @@ def summarize(view: Any) -> dict[str, Any]:
         "sd_model": models.get("sd_model"),
         "caption_model": models.get("caption_model"),
         "clip_model": models.get("clip_model"),
+        # What was really loaded (summary.json's models_loaded): for tiny runs the tiny
+        # checkpoints, not the real ids run.json's config keeps; None before models loaded.
+        "models_loaded": loaded_models(summary),
         "seed_mode": generate.get("seed_mode"),
         "seed": generate.get("seed"),
         "clauses": loop.get("clauses"),
@@ -88,11 +91,43 @@ def summarize(view: Any) -> dict[str, Any]:
     }
 
 
+MODEL_KEYS = ("sd_model", "caption_model", "clip_model")
+
+
+def loaded_models(summary: dict[str, Any]) -> dict[str, str] | None:
+    """summary.json's models_loaded as one line per model: `repo@revision`, or the local path."""
+    loaded = summary.get("models_loaded")
+    if not isinstance(loaded, dict):
+        return None
+    labels = {}
+    for key in MODEL_KEYS:
+        item = loaded.get(key)
+        if not isinstance(item, dict):
+            continue
+        if item.get("repo"):
+            revision = item.get("revision")
+            labels[key] = str(item["repo"]) + (f"@{str(revision)[:8]}" if revision else "")
+        elif item.get("path") or item.get("requested"):
+            labels[key] = str(item.get("path") or item.get("requested"))
+    return labels or None
+
+
+def _short(label: str) -> str:
+    """`org/name@rev` -> `name@rev`; a path -> its folder's name (a checkpoint file's folder)."""
+    if "@" in label or not label.startswith(("/", "~", ".")):
+        return label.split("/")[-1]
+    path = Path(label)
+    return path.parent.name if path.suffix else path.name
+
+
 def models_label(row: dict[str, Any]) -> str:
+    loaded = row.get("models_loaded")
+    if loaded:
+        names = " / ".join(_short(loaded[key]) for key in MODEL_KEYS if key in loaded)
+        return f"tiny (random): {names}" if row.get("models") == "tiny" else names
     if row.get("models") == "tiny":
         return "tiny (random)"
-    parts = [Path(str(row[key])).name for key in ("sd_model", "caption_model", "clip_model")
-             if row.get(key)]
+    parts = [Path(str(row[key])).name for key in MODEL_KEYS if row.get(key)]
     return " / ".join(parts) or "?"
 
 

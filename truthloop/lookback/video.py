@@ -33,7 +33,8 @@ def write_gif(view: Any, path: Path, fps: float = 2.0, captions: bool = True,
     first.save(buffer, format="GIF", save_all=True, append_images=frames, loop=0,
                duration=max(20, int(round(1000 / fps))), optimize=False, disposal=1)
     write_file(path, buffer.getvalue())
-    return {"path": path, "frames": len(records), "width": layout.width,
+    start = view.input_path is not None  # the first frame is the start image
+    return {"path": path, "frames": len(records) + start, "start": start, "width": layout.width,
             "height": layout.height}
 
 
@@ -99,5 +100,6 @@ def write_mp4(view: Any, path: Path, fps: float = 2.0, captions: bool = True,
             tmp.unlink()
         except OSError:
             pass
-    return {"path": path, "frames": len(records), "width": layout.width,
+    start = view.input_path is not None
+    return {"path": path, "frames": len(records) + start, "start": start, "width": layout.width,
             "height": layout.height}

@@ -1,0 +1,113 @@
+"""Exports a person can share (issue 15): the HTML page works after its folder is moved, the GIF
+and the contact sheet start with the start image, the drift plot names its axis and its zoom and
+comes with its series as CSV, and the models shown are the ones loaded."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from urllib.parse import unquote
+
+from PIL import Image
+
+from test_review import PageParser, make_run
+from truthloop.cli import main
+from truthloop.lookback.export import export
+from truthloop.lookback.render import make_drift
+from truthloop.lookback.runs import list_runs, models_label, open_run
+
+
+def test_html_page_works_after_moving_its_folder(tmp_path):
+    run_dir = make_run(tmp_path)
+    export(run_dir, ["html"])
+    moved = tmp_path / "somewhere else" / "shared"
+    moved.parent.mkdir()
+    shutil.move(run_dir / "exports", moved)
+    shutil.rmtree(run_dir)  # nothing of the run is left to link to
+    parser = PageParser()
+    parser.feed((moved / "index.html").read_text(encoding="utf-8"))
+    files = [src for src in parser.images if not src.startswith("data:")]
+    assert len(files) == 1 + 3  # the start image and three iterations
+    for src in files:
+        assert not src.startswith(("/", "file:", "http", "..")), src
+        with Image.open(moved / unquote(src)) as image:
+            image.load()
+
+
+def test_gif_and_sheet_begin_with_the_start_image(tmp_path):
+    run_dir = make_run(tmp_path)
+    gif, sheet = export(run_dir, ["gif", "sheet"], captions=False, size=32)
+    with Image.open(gif["path"]) as frames:
+        assert frames.n_frames == 4
+        assert frames.convert("RGB").getpixel((16, 16)) == (1, 2, 3)  # fakes.start_image()
+    with Image.open(sheet["path"]) as image:
+        x, y = sheet["gap"] + 16, sheet["header_height"] + 16
+        assert image.convert("RGB").getpixel((x, y)) == (1, 2, 3)
+    assert sheet["tiles"] == 4 and sheet["start"]
+
+
+def test_drift_names_its_axis_and_zoom_and_writes_csv(tmp_path):
+    run_dir = make_run(tmp_path)
+    result = export(run_dir, ["drift"])[0]
+    assert result["csv"] == run_dir / "exports" / "drift.csv"
+    rows = list(csv.DictReader(result["csv"].open()))
+    view = open_run(run_dir)
+    drawn = [r for r in view.records if r.image]
+    assert [int(row["iteration"]) for row in rows] == [r.index for r in drawn]
+    assert [float(row["sim_start"]) for row in rows] == [r.sim_start for r in drawn]
+    assert [row["in_cycle"] for row in rows] == ["0", "1", "1"]  # the 2-cycle from #1
+    plot, layout = make_drift(view)
+    # The fakes' similarities sit close together: the axis zooms and says so, in red, under it.
+    assert layout.y_zoomed and layout.y_min > 0
+    left, top, right, bottom = layout.plot_box
+    band = plot.convert("RGB").crop((left, bottom + 20, left + 150, plot.height))
+    assert (200, 60, 60) in [colour for _, colour in band.getcolors(10000)]
+    axis = plot.convert("RGB").crop((0, top, 20, bottom))  # the rotated axis label
+    assert len(axis.getcolors(10000)) > 2
+
+
+def test_runs_and_exports_show_the_models_loaded(tmp_path, capsys):
+    run_dir = make_run(tmp_path)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["models_loaded"] = {  # what the loader records for a tiny run
+        "sd_model": {"requested": "/c/tiny-v3/sd", "repo": None, "revision": None,
+                     "path": "/c/tiny-v3/sd"},
+        "caption_model": {"requested": "blip-large", "repo": "Salesforce/blip-image-captioning-"
+                          "large", "revision": "353689b859fcf0523410b1806dace5fb46ecdf41",
+                          "path": "/hf/snap"},
+        "clip_model": {"requested": "x", "repo": None, "revision": None,
+                       "path": "/c/tiny-v3/clip/open_clip_model.safetensors"}}
+    summary_path.write_text(json.dumps(summary))
+    row = list_runs(run_dir)[0]
+    assert row["models_loaded"]["caption_model"] == "Salesforce/blip-image-captioning-large@353689b8"
+    assert models_label(row) == "tiny (random): sd / blip-image-captioning-large@353689b8 / clip"
+    assert main(["runs", str(run_dir)]) == 0
+    assert "tiny (random): sd" in capsys.readouterr().out  # the table's models column
+    page = export(run_dir, ["html"])[0]["path"].read_text(encoding="utf-8")
+    assert "/c/tiny-v3/sd" in page and "Salesforce/blip-image-captioning-large@353689b8" in page
+
+
+def test_read_run_for_notebooks(tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = make_run(tmp_path)
+    code = ("import sys, truthloop; assert 'truthloop.store' not in sys.modules; "
+            f"run = truthloop.read_run({str(run_dir)!r}); "
+            "print(type(run.records[0]).__name__, len(run.records), run.status)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["Record", "4", "converged"]
+    info = json.loads((run_dir / "run.json").read_text())
+    info["format"] = 99
+    (run_dir / "run.json").write_text(json.dumps(info))
+    import pytest
+
+    import truthloop
+    from truthloop.store import RunDirError
+
+    with pytest.raises(RunDirError, match="newer truthloop"):
+        truthloop.read_run(run_dir)
