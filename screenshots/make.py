@@ -28,10 +28,22 @@ async def shoot(name: str, workdir: Path) -> Path:
     return HERE / f"{name}.svg"
 
 
+async def shoot_compare(workdir: Path) -> Path:
+    """`truthloop compare PARENT FORK`: a fork at #1 with another seed beside its parent."""
+    from fork_helpers import compare_app
+
+    app = compare_app(workdir / "compare")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        app.save_screenshot("compare.svg", path=str(HERE))
+    return HERE / "compare.svg"
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in SCENARIOS:
             print(asyncio.run(shoot(name, Path(tmp))))
+        print(asyncio.run(shoot_compare(Path(tmp))))
 
 
 if __name__ == "__main__":

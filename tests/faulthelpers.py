@@ -55,7 +55,8 @@ def assert_one_clean_error_line(stderr: str, *needles: str) -> str:
     errors = [line for line in lines if line.startswith("truthloop: error:")]
     assert len(errors) == 1, stderr
     extra = [line for line in lines if line not in errors and not line.startswith(
-        ("run directory kept:", "run directory:", "resuming:", "models ready", "note:"))]
+        ("run directory kept:", "run directory:", "resuming:", "models ready", "note:",
+                                           "continue with:"))]
     assert not extra, stderr
     for needle in needles:
         assert needle in errors[0], (needle, errors[0])

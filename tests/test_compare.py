@@ -104,3 +104,53 @@ def test_compare_html_is_self_contained_and_escaped(tmp_path, capsys):
     assert "src=\"data:image/png;base64," in text and "src=\"/" not in text
     assert "same attractor" in text and "first differ at A #3 / B #3" in text
     assert json.loads((a / "run.json").read_text())  # the runs untouched and readable
+
+
+# -- the TUI screen ----------------------------------------------------------------------------
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_compare_screen_shows_both_runs_aligned_and_jumps_to_the_difference(tmp_path):
+    from fork_helpers import compare_app
+    from tui.screens.compare import CompareScreen
+    from tui.widgets.image import ImageView
+
+    app = compare_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        c = screen.comparison
+        first = c.first_difference
+        assert (first.a.index, first.b.index, first.kind) == (2, 0, "image")
+        assert screen.selected == first.position  # opens at the first difference
+        summary = str(screen.query_one("#cmp-summary").render())
+        assert "first differ at A #2 / B #0: images (same caption)" in summary
+        assert "same attractor (cycle of length 2)" in summary
+        table = screen.query_one("DataTable")
+        assert table.row_count == len(c.rows)
+        # Both images of the selected row, B's caption diffed against A's.
+        assert screen.query_one("#cmp-img-a", ImageView).path == c.a.path / first.a.image
+        assert screen.query_one("#cmp-img-b", ImageView).path == c.b.path / first.b.image
+        await pilot.press("up", "up")
+        assert screen.selected == first.position - 2
+        caption = str(screen.query_one("#cmp-caption").render())
+        assert "only one run has this iteration" in caption  # before the fork started
+        await pilot.press("d")
+        assert screen.selected == first.position
+        await pilot.press("down")
+        caption = str(screen.query_one("#cmp-caption").render())
+        # Markup-looking caption text is shown as it is.
+        assert "<b>x</b>" in caption or "[bold]" in caption or "watercolor" in caption
+        await pilot.press("q")
+    assert app.return_code == 0
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["120x40", "80x24"])
+def test_compare_snapshot(snap_compare, tmp_path, size):
+    from fork_helpers import compare_app
+
+    assert snap_compare(compare_app(tmp_path), terminal_size=size)

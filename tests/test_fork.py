@@ -140,3 +140,79 @@ def test_default_fork_directory_is_beside_the_parent(tmp_path):
     plan = plan_fork(tmp_path / "20260101-000000-photo", 2)
     assert plan.out.parent == tmp_path.resolve()
     assert plan.out.name.endswith("-fork2-photo")
+
+
+# -- the TUI: `f` forks the selected iteration, `r` lists parent and forks, `C` compares ---------
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_f_forks_the_selected_iteration_then_C_compares_it_with_its_parent(tmp_path):
+    from fork_helpers import fake_forker, make_parent
+    from tui.app import TruthLoopApp
+    from tui.screens import LiveScreen, ViewScreen
+    from tui.screens.compare import CompareScreen
+    from tui.screens.fork import ForkForm, RelativesList
+    from tui_helpers import wait_for
+
+    parent = make_parent(tmp_path / "parent")
+    app = TruthLoopApp(run_dir=parent, preview="none", stable=True, forker=fake_forker())
+    async with app.run_test(size=(120, 40)) as pilot:
+        view = app.run_screen
+        await wait_for(pilot, lambda: view.state == "converged")
+        while view.current_index != 1:
+            await pilot.press("left")
+        await pilot.press("f")
+        await wait_for(pilot, lambda: isinstance(app.screen, ForkForm))
+        form = app.screen
+        assert form.at == 1
+        assert form.query_one("#fork-seed").value == "42"  # the run's own, to change
+        form.query_one("#fork-seed").value = "not a number"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ForkForm)  # said why, stayed
+        assert "seed: a whole number" in str(form.query_one("#fork-error").render())
+        form.query_one("#fork-seed").value = "7"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, LiveScreen))
+        live = app.screen
+        await wait_for(pilot, lambda: live.state == "converged" and not live.loop_active)
+        info = json.loads((live.run_dir / "run.json").read_text())
+        assert info["parent"] == {"run": str(parent.resolve()), "at": 1, "changed": {"seed": 7}}
+        assert live.run_dir.parent == parent.parent  # beside its parent
+        await pilot.press("C")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+        comparison = app.screen.comparison
+        assert comparison.relation.startswith("B is a fork of A at #1")
+        assert comparison.first_difference.kind == "image"
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is live)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is view)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RelativesList))
+        assert [p.name for p in app.screen.paths] == [live.run_dir.name]
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ViewScreen) and app.screen is not view)
+        assert app.screen.run_dir == live.run_dir
+        await pilot.press("r")  # the fork's own list: its parent
+        await wait_for(pilot, lambda: isinstance(app.screen, RelativesList))
+        assert [p.resolve() for p in app.screen.paths] == [parent.resolve()]
+
+
+@pytest.mark.anyio
+async def test_f_without_a_forker_says_how(tmp_path):
+    from fork_helpers import make_parent
+    from tui.app import TruthLoopApp
+    from tui_helpers import wait_for
+
+    parent = make_parent(tmp_path / "parent")
+    app = TruthLoopApp(run_dir=parent, preview="none", stable=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.run_screen.state == "converged")
+        await pilot.press("f")
+        await pilot.pause()
+        assert app.screen is app.run_screen
+        assert any("truthloop fork RUN --at K" in str(n.message) for n in app._notifications)

@@ -304,7 +304,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         raise UserError("`view` needs a terminal; for a plain listing use `truthloop runs`")
     from tui import view_tui
 
-    return view_tui(Path(args.run_dir), preview=args.preview)
+    return view_tui(Path(args.run_dir), preview=args.preview, forker=_fork_maker())
 
 
 def _view_sweep(args: argparse.Namespace) -> int:
@@ -636,12 +636,12 @@ def _drive(args: argparse.Namespace, config: RunConfig | None, run_dir: Path,
             and sys.stdin.isatty():
         from tui import run_tui
 
-        return run_tui(loop, preview=args.preview)
+        return run_tui(loop, preview=args.preview, forker=_fork_maker())
     return _run_headless(loop, control, as_json=getattr(args, "json", False))
 
 
 def _run_headless(loop: Any, control: Any, as_json: bool = False) -> int:
-    from truthloop.loop import LoopFailed
+    from truthloop.loop import OUT_OF_MEMORY, LoopFailed
     from truthloop.store import RunDirError
 
     printer = JsonPrinter() if as_json else HeadlessPrinter()
@@ -670,6 +670,9 @@ def _run_headless(loop: Any, control: Any, as_json: bool = False) -> int:
             printer.print_summary(loop.summary, loop.run_dir)
         print(f"truthloop: error: {visible(str(error))}", file=sys.stderr)
         print(f"run directory kept: {visible(str(loop.run_dir))}", file=sys.stderr)
+        if str(error) == OUT_OF_MEMORY:  # the advice, as a command that works
+            print(f"continue with: truthloop resume {visible(str(loop.run_dir))} --low-vram",
+                  file=sys.stderr)
         return 1
     finally:
         printer.close()

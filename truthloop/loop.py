@@ -302,7 +302,7 @@ class TruthLoop:
         except KeyboardInterrupt:
             return self._finish("stopped")
         except Exception as error:  # noqa: BLE001 - every failure must end as a readable summary
-            message = describe_error(error, self.run_dir, self.config)
+            message = describe_error(error, self.config)
             self._end_segment("error")
             if self._writer:
                 self._writer.write_error(traceback.format_exc())
@@ -424,6 +424,10 @@ class TruthLoop:
                               "records": len(self.records)})
 
 
+OUT_OF_MEMORY = ("the GPU ran out of memory; try --low-vram, a smaller --width/--height, "
+                 "or free the GPU")
+
+
 class LoopFailed(Exception):
     """The run ended in an error; str() is the one-line message also written to summary.json."""
 
@@ -439,21 +443,19 @@ def _read_rgb(path: Path) -> Any:
         return image.convert("RGB")
 
 
-def describe_error(error: BaseException, run_dir: Path | None = None,
-                   config: RunConfig | None = None) -> str:
+def describe_error(error: BaseException, config: RunConfig | None = None) -> str:
     """One line a user can act on, for the errors a long run on a shared box meets."""
     name = type(error).__name__
     first = first_line(error)
     if name == "OutOfMemoryError" or "out of memory" in first.lower():
-        resume = f"truthloop resume {run_dir}" if run_dir is not None else "truthloop resume"
         if config is not None and config.generate.compile:  # --low-vram cannot go with it
-            return (f"the GPU ran out of memory; free the GPU and `{resume}`, or start a new "
-                    f"run with a smaller --width/--height")
+            return ("the GPU ran out of memory; free the GPU and resume, or start a new run with "
+                    "a smaller --width/--height (--low-vram cannot go with this run's --compile)")
         if config is not None and config.models.low_vram:
-            return (f"the GPU ran out of memory even with --low-vram; free the GPU and "
-                    f"`{resume}`, or start a new run with a smaller --width/--height")
-        return (f"the GPU ran out of memory; continue with `{resume} --low-vram`, free the GPU, "
-                f"or start a new run with a smaller --width/--height")
+            return ("the GPU ran out of memory even with --low-vram; free the GPU and resume, or "
+                    "start a new run with a smaller --width/--height")
+        # `truthloop resume RUN_DIR --low-vram` works (the headless printer gives that line).
+        return OUT_OF_MEMORY
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"disk full while writing the run directory ({first}); free space, then resume"
     if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

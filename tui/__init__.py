@@ -1,13 +1,19 @@
 """The Textual app. Imports no torch: it drives the engine through truthloop.loop and the run dir."""
 
 
-def run_tui(loop, preview: str = "auto") -> int:
+def run_tui(loop, preview: str = "auto", forker=None) -> int:
     from tui.app import run_live
 
-    return run_live(loop, preview=preview)
+    return run_live(loop, preview=preview, forker=forker)
 
 
-def view_tui(run_dir, preview: str = "auto") -> int:
+def view_tui(run_dir, preview: str = "auto", forker=None) -> int:
     from tui.app import run_view
 
-    return run_view(run_dir, preview=preview)
+    return run_view(run_dir, preview=preview, forker=forker)
+
+
+def compare_tui(run_a, run_b, preview: str = "auto") -> int:
+    from tui.app import run_compare
+
+    return run_compare(run_a, run_b, preview=preview)

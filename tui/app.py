@@ -14,6 +14,7 @@ from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
+from textual.screen import Screen
 
 from tui.screens import HelpScreen, LiveScreen, RunScreen, ViewScreen
 from tui.screens.run import STYLESHEET as RUN_STYLESHEET
@@ -34,13 +35,19 @@ class TruthLoopApp(App[int]):
     ]
 
     def __init__(self, loop: Any = None, run_dir: Path | None = None, preview: str = "halfcell",
-                 stable: bool = False, poll_interval: float = 0.5) -> None:
+                 stable: bool = False, poll_interval: float = 0.5,
+                 compare: tuple[Path, Path] | None = None, forker: Any = None) -> None:
         """`loop` (a TruthLoop) for a live run, or `run_dir` to view one. `preview` must already
         be resolved (`resolve_preview`); `stable` blanks timings, memory and absolute paths, for
         deterministic screenshots."""
         super().__init__()
-        if (loop is None) == (run_dir is None):
-            raise ValueError("give a loop or a run_dir")
+        if compare is None and (loop is None) == (run_dir is None):
+            raise ValueError("give a loop, a run_dir or two runs to compare")
+        # `compare`: the first screen compares two runs. `forker` (parent, K, options) -> a
+        # fork's TruthLoop, for `f`; the loops of forks started here go in `extra_loops`.
+        self.compare = compare
+        self.forker = forker
+        self.extra_loops: list[Any] = []
         self.loop = loop
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.preview = preview
@@ -48,7 +55,11 @@ class TruthLoopApp(App[int]):
         self.poll_interval = poll_interval
         self.run_screen: RunScreen | None = None
 
-    def get_default_screen(self) -> RunScreen:
+    def get_default_screen(self) -> Screen:
+        if self.compare is not None:
+            from tui.screens.compare import CompareScreen
+
+            return CompareScreen(*self.compare, preview=self.preview, stable=self.stable)
         if self.loop is not None:
             self.run_screen = LiveScreen(self.loop, preview=self.preview, stable=self.stable)
         else:
@@ -64,6 +75,17 @@ class TruthLoopApp(App[int]):
     def failed(self) -> bool:
         return isinstance(self.run_screen, LiveScreen) and self.run_screen.failed
 
+    # -- forks and relatives (tui/screens/fork.py asks the app: it knows every screen) ------------
+    def open_fork(self, loop: Any) -> None:
+        """A fork's loop (from `forker`), run on a LiveScreen over the current screen."""
+        self.extra_loops.append(loop)
+        self.push_screen(LiveScreen(loop, preview=self.preview, stable=self.stable))
+
+    def open_run(self, run_dir: Path) -> None:
+        """Another run directory (a parent or a fork) over the current screen; escape: back."""
+        self.push_screen(ViewScreen(Path(run_dir), preview=self.preview, stable=self.stable,
+                                    poll_interval=self.poll_interval))
+
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
@@ -77,11 +99,11 @@ class TruthLoopApp(App[int]):
         self.exit(return_code=1 if self.failed else 0)
 
 
-def run_live(loop: Any, preview: str = "auto") -> int:
+def run_live(loop: Any, preview: str = "auto", forker: Any = None) -> int:
     """Drive `loop` in the app; 0 unless the loop failed (1)."""
     import signal
 
-    app = TruthLoopApp(loop=loop, preview=resolve_preview(preview))
+    app = TruthLoopApp(loop=loop, preview=resolve_preview(preview), forker=forker)
 
     def hang_up(signum: int, frame: Any) -> None:
         # The SSH link dropped or someone sent SIGTERM: stop after the current denoising step,
@@ -99,12 +121,31 @@ def run_live(loop: Any, preview: str = "auto") -> int:
         loop.control.stop()
         if app.loop_started:
             loop.done.wait(timeout=120)  # the worker writes the final summary first
+        _stop_forks(app)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 1 if app.failed else (app.return_code or 0)
 
 
-def run_view(run_dir: Path, preview: str = "auto") -> int:
-    app = TruthLoopApp(run_dir=Path(run_dir), preview=resolve_preview(preview))
+def _stop_forks(app: TruthLoopApp) -> None:
+    """Forks started with `f` stop with the app, each writing its summary first (resumable)."""
+    for fork in app.extra_loops:
+        fork.control.stop()
+    for fork in app.extra_loops:
+        if getattr(fork, "_writer", None) is not None:  # it opened its run directory
+            fork.done.wait(timeout=120)
+
+
+def run_view(run_dir: Path, preview: str = "auto", forker: Any = None) -> int:
+    app = TruthLoopApp(run_dir=Path(run_dir), preview=resolve_preview(preview), forker=forker)
+    try:
+        app.run()
+    finally:
+        _stop_forks(app)
+    return app.return_code or 0
+
+
+def run_compare(run_a: Path, run_b: Path, preview: str = "auto") -> int:
+    app = TruthLoopApp(compare=(Path(run_a), Path(run_b)), preview=resolve_preview(preview))
     app.run()
     return app.return_code or 0

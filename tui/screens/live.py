@@ -29,6 +29,7 @@ class LiveScreen(RunScreen):
         Binding("n", "step", "Step"),
         Binding("s", "stop", "Stop"),
         *BROWSE_BINDINGS,
+        Binding("escape", "back", "Back", show=False),
     ]
 
     mode = "live"
@@ -165,7 +166,13 @@ class LiveScreen(RunScreen):
             if action == "step":
                 return True if self.state in ("paused", "pausing") else None
             return self.state != "stopping"
+        if action == "back":  # a fork pushed over its parent: back once its loop has ended
+            return len(self.app.screen_stack) > 1 and self.app.screen is self \
+                and not self.loop_active
         return True
+
+    def action_back(self) -> None:
+        self.dismiss()
 
     def action_pause(self) -> None:
         self.loop.control.pause()

@@ -21,6 +21,7 @@ from textual.widgets import DataTable, Footer
 from truthloop.record import Record
 from truthloop.text import visible
 from tui.history import History
+from tui.screens.fork import ForkActions
 from tui.widgets.banner import FINAL, Banner
 from tui.widgets.caption import CaptionPanel
 from tui.widgets.drift import Drift
@@ -38,15 +39,19 @@ WIDE = 140  # from this width on, the previous image is shown beside the current
 BROWSE_BINDINGS = [
     Binding("left", "browse(-1)", "Older", priority=True, show=False),
     Binding("right", "browse(1)", "Newer", priority=True, show=False),
-    Binding("end,f", "follow", "Follow", show=False),
+    Binding("end", "follow", "Follow", show=False),
     Binding("b", "toggle_base", "Diff base"),
     Binding("B", "pin_base", "Pin base", show=False),
     Binding("c", "copy_path", "Image path"),
     Binding("e", "export", "Export"),
+    # tui/screens/fork.py (ForkActions)
+    Binding("f", "fork", "Fork", show=False),
+    Binding("r", "relatives", "Parent/forks", show=False),
+    Binding("C", "compare_parent", "Compare with parent", show=False),
 ]
 
 
-class RunScreen(Screen[None]):
+class RunScreen(ForkActions, Screen[None]):
     """Status on top, the banner, the iteration log beside the images and drift, the caption
     panel, the footer. Works from 80x24 up (app.tcss; `-medium` / `-wide` from the width)."""
 
