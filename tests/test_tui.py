@@ -197,8 +197,10 @@ async def test_history_browsing_diff_base_help_and_path(tmp_path):
         await pilot.press("left")
         assert app.run_screen.current_index == 2
         text = str(caption.render())
-        assert text.startswith("#2 caption  a dog sitting on a red mat")
-        assert "vs previous #1" in text
+        # The caption once, its changes against the base marked inline.
+        assert text == ("#2 caption  vs previous #1: 2 changed clauses  · fed whole\n"
+                        "a [-cat-] {+dog+} sitting on a red mat, oil painting, [-soft light-]"
+                        " {+by greg rutkowski+}")
         assert app.query_one("#img-current").path == tmp_path / "run" / "images" / "0002.png"
         await pilot.press("b")
         assert "vs start #0" in str(caption.render())
@@ -475,6 +477,168 @@ async def test_a_view_screen_pushed_over_another_screen_goes_back_with_escape(tm
         assert isinstance(app.screen, Table)
 
 
+def binding_actions(*classes):
+    """The action names of every binding of these classes ("browse(-1)" -> "browse")."""
+    return {binding.action.split("(")[0] for cls in classes for binding in cls.BINDINGS}
+
+
+def rendered(widget) -> str:
+    return "\n".join(strip.text.rstrip() for strip in widget.render_lines(widget.region.reset_offset))
+
+
+@pytest.mark.parametrize("mode", ["live", "view"])
+async def test_help_lists_every_key_with_what_it_does(tmp_path, mode):
+    from tui.screens import LiveScreen, ViewScreen
+    from tui.screens.modals import HELP_ROWS
+
+    if mode == "view":
+        make_loop(tmp_path / "run").run()
+        app = TruthLoopApp(run_dir=tmp_path / "run", preview="none", stable=True)
+        screen_class = ViewScreen
+    else:
+        hold = HoldAt(paint=1, step=2)
+        loop = make_loop(tmp_path / "run", painter=FakePainter(steps=4, step_hook=hold))
+        hold.control = loop.control
+        app = live_app(loop)
+        screen_class = LiveScreen
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("question_mark")
+            await pilot.pause()
+            assert isinstance(app.screen, HelpScreen)
+            box = app.screen.query_one("Vertical")
+            assert box.size.width > 40  # was an empty box: auto width around 1fr-wide texts
+            assert box.size.height <= 24
+            shown = rendered(app.screen.query_one("#help-keys"))
+            # Every key of this screen and of the app is explained, ctrl+p too.
+            wanted = binding_actions(screen_class, TruthLoopApp) | {"command_palette"}
+            rows = [row for row in HELP_ROWS if mode in row[3]]
+            assert wanted <= {action for row in rows for action in row[2]}
+            for keys, what, _, _ in rows:  # each on one line at 80 columns: key, then what
+                assert any(line.strip().startswith(keys) and line.rstrip().endswith(what)
+                           for line in shown.splitlines()), (keys, what)
+            assert "ctrl+p" in shown and "go to iteration N" in shown
+            if mode == "view":  # a run directory: no loop to pause, step or stop
+                assert "pause / resume" not in shown and "stop after" not in shown
+                assert "escape" in shown
+            else:
+                assert "space" in shown and "pause / resume the loop" in shown
+            assert "[-old-]" in shown and "≈prv ≈st" in shown  # the legend
+            await pilot.press("escape")
+            assert not isinstance(app.screen, HelpScreen)
+    finally:
+        if mode == "live":
+            hold.release.set()
+            loop.control.stop()
+
+
+async def palette_run(pilot, query: str) -> None:
+    """ctrl+p, type `query`, wait for its hits, enter."""
+    from textual.command import CommandList, CommandPalette
+
+    await pilot.press("ctrl+p")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, CommandPalette))
+    await pilot.press(*query)
+    palette = pilot.app.screen
+    await wait_for(pilot, lambda: palette.query_one(CommandList).option_count > 0
+                   and query.split()[0].lower() in str(
+                       palette.query_one(CommandList).get_option_at_index(0).prompt).lower())
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: not isinstance(pilot.app.screen, CommandPalette))
+
+
+async def palette_titles(pilot, query: str) -> list[str]:
+    from textual.command import CommandList, CommandPalette
+
+    await pilot.press("ctrl+p")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, CommandPalette))
+    await pilot.press(*query)
+    await pilot.pause(0.3)  # the palette searches in the background; no hit is also an answer
+    await pilot.pause()
+    options = pilot.app.screen.query_one(CommandList)
+    titles = [str(options.get_option_at_index(n).prompt).split("\n")[0]
+              for n in range(options.option_count)]
+    await pilot.press("escape")
+    await wait_for(pilot, lambda: not isinstance(pilot.app.screen, CommandPalette))
+    return titles
+
+
+async def test_command_palette_finds_and_runs_the_apps_commands(tmp_path):
+    hold = HoldAt(paint=2, step=2)
+    loop = make_loop(tmp_path / "run", painter=FakePainter(steps=4, step_hook=hold))
+    hold.control = loop.control
+    app = live_app(loop)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, hold.reached.is_set)
+            await wait_for(pilot, lambda: len(app.run_screen.records) == 2)
+            assert "Pause" in await palette_titles(pilot, "pause")
+            assert "Step one iteration" not in await palette_titles(pilot, "step one")  # not now
+            await palette_run(pilot, "pause")
+            assert app.run_screen.state == "pausing"
+            hold.release.set()
+            await wait_for(pilot, lambda: app.run_screen.state == "paused")
+            await palette_run(pilot, "step one")
+            await wait_for(pilot, lambda: app.run_screen.state == "paused"
+                           and len(done(app)) == 2)
+            await palette_run(pilot, "go 1")  # go to iteration N
+            assert app.run_screen.current_index == 1
+            assert str(app.query_one(CaptionPanel).render()).startswith("#1 caption")
+            await palette_run(pilot, "diff base: prev")
+            assert app.run_screen.history.base == "start"
+            await palette_run(pilot, "copy image path")
+            assert any("0001.png" in n.message for n in app._notifications)
+            await palette_run(pilot, "resume")
+            await wait_for(pilot, lambda: app.run_screen.state == "converged")
+            assert "Stop the run" not in await palette_titles(pilot, "stop the")
+            await palette_run(pilot, "export gif")
+            await app.workers.wait_for_complete()
+            assert (tmp_path / "run" / "exports" / "trajectory.gif").exists()
+    finally:
+        hold.release.set()
+        loop.control.stop()
+
+
+async def test_command_palette_in_view_and_stop(tmp_path):
+    hold = HoldAt(paint=1, step=2)
+    loop = make_loop(tmp_path / "run", painter=FakePainter(steps=4, step_hook=hold))
+    hold.control = loop.control
+    app = live_app(loop)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, hold.reached.is_set)
+            await palette_run(pilot, "stop the run")
+            hold.release.set()
+            await wait_for(pilot, lambda: app.run_screen.state == "stopped")
+    finally:
+        hold.release.set()
+        loop.control.stop()
+    view = TruthLoopApp(run_dir=tmp_path / "run", preview="none", stable=True)
+    async with view.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        titles = await palette_titles(pilot, "pause")
+        assert "Pause" not in titles and "Resume" not in titles  # nothing runs here
+
+
+async def test_prompt_text_in_the_palette_is_never_markup(tmp_path):
+    loop = make_loop(tmp_path / "run", script={MARKUP: MARKUP}, start=MARKUP, max_iters=4)
+    loop.run()
+    app = TruthLoopApp(run_dir=tmp_path / "run", preview="none", stable=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        titles = await palette_titles(pilot, "go 0")
+        assert titles and titles[0].startswith("go to iteration #0: [bold]x[/] [link=http")
+
+
+def test_palette_reads_iteration_numbers():
+    from tui.commands import wanted_index
+
+    assert [wanted_index(q) for q in ("12", "#12", "go 12", "go to 12", "go to iteration #3",
+                                      "Go To Iteration 7")] == [12, 12, 12, 12, 3, 7]
+    assert wanted_index("go") is None and wanted_index("dog 3") is None
+
+
 async def test_help_lists_the_keys(tmp_path):
     make_loop(tmp_path / "run").run()
     app = TruthLoopApp(run_dir=tmp_path / "run", preview="none", stable=True)
@@ -485,4 +649,185 @@ async def test_help_lists_the_keys(tmp_path):
         assert box.size.width > 40  # was an empty box: auto width around 1fr-wide texts
         keys = app.screen.query("Static")[1]
         shown = " ".join(strip.text for strip in keys.render_lines(keys.region.reset_offset))
-        assert "space" in shown and "pause / resume the loop (live runs)" in shown
+        assert "b" in shown and "diff base: previous iteration ↔ start" in shown
+
+
+# -- 80x24 with captions of real length (issue 15) ---------------------------------------------------
+async def test_80x24_with_real_length_captions_is_usable(tmp_path):
+    from textual.widgets._footer import FooterKey
+
+    from tui_helpers import LONG, make_long_loop
+
+    app = live_app(make_long_loop(tmp_path / "run"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.run_screen.state == "converged")
+        await pilot.pause()
+        assert 60 <= len(LONG[-1].split()) <= 75
+        table = app.query_one("#log")
+        # Every column is in sight, nothing scrolls sideways.
+        assert table.max_scroll_x == 0 and not table.show_horizontal_scrollbar
+        header = rendered(table).splitlines()[0]
+        for label in ("#", "capt", "draw", "prompt", "≈prv", "≈st", "rep"):
+            assert label in header
+        assert table.get_cell("4", "repeat").plain == "↺#3"
+        # The banner: its headline and the truth on one line; the image keeps rows.
+        banner = app.query_one("#banner")
+        assert banner.outer_size.height <= 3
+        assert rendered(banner).splitlines()[1].strip().startswith("truth: a dog on a red mat")
+        image = app.query_one("#img-current .image")
+        assert image.size.height >= 6
+        # The caption panel shows the caption once, its changes marked, in sight.
+        caption = str(app.query_one(CaptionPanel).render())
+        assert caption.count("on a red mat in a sunlit room") == 1
+        # The footer: every key in the width, "q Quit" whole.
+        footer_keys = [key for key in app.screen.query(FooterKey)]
+        assert footer_keys and all(key.region.right <= 80 for key in footer_keys)
+        quit_key = [key for key in footer_keys if key.action.endswith("quit")]
+        assert quit_key and "q Quit" in rendered(quit_key[0])
+
+
+async def test_80x24_many_rows_no_horizontal_scrollbar(tmp_path):
+    script = {f"p{n}, " + "word " * 60: f"p{n + 1}, " + "word " * 60 for n in range(30)}
+    app = live_app(make_loop(tmp_path / "run", script=script, start="p0, " + "word " * 60,
+                             max_iters=24))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.run_screen.state in FINAL)
+        await pilot.pause()
+        table = app.query_one("#log")
+        assert table.row_count > table.size.height  # a vertical scrollbar now
+        assert table.max_scroll_x == 0
+        header = rendered(table).splitlines()[0]
+        assert "≈st" in header and "rep" in header
+
+
+# -- labels -----------------------------------------------------------------------------------------
+async def test_view_shows_the_max_iters_and_device_of_the_last_segment(tmp_path):
+    make_loop(tmp_path / "run", max_iters=2).run()
+    summary_path = tmp_path / "run" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    # What a `resume --max-iters 12` on a GPU writes (run.json still says 2 and "auto").
+    summary["segments"] = [{"options": {"max_iters": 2}, "device": "cpu"},
+                           {"options": {"max_iters": 12}, "device": "cuda:0"}]
+    summary["device"] = "cuda:0"
+    summary_path.write_text(json.dumps(summary))
+    app = TruthLoopApp(run_dir=tmp_path / "run", preview="none", stable=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        status = str(app.query_one("#status").render())
+        assert "2/12 done" in status and "2/2 done" not in status
+        assert "device cuda:0" in status and "device auto" not in status
+
+
+async def test_view_without_segments_reads_run_json_and_the_summarys_device(tmp_path):
+    make_loop(tmp_path / "run", max_iters=2).run()
+    summary_path = tmp_path / "run" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary.pop("segments", None)
+    summary["device"] = "mps"
+    summary_path.write_text(json.dumps(summary))
+    app = TruthLoopApp(run_dir=tmp_path / "run", preview="none", stable=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        status = str(app.query_one("#status").render())
+        assert "2/2 done" in status and "device mps" in status
+
+
+async def test_the_draw_column_leaves_out_time_spent_paused(tmp_path):
+    hold = HoldAt(paint=2, step=2)
+    loop = make_loop(tmp_path / "run", painter=FakePainter(steps=4, step_hook=hold))
+    hold.control = loop.control
+    app = TruthLoopApp(loop=loop, preview="none", stable=False)
+    try:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, hold.reached.is_set)
+            await pilot.press("space")  # pauses inside iteration 1's drawing
+            hold.release.set()
+            await wait_for(pilot, lambda: app.run_screen.state == "paused")
+            await pilot.pause(0.6)  # someone went for coffee
+            await pilot.press("space")
+            await wait_for(pilot, lambda: app.run_screen.state == "converged")
+            shown = app.run_screen.records[1].timings
+            draw = app.query_one("#log").get_cell("1", "draw").plain
+    finally:
+        hold.release.set()
+        loop.control.stop()
+    logged = read_run(tmp_path / "run").records[1].timings  # the loop's clock ran on
+    assert 0.6 <= shown["paused"] < 0.6 + 0.5
+    assert shown["generate"] == pytest.approx(logged["generate"] - shown["paused"], abs=1e-3)
+    assert draw.endswith("s") and float(draw[:-1]) <= round(logged["generate"] - 0.6, 1) + 0.05
+
+
+def test_without_pauses_keeps_other_timings():
+    from tui.screens.live import without_pauses
+
+    record = Record(index=1, caption="a", compared="a", fed_prompt="a",
+                    timings={"caption": 1.0, "generate": 23.0, "total": 25.0})
+    assert without_pauses(record, 14.0).timings == {"caption": 1.0, "generate": 9.0,
+                                                    "total": 11.0, "paused": 14.0}
+    assert without_pauses(record, 0.0) is record
+
+
+async def test_after_a_stop_before_any_record_the_caption_panel_says_so(tmp_path):
+    hold = HoldAt(paint=1, step=2)
+    loop = make_loop(tmp_path / "run", painter=FakePainter(steps=4, step_hook=hold))
+    hold.control = loop.control
+    app = live_app(loop)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, hold.reached.is_set)
+            await pilot.press("s")
+            hold.release.set()
+            await wait_for(pilot, lambda: app.run_screen.state == "stopped")
+            text = str(app.query_one(CaptionPanel).render())
+            assert "waiting" not in text
+            assert text == "no caption: it stopped before its first iteration was recorded"
+    finally:
+        hold.release.set()
+        loop.control.stop()
+
+
+# -- what quitting prints ---------------------------------------------------------------------------
+def test_exit_report_says_where_how_it_stands_the_truth_and_how_to_go_on(tmp_path):
+    from tui.app import exit_report
+
+    make_loop(tmp_path / "done").run()
+    assert exit_report(tmp_path / "done").splitlines() == [
+        f"run directory: {tmp_path / 'done'}",
+        "state: converged, fixed point starting at iteration 3",
+        "truth: a dog on a red mat, oil painting  [images/0003.png]",
+        f"look again: truthloop view {tmp_path / 'done'}",
+    ]
+    make_loop(tmp_path / "short", max_iters=2).run()
+    assert exit_report(tmp_path / "short").splitlines()[1:] == [
+        "state: no repeat within 2 iterations (--max-iters)",
+        f"continue with: truthloop resume --max-iters N {tmp_path / 'short'}",
+    ]
+    report = exit_report(tmp_path / "nothing")
+    assert report.startswith(f"run directory: {tmp_path / 'nothing'}\nnothing to continue: ")
+    loop = make_loop(tmp_path / "marked", script={MARKUP: MARKUP}, start=MARKUP, max_iters=4)
+    loop.run()
+    assert "\x1b" not in exit_report(tmp_path / "marked")
+
+
+def test_quitting_the_app_prints_the_report(tmp_path, monkeypatch, capsys):
+    from tui import app as app_module
+
+    loop = make_loop(tmp_path / "run")
+    hold = HoldAt(paint=2, step=1)
+    loop = make_loop(tmp_path / "run", painter=FakePainter(steps=4, step_hook=hold))
+    hold.control = loop.control
+
+    def run(self):  # the user quits while iteration 1 is drawn: y, stop and quit
+        thread = threading.Thread(target=loop.run)
+        thread.start()
+        hold.reached.wait(10)
+        loop.control.stop()
+        thread.join(10)
+
+    monkeypatch.setattr(app_module.TruthLoopApp, "run", run)
+    monkeypatch.setattr(app_module.TruthLoopApp, "loop_started", property(lambda self: True))
+    app_module.run_live(loop, preview="halfcell")
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"run directory: {tmp_path / 'run'}",
+                   "state: stopped after 1 iterations",
+                   f"continue with: truthloop resume {tmp_path / 'run'}"]

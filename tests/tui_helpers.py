@@ -22,6 +22,35 @@ SCRIPT = {
 }
 START = "a cat sitting on a mat"
 
+# The same trajectory with captions of real length: clip-interrogator's best mode gives 60-75
+# words (a BLIP caption, then artists, mediums, movements and flavors, comma separated). The
+# snapshots and screenshots use these, so 80x24 is tried with what users see.
+LONG = [
+    "a cat sitting on a mat in a sunlit room, a photorealistic painting by Carl Larsson, "
+    "trending on cgsociety, american scene painting, soft window light, warm colors, cozy "
+    "interior, highly detailed fur, sharp focus, golden hour, wooden floor, potted plants in "
+    "the background, peaceful atmosphere, 8k resolution, intricate details, cinematic "
+    "composition, depth of field, masterpiece, volumetric lighting, ultra realistic, "
+    "artstation hq",
+    "a cat sitting on a red mat in a sunlit room, an oil painting by Carl Larsson, trending on "
+    "artstation, american scene painting, soft window light, warm colors, cozy interior, "
+    "highly detailed fur, sharp focus, golden hour, wooden floor, potted plants in the "
+    "background, peaceful atmosphere, brush strokes, canvas texture, intricate details, "
+    "cinematic composition, depth of field, masterpiece, volumetric lighting, artstation hq",
+    "a dog sitting on a red mat in a sunlit room, an oil painting by greg rutkowski, trending "
+    "on artstation, american scene painting, soft window light, warm colors, cozy interior, "
+    "highly detailed fur, sharp focus, golden hour, wooden floor, potted plants in the "
+    "background, peaceful atmosphere, brush strokes, canvas texture, intricate details, "
+    "cinematic composition, depth of field, award winning, volumetric lighting, behance hd",
+    "a dog on a red mat in a sunlit room, an oil painting by greg rutkowski, trending on "
+    "artstation, american scene painting, soft window light, warm colors, cozy interior, "
+    "highly detailed fur, sharp focus, golden hour, wooden floor, potted plants in the "
+    "background, peaceful atmosphere, brush strokes, canvas texture, intricate details, "
+    "cinematic composition, depth of field, award winning, featured on pixiv, "
+    "volumetric lighting, behance hd, unreal engine",
+]
+LONG_SCRIPT = {LONG[0]: LONG[1], LONG[1]: LONG[2], LONG[2]: LONG[3], LONG[3]: LONG[3]}
+
 
 def make_config(max_iters: int = 20, clauses: int = 0, steps: int = 4) -> RunConfig:
     config = RunConfig()
@@ -41,6 +70,11 @@ def make_loop(run_dir: Path, script: dict[str, str] | None = None, start: str = 
     return TruthLoop(make_config(max_iters=max_iters), run_dir,
                      backend_factory or factory(captioner, painter, gate),
                      control=LoopControl(), input_image=start_image())
+
+
+def make_long_loop(run_dir: Path, **kwargs) -> TruthLoop:
+    """A loop whose captions are as long as clip-interrogator's best mode writes them."""
+    return make_loop(run_dir, script=LONG_SCRIPT, start=LONG[0], **kwargs)
 
 
 class HoldAt:
@@ -78,8 +112,12 @@ FINAL = ("converged", "stopped", "error", "max_iters")
 
 
 def scenario(name: str, run_dir: Path):
-    """(app, run_before) for one of the main states; deterministic with stable=True + halfcell."""
+    """(app, run_before) for one of the main states; deterministic with stable=True + halfcell.
+    Captions of real length (LONG_SCRIPT)."""
     from tui.app import TruthLoopApp
+
+    def make_loop(run_dir: Path, **kwargs) -> TruthLoop:
+        return make_long_loop(run_dir, **kwargs)
 
     if name == "running":
         hold = HoldAt(paint=3, step=2)

@@ -12,10 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from textual.app import App
+from collections.abc import Iterable
+
+from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from tui.commands import IterationCommands
 from tui.screens import HelpScreen, LiveScreen, RunScreen, ViewScreen
 from tui.screens.run import STYLESHEET as RUN_STYLESHEET
 from tui.widgets.image import resolve_preview
@@ -26,7 +29,8 @@ class TruthLoopApp(App[int]):
     # for the first screen, so the app names it too (read once: same path).
     CSS_PATH = RUN_STYLESHEET
     TITLE = "truthloop"
-    ENABLE_COMMAND_PALETTE = False
+    # ctrl+p: the run screen's own commands (as system commands) and "go to iteration N".
+    COMMANDS = App.COMMANDS | {IterationCommands}
 
     # After the screen's own keys in the footer.
     BINDINGS = [
@@ -75,6 +79,15 @@ class TruthLoopApp(App[int]):
     def failed(self) -> bool:
         return isinstance(self.run_screen, LiveScreen) and self.run_screen.failed
 
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The run screen's commands first (those it allows now), then Textual's own (theme,
+        keys, screenshot, quit)."""
+        if isinstance(screen, RunScreen):
+            for title, help_text, action in screen.palette_commands():
+                if screen.check_action(action, ()) is True:
+                    yield SystemCommand(title, help_text, getattr(screen, f"action_{action}"))
+        yield from super().get_system_commands(screen)
+
     # -- forks and relatives (tui/screens/fork.py asks the app: it knows every screen) ------------
     def open_fork(self, loop: Any) -> None:
         """A fork's loop (from `forker`), run on a LiveScreen over the current screen."""
@@ -97,6 +110,53 @@ class TruthLoopApp(App[int]):
                 screen.request_quit()
                 return
         self.exit(return_code=1 if self.failed else 0)
+
+
+def exit_report(run_dir: Path) -> str:
+    """What is printed on the normal terminal once the app has closed: the run directory, how
+    the run stands, its truth, and the command that continues it (or shows it again)."""
+    from truthloop.store import RunDirError, read_run
+    from truthloop.text import visible
+
+    where = visible(str(run_dir))
+    lines = [f"run directory: {where}"]
+    try:
+        view = read_run(run_dir)
+    except RunDirError as error:
+        lines.append(f"nothing to continue: {visible(str(error))}")
+        return "\n".join(lines)
+    summary = view.summary or {}
+    status = view.status
+    done = summary.get("iterations", len(view.records))
+    if status == "converged":
+        cycle = summary.get("cycle") or {}
+        kind = ("fixed point" if cycle.get("length") == 1
+                else f"cycle of length {cycle.get('length')}")
+        lines.append(f"state: converged, {kind} starting at iteration {cycle.get('start')}")
+        for prompt, image in zip(summary.get("truth_prompts") or [],
+                                 summary.get("truth_images") or []):
+            lines.append(f"truth: {visible(str(prompt))}  [{visible(str(image))}]")
+        lines.append(f"look again: truthloop view {where}")
+    elif status == "max_iters":
+        lines.append(f"state: no repeat within {done} iterations (--max-iters)")
+        lines.append(f"continue with: truthloop resume --max-iters N {where}")
+    elif status == "error":
+        message = visible(str(summary.get("message", "unknown error")))
+        lines.append(f"state: error: {message}  (details in error.log)")
+        lines.append(f"continue with: truthloop resume {where}")
+    elif status == "running":
+        lines.append(f"state: running (another process writes it): truthloop view {where}")
+    else:  # stopped, interrupted
+        lines.append(f"state: {status} after {done} iterations")
+        lines.append(f"continue with: truthloop resume {where}")
+    return "\n".join(lines)
+
+
+def _say(text: str) -> None:
+    try:
+        print(text, flush=True)
+    except OSError:  # the terminal went away (SIGHUP): the run directory has it all
+        pass
 
 
 def run_live(loop: Any, preview: str = "auto", forker: Any = None) -> int:
@@ -124,6 +184,7 @@ def run_live(loop: Any, preview: str = "auto", forker: Any = None) -> int:
         _stop_forks(app)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    _say(exit_report(Path(loop.run_dir)))
     return 1 if app.failed else (app.return_code or 0)
 
 
@@ -142,6 +203,7 @@ def run_view(run_dir: Path, preview: str = "auto", forker: Any = None) -> int:
         app.run()
     finally:
         _stop_forks(app)
+    _say(exit_report(Path(run_dir)))
     return app.return_code or 0
 
 

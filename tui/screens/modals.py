@@ -10,29 +10,40 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+# (keys, what they do, the actions they run, where: live / view). Every binding of the run screens
+# and the app is here (a test checks it by action name); `view` leaves out the loop's keys.
 HELP_ROWS = [
-    ("space", "pause / resume the loop (live runs)"),
-    ("n", "step: run exactly one more iteration, then pause again"),
-    ("s", "stop after the current denoising step (the run can be resumed)"),
-    ("q", "quit (asks first while a run is active: it stops it cleanly)"),
-    ("← / →  ↑ / ↓", "browse earlier iterations (the table follows the newest at the end)"),
-    ("end", "follow the newest iteration again"),
-    ("f", "fork: a new run from the selected image (a form for options)"),
-    ("r", "this run's parent and forks; enter opens one"),
-    ("C", "compare this fork with its parent, side by side"),
-    ("escape", "back to where this run was opened from (a sweep, a parent)"),
-    ("b", "diff base: previous iteration ↔ start"),
-    ("B", "diff base: pin the selected iteration"),
-    ("c", "show and copy the selected image's file path"),
-    ("e", "export the run: GIF + contact sheet into RUN_DIR/exports/"),
-    ("?", "this help"),
+    ("space", "pause / resume the loop", ("pause", "resume"), ("live",)),
+    ("n", "step: run exactly one more iteration, then pause again", ("step",), ("live",)),
+    ("s", "stop after the current denoising step (the run can be resumed)", ("stop",),
+     ("live",)),
+    ("← → ↑ ↓", "browse the iterations (at the newest, the log follows new ones)",
+     ("browse",), ("live", "view")),
+    ("end", "follow the newest iteration again", ("follow",), ("live", "view")),
+    ("b", "diff base: previous iteration ↔ start", ("toggle_base",), ("live", "view")),
+    ("B", "diff base: pin the selected iteration", ("pin_base",), ("live", "view")),
+    ("c", "show and copy the selected image's file path", ("copy_path",), ("live", "view")),
+    ("e", "export the run: GIF + contact sheet into RUN_DIR/exports/", ("export",),
+     ("live", "view")),
+    ("f", "fork: a new run from the selected image (a form for options)",
+     ("fork",), ("live", "view")),
+    ("r", "this run's parent and forks; enter opens one", ("relatives",), ("live", "view")),
+    ("C", "compare this fork with its parent, side by side", ("compare_parent",),
+     ("live", "view")),
+    ("ctrl+p", "command palette: every command, and go to iteration N", ("command_palette",),
+     ("live", "view")),
+    ("escape", "back to where this run was opened from (a sweep, a parent)", ("back",),
+     ("live", "view")),
+    ("?", "this help (esc closes it)", ("help",), ("live", "view")),
+    ("q", "quit (asks first while the run is active, then stops it cleanly)", ("quit",),
+     ("live", "view")),
 ]
 
 LEGEND = [
     ("↺#i", "this prompt repeats the prompt of iteration i"),
     ("[-old-]", "removed from the base (struck through)"),
     ("{+new+}", "added since the base (bold, underlined)"),
-    ("≈prev ≈start", "image similarity (CLIP cosine) to the previous and the start image"),
+    ("≈prv ≈st", "image similarity (CLIP cosine) to the previous / the start image"),
 ]
 
 
@@ -47,18 +58,37 @@ class HelpScreen(ModalScreen[None]):
     }
     """
 
+    def __init__(self, mode: str | None = None) -> None:
+        """`mode`: the run screen it explains, "live" (a run) or "view" (a run directory); by
+        default the run screen under it says (a live one, or else view: a sweep's run views)."""
+        super().__init__()
+        self.mode = mode
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(keys, what they do) as shown: this mode's, ctrl+p only where the app has it."""
+        return [(key, what) for key, what, actions, modes in HELP_ROWS
+                if self.mode in modes
+                and (actions != ("command_palette",) or self.app.ENABLE_COMMAND_PALETTE)]
+
     def compose(self) -> ComposeResult:
+        if self.mode is None:
+            from tui.screens.live import LiveScreen
+
+            live = any(isinstance(screen, LiveScreen) for screen in self.app.screen_stack)
+            self.mode = "live" if live else "view"
         keys = Table.grid(padding=(0, 2))
         keys.add_column(style="bold cyan", no_wrap=True)
         keys.add_column()
-        for key, what in HELP_ROWS:
+        for key, what in self.rows():
             keys.add_row(key, what)
         keys.add_row("", "")
         for mark, what in LEGEND:
             keys.add_row(Text(mark), what)
+        title = "truthloop — keys" + ("  (view: a run directory, read-only)"
+                                     if self.mode == "view" else "")
         with Vertical():
-            yield Static(Text("truthloop — keys", style="bold"))
-            yield Static(keys)
+            yield Static(Text(title, style="bold"))
+            yield Static(keys, id="help-keys")
             yield Static(Text("esc / ? closes", style="dim"))
 
     def action_dismiss_help(self) -> None:

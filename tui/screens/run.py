@@ -33,6 +33,7 @@ from tui.widgets.status import StatusBar
 STYLESHEET = Path(__file__).resolve().parent.parent / "app.tcss"
 MEDIUM = 100  # from this width on, a larger image
 WIDE = 140  # from this width on, the previous image is shown beside the current one
+TALL = 32  # below this height (`-short`): a one-row drift, a shorter caption panel and banner
 
 # The keys of every run screen, in footer order. Each screen class lists all of its keys (a live
 # screen puts its loop keys first): Textual puts a base class's bindings before a subclass's.
@@ -40,14 +41,30 @@ BROWSE_BINDINGS = [
     Binding("left", "browse(-1)", "Older", priority=True, show=False),
     Binding("right", "browse(1)", "Newer", priority=True, show=False),
     Binding("end", "follow", "Follow", show=False),
-    Binding("b", "toggle_base", "Diff base"),
+    Binding("b", "toggle_base", "Base", tooltip="Diff base: previous iteration ↔ start"),
     Binding("B", "pin_base", "Pin base", show=False),
-    Binding("c", "copy_path", "Image path"),
+    Binding("c", "copy_path", "Path", tooltip="Show and copy the image's file path"),
     Binding("e", "export", "Export"),
     # tui/screens/fork.py (ForkActions)
     Binding("f", "fork", "Fork", show=False),
     Binding("r", "relatives", "Parent/forks", show=False),
     Binding("C", "compare_parent", "Compare with parent", show=False),
+]
+
+# The command palette's commands of every run screen: (title, help, action). A live screen puts
+# its loop's first. Only those `check_action` allows now are offered (tui/commands.py).
+BROWSE_COMMANDS = [
+    ("Diff base: previous ↔ start", "Diff the caption against the previous iteration or the "
+     "start (b)", "toggle_base"),
+    ("Diff base: pin this iteration", "Diff every caption against the selected one (B)",
+     "pin_base"),
+    ("Follow the newest iteration", "Select the newest row again (end)", "follow"),
+    ("Copy image path", "Show and copy the selected image's file path (c)", "copy_path"),
+    ("Export GIF + contact sheet", "Into RUN_DIR/exports/ (e)", "export"),
+    ("Fork from this iteration", "A new run from the selected image, with options to change (f)",
+     "fork"),
+    ("Parent and forks", "Open this run's parent or one of its forks (r)", "relatives"),
+    ("Compare with the parent", "This fork and its parent side by side (C)", "compare_parent"),
 ]
 
 
@@ -57,6 +74,7 @@ class RunScreen(ForkActions, Screen[None]):
 
     CSS_PATH = STYLESHEET
     HORIZONTAL_BREAKPOINTS = [(MEDIUM, "-medium"), (WIDE, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (TALL, "-tall")]
     BINDINGS: list[Binding] = []  # see BROWSE_BINDINGS
 
     mode = "live"  # what the status line says: live | view
@@ -114,8 +132,19 @@ class RunScreen(ForkActions, Screen[None]):
         """Start feeding records (the subclass's source)."""
 
     # -- what the records say ------------------------------------------------------------------
+    def last_segment(self) -> dict[str, Any]:
+        """summary.json's newest segment (a resume can change options such as --max-iters)."""
+        segments = (self.summary or {}).get("segments")
+        if isinstance(segments, list) and segments and isinstance(segments[-1], dict):
+            return segments[-1]
+        return {}
+
     def show_max_iters(self) -> None:
-        max_iters = self.config.get("loop", {}).get("max_iters") if self.config else None
+        """The max-iters the run's last segment ran with (`resume --max-iters 12` of a run
+        started with 2 once read `9/2 done`), else run.json's."""
+        max_iters = (self.last_segment().get("options") or {}).get("max_iters")
+        if not isinstance(max_iters, int):
+            max_iters = self.config.get("loop", {}).get("max_iters") if self.config else None
         self.query_one(StatusBar).set(max_iters=max_iters)
 
     def add_record(self, record: Record) -> None:
@@ -144,7 +173,7 @@ class RunScreen(ForkActions, Screen[None]):
         current_view = self.query_one("#img-current", ImageView)
         previous_view = self.query_one("#img-previous", ImageView)
         if index is None:
-            caption.show(None, None, "")
+            caption.show(None, None, "", empty=self.empty_caption())
             start, _ = history.image_of(-1)
             current_view.show(start, "start image" if start else "no image yet")
             previous_view.show(None, "")
@@ -166,6 +195,29 @@ class RunScreen(ForkActions, Screen[None]):
         prev_title = f"previous #{shown - 1}" if shown - 1 >= 0 else "start image"
         previous_view.show(prev_path, prev_title if shown >= 0 else "")
 
+    def palette_commands(self) -> list[tuple[str, str, str]]:
+        """(title, help, action) for the command palette; see BROWSE_COMMANDS."""
+        return list(BROWSE_COMMANDS)
+
+    def go_to(self, index: int) -> None:
+        """Browse to iteration `index` (the command palette's "go to iteration")."""
+        if 0 <= index < len(self.records):
+            self._select(index)
+            self.query_one(LogTable).show_row(index)
+
+    def on_resize(self) -> None:
+        # A narrow footer drops its spacing, so every key fits in 80 columns.
+        self.query_one(Footer).compact = self.size.width < MEDIUM
+
+    def empty_caption(self) -> str:
+        """What the caption panel says while there is no record to show."""
+        if self.state in FINAL or self.state == "stopping":
+            outcome = {"stopped": "it stopped", "stopping": "it is stopping",
+                       "error": "it failed", "interrupted": "it was interrupted"}
+            why = outcome.get(self.state, f"it ended ({self.state})")
+            return f"no caption: {why} before its first iteration was recorded"
+        return "waiting for the first caption…"
+
     def finished(self) -> None:
         """The run is over (or was already when viewed): drop a pending row, show the cycle's
         start when it converged, and the banner."""
@@ -183,7 +235,10 @@ class RunScreen(ForkActions, Screen[None]):
         self.refresh_views()
 
     def show_banner(self) -> None:
-        self.query_one(Banner).show_outcome(self.state, self.summary, self.error_message,
+        message = self.error_message
+        if message and self.stable:  # an engine message can name the run directory's path
+            message = message.replace(str(self.run_dir), self.dir_label)
+        self.query_one(Banner).show_outcome(self.state, self.summary, message,
                                             self.dir_label, len(self.records))
 
     def watch_state(self, state: str) -> None:

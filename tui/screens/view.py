@@ -51,7 +51,6 @@ class ViewScreen(RunScreen):
             return
         self.config = view.config
         self.show_max_iters()
-        self.query_one(StatusBar).set(device=str(self.config.get("models", {}).get("device", "")))
         for record in view.records:
             self.add_record(record)
         self._log_stamp = _stamp(self.run_dir / LOG_FILE)
@@ -87,6 +86,8 @@ class ViewScreen(RunScreen):
     def _show_status(self, view: RunView) -> None:
         self.run_view = view
         self.summary = view.summary
+        self.show_max_iters()
+        self.query_one(StatusBar).set(device=self.device_used())
         status = view.status
         if status == "error":
             self.error_message = visible(str((view.summary or {}).get("message", "unknown error")))
@@ -97,6 +98,15 @@ class ViewScreen(RunScreen):
                 self.finished()
             else:
                 self.show_banner()
+
+    def device_used(self) -> str:
+        """The device the run ran on (summary.json, its last segment's), not the config's ask
+        ("auto"); the ask, marked so, when no segment got as far as loading its models."""
+        device = self.last_segment().get("device") or (self.summary or {}).get("device")
+        if device:
+            return str(device)
+        asked = self.config.get("models", {}).get("device", "") if self.config else ""
+        return f"{asked} (asked)" if asked else ""
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "back":  # only when pushed over another screen (a sweep table)

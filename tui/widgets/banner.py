@@ -8,15 +8,17 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
-from truthloop.text import visible
+from truthloop.text import clip, visible
 
 FINAL = ("converged", "stopped", "error", "max_iters", "interrupted")
 
 
 def banner_text(state: str, summary: dict[str, Any] | None, error_message: str | None,
-                run_dir: str, records: int) -> Text:
+                run_dir: str, records: int, width: int | None = None) -> Text:
     """What the banner says for `state`; empty while the run is not over. Captions and paths are
-    appended as plain text (never markup)."""
+    appended as plain text (never markup). With `width`, each truth takes one line, clipped (a
+    caption of real length is 60-75 words: wrapped, one took 5 of an 80x24 screen's rows; the
+    whole of it is in the caption panel, where the truth is selected)."""
     summary = summary or {}
     text = Text()
     if state == "converged":
@@ -32,10 +34,13 @@ def banner_text(state: str, summary: dict[str, Any] | None, error_message: str |
         prompts = summary.get("truth_prompts") or []
         images = summary.get("truth_images") or []
         for n, prompt in enumerate(prompts[:3]):
+            image = f"  [{visible(str(images[n]))}]" if n < len(images) and images[n] else ""
+            prompt = visible(str(prompt))
+            if width:
+                prompt = clip(prompt, max(10, width - len(" truth: ") - len(image)))
             text.append("\n truth: ", "bold")
-            text.append(visible(str(prompt)))
-            if n < len(images) and images[n]:
-                text.append(f"  [{visible(str(images[n]))}]", "dim")
+            text.append(prompt)
+            text.append(image, "dim")
         if len(prompts) > 3:
             text.append(f"\n … and {len(prompts) - 3} more in summary.json", "dim")
     elif state == "error":
@@ -64,13 +69,22 @@ class Banner(Static):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("", markup=False, **kwargs)
+        self._outcome: tuple[Any, ...] | None = None
 
     def show_outcome(self, state: str, summary: dict[str, Any] | None, error_message: str | None,
                      run_dir: str, records: int) -> None:
-        text = banner_text(state, summary, error_message, run_dir, records)
+        self._outcome = (state, summary, error_message, run_dir, records)
+        # Hidden until now, the banner has no width of its own yet: the screen's, less padding.
+        width = self.content_size.width or self.screen.size.width - 2
+        text = banner_text(state, summary, error_message, run_dir, records,
+                           width=width if width > 0 else None)
         for name in FINAL:
             self.remove_class(name)
         self.update(text)
         self.display = bool(text.plain)
         if state in FINAL:
             self.add_class(state)
+
+    def on_resize(self) -> None:
+        if self._outcome is not None:
+            self.show_outcome(*self._outcome)

@@ -38,47 +38,45 @@ class CaptionPanel(Static):
         super().__init__("", markup=False, **kwargs)
 
     def show(self, record: Record | None, base: Record | None,
-             base_label: str) -> None:
-        self.update(self.build(record, base, base_label))
+             base_label: str, empty: str = "waiting for the first caption…") -> None:
+        self.update(self.build(record, base, base_label, empty))
 
     @staticmethod
     def build(record: Record | None, base: Record | None,
-              base_label: str) -> Text:
+              base_label: str, empty: str = "waiting for the first caption…") -> Text:
+        """A header line (which iteration, the diff's base and what changed), then the caption
+        once: diffed against the base, its changes marked inline, or plain when there is nothing
+        to compare; then the prompt that was fed, when it is not the whole caption. A caption of
+        real length (60-75 words) takes 5-6 lines at 80 columns: shown twice (caption, then its
+        diff), the diff was out of sight on an 80x24 screen."""
         if record is None:
-            return Text("waiting for the first caption…", style="dim italic")
+            return Text(empty, style="dim italic")
         index = record.index
         caption = record.caption
-        text = Text()
-        text.append(f"#{index} caption  ", style="bold")
-        if caption is None:
-            text.append("(none: this iteration drew the --prompt start)\n", style="dim")
-        else:
-            text.append(visible(caption))
-            text.append("\n")
-        text.append("fed  ", style="bold")
         fed = record.fed_prompt or ""
-        if caption is not None and fed == caption:
-            text.append("(the whole caption)", style="dim")
-        else:
-            text.append(visible(fed))
-        text.append("\n")
-        text.append("diff ", style="bold")
-        if base is None or base is record:
-            text.append(f"vs {base_label}: nothing to compare", style="dim")
-        else:
-            diff, stats = caption_diff(caption_of(base), caption_of(record))
-            text.append(f"vs {base_label}", style="dim")
-            text.append(f" ({stats.describe()})  ", style="dim")
-            text.append("[-", REMOVED)
-            text.append("removed", REMOVED)
-            text.append("-]", REMOVED)
-            text.append(" ", "dim")
-            text.append("{+", ADDED)
-            text.append("added", ADDED)
-            text.append("+}", ADDED)
-            text.append("\n")
-            text.append_text(diff_text(diff))
+        text = Text()
+        text.append(f"#{index} caption", style="bold")
+        if caption is None:
+            text.append("  (none: this iteration drew the --prompt start)", style="dim")
+        diff = None
+        if caption is not None:
+            if base is None or base is record:
+                text.append(f"  vs {base_label}: nothing to compare", style="dim")
+            else:
+                diff, stats = caption_diff(caption_of(base), caption_of(record))
+                text.append(f"  vs {base_label}: {stats.describe()}", style="dim")
+            if fed == caption:
+                text.append("  · fed whole", style="dim")
         repeat = record.repeat_of
         if repeat is not None:
-            text.append(f"\n↺ repeats the prompt of iteration #{repeat}", style="bold yellow")
+            text.append(f"  ↺ repeats #{repeat}", style="bold yellow")
+        if caption is not None:
+            text.append("\n")
+            if diff is not None:
+                text.append_text(diff_text(diff))
+            else:
+                text.append(visible(caption))
+        if caption is None or fed != caption:
+            text.append("\nfed  ", style="bold")
+            text.append(visible(fed))
         return text

@@ -32,6 +32,6 @@ class Drift(Vertical):
         if numbers:
             label.append(f" {numbers[0]:.2f}→{numbers[-1]:.2f} min {min(numbers):.2f}")
         else:
-            label.append("  (no images yet)", style="dim")
+            label.append(" none yet", style="dim")
         self.query_one("#drift-label", Static).update(label)
         self.query_one(Sparkline).data = numbers

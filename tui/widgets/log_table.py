@@ -21,7 +21,9 @@ COLUMNS = [
     ("sim_start", "≈st", 4),
     ("repeat", "rep", 5),
 ]
-FIXED = sum(width for _, _, width in COLUMNS) + 2 * len(COLUMNS) + 2
+# The other columns and every cell's padding (one column each side); the width `fit` is given
+# already leaves out the vertical scrollbar's gutter (always reserved: see LogTable's CSS).
+FIXED = sum(width for _, _, width in COLUMNS) + 2 * len(COLUMNS)
 
 
 def seconds(value: Any, stable: bool) -> Text:
@@ -43,7 +45,13 @@ def similarity(value: Any) -> Text:
 class LogTable(DataTable):
     """Cells are always Rich Text built from plain strings: a caption is never parsed as markup."""
 
-    DEFAULT_CSS = "LogTable { height: 1fr; }"
+    # The vertical scrollbar's gutter is always there (one column), so rows that outgrow the
+    # height do not take width the prompt column was fitted to (that made a horizontal scrollbar
+    # and cut off the last columns); nothing scrolls sideways: the prompt is clipped to fit.
+    DEFAULT_CSS = """
+    LogTable { height: 1fr; scrollbar-gutter: stable; scrollbar-size-vertical: 1;
+               overflow-x: hidden; }
+    """
 
     def __init__(self, stable: bool = False, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
