@@ -761,6 +761,68 @@ def part_lowvram(paths, iterations: int):
     RESULTS["low_vram_run"] = outcome
 
 
+def part_preview(paths, iterations: int, tiny: bool = False):
+    """The TUI's live preview (the latent as RGB every `preview_every` steps, handed to a
+    watcher) against none, as a run loads it (load_backends, the run's defaults): whole
+    iterations (draw, caption, CLIP features) alternating off / on, so drift hits both alike.
+    The preview must not change the image."""
+    from truthloop.config import RunConfig
+    from truthloop.ml.backends import load_backends
+    from truthloop.ml.latent_preview import latent_rgb
+
+    config = RunConfig(start_prompt="a photo")
+    config.models.sd_model, config.models.caption_model, config.models.clip_model = \
+        paths["sd"], paths["blip"], paths["clip"]
+    if tiny:  # a CPU smoke test: fewer steps, the fast caption mode
+        config.generate.steps, config.caption.mode = 10, "fast"
+    backends = load_backends(config, lambda event: None)
+    painter = backends.painter
+    shown = []
+
+    def watcher(step, width, height, rgb):  # what the TUI's message carries, made into a picture
+        shown.append(Image.frombytes("RGB", (width, height), rgb))
+
+    def iteration(prompt):
+        sync()
+        start = time.perf_counter()
+        image = painter.paint(prompt, lambda s, t: None)
+        caption = backends.captioner.caption(image)
+        backends.embedder.features(image)
+        sync()
+        return time.perf_counter() - start, image, caption
+
+    times = {"off": [], "on": []}
+    hashes = {"off": [], "on": []}
+    prompt = "a photo"
+    iteration(prompt)  # warm-up: CUDA graphs are captured at the second call of each shape
+    iteration(prompt)
+    for number in range(iterations):
+        for variant in (("off", "on") if number % 2 == 0 else ("on", "off")):
+            painter.preview = watcher if variant == "on" else None
+            seconds, image, _ = iteration(prompt)
+            times[variant].append(seconds)
+            hashes[variant].append(image_hash(image))
+    painter.preview = None
+    latents = torch.randn(1, 4, (config.generate.height or 768) // 8,
+                          (config.generate.width or 768) // 8, device=DEVICE,
+                          dtype=torch.float16 if DEVICE == "cuda" else torch.float32)
+    one, _ = timed(lambda: latent_rgb(latents), repeat=20)
+    off, on = statistics.median(times["off"]), statistics.median(times["on"])
+    previews = len(shown) // max(1, iterations)
+    row(f"an iteration, no preview (median of {iterations})", None, off,
+        "each " + " ".join(f"{t:.3f}" for t in times["off"]))
+    row(f"an iteration, live preview every {painter.preview_every} steps ({previews} pictures)",
+        None, on, "each " + " ".join(f"{t:.3f}" for t in times["on"]))
+    row("live preview's cost", None, None,
+        f"{(on / off - 1) * 100:+.2f}% of an iteration (budget: 5%); one latent->RGB "
+        f"{one * 1000:.2f} ms; same images: {hashes['off'] == hashes['on']}")
+    RESULTS["preview"] = {"off": times["off"], "on": times["on"], "median_off": off,
+                          "median_on": on, "overhead": on / off - 1, "latent_rgb_s": one,
+                          "previews_per_iteration": previews,
+                          "every": painter.preview_every, "steps": config.generate.steps,
+                          "same_images": hashes["off"] == hashes["on"]}
+
+
 def print_table(title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -779,7 +841,8 @@ def main() -> None:
     # A timeout's SIGTERM still prints the table and writes the JSON (see the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=("base", "best", "compile", "lowvram", "child"),
+    parser.add_argument("--part", choices=("base", "best", "compile", "lowvram", "preview",
+                                           "child"),
                         default="base")
     parser.add_argument("--work", default=str(ROOT / ".bench"))
     parser.add_argument("--images", type=int, default=50)
@@ -812,6 +875,7 @@ def main() -> None:
                f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}")
     RESULTS["machine"] = machine
     titles = {"best": "interrogation: truthloop vs clip-interrogator",
+              "preview": "truthloop's live preview while denoising",
               "lowvram": "truthloop --low-vram"}
     title = f"{titles.get(args.part, 'truthloop vs seed stack')} — {machine}"
     try:  # what was measured before a failure still gets printed and written
@@ -819,6 +883,8 @@ def main() -> None:
             part_best(paths, work, args.images, profile_best=args.profile_best)
         elif args.part == "lowvram":
             part_lowvram(paths, args.iterations)
+        elif args.part == "preview":
+            part_preview(paths, args.iterations, tiny=args.tiny)
         elif args.part == "base":
             part_base(paths, work, args.images, args.iterations, compile_too=args.compile,
                       skip_extras=args.skip_extras, profile_best=args.profile_best)

@@ -69,6 +69,18 @@ class DenoiseStep(Event):
 
 
 @dataclass(frozen=True)
+class DenoisePreview(Event):
+    """The image being drawn, as its current latent mapped to RGB (1/8 of the image's side);
+    emitted only while a watcher asked for it (`TruthLoop.live_preview`)."""
+
+    index: int
+    step: int
+    width: int
+    height: int
+    rgb: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class IterationDone(Event):
     """An iteration is on disk (its log line written): `record` is a copy of it."""
 

@@ -171,6 +171,9 @@ class TruthLoop:
         """`run_info`: more top-level fields for a new run's run.json (a fork's "parent")."""
         self.config = config
         self.run_info = dict(run_info or {})
+        # A watcher that shows the image while it denoises (the TUI) sets this; the painter then
+        # hands over its latent as RGB every few steps (ev.DenoisePreview). Off: it costs nothing.
+        self.live_preview = False
         self.run_dir = Path(run_dir)
         self.backend_factory = backend_factory
         self.on_event = on_event
@@ -373,6 +376,14 @@ class TruthLoop:
             def on_step(step: int, total: int, index: int = index) -> None:
                 self.emit(ev.DenoiseStep(index, step, total))
                 self._checkpoint(index)
+
+            def on_preview(step: int, width: int, height: int, rgb: bytes,
+                           index: int = index) -> None:
+                if self.live_preview:
+                    self.emit(ev.DenoisePreview(index, step, width, height, rgb))
+
+            if hasattr(backends.painter, "preview"):
+                backends.painter.preview = on_preview if self.live_preview else None
 
             image = backends.painter.paint(fed, on_step)
             t_generate = time.perf_counter()

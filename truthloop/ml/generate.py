@@ -24,6 +24,11 @@ class Painter:
         # MPS generators are not reproducible across runs; draw noise on the CPU there.
         self.generator_device = "cuda" if device == "cuda" else "cpu"
         self._shared = torch.Generator(self.generator_device).manual_seed(config.seed)
+        # A watcher of the denoising (the TUI's live preview) sets `preview` to a callable
+        # (step, width, height, rgb_bytes); it gets the current latent as RGB every
+        # `preview_every` steps. None (headless): the latents are never touched.
+        self.preview: Callable[[int, int, int, bytes], None] | None = None
+        self.preview_every = 5
         self.graphed_unet = None
         if device == "cuda" and (cuda_graphs or config.compile) \
                 and not _has_offload_hooks(pipe.unet):
@@ -53,6 +58,12 @@ class Painter:
 
         def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
             # Raising here (a stop request) abandons this image; nothing of it was written yet.
+            preview = self.preview
+            if preview is not None and (step + 1) % self.preview_every == 0 and step + 1 < total \
+                    and "latents" in callback_kwargs:
+                from truthloop.ml.latent_preview import latent_rgb
+
+                preview(step + 1, *latent_rgb(callback_kwargs["latents"]))
             on_step(step + 1, total)
             return callback_kwargs
 
