@@ -137,14 +137,19 @@ def run_variant(stack: Stack, work: Path, label: str, size: int, exact: bool, co
     sync()
     wall = time.perf_counter() - start
     speed = throughput(engine, skip_paints=skip)
-    runs = [read_run(out / f"{n:03d}") for n in range(len(configs))]
+    problems = sorted({o.get("message", "") for o in outcomes if o["status"] == "error"})
+    if problems:
+        print(f"  {label}: trajectories failed: {problems}", flush=True)
+    runs = [read_run(out / f"{n:03d}") if (out / f"{n:03d}").is_dir() else None
+            for n in range(len(configs))]
     result = {
         "size": size, "exact": exact, "wall_s": wall, "images": engine.images,
         "throughput": speed, "peak_gib": peak_gib(),
-        "statuses": [o["status"] for o in outcomes],
-        "prompts": [[r.fed_prompt for r in view.records] for view in runs],
+        "statuses": [o["status"] for o in outcomes], "errors": problems,
+        "prompts": [[r.fed_prompt for r in view.records] if view else [] for view in runs],
         "first_images": [str(view.path / view.records[0].image)
-                         if view.records and view.records[0].image else None for view in runs],
+                         if view and view.records and view.records[0].image else None
+                         for view in runs],
         "batch_calls": _calls(engine.models.batch_sizes),
         "generate": {k: getattr(configs[0].generate, k) for k in ("steps", "scheduler", "compile")},
     }
