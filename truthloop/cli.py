@@ -150,6 +150,8 @@ def _add_ui_options(parser: argparse.ArgumentParser) -> None:
                              "(default: off)")
     parser.add_argument("--preview", choices=PREVIEWS, default="auto",
                         help="TUI image preview: terminal graphics, half-blocks or none")
+    parser.add_argument("--no-live-preview", dest="live_preview", action="store_false",
+                        help="TUI: do not show the image while it denoises (p toggles it)")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -636,7 +638,8 @@ def _drive(args: argparse.Namespace, config: RunConfig | None, run_dir: Path,
             and sys.stdin.isatty():
         from tui import run_tui
 
-        return run_tui(loop, preview=args.preview, forker=_fork_maker())
+        return run_tui(loop, preview=args.preview, forker=_fork_maker(),
+                       live_preview=args.live_preview)
     return _run_headless(loop, control, as_json=getattr(args, "json", False))
 
 

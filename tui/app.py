@@ -159,11 +159,14 @@ def _say(text: str) -> None:
         pass
 
 
-def run_live(loop: Any, preview: str = "auto", forker: Any = None) -> int:
-    """Drive `loop` in the app; 0 unless the loop failed (1)."""
+def run_live(loop: Any, preview: str = "auto", forker: Any = None,
+             live_preview: bool = True) -> int:
+    """Drive `loop` in the app; 0 unless the loop failed (1). `live_preview`: show the image
+    while it denoises (`p` toggles it)."""
     import signal
 
     app = TruthLoopApp(loop=loop, preview=resolve_preview(preview), forker=forker)
+    app.live_preview = live_preview and preview != "none"
 
     def hang_up(signum: int, frame: Any) -> None:
         # The SSH link dropped or someone sent SIGTERM: stop after the current denoising step,

@@ -90,6 +90,20 @@ class DenoiseStep(EngineMessage):
 
 
 @dataclass
+class DenoisePreview(EngineMessage):
+    """The image being drawn, as its latent in RGB (1/8 of its side)."""
+
+    index: int
+    step: int
+    width: int
+    height: int
+    rgb: bytes = field(repr=False)
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, DenoisePreview)
+
+
+@dataclass
 class IterationDone(EngineMessage):
     record: Record
 
@@ -125,6 +139,7 @@ _BY_EVENT: dict[type[ev.Event], type[EngineMessage]] = {
     ev.IterationStarted: IterationStarted,
     ev.CaptionReady: CaptionReady,
     ev.DenoiseStep: DenoiseStep,
+    ev.DenoisePreview: DenoisePreview,
     ev.IterationDone: IterationDone,
     ev.Paused: Paused,
     ev.Resumed: Resumed,

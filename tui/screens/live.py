@@ -32,6 +32,7 @@ class LiveScreen(RunScreen):
         Binding("s", "stop", "Stop"),
         *BROWSE_BINDINGS,
         Binding("escape", "back", "Back", show=False),
+        Binding("p", "toggle_preview", "Preview", show=False),
     ]
 
     mode = "live"
@@ -52,6 +53,7 @@ class LiveScreen(RunScreen):
         self._paused_for = 0.0
 
     def start(self) -> None:
+        self.loop.live_preview = getattr(self.app, "live_preview", True)
         self.loop.on_event = lambda event: self.post_message(m.from_event(event))
         self.loop_active = True
         self.state = "loading"
@@ -198,6 +200,21 @@ class LiveScreen(RunScreen):
 
     def action_back(self) -> None:
         self.dismiss()
+
+    def action_toggle_preview(self) -> None:
+        """`p`: the live preview of the image being drawn, on / off (from the next image)."""
+        self.loop.live_preview = not self.loop.live_preview
+        self.notify(f"live preview {'on' if self.loop.live_preview else 'off'}", timeout=2)
+
+    @on(m.DenoisePreview)
+    def _denoise_preview(self, message: m.DenoisePreview) -> None:
+        if not self.loop.live_preview or self.history.selected is not None:
+            return  # off, or browsing an older iteration
+        from PIL import Image
+
+        picture = Image.frombytes("RGB", (message.width, message.height), message.rgb)
+        self.query_one("#img-current").show_picture(
+            picture, f"#{message.index} (drawing)", f"step {message.step}, latent preview")
 
     def action_pause(self) -> None:
         self.loop.control.pause()

@@ -17,6 +17,7 @@ HELP_ROWS = [
     ("n", "step: run exactly one more iteration, then pause again", ("step",), ("live",)),
     ("s", "stop after the current denoising step (the run can be resumed)", ("stop",),
      ("live",)),
+    ("p", "live preview of the image being drawn: on / off", ("toggle_preview",), ("live",)),
     ("← → ↑ ↓", "browse the iterations (at the newest, the log follows new ones)",
      ("browse",), ("live", "view")),
     ("end", "follow the newest iteration again", ("follow",), ("live", "view")),

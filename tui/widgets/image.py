@@ -97,13 +97,21 @@ class HalfcellImage(Widget):
         self.path: Path | None = None
 
     def set_path(self, path: Path | None) -> None:
-        if path != self.path:
+        if path != self.path or self.picture is not None:
             self.path = path
+            self.picture = None
             self.refresh()
+
+    picture = None  # an in-memory image shown instead of `path` (the live preview)
+
+    def set_picture(self, picture) -> None:
+        self.picture = picture
+        self.refresh()
 
     def render(self) -> Text:
         width, height = self.content_size.width, self.content_size.height
-        image = load_image(self.path) if self.path else None
+        image = self.picture if self.picture is not None else (
+            load_image(self.path) if self.path else None)
         if image is None or width < 2 or height < 1:
             return Text("")
         scale = min(width / image.width, (height * 2) / image.height)
@@ -151,8 +159,30 @@ class ImageView(Vertical):
         else:
             yield Static("", classes="image-text", markup=False)
 
+    def show_picture(self, picture, title: str, note: str = "") -> None:
+        """An in-memory PIL image (the live preview); the next `show` of a path replaces it."""
+        label = Text(visible(title), style="bold")
+        if note:
+            label.append("  " + visible(note), style="italic")
+        self.query_one(".image-title", Static).update(label)
+        if self.mode == "none":
+            return
+        # `path` stays what is under the preview: showing it again keeps the preview; the next
+        # image's path replaces it.
+        self.previewing = True
+        widget = self.query_one(".image")
+        if isinstance(widget, HalfcellImage):
+            widget.set_picture(picture)
+        else:
+            widget.image = picture
+
+    previewing = False
+
     def show(self, path: Path | None, title: str, note: str = "") -> None:
         """Show `path` under `title`; the image itself is only touched when the path changes."""
+        if self.previewing and path == self.path:
+            return  # the live preview of the next image stays until that image is there
+        self.previewing = False
         label = Text(visible(title), style="bold")
         if note:
             label.append("  " + visible(note), style="italic")
