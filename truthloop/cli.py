@@ -22,7 +22,7 @@ from truthloop.config import (
     SCHEDULERS, SEED_MODES, ConfigError, RunConfig, apply_demo, apply_preset,
 )
 from truthloop.model_ids import DEFAULT_CAPTION_MODEL, DEFAULT_CLIP_MODEL, DEFAULT_SD_MODEL
-from truthloop.text import visible
+from truthloop.text import clip, visible
 
 SAMPLE_IMAGE = Path(__file__).parent / "data" / "sample.png"
 
@@ -148,6 +148,9 @@ def _add_ui_options(parser: argparse.ArgumentParser) -> None:
                         help="headless, for scripts: one JSON object per line on stdout (started, "
                              "one per iteration, then the summary); notes and errors on stderr "
                              "(default: off)")
+    parser.add_argument("--notify", action="store_true",
+                        help="headless: ring the terminal's bell when the run converges, and "
+                             "send a desktop notification where notify-send is (default: off)")
     parser.add_argument("--preview", choices=PREVIEWS, default="auto",
                         help="TUI image preview: terminal graphics, half-blocks or none")
     parser.add_argument("--no-live-preview", dest="live_preview", action="store_false",
@@ -640,14 +643,15 @@ def _drive(args: argparse.Namespace, config: RunConfig | None, run_dir: Path,
 
         return run_tui(loop, preview=args.preview, forker=_fork_maker(),
                        live_preview=args.live_preview)
-    return _run_headless(loop, control, as_json=getattr(args, "json", False))
+    return _run_headless(loop, control, as_json=getattr(args, "json", False),
+                         notify=getattr(args, "notify", False))
 
 
-def _run_headless(loop: Any, control: Any, as_json: bool = False) -> int:
+def _run_headless(loop: Any, control: Any, as_json: bool = False, notify: bool = False) -> int:
     from truthloop.loop import OUT_OF_MEMORY, LoopFailed
     from truthloop.store import RunDirError
 
-    printer = JsonPrinter() if as_json else HeadlessPrinter()
+    printer = JsonPrinter(notify=notify) if as_json else HeadlessPrinter(notify=notify)
     printer.changed = dict(getattr(loop, "changed_options", {}) or {})
     loop.on_event = printer.handle
     received: list[int] = []
@@ -688,9 +692,13 @@ def _run_headless(loop: Any, control: Any, as_json: bool = False) -> int:
 
 
 class HeadlessPrinter:
-    """Rich progress while loading; then one plain line per iteration on stdout."""
+    """Rich progress while loading; then one plain line per iteration on stdout. While an
+    iteration runs, and only when stderr is a terminal, a transient progress line on stderr:
+    its denoising step k/n, s/it and the time left to --max-iters (stdout's lines unchanged).
+    With `notify`, the terminal's bell (and a desktop notification, where notify-send is) when
+    the run converges."""
 
-    def __init__(self) -> None:
+    def __init__(self, notify: bool = False) -> None:
         from rich.console import Console
 
         # soft_wrap: Rich would otherwise break long lines (a deep run directory's path) at
@@ -700,6 +708,63 @@ class HeadlessPrinter:
         self.progress = None
         self.task = None
         self.iteration_start = time.perf_counter()
+        self.notify = notify
+        self.show_steps = _isatty(sys.stderr)
+        self.steps = None  # the iteration's progress line (rich Progress), while one is shown
+        self.steps_task = None
+        self.max_iters: int | None = None
+        self.totals: list[float] = []  # wall seconds of the iterations drawn so far
+
+    def _step_progress(self, event: ev.DenoiseStep) -> None:
+        """The transient line: `iteration i  denoising ━━━━━ k/n  12.3 s/it  ≤ 4m05s to
+        --max-iters 20`."""
+        if self.steps is None:
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            self.steps = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                                  TextColumn("{task.completed}/{task.total}"),
+                                  TextColumn("{task.fields[rate]}", markup=False),
+                                  TextColumn("{task.fields[eta]}", markup=False),
+                                  console=self.err, transient=True)
+            self.steps.start()
+            self.steps_task = self.steps.add_task("", total=event.total, rate="", eta="")
+        rate, eta = "", ""
+        recent = self.totals[-5:]
+        if recent:
+            per_iteration = sum(recent) / len(recent)
+            rate = f"{per_iteration:.2f} s/it"
+            if self.max_iters:
+                elapsed = time.perf_counter() - self.iteration_start
+                left = max(0.0, (self.max_iters - event.index) * per_iteration - elapsed)
+                eta = f"≤ {_duration(left)} to --max-iters {self.max_iters}"
+        self.steps.update(self.steps_task, description=f"iteration {event.index}  denoising",
+                          completed=event.step, total=event.total, rate=rate, eta=eta)
+
+    def _end_steps(self) -> None:
+        if self.steps is not None:
+            self.steps.stop()
+            self.steps = None
+
+    def _notify(self, summary: dict[str, Any]) -> None:
+        """The bell on the terminal (stderr), and notify-send where there is one."""
+        import shutil
+        import subprocess
+
+        truths = summary.get("truth_prompts") or []
+        message = clip(visible(str(truths[0])), 200) if truths else "a caption repeated"
+        for stream in (sys.stderr, sys.stdout):
+            if _isatty(stream):
+                stream.write("\a")
+                stream.flush()
+                break
+        sender = shutil.which("notify-send")
+        if sender and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            try:
+                subprocess.Popen([sender, "--app-name=truthloop", "truthloop converged", message],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+            except OSError:
+                pass  # a notification is a nicety
 
     def _progress(self) -> Any:
         if self.progress is None:
@@ -713,6 +778,7 @@ class HeadlessPrinter:
         return self.progress
 
     def close(self) -> None:
+        self._end_steps()
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
@@ -743,6 +809,8 @@ class HeadlessPrinter:
 
     def _handle(self, event: ev.Event) -> None:
         if isinstance(event, ev.RunStarted):
+            max_iters = (event.config or {}).get("loop", {}).get("max_iters")
+            self.max_iters = max_iters if isinstance(max_iters, int) else None
             what = "resuming" if event.resumed_at else "run directory"
             self.err.print(f"{what}: {visible(event.run_dir)}")
             if self.changed:
@@ -763,8 +831,18 @@ class HeadlessPrinter:
             self.err.print(f"models ready on {event.device} in {event.load_seconds:.1f}s")
         elif isinstance(event, ev.IterationStarted):
             self.iteration_start = time.perf_counter()
+        elif isinstance(event, ev.DenoiseStep):
+            if self.show_steps:
+                self._step_progress(event)
+        elif isinstance(event, ev.Finished):
+            self._end_steps()
+            if self.notify and event.summary.get("status") == "converged":
+                self._notify(event.summary)
         elif isinstance(event, ev.IterationDone):
+            self._end_steps()  # off the terminal before the line goes to stdout
             record = event.record
+            if record.image and isinstance(record.timings.get("total"), (int, float)):
+                self.totals.append(record.timings["total"])
             seconds = record.timings.get("total", 0.0)
             mark = f"  = #{record.repeat_of}" if record.repeat_of is not None else ""
             line = f"[{record.index:4d}] {seconds:6.2f}s  {visible(record.fed_prompt)}{mark}"
@@ -822,6 +900,22 @@ class JsonPrinter(HeadlessPrinter):
 
     def _print_summary(self, summary: dict[str, Any], run_dir: Path) -> None:
         self._emit({"type": "summary", "run_dir": str(Path(run_dir).resolve()), **summary})
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (ValueError, OSError):  # closed
+        return False
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
 
 
 def _option_text(value: Any) -> str:
