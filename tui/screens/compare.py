@@ -110,7 +110,9 @@ class CompareScreen(Screen[None]):
         summary.update(text)
         self.fill_table(self.app.size.width)
         self.query_one(DataTable).focus()
-        start = first.position if first is not None else (c.rows[0].position if c.rows else None)
+        both = c.both()
+        start = first.position if first is not None else (
+            both[0].position if both else (c.rows[0].position if c.rows else None))
         if start is not None:
             self.select_position(start)
 

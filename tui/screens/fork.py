@@ -73,6 +73,7 @@ class ForkForm(ModalScreen[dict | None]):
     ForkForm Horizontal { height: 1; margin-bottom: 1; }
     ForkForm .label { width: 14; }
     ForkForm Input { width: 1fr; height: 1; border: none; padding: 0 1; }
+    ForkForm Input:focus { border: none; background: $boost; }
     ForkForm #fork-error { color: $error; height: auto; }
     """
 
