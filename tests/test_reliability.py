@@ -696,3 +696,21 @@ def test_a_deep_run_directory_is_printed_on_one_line(monkeypatch, tmp_path, star
     out = tmp_path / ("deeply-nested-" * 8) / "run"
     assert fake_run(monkeypatch, start_png, out, "--max-iters", "1") == 0
     assert f"run directory: {out}" in capsys.readouterr().err.splitlines()
+
+
+def test_a_readers_probe_of_the_lock_does_not_make_a_new_run_directory_fail(tmp_path):
+    """`is_locked` (a reader: the sweep table, `view`) takes a shared lock for an instant; a
+    writer creating or reopening the run at that moment waits it out (seen on an H200: 16
+    trajectories of one batch created side by side, one refused as 'being written')."""
+    import fcntl
+    import threading
+
+    from truthloop.store import LOCK_FILE, RunWriter
+
+    run = tmp_path / "run"
+    RunWriter.create(run, {"format": 1, "config": {}}, None).close()
+    fd = os.open(run / LOCK_FILE, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a probe in progress
+    threading.Timer(0.1, lambda: os.close(fd)).start()
+    writer = RunWriter.reopen(run)  # raised RunLocked before the fix
+    writer.close()

@@ -41,6 +41,9 @@ ERROR_FILE = "error.log"
 # Written into run.json as "format"; a reader refuses a run written in a newer format rather
 # than misreading it.
 FORMAT_VERSION = 1
+# How long a writer waits out a reader's momentary probe of the lock (see RunWriter._lock).
+LOCK_ATTEMPTS = 20
+LOCK_RETRY_S = 0.025
 
 
 class RunDirError(OneLineError):
@@ -219,9 +222,18 @@ class RunWriter:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             raise RunDirError(f"cannot write in {self.path}: {error.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        # A reader's `is_locked` holds a shared lock for an instant; a writer that meets one
+        # waits it out rather than calling the directory taken (a sweep creates many run
+        # directories side by side while its table and viewers probe them). A real writer
+        # holds its lock for the whole run, far longer than these retries.
+        for attempt in range(LOCK_ATTEMPTS):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if attempt + 1 < LOCK_ATTEMPTS:
+                    time.sleep(LOCK_RETRY_S)
+        else:
             os.close(fd)
             holder = lock_path.read_text(errors="replace").strip() or "another process"
             raise RunLocked(f"{self.path} is being written by process {holder}; "
