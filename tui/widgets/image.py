@@ -8,6 +8,7 @@ probe at all: it is what tmux, plain SSH, tests and snapshots get.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -37,12 +38,71 @@ def _quiet_probe_warnings() -> None:
         probe_log.propagate = False
 
 
-def resolve_preview(preview: str) -> str:
+# Kitty draws the graphics protocol's Unicode placeholders (what textual-image's TGP widget sends)
+# from 0.28 on; 0.26.5 (Debian 12's) answers the protocol's query, then fills the pane with
+# placeholder boxes and logs "Malformed GraphicsCommand".
+KITTY_PLACEHOLDERS = (0, 28)
+XTVERSION = re.compile(r"\x1bP>\|([A-Za-z][\w-]*)\W*([0-9][0-9.]*)?")
+
+
+def parse_xtversion(reply: str) -> tuple[str, tuple[int, ...]] | None:
+    """The terminal's name and version from its XTVERSION answer (`CSI > q` ->
+    `DCS >| kitty(0.26.5) ST`, `DCS >| XTerm(379) ST`, `DCS >| WezTerm 20240203 ST`)."""
+    match = XTVERSION.search(reply or "")
+    if not match:
+        return None
+    version = tuple(int(part) for part in (match.group(2) or "").split(".") if part.isdigit())
+    return match.group(1).strip(), version
+
+
+def tgp_usable(xtversion_reply: str) -> bool:
+    """Whether textual-image's TGP widget (Unicode placeholders) can work on this terminal: not on
+    a kitty older than 0.28. A terminal that does not say what it is gets the benefit of the
+    doubt (it answered the graphics query)."""
+    parsed = parse_xtversion(xtversion_reply)
+    if parsed is None:
+        return True
+    name, version = parsed
+    return not (name.lower() == "kitty" and version and version < KITTY_PLACEHOLDERS)
+
+
+def query_xtversion(timeout: float = 0.2) -> str:
+    """Ask the terminal what it is (`CSI > 0 q`); "" when it does not answer. Before the App starts
+    only (Textual reads stdin afterwards)."""
+    try:
+        from textual_image._terminal import capture_terminal_response
+
+        with capture_terminal_response("\x1bP>|", "\x1b\\", timeout) as response:
+            sys.__stdout__.write("\x1b[>0q")
+            sys.__stdout__.flush()
+        return response.sequence
+    except Exception:  # noqa: BLE001 - no answer, or a stray key: say nothing, assume nothing
+        return ""
+
+
+def fit_cells(box: tuple[int, int], image: tuple[int, int],
+              cell: tuple[int, int] | None) -> tuple[int, int]:
+    """The cells (columns, rows) an image of `image` pixels takes inside `box` cells, keeping its
+    aspect ratio on cells of `cell` pixels (a 1:2 cell when the terminal did not say: xterm
+    ignores the cell-size query unless allowWindowOps is on). Given the whole box (1fr x 1fr),
+    textual-image stretched a 64x64 image to ~180x305 pixels in xterm."""
+    columns, rows = box
+    width, height = image
+    cell_width, cell_height = cell if cell and cell[0] > 0 and cell[1] > 0 else (10, 20)
+    if columns < 1 or rows < 1 or width < 1 or height < 1:
+        return 0, 0
+    scale = min(columns * cell_width / width, rows * cell_height / height)
+    return (max(1, min(columns, round(width * scale / cell_width))),
+            max(1, min(rows, round(height * scale / cell_height))))
+
+
+def resolve_preview(preview: str, xtversion=query_xtversion) -> str:
     """The preview mode to use: 'tgp', 'sixel', 'halfcell' or 'none'.
 
     Call before the App starts (textual-image's probes read the terminal's answers from stdin).
     'auto' picks graphics only on a terminal that answers the probe, and not inside tmux (it needs
-    `allow-passthrough on`; ask for --preview tgp/sixel explicitly there).
+    `allow-passthrough on`; ask for --preview tgp/sixel explicitly there). TGP is used only where
+    its placeholders work (`tgp_usable`, from the terminal's XTVERSION answer); else half-blocks.
     """
     if preview in ("halfcell", "none"):
         return preview
@@ -60,15 +120,30 @@ def resolve_preview(preview: str) -> str:
             return "halfcell"
         name = getattr(renderable.Image, "__module__", "")
         if name.endswith(".tgp"):
-            return "tgp"
-        if name.endswith(".sixel"):
+            preview = "tgp"
+        elif name.endswith(".sixel"):
             return "sixel"
-        return "halfcell"
+        else:
+            return "halfcell"
     try:
         import textual_image.widget  # noqa: F401
     except Exception:  # noqa: BLE001
         return "halfcell"
+    if preview == "tgp" and not tgp_usable(xtversion()):
+        return "halfcell"
     return preview
+
+
+def cell_pixels() -> tuple[int, int] | None:
+    """The terminal's cell size in pixels as textual-image found it (the window-size ioctl's
+    pixel fields, else its answer to CSI 16 t, else a 10x20 guess), None without textual-image."""
+    try:
+        from textual_image._terminal import get_cell_size
+
+        size = get_cell_size()
+        return size.width, size.height
+    except Exception:  # noqa: BLE001
+        return None
 
 
 @lru_cache(maxsize=16)
@@ -199,3 +274,20 @@ class ImageView(Vertical):
             widget.set_path(path)
         else:
             widget.image = str(path) if path and path.exists() else None
+            self._fit_graphics()
+
+    def on_resize(self) -> None:
+        if self.mode in GRAPHICS:
+            self._fit_graphics()
+
+    def _fit_graphics(self) -> None:
+        """Size the graphics widget to the image's aspect ratio inside this view (below the
+        title): textual-image fills whatever size it is given."""
+        widget = self.query_one(".image")
+        image = load_image(self.path) if self.path else None
+        box = (self.content_size.width, max(0, self.content_size.height - 1))
+        if image is None or box[0] < 1 or box[1] < 1:
+            return
+        columns, rows = fit_cells(box, image.size, cell_pixels())
+        widget.styles.width = columns
+        widget.styles.height = rows
