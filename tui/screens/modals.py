@@ -73,9 +73,10 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         if self.mode is None:
-            from tui.screens.live import LiveScreen
-
-            live = any(isinstance(screen, LiveScreen) for screen in self.app.screen_stack)
+            # A live run screen says so itself (LiveScreen.mode): importing it here would close
+            # a circle (it imports this module for ConfirmQuit).
+            live = any(getattr(screen, "mode", None) == "live"
+                       for screen in self.app.screen_stack)
             self.mode = "live" if live else "view"
         keys = Table.grid(padding=(0, 2))
         keys.add_column(style="bold cyan", no_wrap=True)
