@@ -18,34 +18,13 @@ from typing import Any, Sequence
 from truthloop import __version__
 from truthloop import events as ev
 from truthloop.config import (
-    CAPTION_MODES, DEFAULT_RUNS_DIR, DEVICES, FEED_MODES, INTERROGATORS, PRESETS, PREVIEWS,
-    SCHEDULERS, SEED_MODES, ConfigError, RunConfig, apply_demo, apply_preset,
+    CAPTION_MODES, DEFAULT_RUNS_DIR, DEVICES, FEED_MODES, INTERROGATORS, OPTION_FIELDS, PRESETS,
+    PREVIEWS, SCHEDULERS, SEED_MODES, ConfigError, RunConfig, apply_demo, apply_preset,
 )
 from truthloop.model_ids import DEFAULT_CAPTION_MODEL, DEFAULT_CLIP_MODEL, DEFAULT_SD_MODEL
 from truthloop.text import clip, visible
 
 SAMPLE_IMAGE = Path(__file__).parent / "data" / "sample.png"
-
-# argparse dest -> (config section, field). Defaults stay None so a preset can fill what the user
-# did not say, and what the user said wins over the preset.
-OPTION_FIELDS = {
-    "models": ("models", "models"), "sd_model": ("models", "sd_model"),
-    "caption_model": ("models", "caption_model"), "clip_model": ("models", "clip_model"),
-    "device": ("models", "device"), "low_vram": ("models", "low_vram"),
-    "cuda_graphs": ("models", "cuda_graphs"),
-    "mode": ("caption", "mode"), "chunk_size": ("caption", "chunk_size"),
-    "flavor_intermediate_count": ("caption", "flavor_intermediate_count"),
-    "caption_max_length": ("caption", "caption_max_length"),
-    "interrogator": ("caption", "interrogator"),
-    "steps": ("generate", "steps"), "guidance": ("generate", "guidance"),
-    "width": ("generate", "width"), "height": ("generate", "height"),
-    "scheduler": ("generate", "scheduler"), "negative_prompt": ("generate", "negative_prompt"),
-    "seed": ("generate", "seed"), "seed_mode": ("generate", "seed_mode"),
-    "compile": ("generate", "compile"),
-    "clauses": ("loop", "clauses"), "feed": ("loop", "feed"), "max_iters": ("loop", "max_iters"),
-    "confirm_iters": ("loop", "confirm_iters"),
-}
-
 
 class UserError(Exception):
     """One line for the user, exit code 2 (bad input) unless given."""
@@ -497,9 +476,8 @@ def _add_fork_compare_commands(sub: Any) -> None:
 
 
 def _fork_options(args: argparse.Namespace) -> dict[str, Any]:
-    from truthloop.fork import FORK_FIELDS
 
-    return {name: getattr(args, name, None) for name in FORK_FIELDS}
+    return {name: getattr(args, name, None) for name in OPTION_FIELDS}
 
 
 def cmd_fork(args: argparse.Namespace) -> int:

@@ -115,6 +115,28 @@ class LoopConfig:
     confirm_iters: int = 0
 
 
+# Every run option, by its name (argparse dest) -> (RunConfig section, field): what `run`, `demo`,
+# `sweep` and `fork` accept. The CLI keeps its defaults None so a preset can fill what the user
+# did not say, and what the user said wins over the preset.
+OPTION_FIELDS = {
+    "models": ("models", "models"), "sd_model": ("models", "sd_model"),
+    "caption_model": ("models", "caption_model"), "clip_model": ("models", "clip_model"),
+    "device": ("models", "device"), "low_vram": ("models", "low_vram"),
+    "cuda_graphs": ("models", "cuda_graphs"),
+    "mode": ("caption", "mode"), "chunk_size": ("caption", "chunk_size"),
+    "flavor_intermediate_count": ("caption", "flavor_intermediate_count"),
+    "caption_max_length": ("caption", "caption_max_length"),
+    "interrogator": ("caption", "interrogator"),
+    "steps": ("generate", "steps"), "guidance": ("generate", "guidance"),
+    "width": ("generate", "width"), "height": ("generate", "height"),
+    "scheduler": ("generate", "scheduler"), "negative_prompt": ("generate", "negative_prompt"),
+    "seed": ("generate", "seed"), "seed_mode": ("generate", "seed_mode"),
+    "compile": ("generate", "compile"),
+    "clauses": ("loop", "clauses"), "feed": ("loop", "feed"), "max_iters": ("loop", "max_iters"),
+    "confirm_iters": ("loop", "confirm_iters"),
+}
+
+
 @dataclass
 class RunConfig:
     models: ModelConfig = field(default_factory=ModelConfig)

@@ -21,28 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from truthloop.config import ConfigError, RunConfig
+from truthloop.config import OPTION_FIELDS, ConfigError, RunConfig
 from truthloop.errors import OneLineError
 from truthloop.store import RUN_FILE, RunDirError, RunView, read_run, run_dir_name
 
-# The options a fork may change, as (section, field) of RunConfig: every run option.
-FORK_FIELDS = {
-    "models": ("models", "models"), "sd_model": ("models", "sd_model"),
-    "caption_model": ("models", "caption_model"), "clip_model": ("models", "clip_model"),
-    "device": ("models", "device"), "low_vram": ("models", "low_vram"),
-    "cuda_graphs": ("models", "cuda_graphs"),
-    "mode": ("caption", "mode"), "chunk_size": ("caption", "chunk_size"),
-    "flavor_intermediate_count": ("caption", "flavor_intermediate_count"),
-    "caption_max_length": ("caption", "caption_max_length"),
-    "interrogator": ("caption", "interrogator"),
-    "steps": ("generate", "steps"), "guidance": ("generate", "guidance"),
-    "width": ("generate", "width"), "height": ("generate", "height"),
-    "scheduler": ("generate", "scheduler"), "negative_prompt": ("generate", "negative_prompt"),
-    "seed": ("generate", "seed"), "seed_mode": ("generate", "seed_mode"),
-    "compile": ("generate", "compile"),
-    "clauses": ("loop", "clauses"), "feed": ("loop", "feed"), "max_iters": ("loop", "max_iters"),
-    "confirm_iters": ("loop", "confirm_iters"),
-}
 # What tells a run's models apart (compare refuses runs of different models unless one is a
 # fork of the other: a fork that changes the model is a deliberate experiment).
 MODEL_FIELDS = ("models", "sd_model", "caption_model", "clip_model")
@@ -82,7 +64,7 @@ def drawn_indices(view: RunView) -> list[int]:
 
 def plan_fork(parent_dir: Path, at: int, options: dict[str, Any] | None = None,
               out: Path | None = None, runs_dir: Path | None = None) -> ForkPlan:
-    """Check a fork of `parent_dir` at iteration `at` with `options` (FORK_FIELDS names; None =
+    """Check a fork of `parent_dir` at iteration `at` with `options` (OPTION_FIELDS names; None =
     the parent's) and say where it goes. Raises ForkError / RunDirError / ConfigError (one line).
     `out`: the fork's run directory; default: `runs_dir` (default: beside the parent)."""
     parent = read_run(Path(parent_dir))
@@ -106,9 +88,9 @@ def plan_fork(parent_dir: Path, at: int, options: dict[str, Any] | None = None,
     for name, value in (options or {}).items():
         if value is None:
             continue
-        if name not in FORK_FIELDS:
+        if name not in OPTION_FIELDS:
             raise ForkError(f"a fork cannot change {name}")
-        section, field_name = FORK_FIELDS[name]
+        section, field_name = OPTION_FIELDS[name]
         if before[section][field_name] != value:
             changed[name] = value
         setattr(getattr(config, section), field_name, value)

@@ -21,7 +21,7 @@ from truthloop.images import BadImage, load_input_image
 from truthloop.lockstep import Job as LockstepJob, Lockstep, model_key
 from truthloop.store import RUN_FILE
 from truthloop.sweep import state as st
-from truthloop.sweep.driver import POLL, Job, Progress, _poll, describe, start_ray
+from truthloop.sweep.driver import POLL, Job, Progress, _poll, describe, start_ray, start_workers
 from truthloop.sweep.spec import Trajectory
 from truthloop.sweep.state import EMBEDDING_FILE, read_summary
 from truthloop.sweep.worker import TrajectoryWorker, _model_key, resolve_factory
@@ -100,13 +100,8 @@ def run_sweep_batched(sweep_dir: Path, trajectories: list[Trajectory], backend: 
     started = start_ray(address, num_gpus)
     progress = Progress(len(trajectories), len(trajectories) - len(todo))
     try:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        count = workers or max(1, gpus)
-        count = max(1, min(count, len(todo))) if todo else 0
-        actor_class = ray.remote(BatchWorker).options(
-            num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
-            max_restarts=max_restarts, max_task_retries=max_restarts)
-        actors = [actor_class.remote(backend) for _ in range(count)]
+        actors, gpus = start_workers(BatchWorker, backend, workers, len(todo), max_restarts)
+        count = len(actors)
         shares = [todo[i::count] for i in range(count)]
         inflight = {}
         for actor, share in zip(actors, shares):

@@ -154,6 +154,23 @@ def describe(row: dict[str, Any]) -> str:
     return f"{head}: {row['iterations']} images"
 
 
+def start_workers(worker_class: type, backend: str | None, workers: int | None, todo: int,
+                  max_restarts: int) -> tuple[list[Any], int]:
+    """The sweep's long-lived workers: `workers` of them (default one per GPU Ray sees, one with
+    no GPU), never more than there is work; returns (actors, GPUs in the cluster). One GPU each
+    where there are GPUs (Ray sets CUDA_VISIBLE_DEVICES for the actor); Ray restarts a dead one
+    and retries its call (max_restarts / max_task_retries), which continues its run directories."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    count = workers or max(1, gpus)
+    count = max(1, min(count, todo)) if todo else 0
+    actor_class = ray.remote(worker_class).options(
+        num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+        max_restarts=max_restarts, max_task_retries=max_restarts)
+    return [actor_class.remote(backend) for _ in range(count)], gpus
+
+
 def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | None,
               address: str | None = None, workers: int | None = None,
               num_gpus: int | None = None, max_restarts: int = 8,
@@ -168,14 +185,8 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
     started = start_ray(address, num_gpus)
     progress = Progress(len(trajectories), len(trajectories) - len(todo))
     try:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        count = workers or max(1, gpus)
-        count = max(1, min(count, len(todo))) if todo else 0
-        # One GPU each where there are GPUs (Ray sets CUDA_VISIBLE_DEVICES for the actor).
-        actor_class = ray.remote(TrajectoryWorker).options(
-            num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
-            max_restarts=max_restarts, max_task_retries=max_restarts)
-        actors = [actor_class.remote(backend) for _ in range(count)]
+        actors, gpus = start_workers(TrajectoryWorker, backend, workers, len(todo), max_restarts)
+        count = len(actors)
         if on_started is not None:
             on_started(actors)
         queue = deque(todo)
