@@ -231,6 +231,26 @@ def test_similarities_and_timings_recorded(tmp_path):
         sum(a * b for a, b in zip(*(view_features(tmp_path, r) for r in drawn[:2]))), abs=1e-5)
 
 
+def test_time_spent_paused_is_left_out_of_the_timings(tmp_path):
+    """Paused mid-drawing for ~0.4 s: the iteration's draw and total times leave it out, and
+    `paused` says how long it was (the log is what `view` and the exports show later)."""
+    control = LoopControl()
+
+    def hook(step, paints=[0]):
+        if step == 1:
+            paints[0] += 1
+        if paints[0] == 2 and step == 2:  # inside the second image's denoising
+            control.pause()
+            threading.Timer(0.4, control.resume).start()
+
+    script = {"start": "a, 1", "a": "b, 2", "b": "b, 3"}
+    _, view = run_loop(tmp_path, script, painter=FakePainter(step_hook=hook), control=control)
+    timings = [r.timings for r in view.records if r.image]
+    assert "paused" not in timings[0]
+    assert 0.4 <= timings[1]["paused"] < 1.0
+    assert timings[1]["generate"] < 0.3 and timings[1]["total"] < 0.4
+
+
 def view_features(tmp_path, record):
     from PIL import Image
 

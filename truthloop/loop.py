@@ -184,6 +184,10 @@ class TruthLoop:
         self.summary: dict[str, Any] = {}
         self._writer: RunWriter | None = None
         self._started = time.time()
+        # Time spent paused (LoopControl), so an iteration's timings are the work's, not how long
+        # someone kept it paused: the stage clock (`_clock`) stops while paused.
+        self._paused_s = 0.0
+        self._pause_began: float | None = None
         # The RESUMABLE options this process changed (resume), and its entry in summary.json's
         # "segments": one per process that ran the run (started, options, device, models...).
         self.changed_options: dict[str, Any] = {}
@@ -349,13 +353,14 @@ class TruthLoop:
             if index >= cfg.loop.max_iters:
                 return self._finish("max_iters")
             self.emit(ev.IterationStarted(index))
-            t_start = time.perf_counter()
+            paused_before = self._paused_s
+            t_start = self._clock()
             if index == 0 and cfg.start_prompt is not None:
                 caption, compared, fed = None, cfg.start_prompt, cfg.start_prompt
             else:
                 caption = backends.captioner.caption(current)
                 compared, fed = compared_and_fed(caption, cfg.loop.clauses, cfg.loop.feed)
-            t_caption = time.perf_counter()
+            t_caption = self._clock()
             repeat_of = keys.get(compared)
             self.emit(ev.CaptionReady(index, caption, fed, compared, repeat_of))
             if repeat_of is not None and cycle is None:
@@ -386,18 +391,18 @@ class TruthLoop:
                 backends.painter.preview = on_preview if self.live_preview else None
 
             image = backends.painter.paint(fed, on_step)
-            t_generate = time.perf_counter()
+            t_generate = self._clock()
             features = embed(image)
             if start_features is None:
                 start_features = features
             sim_prev = cosine(features, previous_features)
             sim_start = cosine(features, start_features)
-            t_similarity = time.perf_counter()
+            t_similarity = self._clock()
             record.image = self._writer.write_image(index, image)
             record.rng_state = backends.painter.rng_state()
             record.sim_prev = _round(sim_prev)
             record.sim_start = _round(sim_start)
-            t_end = time.perf_counter()
+            t_end = self._clock()
             record.timings = {
                 "caption": round(t_caption - t_start, 4),
                 "generate": round(t_generate - t_caption, 4),
@@ -405,6 +410,8 @@ class TruthLoop:
                 "save": round(t_end - t_similarity, 4),
                 "total": round(t_end - t_start, 4),
             }
+            if self._paused_s > paused_before:  # left out of the stages above, said here
+                record.timings["paused"] = round(self._paused_s - paused_before, 4)
             self._writer.append_record(record)
             self.records.append(record)
             keys.setdefault(compared, index)
@@ -414,8 +421,21 @@ class TruthLoop:
             index += 1
 
     def _checkpoint(self, index: int) -> None:
-        self.control.checkpoint(on_pause=lambda: self.emit(ev.Paused(index)),
-                                on_resume=lambda: self.emit(ev.Resumed(index)))
+        def paused() -> None:
+            self._pause_began = time.perf_counter()
+            self.emit(ev.Paused(index))
+
+        def resumed() -> None:
+            if self._pause_began is not None:
+                self._paused_s += time.perf_counter() - self._pause_began
+                self._pause_began = None
+            self.emit(ev.Resumed(index))
+
+        self.control.checkpoint(on_pause=paused, on_resume=resumed)
+
+    def _clock(self) -> float:
+        """perf_counter minus the time spent paused: stage timings leave pauses out."""
+        return time.perf_counter() - self._paused_s
 
     def _finish(self, status: str, last: Record | None = None) -> dict[str, Any]:
         self.summary.update(result_fields(self.records))

@@ -7,20 +7,17 @@ queue when the UI falls behind (`can_replace`). Keys act through the loop's `Loo
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from textual import on, work
 from textual.binding import Binding
 from textual.worker import Worker, WorkerState
 
-from truthloop.record import Record
 from truthloop.store import read_records
 from truthloop.text import visible
 from tui import messages as m
 from tui.screens.modals import ConfirmQuit
 from tui.screens.run import BROWSE_BINDINGS, BROWSE_COMMANDS, FINAL, RunScreen
-from tui.widgets.log_table import LogTable
 from tui.widgets.status import StatusBar
 
 
@@ -45,12 +42,6 @@ class LiveScreen(RunScreen):
         self.loop_active = False
         self.failed = False
         self._quit_requested = False
-        # Time spent paused inside the iteration being run (the draw column is the image's
-        # time, not the time someone kept it paused): from the Paused / Resumed messages' times,
-        # stamped when the loop emitted them.
-        self._running_index: int | None = None
-        self._paused_since: float | None = None
-        self._paused_for = 0.0
 
     def start(self) -> None:
         self.loop.live_preview = getattr(self.app, "live_preview", True)
@@ -121,7 +112,6 @@ class LiveScreen(RunScreen):
 
     @on(m.IterationStarted)
     def _iteration_started(self, message: m.IterationStarted) -> None:
-        self._running_index, self._paused_since, self._paused_for = message.index, None, 0.0
         self.query_one(StatusBar).set(iteration=message.index, step=None, steps=None)
         if self.state == "loading":
             self.state = "running"
@@ -137,24 +127,18 @@ class LiveScreen(RunScreen):
 
     @on(m.IterationDone)
     def _iteration_done(self, message: m.IterationDone) -> None:
-        self.add_record(without_pauses(message.record, self._paused_for)
-                        if message.record.index == self._running_index else message.record)
-        self._running_index, self._paused_since, self._paused_for = None, None, 0.0
+        # Its timings leave out time spent paused (the loop's stage clock stops meanwhile).
+        self.add_record(message.record)
         self.query_one(StatusBar).set(step=None, steps=None)
 
     @on(m.Paused)
     def _paused(self, message: m.Paused) -> None:
-        if message.index == self._running_index and self._paused_since is None:
-            self._paused_since = message.time  # inside an iteration (not between two)
         self.query_one(StatusBar).set(iteration=message.index)
         if self.state not in FINAL and self.state != "stopping":
             self.state = "paused"
 
     @on(m.Resumed)
     def _resumed(self, message: m.Resumed) -> None:
-        if message.index == self._running_index and self._paused_since is not None:
-            self._paused_for += max(0.0, message.time - self._paused_since)
-            self._paused_since = None
         if self.state in ("paused", "pausing"):
             self.state = "running"
 
@@ -251,17 +235,3 @@ class LiveScreen(RunScreen):
 
     def on_unmount(self) -> None:
         self.loop.control.stop()  # never leave the engine running behind a closed UI
-
-
-def without_pauses(record: Record, paused: float) -> Record:
-    """`record` with the time spent paused taken out of its draw and total times (the loop's
-    clock runs on while it waits at a checkpoint: all of them lie between its caption and its
-    image), and kept as timings["paused"]."""
-    if paused <= 0:
-        return record
-    timings = dict(record.timings)
-    for name in ("generate", "total"):
-        if isinstance(timings.get(name), (int, float)):
-            timings[name] = round(max(0.0, timings[name] - paused), 4)
-    timings["paused"] = round(paused, 4)
-    return replace(record, timings=timings)
