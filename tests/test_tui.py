@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from fakes import FakePainter
+from truthloop import events as ev
 from truthloop.record import Record
 from truthloop.store import read_run
 from tui.app import TruthLoopApp
@@ -412,6 +413,29 @@ async def test_a_burst_of_denoise_steps_collapses_to_the_newest(tmp_path):
             assert "iteration #0" in status and "denoise ████████████ 50/50" in status
             hold.release.set()
             await wait_for(pilot, lambda: app.run_screen.state == "converged")
+    finally:
+        hold.release.set()
+        loop.control.stop()
+
+
+async def test_the_status_line_keeps_saying_the_device_fell_back_to_the_cpu(tmp_path):
+    from tui import messages as m
+
+    hold = HoldAt(paint=1, step=1)
+    loop = make_loop(tmp_path / "run", painter=FakePainter(steps=2, step_hook=hold))
+    hold.control = loop.control
+    app = live_app(loop)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, hold.reached.is_set)
+            app.run_screen.post_message(m.from_event(ev.Notice(
+                f"{ev.DEVICE_FALLBACK} (this torch is a CPU-only build)")))
+            app.run_screen.post_message(m.from_event(ev.Ready("cpu", 1.0)))
+            await pilot.pause()
+            await pilot.pause()
+            status = str(app.query_one("#status").render())
+            assert "device cpu (auto: no usable GPU)" in status
+            hold.release.set()
     finally:
         hold.release.set()
         loop.control.stop()

@@ -33,6 +33,10 @@ class Loading(Event):
     total: int | None = None
 
 
+# How a Notice words the --device auto fallback to the CPU (the TUI's status line keeps it).
+DEVICE_FALLBACK = "--device auto: running on the CPU"
+
+
 @dataclass(frozen=True)
 class Notice(Event):
     """One line the user should read while models load (e.g. a withdrawn model id swapped for its

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from truthloop.config import SCHEDULER_CLASSES, ModelConfig
 from truthloop.errors import OneLineError
+from truthloop.events import DEVICE_FALLBACK
 from truthloop.model_ids import CAPTION_MODEL_IDS, download_hint, mirror_of
 from truthloop.text import first_line
 
@@ -71,7 +72,7 @@ def pick_device(requested: str, notice: Progress = lambda message: None) -> str:
     else:
         why = (f"torch built for CUDA {torch.version.cuda} finds no usable GPU: none visible, "
                f"or the driver is too old")
-    notice(f"--device auto: running on the CPU ({why})")
+    notice(f"{DEVICE_FALLBACK} ({why})")
     return "cpu"
 
 

@@ -13,6 +13,7 @@ from textual import on, work
 from textual.binding import Binding
 from textual.worker import Worker, WorkerState
 
+from truthloop import events as ev
 from truthloop.store import read_records
 from truthloop.text import visible
 from tui import messages as m
@@ -103,10 +104,15 @@ class LiveScreen(RunScreen):
     def _notice(self, message: m.Notice) -> None:
         # Plain text: the message can name a user-given id or path.
         self.notify(visible(message.message), markup=False, timeout=15)
+        if message.message.startswith(ev.DEVICE_FALLBACK):
+            # The notification goes away; the status line keeps saying it.
+            self._device_note = "auto: no usable GPU"
 
     @on(m.Ready)
     def _models_ready(self, message: m.Ready) -> None:
-        self.query_one(StatusBar).set(device=message.device, loading="")
+        note = getattr(self, "_device_note", None)
+        device = f"{message.device} ({note})" if note else message.device
+        self.query_one(StatusBar).set(device=device, loading="")
         if self.state == "loading":
             self.state = "running"
 
