@@ -20,43 +20,11 @@ as `truthloop run`. Batched, the arithmetic is another kernel's:
 
 from __future__ import annotations
 
-import base64
 from typing import Any, Callable
 
 from truthloop.config import RunConfig
 from truthloop.loop import EventSink
-
-
-class Stream:
-    """One trajectory's generator: reseed: a fresh one from the seed for every image; shared: one
-    for the whole trajectory, its state saved in each record (resume)."""
-
-    def __init__(self, config: RunConfig, device: str):
-        import torch
-
-        self.generate = config.generate
-        self.device = "cuda" if device == "cuda" else "cpu"  # as Painter: MPS draws on the CPU
-        self._shared = torch.Generator(self.device).manual_seed(self.generate.seed)
-
-    def generator(self) -> Any:
-        import torch
-
-        if self.generate.seed_mode == "shared":
-            return self._shared
-        return torch.Generator(self.device).manual_seed(self.generate.seed)
-
-    def rng_state(self) -> str | None:
-        if self.generate.seed_mode != "shared":
-            return None
-        return base64.b64encode(self._shared.get_state().numpy().tobytes()).decode()
-
-    def set_rng_state(self, state: str | None) -> None:
-        if self.generate.seed_mode != "shared" or not state:
-            return
-        import torch
-
-        raw = bytearray(base64.b64decode(state))
-        self._shared.set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
+from truthloop.ml.generate import RandomStream
 
 
 class BatchedBackends:
@@ -85,11 +53,11 @@ class BatchedBackends:
             torch._dynamo.config.automatic_dynamic_shapes = False
         self.batch_sizes: list[tuple[str, int]] = []  # (kind, rows) of each call, for tests/bench
 
-    def stream(self, config: RunConfig) -> Stream:
-        return Stream(config, self.device)
+    def stream(self, config: RunConfig) -> RandomStream:
+        return RandomStream(config.generate, self.device)
 
     # -- drawing ---------------------------------------------------------------------------------
-    def paint(self, prompts: list[str], streams: list[Stream],
+    def paint(self, prompts: list[str], streams: list[RandomStream],
               on_step: Callable[[int, int], None], pad_to: int | None = None) -> list[Any]:
         if self.exact:
             images = []

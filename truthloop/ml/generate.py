@@ -8,6 +8,41 @@ from typing import Any, Callable
 from truthloop.config import GenerateConfig
 
 
+class RandomStream:
+    """One trajectory's random stream. reseed: a fresh generator seeded with `seed` for every
+    image; shared: one generator for the whole trajectory, its state exposed (as text, kept in
+    each record) so a resumed run continues the same stream. A single run's Painter and each
+    trajectory of a lockstep batch (ml.batched) draw from one of these."""
+
+    def __init__(self, config: GenerateConfig, device: str):
+        import torch
+
+        self.config = config
+        # MPS generators are not reproducible across runs; draw noise on the CPU there.
+        self.device = "cuda" if device == "cuda" else "cpu"
+        self._shared = torch.Generator(self.device).manual_seed(config.seed)
+
+    def generator(self) -> Any:
+        import torch
+
+        if self.config.seed_mode == "shared":
+            return self._shared
+        return torch.Generator(self.device).manual_seed(self.config.seed)
+
+    def rng_state(self) -> str | None:
+        if self.config.seed_mode != "shared":
+            return None
+        return base64.b64encode(self._shared.get_state().numpy().tobytes()).decode()
+
+    def set_rng_state(self, state: str | None) -> None:
+        if self.config.seed_mode != "shared" or not state:
+            return
+        import torch
+
+        raw = bytearray(base64.b64decode(state))
+        self._shared.set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
+
+
 class Painter:
     """Draws one image per prompt.
 
@@ -17,13 +52,10 @@ class Painter:
     """
 
     def __init__(self, pipe: Any, config: GenerateConfig, device: str, cuda_graphs: bool = False):
-        import torch
-
         self.pipe = pipe
         self.config = config
-        # MPS generators are not reproducible across runs; draw noise on the CPU there.
-        self.generator_device = "cuda" if device == "cuda" else "cpu"
-        self._shared = torch.Generator(self.generator_device).manual_seed(config.seed)
+        self.device = device
+        self._stream = RandomStream(config, device)
         # A watcher of the denoising (the TUI's live preview) sets `preview` to a callable
         # (step, width, height, rgb_bytes); it gets the current latent as RGB every
         # `preview_every` steps. None (headless): the latents are never touched.
@@ -40,13 +72,6 @@ class Painter:
             if config.compile:
                 compile_pipeline(pipe)
             self.graphed_unet.graphed.enabled = cuda_graphs
-
-    def _generator(self) -> Any:
-        import torch
-
-        if self.config.seed_mode == "shared":
-            return self._shared
-        return torch.Generator(self.generator_device).manual_seed(self.config.seed)
 
     def paint(self, prompt: str, on_step: Callable[[int, int], None],
               generator: Any = None) -> Any:
@@ -75,29 +100,22 @@ class Painter:
                 guidance_scale=self.config.guidance,
                 width=self.config.width,
                 height=self.config.height,
-                generator=self._generator() if generator is None else generator,
+                generator=self._stream.generator() if generator is None else generator,
                 callback_on_step_end=step_end,
             )
         return result.images[0]
 
     def rng_state(self) -> str | None:
-        if self.config.seed_mode != "shared":
-            return None
-        return base64.b64encode(self._shared.get_state().numpy().tobytes()).decode()
+        return self._stream.rng_state()
 
     def set_rng_state(self, state: str | None) -> None:
-        if self.config.seed_mode != "shared" or not state:
-            return
-        import torch
-
-        raw = bytearray(base64.b64decode(state))
-        self._shared.set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
+        self._stream.set_rng_state(state)
 
     def start_trajectory(self, config: GenerateConfig) -> None:
         """Draw the next trajectory with these settings (a sweep worker keeps the models loaded
         across trajectories of different seeds): a fresh shared generator from its seed."""
         self.config = config
-        self._shared.manual_seed(config.seed)
+        self._stream = RandomStream(config, self.device)
 
 
 def _has_offload_hooks(module: Any) -> bool:
