@@ -301,10 +301,7 @@ class RunView:
 
     @property
     def status(self) -> str:
-        status = (self.summary or {}).get("status", "unknown")
-        if status == "running" and not is_locked(self.path):
-            return "interrupted"
-        return status
+        return run_status(self.path, self.summary)
 
     def image_path(self, record: Record) -> Path | None:
         return self.path / record.image if record.image else None
@@ -313,6 +310,15 @@ class RunView:
     def input_path(self) -> Path | None:
         path = self.path / INPUT_FILE
         return path if path.exists() else None
+
+
+def run_status(path: Path, summary: dict[str, Any] | None, missing: str = "unknown") -> str:
+    """The run's status as summary.json says, except that a "running" run whose writer holds no
+    lock any more was interrupted (killed, or its machine lost). `missing`: no status written."""
+    status = (summary or {}).get("status", missing)
+    if status == "running" and not is_locked(path):
+        return "interrupted"
+    return status
 
 
 def is_locked(path: Path) -> bool:

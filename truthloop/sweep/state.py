@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from truthloop.store import (
-    LOG_FILE, RUN_FILE, SUMMARY_FILE, atomic_write_bytes, is_locked, json_bytes,
+    LOG_FILE, RUN_FILE, SUMMARY_FILE, atomic_write_bytes, json_bytes, run_status,
 )
 from truthloop.sweep.spec import TABLE_FILE, Trajectory
 
@@ -63,9 +63,8 @@ def trajectory_row(sweep_dir: Path, trajectory: Trajectory) -> dict[str, Any]:
     if not (run_dir / RUN_FILE).exists():
         return row
     summary = read_summary(run_dir) or {}
-    status = summary.get("status", "running")
-    if status == "running" and not is_locked(run_dir):
-        status = "interrupted"
+    # No summary yet beside a run.json: a run being created (or killed while it was).
+    status = run_status(run_dir, summary, missing="running")
     row["state"] = status
     last = last_record(run_dir)
     if last is not None:
