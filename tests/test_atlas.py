@@ -12,7 +12,8 @@ pytest.importorskip("sklearn")
 import sweep_fakes  # noqa: E402
 from sweep_fakes import make_sweep  # noqa: E402
 from faulthelpers import assert_one_clean_error_line, run_main  # noqa: E402
-from truthloop.lookback.atlas import build_atlas, canonical, write_atlas  # noqa: E402
+from truthloop.lookback.atlas import build_atlas, write_atlas  # noqa: E402
+from truthloop.record import canonical_cycle as canonical  # noqa: E402
 
 
 def test_cycles_entered_at_any_phase_are_one_attractor():

@@ -476,7 +476,6 @@ def _add_fork_compare_commands(sub: Any) -> None:
 
 
 def _fork_options(args: argparse.Namespace) -> dict[str, Any]:
-
     return {name: getattr(args, name, None) for name in OPTION_FIELDS}
 
 

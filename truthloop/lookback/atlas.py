@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from truthloop.record import canonical_cycle
+from truthloop.record import canonical_cycle, cycle_prompts
 from truthloop.store import atomic_write_bytes, atomic_write_json, read_records
 from truthloop.sweep import state as st
 from truthloop.sweep.spec import ATLAS_DIR, SpecError, read_spec, trajectories
@@ -39,10 +39,6 @@ class AtlasError(Exception):
     """One line for the user."""
 
 
-# The rotation-invariant key of a cycle lives in the core (compare uses it too).
-canonical = canonical_cycle
-
-
 def _embedding(run_dir: Path) -> dict[str, Any] | None:
     try:
         data = json.loads((run_dir / st.EMBEDDING_FILE).read_text(encoding="utf-8"))
@@ -51,13 +47,11 @@ def _embedding(run_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _compared_cycle(run_dir: Path, summary: dict[str, Any], stored: dict | None) -> list[str]:
+def _compared_cycle(run_dir: Path, stored: dict | None) -> list[str]:
+    """The cycle's compared prompts: as the worker stored them, else from the run's log."""
     if stored and isinstance(stored.get("compared"), list) and stored["compared"]:
         return [str(p) for p in stored["compared"]]
-    cycle = summary.get("cycle") or {}
-    start, length = cycle.get("start", 0), cycle.get("length", 0)
-    records = read_records(run_dir)[start:start + length]
-    return [r["compared"] if isinstance(r, dict) else r.compared for r in records]
+    return cycle_prompts(read_records(run_dir)) or []
 
 
 def _vector(stored: dict | None) -> list[float] | None:
@@ -93,7 +87,7 @@ def build_atlas(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
         run_dir = trajectory.run_dir(sweep_dir)
         summary = st.read_summary(run_dir) or {}
         stored = _embedding(run_dir)
-        key = canonical(_compared_cycle(run_dir, summary, stored))
+        key = canonical_cycle(_compared_cycle(run_dir, stored))
         entry = attractors.setdefault(key, {
             "prompts": list(key), "length": len(key),
             "kind": "fixed_point" if len(key) == 1 else "cycle",
