@@ -62,14 +62,16 @@ class BatchModels(Protocol):
 BatchModelsFactory = Callable[[RunConfig, Callable[[ev.Event], None]], BatchModels]
 
 
-def model_key(config: RunConfig) -> dict[str, Any]:
+def model_key(config: RunConfig, with_seed: bool = False) -> dict[str, Any]:
     """What all trajectories of one lockstep batch must share: every setting but the seed, the
-    seed mode, the loop's rules and the start (those stay per trajectory)."""
+    seed mode, the loop's rules and the start (those stay per trajectory). `with_seed`: the seed
+    and seed mode too (for models that serve one seed only)."""
     data = config.to_dict()
     for key in ("loop", "input_image", "start_prompt", "preset"):
         data.pop(key, None)
-    data["generate"] = {k: v for k, v in data["generate"].items()
-                        if k not in ("seed", "seed_mode")}
+    if not with_seed:
+        data["generate"] = {k: v for k, v in data["generate"].items()
+                            if k not in ("seed", "seed_mode")}
     return data
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from truthloop.config import ConfigError, RunConfig
 from truthloop.images import BadImage, load_input_image
+from truthloop.lockstep import model_key
 from truthloop.loop import Backends, LoopFailed, TruthLoop
 from truthloop.store import (
     RUN_FILE, RunDirError, RunLocked, atomic_write_json, read_records, read_run,
@@ -38,15 +39,10 @@ def resolve_factory(name: str | None) -> Callable[..., Backends]:
 
 
 def _model_key(config: RunConfig, exact: bool) -> str:
-    """What decides the loaded backends. The seed and seed mode only when the painter cannot be
-    pointed at another trajectory's seed (`start_trajectory`); the loop's rules never."""
-    data = config.to_dict()
-    for key in ("loop", "input_image", "start_prompt", "preset"):
-        data.pop(key, None)
-    if not exact:
-        data["generate"] = {k: v for k, v in data["generate"].items()
-                            if k not in ("seed", "seed_mode")}
-    return json.dumps(data, sort_keys=True)
+    """What decides the loaded backends (lockstep.model_key, as text). The seed and seed mode only
+    when the painter cannot be pointed at another trajectory's seed (`start_trajectory`); the
+    loop's rules never."""
+    return json.dumps(model_key(config, with_seed=exact), sort_keys=True)
 
 
 class TrajectoryWorker:
