@@ -4,6 +4,8 @@ random-weight stack (bench/fullsize.py), all through the engine a sweep uses.
 
     python bench/bench_batch.py --sizes 1,4,8,16 --trajectories 16 --iterations 4
     python bench/bench_batch.py --sizes 16 --compile-sizes 16 --fast dpm++:25
+    python bench/bench_batch.py --sizes "" --compile-sizes 16 --fast dpm++:25 \
+        --iterations 5 --reference-iterations 3 --skip 3
     python bench/bench_batch.py --tiny --sizes 1,2 --trajectories 3 --iterations 3   # CPU smoke
 
 Every variant runs the same trajectories (start prompts, one seed each, the article preset's
@@ -72,7 +74,7 @@ class Stack:
         self.default_scheduler = self.pipe.scheduler
         self.compiled = False
 
-    def factory(self, exact: bool):
+    def factory(self, exact: bool, rank_threads: int | None = None):
         def build(config: RunConfig, emit):
             self._set_scheduler(config.generate.scheduler)
             generate = config.generate
@@ -87,7 +89,7 @@ class Stack:
             b = self.backends
             backends = Backends(captioner=b.captioner, painter=painter, embedder=b.embedder,
                                 device=b.device, details=b.details, loaded=b.loaded)
-            return BatchedBackends(backends, config, exact=exact)
+            return BatchedBackends(backends, config, exact=exact, rank_threads=rank_threads)
         return build
 
     def _set_scheduler(self, name: str) -> None:
@@ -114,7 +116,7 @@ def trajectory_configs(base: RunConfig, count: int, iterations: int) -> list[Run
 
 
 def run_variant(stack: Stack, work: Path, label: str, size: int, exact: bool, configs,
-                skip: int) -> dict:
+                skip: int, rank_threads: int | None = None) -> dict:
     import gc
     import shutil
 
@@ -130,7 +132,7 @@ def run_variant(stack: Stack, work: Path, label: str, size: int, exact: bool, co
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
     reset_peak()
-    engine = Lockstep(stack.factory(exact), size, exact=exact)
+    engine = Lockstep(stack.factory(exact, rank_threads), size, exact=exact)
     sync()
     start = time.perf_counter()
     outcomes = engine.run([Job(out / f"{n:03d}", config, key=n) for n, config in enumerate(configs)])
@@ -143,7 +145,9 @@ def run_variant(stack: Stack, work: Path, label: str, size: int, exact: bool, co
     runs = [read_run(out / f"{n:03d}") if (out / f"{n:03d}").is_dir() else None
             for n in range(len(configs))]
     result = {
-        "size": size, "exact": exact, "wall_s": wall, "images": engine.images,
+        "size": size, "exact": exact, "trajectories": len(configs),
+        "rank_threads": None if exact else engine.models.rank_threads,
+        "wall_s": wall, "images": engine.images,
         "throughput": speed, "peak_gib": peak_gib(),
         "statuses": [o["status"] for o in outcomes], "errors": problems,
         "prompts": [[r.fed_prompt for r in view.records] if view else [] for view in runs],
@@ -155,6 +159,10 @@ def run_variant(stack: Stack, work: Path, label: str, size: int, exact: bool, co
     }
     RESULTS["variants"][label] = result
     per = speed["per_second"]
+    served = speed.get("served_seconds") or {}
+    images = speed["images"] or 1
+    print(f"  {label}: served per image: " + ", ".join(
+        f"{kind} {seconds / images:.3f} s" for kind, seconds in sorted(served.items())), flush=True)
     print(f"  {label}: {per and f'{per:.3f}'} trajectory-iterations/s "
           f"({speed['images']} images in {speed['seconds']:.1f} s after warm-up; wall "
           f"{wall:.1f} s; peak {result['peak_gib']:.2f} GiB; {_count(result['statuses'])})",
@@ -183,7 +191,10 @@ def compare(reference: dict, other: dict) -> dict:
     from PIL import Image
 
     same, first_diff, diffs = 0, [], []
-    for ref, got in zip(reference["prompts"], other["prompts"]):
+    # A variant may run more iterations (or more trajectories) than the reference: only what
+    # both ran is compared.
+    pairs = [(ref, got[:len(ref)]) for ref, got in zip(reference["prompts"], other["prompts"])]
+    for ref, got in pairs:
         if ref == got:
             same += 1
         else:
@@ -196,7 +207,7 @@ def compare(reference: dict, other: dict) -> dict:
     compared = sum(max(len(p) - 1, 0) for p in reference["prompts"])  # captioned iterations
     differing = sum(
         sum(1 for i, (a, b) in enumerate(zip(ref, got)) if i and a != b) + abs(len(ref) - len(got))
-        for ref, got in zip(reference["prompts"], other["prompts"]))
+        for ref, got in pairs)
     return {"identical_trajectories": same, "trajectories": len(reference["prompts"]),
             "first_difference_at": sorted(first_diff), "captioned_iterations": compared,
             "differing_prompts": differing,
@@ -291,7 +302,8 @@ def print_table(title: str, order: list[str]) -> None:
     seed = RESULTS.get("seed_stack", {}).get("iteration_s")
     table = Table(title=title)
     for column in ("variant", "s / traj-it", "traj-it / GPU-s", "× single default",
-                   "vs seed stack", "peak GiB", "prompts vs single default", "first image"):
+                   "vs seed stack", "served s / image: draw, caption, features", "peak GiB",
+                   "prompts vs single default", "first image"):
         table.add_column(column, overflow="fold")
     for label in order:
         v = variants.get(label)
@@ -306,10 +318,14 @@ def print_table(title: str, order: list[str]) -> None:
         image = (f"max {c['first_image_max_diff']}/255, mean {c['first_image_mean_diff']:.2f}; "
                  f"{c['first_images_bit_equal']} bit-equal"
                  if c and c["first_image_max_diff"] is not None else "")
+        served = v["throughput"].get("served_seconds") or {}
+        count = v["throughput"]["images"] or 1
+        breakdown = ", ".join(f"{served.get(kind, 0.0) / count:.3f}"
+                              for kind in ("paint", "caption", "features"))
         table.add_row(label, f"{1 / per:.3f}" if per else "-", f"{per:.3f}" if per else "-",
                       f"{per / ref_speed:.2f}×" if per and ref_speed else "-",
                       f"{(1 / per) / seed:.2f}×" if per and seed and v["size"] == 1 else "",
-                      f"{v['peak_gib']:.2f}", prompts, image)
+                      breakdown, f"{v['peak_gib']:.2f}", prompts, image)
     Console(width=200).print(table)
 
 
@@ -330,8 +346,14 @@ def main() -> None:
                         help="also the single run with --compile (exact, batch 1)")
     parser.add_argument("--fast", default="",
                         help="faster arithmetic to measure, SCHED:STEPS[,...], e.g. dpm++:25")
+    parser.add_argument("--one-rank-thread", action="store_true",
+                        help="also the largest compiled batch with the captions' ranking in one "
+                             "thread (the default ranks in 2 threads on a GPU)")
     parser.add_argument("--trajectories", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=4, help="images per trajectory")
+    parser.add_argument("--reference-iterations", type=int,
+                        help="images per trajectory of the single-run reference (default: "
+                             "--iterations); prompts are compared over the iterations both ran")
     parser.add_argument("--skip", type=int, default=2,
                         help="drawing batches not timed (captures, compiles)")
     parser.add_argument("--no-seed-stack", dest="seed_stack", action="store_false")
@@ -360,10 +382,16 @@ def main() -> None:
     RESULTS.update(machine=machine, args=vars(args))
     stack = Stack(base)
     print(f"models loaded in {stack.load_seconds:.1f} s ({machine})", flush=True)
-    configs = trajectory_configs(base, args.trajectories, args.iterations)
     order: list[str] = []
 
-    def variant(label, size, exact, scheduler="default", steps=None, compile_=False):
+    def variant(label, size, exact, scheduler="default", steps=None, compile_=False,
+                rank_threads=None):
+        if exact:
+            iterations = (args.reference_iterations or args.iterations) \
+                if label == "single default" else args.iterations
+            configs = trajectory_configs(base, args.trajectories, iterations)
+        else:
+            configs = trajectory_configs(base, max(args.trajectories, size), args.iterations)
         cs = []
         for config in configs:
             config = RunConfig.from_dict(config.to_dict())
@@ -372,7 +400,7 @@ def main() -> None:
             config.generate.compile = compile_
             cs.append(config)
         order.append(label)
-        result = run_variant(stack, work, label, size, exact, cs, args.skip)
+        result = run_variant(stack, work, label, size, exact, cs, args.skip, rank_threads)
         if label != "single default":
             result["vs_single_default"] = compare(RESULTS["variants"]["single default"], result)
         return result
@@ -383,10 +411,10 @@ def main() -> None:
             variant(f"batch {size}", size, False)
         if args.stage_checks:
             stage_checks(stack, reference, sizes)
-        largest = max(sizes) if sizes else 1
-        for scheduler, steps in fast:
+        for scheduler, steps in fast if sizes else []:  # eager: only beside eager batches
             variant(f"single {scheduler} {steps} steps", 1, True, scheduler, steps)
-            variant(f"batch {largest} {scheduler} {steps} steps", largest, False, scheduler, steps)
+            variant(f"batch {max(sizes)} {scheduler} {steps} steps", max(sizes), False,
+                    scheduler, steps)
         if args.seed_stack and reference["first_images"][0]:
             seed_stack_iteration(stack, reference["first_images"][0])
         # torch.compile changes the shared UNet for good: compiled variants come last.
@@ -394,6 +422,9 @@ def main() -> None:
             variant("single --compile", 1, True, compile_=True)
         for size in compile_sizes:
             variant(f"batch {size} --compile", size, False, compile_=True)
+        if compile_sizes and args.one_rank_thread:
+            variant(f"batch {max(compile_sizes)} --compile, 1 rank thread", max(compile_sizes),
+                    False, compile_=True, rank_threads=1)
         if compile_sizes:
             for scheduler, steps in fast:
                 variant(f"batch {max(compile_sizes)} --compile {scheduler} {steps} steps",

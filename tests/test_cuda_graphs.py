@@ -180,3 +180,31 @@ def test_chain_encoder_on_the_gpu_close_to_encode_text(cuda_interrogator):
                 reference = ci.clip_model.encode_text(torch.from_numpy(rows).cuda()).float()
             scale = reference.abs().max().item()
             assert (ours - reference).abs().max().item() < 1e-2 * scale, (fixed, prefix)
+
+
+
+def test_batched_captions_reuse_the_graphed_features_with_the_same_numbers(truthloop_cache):
+    """On the GPU (CUDA graphs, fp16): the features a batch keeps for the caption of the same
+    image, its preprocessing in threads, and its ranking in two threads on two streams (each
+    with its own graphs) give what one thread computing everything anew gives."""
+    from PIL import Image
+
+    from truthloop.config import RunConfig
+    from truthloop.ml.backends import load_backends
+    from truthloop.ml.batched import BatchedBackends
+
+    cfg = RunConfig(start_prompt="-")
+    cfg.models.models, cfg.models.device = "tiny", "cuda"
+    cfg.caption.mode = "best"
+    single = load_backends(cfg, lambda event: None)
+    images = [Image.fromarray(a) for a in np.random.default_rng(3).integers(
+        0, 256, (4, 64, 64, 3), dtype=np.uint8)]
+    threaded = BatchedBackends(single, cfg)  # ranks in 2 threads on their own streams
+    assert threaded.rank_threads == 2
+    for _ in range(3):  # eager, capture, replay
+        batched = BatchedBackends(single, cfg, rank_threads=1)
+        assert batched.features(images) == [single.embedder.features(i) for i in images]
+        captions = batched.caption(images)
+        assert BatchedBackends(single, cfg, rank_threads=1).caption(
+            [i.copy() for i in images]) == captions
+        assert threaded.caption([i.copy() for i in images]) == captions

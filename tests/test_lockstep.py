@@ -224,3 +224,43 @@ def test_a_tiny_batch_repeats_itself_and_resumes(tmp_path, tiny_interrogator, ca
     view = read_run(run_dir)
     assert view.summary["status"] == "max_iters" and len(view.records) == 3
     assert view.problems == [] and resume_problem(view) is None
+
+
+def test_batched_models_reuse_work_with_the_same_numbers(tiny_interrogator):
+    """What a batch does once (the negative prompt's encoding, an image's CLIP features shared by
+    its drift columns and its caption) and side by side (preprocessing in threads) gives a single
+    run's numbers."""
+    import torch
+
+    from truthloop.config import SEED_NEGATIVE_PROMPT
+    from truthloop.ml.backends import load_backends
+    from truthloop.ml.batched import BatchedBackends
+
+    cfg = RunConfig(start_prompt="-")
+    cfg.models.models, cfg.models.device = "tiny", "cpu"
+    cfg.caption.mode = "best"
+    cfg.generate.negative_prompt = SEED_NEGATIVE_PROMPT
+    single = load_backends(cfg, lambda event: None)
+    batched = BatchedBackends(single, cfg)
+    pipe = single.painter.pipe
+    with torch.inference_mode():
+        embeds, uncond = pipe.encode_prompt("a red bicycle", "cpu", 1, True,
+                                            negative_prompt=SEED_NEGATIVE_PROMPT)
+        assert torch.equal(batched._negative_embeds(pipe, "cpu"), uncond)
+        assert torch.equal(pipe.encode_prompt("a red bicycle", "cpu", 1, False)[0], embeds)
+
+    images = [fakes.start_image(), *(single.painter.paint(p, lambda s, t: None)
+                                     for p in ("a cat", "a lighthouse"))]
+    assert batched.features(images) == [single.embedder.features(i) for i in images]
+    assert len(batched._features) == 3
+    captions = batched.caption(images)  # the features above serve the ranking
+    assert batched._features == {}
+    fresh = BatchedBackends(single, cfg)
+    assert fresh.caption([i.copy() for i in images]) == captions  # computed anew: the same
+    assert captions == [single.captioner.caption(i) for i in images]
+    # ranked in two threads (each its own interrogator): the same strings
+    threaded = BatchedBackends(single, cfg, rank_threads=2)
+    for _ in range(2):
+        assert threaded.caption([i.copy() for i in images]) == captions
+    assert len(threaded._rankers) == 2 and threaded._rankers[0] is single.captioner.fast
+    assert threaded._rankers[1].merged is single.captioner.fast.merged  # tables shared

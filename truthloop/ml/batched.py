@@ -16,10 +16,19 @@ as `truthloop run`. Batched, the arithmetic is another kernel's:
   a single run computes, so a trajectory's prompt differs from its single run only where BLIP's
   batched logits pick another token.
 - features for the drift columns: per image, as a single run.
+
+What a single run does twice or one image at a time on the host, a batch does once or side by side,
+with the same numbers: the negative prompt is encoded once (a single run encodes the same text
+alone on every image); the images' CPU preprocessing (BLIP's and CLIP's resizing and
+normalising, ~20 ms an image) runs in a thread pool (Pillow and numpy let the threads run side
+by side); and the CLIP image features the drift columns ask for are kept for the caption of the
+same image, which a single run computes again.
 """
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from typing import Any, Callable
 
 from truthloop.config import RunConfig
@@ -31,7 +40,7 @@ class BatchedBackends:
     """`truthloop.lockstep.BatchModels` over one run's loaded backends."""
 
     def __init__(self, backends: Any, config: RunConfig, exact: bool = False,
-                 decode_batched: bool = False):
+                 decode_batched: bool = False, rank_threads: int | None = None):
         self.backends = backends
         self.config = config
         self.exact = exact
@@ -52,6 +61,18 @@ class BatchedBackends:
 
             torch._dynamo.config.automatic_dynamic_shapes = False
         self.batch_sizes: list[tuple[str, int]] = []  # (kind, rows) of each call, for tests/bench
+        # id(image) -> (image, CLIP image features): the features call's, for the caption of the
+        # same image (the image is held so its id cannot be reused meanwhile).
+        self._features: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+        self._pool = None
+        # The ranking (`best`'s chain, ~0.1 s an image, half of it the host's Python between
+        # small kernels) of a tick's images in this many threads, each with its own interrogator
+        # (`FastInterrogator.sibling`) and CUDA stream: one thread's Python runs while another
+        # waits for its kernels. Image i goes to thread i % n, so who ranks what is fixed.
+        self.rank_threads = rank_threads or (2 if self.device == "cuda" else 1)
+        self._rankers: list[Any] = []
+        self._rank_streams: list[Any] = []
+        self._rank_pool = None
 
     def stream(self, config: RunConfig) -> RandomStream:
         return RandomStream(config.generate, self.device)
@@ -79,16 +100,13 @@ class BatchedBackends:
         guidance = generate.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
         device = pipe._execution_device
         with torch.inference_mode():
-            positive, negative = [], []
-            for prompt in prompts:
-                embeds, uncond = pipe.encode_prompt(
-                    prompt, device, 1, guidance,
-                    negative_prompt=generate.negative_prompt or None)
-                positive.append(embeds)
-                negative.append(uncond)
+            # Each prompt alone at batch 1, as a single run encodes it. encode_prompt encodes a
+            # negative prompt alone too, the same way, so one encoding serves every row.
+            positive = [pipe.encode_prompt(prompt, device, 1, False)[0] for prompt in prompts]
+            negative = [self._negative_embeds(pipe, device)] * count if guidance else []
             if rows > count:  # throw-away rows: the last prompt again, noise from seed 0
                 positive += [positive[-1]] * (rows - count)
-                negative += [negative[-1]] * (rows - count)
+                negative += negative[-1:] * (rows - count)
                 generators = generators + [torch.Generator(generators[0].device).manual_seed(0)
                                            for _ in range(rows - count)]
             total = generate.steps
@@ -115,7 +133,43 @@ class BatchedBackends:
                 vae.use_slicing = slicing
         return list(result.images[:count])
 
+    def _negative_embeds(self, pipe: Any, device: Any) -> Any:
+        text = self.config.generate.negative_prompt or ""
+        key = (text, id(pipe.text_encoder))
+        if key not in self._negative:
+            self._negative[key] = pipe.encode_prompt(text, device, 1, False)[0]
+        return self._negative[key]
+
     # -- captions --------------------------------------------------------------------------------
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """fn over items in a thread pool (CPU preprocessing), results in order."""
+        if len(items) < 2:
+            return [fn(item) for item in items]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+                                            thread_name_prefix="truthloop-preprocess")
+        return list(self._pool.map(fn, items))
+
+    def _image_features(self, images: list[Any]) -> list[Any]:
+        """CLIP image features of each image (the fast interrogator's, at batch 1 as a single
+        run), those the features call computed taken from it."""
+        fast = self.captioner.fast
+        found: dict[int, Any] = {}
+        for index, image in enumerate(images):
+            held = self._features.get(id(image))
+            if held is not None and held[0] is image:
+                found[index] = held[1]
+        missing = [i for i in range(len(images)) if i not in found]
+        pixels = self.map(fast.preprocess, [images[i] for i in missing])
+        for index, value in zip(missing, pixels):
+            found[index] = fast.pixel_features(value)
+            self._features[id(images[index])] = (images[index], found[index])
+        while len(self._features) > 64:
+            self._features.popitem(last=False)
+        return [found[i] for i in range(len(images))]
+
     def caption(self, images: list[Any]) -> list[str]:
         captioner = self.captioner
         mode = captioner.config.mode
@@ -127,19 +181,60 @@ class BatchedBackends:
         self.batch_sizes.append(("caption", len(images)))
         if mode == "caption":
             return texts
-        fast = captioner.fast
-        rank = {"best": fast.interrogate, "fast": fast.interrogate_fast,
-                "classic": fast.interrogate_classic}[mode]
-        return [rank(image, caption=text) for image, text in zip(images, texts)]
+        features = self._image_features(images)
+        for image in images:  # captioned: its features are not asked for again
+            self._features.pop(id(image), None)
+        return self._rank(mode, images, texts, features)
+
+    def _rank(self, mode: str, images: list[Any], texts: list[str],
+              features: list[Any]) -> list[str]:
+        def rank(ranker: Any, index: int) -> str:
+            method = {"best": ranker.interrogate, "fast": ranker.interrogate_fast,
+                      "classic": ranker.interrogate_classic}[mode]
+            return method(images[index], caption=texts[index], features=features[index])
+
+        count = min(self.rank_threads, len(images))
+        if count < 2:
+            return [rank(self.captioner.fast, i) for i in range(len(images))]
+        self._start_rankers(count)
+        out: list[str] = [""] * len(images)
+        main_stream = _current_stream(self.device)
+
+        def thread(number: int) -> None:
+            ranker, stream = self._rankers[number], self._rank_streams[number]
+            with _on_stream(stream, after=main_stream):
+                for index in range(number, len(images), count):
+                    out[index] = rank(ranker, index)
+
+        for future in [self._rank_pool.submit(thread, n) for n in range(count)]:
+            future.result()
+        return out
+
+    def _start_rankers(self, count: int) -> None:
+        if len(self._rankers) >= count:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        fast = self.captioner.fast
+        while len(self._rankers) < count:
+            self._rankers.append(fast if not self._rankers else fast.sibling())
+            self._rank_streams.append(_new_stream(self.device))
+        if self._rank_pool is not None:
+            self._rank_pool.shutdown(wait=False)
+        self._rank_pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="truthloop-rank")
 
     def blip(self) -> "BatchedBlip":
         if self._blip is None:
-            self._blip = BatchedBlip(self.captioner.ci, cuda_graphs=self.captioner.cuda_graphs)
+            self._blip = BatchedBlip(self.captioner.ci, cuda_graphs=self.captioner.cuda_graphs,
+                                     map=self.map)
         return self._blip
 
     def features(self, images: list[Any]) -> list[Any]:
         embedder = self.backends.embedder
-        return [embedder.features(image) for image in images]
+        if self.exact or embedder.fast is None:
+            return [embedder.features(image) for image in images]
+        # ClipEmbedder.features' numbers, kept for the caption of the same image
+        return [f[0].float().cpu().tolist() for f in self._image_features(images)]
 
 
 class BatchedBlip:
@@ -147,7 +242,8 @@ class BatchedBlip:
     (each row decodes on its own: no padding, the same start token, so no mask), every step
     decoded to max_new_tokens and each row cut at its first SEP, as HF's batched generate does."""
 
-    def __init__(self, ci: Any, cuda_graphs: bool = True):
+    def __init__(self, ci: Any, cuda_graphs: bool = True,
+                 map: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None):
         from truthloop.ml.cudagraph import CudaGraphed
         from truthloop.ml.fastcaption import FastCaptioner
 
@@ -161,17 +257,19 @@ class BatchedBlip:
             pixel_values, self.max_new_tokens, look_for_eos=False), name="blip-batch")
         self._decode.enabled = cuda_graphs
         self.reason: str | None = None
+        self.map = map or (lambda fn, items: [fn(item) for item in items])
 
     def captions(self, images: list[Any]) -> list[str]:
         import torch
 
         ci = self.ci
         ci._prepare_caption()
-        inputs = self.fast.processor(images=images, return_tensors="pt").to(self.fast.device)
-        inputs = inputs.to(self.fast.dtype)
-        pixel_values = inputs["pixel_values"]
-        probe = dict(inputs)
-        probe["pixel_values"] = pixel_values[:1]
+        # The processor handles each image on its own; one image a thread, then stacked.
+        processor = self.fast.processor
+        pixel_values = torch.cat(self.map(
+            lambda image: processor(images=[image], return_tensors="pt")["pixel_values"], images))
+        pixel_values = pixel_values.to(self.fast.device).to(self.fast.dtype)
+        probe = {"pixel_values": pixel_values[:1]}
         self.reason = self.fast.unsupported(probe, self.max_new_tokens)
         if self.reason is not None or ci.config.caption_model_name.startswith("git-"):
             return [ci.generate_caption(image) for image in images]
@@ -186,6 +284,46 @@ class BatchedBlip:
                     row = row[:int(hits[0, 0]) + 2]
             texts.append(self.fast._decode(row[None]))
         return texts
+
+
+def _new_stream(device: str) -> Any:
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.Stream()
+
+
+def _current_stream(device: str) -> Any:
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.current_stream()
+
+
+class _on_stream:
+    """Run on `stream` (after the work queued on `after`, whose tensors it reads), and wait for
+    it at the end: the caller gets strings, and the interrogator's CUDA graph buffers are free
+    for its next call. Off CUDA: nothing."""
+
+    def __init__(self, stream: Any, after: Any):
+        self.stream, self.after, self.context = stream, after, None
+
+    def __enter__(self) -> None:
+        if self.stream is None:
+            return
+        import torch
+
+        self.stream.wait_stream(self.after)
+        self.context = torch.cuda.stream(self.stream)
+        self.context.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.stream is None:
+            return
+        self.context.__exit__(*exc)
+        self.stream.synchronize()
 
 
 def load_batched(config: RunConfig, emit: EventSink, exact: bool = False) -> BatchedBackends:

@@ -15,6 +15,7 @@ capture fails, that signature stays eager. Off CUDA, or with autograd on, it is 
 
 from __future__ import annotations
 
+import threading
 from contextlib import nullcontext
 from typing import Any, Callable
 
@@ -35,6 +36,9 @@ def _outputs(result: Any) -> tuple[torch.Tensor, ...]:
 
 
 _CAPTURE_STREAMS: dict[int, Any] = {}
+# One capture at a time in the process: captures share the capture stream, and two lanes of a
+# lockstep batch (truthloop.lockstep) may each meet a new shape at once.
+_CAPTURE_LOCK = threading.Lock()
 
 
 def _capture_stream() -> Any:
@@ -92,7 +96,8 @@ class CudaGraphed:
                 self._seen.add(key)
                 return self.fn(*tensors)
             try:
-                captured = self._capture(tensors)
+                with _CAPTURE_LOCK:
+                    captured = self._capture(tensors)
             except Exception as error:  # noqa: BLE001 - any capture failure: stay eager
                 self._failed[key] = f"{type(error).__name__}: {error}"
                 torch.cuda.synchronize()
@@ -121,7 +126,10 @@ class CudaGraphed:
         graph = torch.cuda.CUDAGraph()
         if self.shared_pool and self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._pool, stream=stream), self._no_autocast_cache():
+        # thread_local: another thread's work on its own stream (a lockstep lane captioning while
+        # this one draws) does not break this capture; this thread's unsafe calls still do.
+        with torch.cuda.graph(graph, pool=self._pool, stream=stream,
+                              capture_error_mode="thread_local"), self._no_autocast_cache():
             result = self.fn(*inputs)
         single = not isinstance(result, tuple)
         return _Captured(graph, inputs, _outputs(result), single)

@@ -133,7 +133,7 @@ class FastInterrogator:
     def __init__(self, ci, tie_tol: Optional[float] = None, batch_size: Optional[int] = None,
                  cuda_graphs: bool = True, recheck: str = "auto", recheck_pad: int = 32,
                  recheck_verify: int = 3, fixed_shapes: Optional[bool] = None,
-                 graph_recheck: bool = True):
+                 graph_recheck: bool = True, tables_from: Optional["FastInterrogator"] = None):
         """`tie_tol`: accept the fast encoder's winner in `rank_top` only if every other candidate
         scores more than this below it, else recompute that link as the original does. Default:
         1e-4 on CPU, 1e-3 on the GPU (fp16).
@@ -160,7 +160,12 @@ class FastInterrogator:
         CUDA graphs too; the verification above compares those replayed numbers with the full
         batch's. On an H200 it took `best` from 0.171 to 0.141 s per image, the same string on
         50/50 images and no verification mismatch (bench/ --part best).
+        `tables_from`: share that interrogator's label tables and token caches (`sibling`).
         """
+        self._init_args = dict(tie_tol=tie_tol, batch_size=batch_size, cuda_graphs=cuda_graphs,
+                               recheck=recheck, recheck_pad=recheck_pad,
+                               recheck_verify=recheck_verify, fixed_shapes=fixed_shapes,
+                               graph_recheck=graph_recheck)
         self.ci = ci
         self.device = torch.device(ci.device)
         self.tie_tol = (DEFAULT_CPU_TIE_TOL if self.device.type == "cpu" else DEFAULT_GPU_TIE_TOL) \
@@ -200,10 +205,23 @@ class FastInterrogator:
         tok = ci.tokenize
         self._simple_tok = (isinstance(tok, SimpleTokenizer) and tok.reduction_fn is None
                             and tok.clean_fn is _clean_lower)
-        self._ids_cache: dict[str, list[int]] = {}
         self._chosen: Optional[tuple[str, np.ndarray]] = None  # the last rank_top's pick, ids
-        self._composable: dict[str, bool] = {}
         self._survivor_memo = None
+        self._prefix_ok = supports_prefix(ci.clip_model)
+        self._pass_cost = _pass_cost_in_tokens(ci.clip_model, self.device.type)
+        if fixed_shapes is None:
+            fixed_shapes = bool(cuda_graphs) and self.device.type == "cuda"
+        self.fixed_shapes = bool(fixed_shapes) and self._prefix_ok
+        if tables_from is not None:
+            # Read-only tables; the caches only ever gain the same value for a key.
+            self._ids_cache = tables_from._ids_cache
+            self._composable = tables_from._composable
+            for name in ("merged", "artists", "flavors", "mediums", "movements", "trendings",
+                         "negative"):
+                setattr(self, name, getattr(tables_from, name))
+            return
+        self._ids_cache: dict[str, list[int]] = {}
+        self._composable: dict[str, bool] = {}
 
         config = ci.config
         tables = [ci.artists, ci.flavors, ci.mediums, ci.movements, ci.trendings]
@@ -221,11 +239,12 @@ class FastInterrogator:
         self.artists, self.flavors, self.mediums, self.movements, self.trendings = views
         self.negative = _Table(ci.negative.labels, self._stack(ci.negative.embeds).to(self.device),
                                lambda: ci.negative.chunk_size)
-        self._prefix_ok = supports_prefix(ci.clip_model)
-        self._pass_cost = _pass_cost_in_tokens(ci.clip_model, self.device.type)
-        if fixed_shapes is None:
-            fixed_shapes = bool(cuda_graphs) and self.device.type == "cuda"
-        self.fixed_shapes = bool(fixed_shapes) and self._prefix_ok
+
+    def sibling(self) -> "FastInterrogator":
+        """Another interrogator like this one, to rank other images in another thread: the same
+        label tables and token caches, its own CUDA graphs (their buffers are per call) and its
+        own per-call state. It computes what this one computes."""
+        return FastInterrogator(self.ci, **self._init_args, tables_from=self)
 
     @staticmethod
     def _stack(embeds) -> torch.Tensor:
@@ -242,11 +261,17 @@ class FastInterrogator:
     # ---------------------------------------------------------------- public modes
 
     def image_features(self, image) -> torch.Tensor:
-        ci = self.ci
-        ci._prepare_clip()
-        images = ci.clip_preprocess(image).unsqueeze(0).to(self.device)
+        return self.pixel_features(self.preprocess(image))
+
+    def preprocess(self, image) -> torch.Tensor:
+        """CLIP's preprocessing of one image (CPU work; Pillow lets other threads run)."""
+        self.ci._prepare_clip()
+        return self.ci.clip_preprocess(image)
+
+    def pixel_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """image_features of an image already preprocessed, (1, dim)."""
         with torch.no_grad():
-            return self._image_features(images)
+            return self._image_features(pixels.unsqueeze(0).to(self.device))
 
     def _image_features_eager(self, images):
         # image_to_features' own computation (cast cache off: see _text_similarity_eager).
@@ -256,9 +281,11 @@ class FastInterrogator:
             return features
 
     def interrogate(self, image, caption: Optional[str] = None, *, min_flavors: int = 8,
-                    max_flavors: int = 32) -> str:
+                    max_flavors: int = 32, features: Optional[torch.Tensor] = None) -> str:
+        """`features`: this image's image_features, if already computed (the same numbers)."""
         caption = caption or self.ci.generate_caption(image)
-        features = self.image_features(image)
+        if features is None:
+            features = self.image_features(image)
         flaves = self._rank(self.merged, features, self.ci.config.flavor_intermediate_count)
         best_prompt, best_sim = caption, self._similarity(features, caption)
         best_prompt = self._chain(features, flaves, best_prompt, best_sim, min_count=min_flavors,
@@ -271,12 +298,12 @@ class FastInterrogator:
         return candidates[np.argmax(self._similarities(features, candidates))]
 
     def interrogate_fast(self, image, caption: Optional[str] = None, *,
-                         max_flavors: int = 32) -> str:
-        return self._fast(image, None, max_flavors, caption)
+                         max_flavors: int = 32, features: Optional[torch.Tensor] = None) -> str:
+        return self._fast(image, features, max_flavors, caption)
 
     def interrogate_classic(self, image, caption: Optional[str] = None, *,
-                            max_flavors: int = 3) -> str:
-        return self._classic(image, None, max_flavors, caption)
+                            max_flavors: int = 3, features: Optional[torch.Tensor] = None) -> str:
+        return self._classic(image, features, max_flavors, caption)
 
     def interrogate_negative(self, image, *, max_flavors: int = 32) -> str:
         features = self.image_features(image)
