@@ -49,9 +49,25 @@ def test_a_batched_sweep_is_the_one_at_a_time_sweep(tmp_path, capsys):
         assert batched.info["batch"]["size"] == 3 and "batch" not in single.info
         if batched.summary["status"] == "converged":
             assert (tmp_path / "batched" / "runs" / name / "embedding.json").exists()
-    assert json.loads((tmp_path / "batched" / "sweep.json").read_text())["batch"] == 3
+    spec = json.loads((tmp_path / "batched" / "sweep.json").read_text())
+    assert spec["batch"] == 3
+    # --batch compiles by default; a worker without CUDA (this one) draws eagerly and says so
+    assert spec["config"]["generate"]["compile"] is True
+    assert {read_run(tmp_path / "batched" / "runs" / name).config["generate"]["compile"]
+            for name in runs} == {False}
     # the same command again: nothing left to do; another --batch is another sweep
     assert run_main(["sweep", tmp_path / "batched", *common, "--batch", "3"]) == 0
     capsys.readouterr()
     assert run_main(["sweep", tmp_path / "batched", *common, "--batch", "2"]) == 2
     assert "batch: was 3, now 2" in capsys.readouterr().err
+
+
+def test_batch_options_that_cannot_go_together_say_so(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a1\n")
+    common = ["--prompts", str(prompts), "--seeds", "1", "--backend", "batch_fakes:attractor_factory"]
+    assert run_main(["sweep", tmp_path / "a", *common, "--exact", "--batch", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["truthloop: error: --exact runs one trajectory at a time: leave out --batch, "
+                   "or leave out --exact"]
+    assert not (tmp_path / "a").exists()

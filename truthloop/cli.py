@@ -182,6 +182,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--seed-mode", choices=SEED_MODES)
     generate.add_argument("--compile", action="store_true", default=None,
                           help="torch.compile the UNet and VAE (CUDA; pays off on long runs)")
+    generate.add_argument("--no-compile", dest="compile", action="store_false",
+                          help="eager kernels, nothing compiled (the default of `run`; "
+                               "`sweep --batch N` compiles on GPUs unless this is given)")
     generate.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                           default=None, help="launch every kernel eagerly instead of replaying "
                           "CUDA graphs (same numbers either way; for debugging)")

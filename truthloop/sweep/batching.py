@@ -44,6 +44,10 @@ class BatchWorker(TrajectoryWorker):
         outcomes: list[dict[str, Any] | None] = [None] * len(jobs)
         groups: dict[str, list[LockstepJob]] = {}
         configs = [RunConfig.from_dict(job["config"]) for job in jobs]
+        for config in configs:
+            if config.generate.compile and not _cuda_here(config):
+                # torch.compile serves the CUDA path only: a new run records what it will do.
+                config.generate.compile = False
         for number, (job, config) in enumerate(zip(jobs, configs)):
             run_dir = Path(job["run_dir"])
             if (run_dir / RUN_FILE).exists():
@@ -84,6 +88,16 @@ class BatchWorker(TrajectoryWorker):
                                               f"embedding: {type(error).__name__}: {error}"}
             del engine
         return [outcome or {"status": "error", "message": "not run"} for outcome in outcomes]
+
+
+def _cuda_here(config: RunConfig) -> bool:
+    if config.models.device not in ("auto", "cuda"):
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def run_sweep_batched(sweep_dir: Path, trajectories: list[Trajectory], backend: str | None,

@@ -198,6 +198,10 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
                 progress.note(f"{len(todo)} of {len(trajectories)} trajectories to run on "
                               f"{count} worker{'s' if count != 1 else ''}"
                               f"{f' ({gpus} GPUs)' if gpus else ' (no GPU)'}")
+                if gpus and len(todo) >= 2 * count:
+                    progress.note("one at a time, each exactly `truthloop run`; with many "
+                                  "trajectories, --batch 16 draws ~2.2x the images per "
+                                  "GPU-second (docs/batching.md)")
             while queue or inflight:
                 while idle and queue:
                     actor, trajectory = idle.pop(), queue.popleft()
