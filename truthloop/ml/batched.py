@@ -202,7 +202,7 @@ class BatchedBackends:
 
         def thread(number: int) -> None:
             ranker, stream = self._rankers[number], self._rank_streams[number]
-            with _on_stream(stream, after=main_stream):
+            with _OnStream(stream, after=main_stream):
                 for index in range(number, len(images), count):
                     out[index] = rank(ranker, index)
 
@@ -302,7 +302,7 @@ def _current_stream(device: str) -> Any:
     return torch.cuda.current_stream()
 
 
-class _on_stream:
+class _OnStream:
     """Run on `stream` (after the work queued on `after`, whose tensors it reads), and wait for
     it at the end: the caller gets strings, and the interrogator's CUDA graph buffers are free
     for its next call. Off CUDA: nothing."""
