@@ -159,15 +159,20 @@ def run_variant(stack: Stack, work: Path, label: str, size: int, exact: bool, co
     }
     RESULTS["variants"][label] = result
     per = speed["per_second"]
-    served = speed.get("served_seconds") or {}
-    images = speed["images"] or 1
     print(f"  {label}: served per image: " + ", ".join(
-        f"{kind} {seconds / images:.3f} s" for kind, seconds in sorted(served.items())), flush=True)
+        f"{kind} {seconds:.3f} s" for kind, seconds in served_per_image(speed).items()), flush=True)
     print(f"  {label}: {per and f'{per:.3f}'} trajectory-iterations/s "
           f"({speed['images']} images in {speed['seconds']:.1f} s after warm-up; wall "
           f"{wall:.1f} s; peak {result['peak_gib']:.2f} GiB; {_count(result['statuses'])})",
           flush=True)
     return result
+
+
+def served_per_image(speed: dict) -> dict[str, float]:
+    """Seconds each kind of batch was served, per image drawn in the timed window."""
+    served = speed.get("served_seconds") or {}
+    images = speed["images"] or 1
+    return {kind: served.get(kind, 0.0) / images for kind in ("paint", "caption", "features")}
 
 
 def _calls(sizes: list[tuple[str, int]]) -> dict:
@@ -318,10 +323,8 @@ def print_table(title: str, order: list[str]) -> None:
         image = (f"max {c['first_image_max_diff']}/255, mean {c['first_image_mean_diff']:.2f}; "
                  f"{c['first_images_bit_equal']} bit-equal"
                  if c and c["first_image_max_diff"] is not None else "")
-        served = v["throughput"].get("served_seconds") or {}
-        count = v["throughput"]["images"] or 1
-        breakdown = ", ".join(f"{served.get(kind, 0.0) / count:.3f}"
-                              for kind in ("paint", "caption", "features"))
+        breakdown = ", ".join(f"{seconds:.3f}"
+                              for seconds in served_per_image(v["throughput"]).values())
         table.add_row(label, f"{1 / per:.3f}" if per else "-", f"{per:.3f}" if per else "-",
                       f"{per / ref_speed:.2f}×" if per and ref_speed else "-",
                       f"{(1 / per) / seed:.2f}×" if per and seed and v["size"] == 1 else "",

@@ -14,7 +14,7 @@ as `truthloop run`. Batched, the arithmetic is another kernel's:
 - captions: BLIP's greedy decode at batch B (the fast caption's own ops, graphed per batch size);
   then clip-interrogator's ranking (`best`'s chain and the others) per image, on the CLIP features
   a single run computes, so a trajectory's prompt differs from its single run only where BLIP's
-  batched logits pick another token.
+  batched logits pick another token. On a GPU the images are ranked in two threads.
 - features for the drift columns: per image, as a single run.
 
 What a single run does twice or one image at a time on the host, a batch does once or side by side,
@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from truthloop.config import RunConfig
 from truthloop.loop import EventSink
@@ -52,7 +53,7 @@ class BatchedBackends:
         self.has_embedder = backends.embedder is not None
         self.painter = backends.painter
         self.captioner = backends.captioner
-        self._negative: dict[tuple, Any] = {}
+        self._negative: Any = None  # the negative prompt's embeddings (_negative_embeds)
         self._blip = None
         if config.generate.compile and not exact:
             # A batch of another size would otherwise recompile the UNet into one dynamic-shape
@@ -103,12 +104,11 @@ class BatchedBackends:
             # Each prompt alone at batch 1, as a single run encodes it. encode_prompt encodes a
             # negative prompt alone too, the same way, so one encoding serves every row.
             positive = [pipe.encode_prompt(prompt, device, 1, False)[0] for prompt in prompts]
-            negative = [self._negative_embeds(pipe, device)] * count if guidance else []
             if rows > count:  # throw-away rows: the last prompt again, noise from seed 0
                 positive += [positive[-1]] * (rows - count)
-                negative += negative[-1:] * (rows - count)
                 generators = generators + [torch.Generator(generators[0].device).manual_seed(0)
                                            for _ in range(rows - count)]
+            negative = torch.cat([self._negative_embeds(pipe, device)] * rows) if guidance else None
             total = generate.steps
 
             def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
@@ -121,7 +121,7 @@ class BatchedBackends:
             try:
                 result = pipe(
                     prompt_embeds=torch.cat(positive),
-                    negative_prompt_embeds=torch.cat(negative) if guidance else None,
+                    negative_prompt_embeds=negative,
                     num_inference_steps=total,
                     guidance_scale=generate.guidance,
                     width=generate.width,
@@ -134,11 +134,11 @@ class BatchedBackends:
         return list(result.images[:count])
 
     def _negative_embeds(self, pipe: Any, device: Any) -> Any:
-        text = self.config.generate.negative_prompt or ""
-        key = (text, id(pipe.text_encoder))
-        if key not in self._negative:
-            self._negative[key] = pipe.encode_prompt(text, device, 1, False)[0]
-        return self._negative[key]
+        # Every trajectory of a batch has this batch's settings, so one negative prompt.
+        if self._negative is None:
+            text = self.config.generate.negative_prompt or ""
+            self._negative = pipe.encode_prompt(text, device, 1, False)[0]
+        return self._negative
 
     # -- captions --------------------------------------------------------------------------------
     def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
@@ -202,7 +202,7 @@ class BatchedBackends:
 
         def thread(number: int) -> None:
             ranker, stream = self._rankers[number], self._rank_streams[number]
-            with _OnStream(stream, after=main_stream):
+            with _on_stream(stream, after=main_stream):
                 for index in range(number, len(images), count):
                     out[index] = rank(ranker, index)
 
@@ -302,28 +302,22 @@ def _current_stream(device: str) -> Any:
     return torch.cuda.current_stream()
 
 
-class _OnStream:
+@contextmanager
+def _on_stream(stream: Any, after: Any) -> Iterator[None]:
     """Run on `stream` (after the work queued on `after`, whose tensors it reads), and wait for
     it at the end: the caller gets strings, and the interrogator's CUDA graph buffers are free
-    for its next call. Off CUDA: nothing."""
+    for its next call. Off CUDA (no stream): nothing."""
+    if stream is None:
+        yield
+        return
+    import torch
 
-    def __init__(self, stream: Any, after: Any):
-        self.stream, self.after, self.context = stream, after, None
-
-    def __enter__(self) -> None:
-        if self.stream is None:
-            return
-        import torch
-
-        self.stream.wait_stream(self.after)
-        self.context = torch.cuda.stream(self.stream)
-        self.context.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.stream is None:
-            return
-        self.context.__exit__(*exc)
-        self.stream.synchronize()
+    stream.wait_stream(after)
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:
+        stream.synchronize()
 
 
 def load_batched(config: RunConfig, emit: EventSink, exact: bool = False) -> BatchedBackends:

@@ -36,8 +36,8 @@ def _outputs(result: Any) -> tuple[torch.Tensor, ...]:
 
 
 _CAPTURE_STREAMS: dict[int, Any] = {}
-# One capture at a time in the process: captures share the capture stream, and two lanes of a
-# lockstep batch (truthloop.lockstep) may each meet a new shape at once.
+# One capture at a time in the process: captures share the capture stream, and the ranking
+# threads of a batch (truthloop.ml.batched) may each meet a new shape at once.
 _CAPTURE_LOCK = threading.Lock()
 
 
@@ -126,8 +126,8 @@ class CudaGraphed:
         graph = torch.cuda.CUDAGraph()
         if self.shared_pool and self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        # thread_local: another thread's work on its own stream (a lockstep lane captioning while
-        # this one draws) does not break this capture; this thread's unsafe calls still do.
+        # thread_local: another thread's work on its own stream (another ranking thread of a
+        # batch) does not break this capture; this thread's unsafe calls still do.
         with torch.cuda.graph(graph, pool=self._pool, stream=stream,
                               capture_error_mode="thread_local"), self._no_autocast_cache():
             result = self.fn(*inputs)

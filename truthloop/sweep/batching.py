@@ -21,7 +21,9 @@ from truthloop.images import BadImage, load_input_image
 from truthloop.lockstep import Job as LockstepJob, Lockstep, model_key
 from truthloop.store import RUN_FILE
 from truthloop.sweep import state as st
-from truthloop.sweep.driver import POLL, Job, Progress, _poll, describe, start_ray, start_workers
+from truthloop.sweep.driver import (
+    POLL, Job, Progress, _poll, describe, outcome_row, start_note, start_ray, start_workers,
+)
 from truthloop.sweep.spec import Trajectory
 from truthloop.sweep.state import EMBEDDING_FILE, read_summary
 from truthloop.sweep.worker import TrajectoryWorker, _model_key, resolve_factory
@@ -91,13 +93,13 @@ class BatchWorker(TrajectoryWorker):
 
 
 def _cuda_here(config: RunConfig) -> bool:
-    if config.models.device not in ("auto", "cuda"):
-        return False
+    """Whether this worker's models will run on CUDA (the device rule the models load with)."""
+    from truthloop.ml.models import ModelUnavailable, pick_device
+
     try:
-        import torch
-    except ImportError:
+        return pick_device(config.models.device) == "cuda"
+    except ModelUnavailable:  # the load will say so, once, for the run
         return False
-    return torch.cuda.is_available()
 
 
 def run_sweep_batched(sweep_dir: Path, trajectories: list[Trajectory], backend: str | None,
@@ -126,9 +128,8 @@ def run_sweep_batched(sweep_dir: Path, trajectories: list[Trajectory], backend: 
         last_look = 0.0
         with progress:
             if todo:
-                progress.note(f"{len(todo)} of {len(trajectories)} trajectories to run on "
-                              f"{count} worker{'s' if count != 1 else ''}, {size} at a time each"
-                              f"{f' ({gpus} GPUs)' if gpus else ' (no GPU)'}")
+                start_note(progress, len(todo), len(trajectories), count, gpus,
+                           f", {size} at a time each")
             while inflight:
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL)
                 for ref in ready:
@@ -141,9 +142,7 @@ def run_sweep_batched(sweep_dir: Path, trajectories: list[Trajectory], backend: 
                                      f"worker lost: {type(cause).__name__}: "
                                      f"{first_line(cause)}"}] * len(share)
                     for trajectory, outcome in zip(share, outcomes):
-                        row = st.trajectory_row(sweep_dir, trajectory)
-                        if outcome.get("status") == "error" and row["state"] != "error":
-                            row["state"], row["message"] = "error", outcome.get("message")
+                        row = outcome_row(sweep_dir, trajectory, outcome)
                         rows[trajectory.number] = row
                         _poll(jobs[trajectory.number], progress)
                         if trajectory.number not in reported:

@@ -195,9 +195,7 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
         last_table = last_poll = 0.0
         with progress:
             if todo:
-                progress.note(f"{len(todo)} of {len(trajectories)} trajectories to run on "
-                              f"{count} worker{'s' if count != 1 else ''}"
-                              f"{f' ({gpus} GPUs)' if gpus else ' (no GPU)'}")
+                start_note(progress, len(todo), len(trajectories), count, gpus)
                 if gpus and len(todo) >= 2 * count:
                     progress.note("one at a time, each exactly `truthloop run`; with many "
                                   "trajectories, --batch 16 draws ~2.2x the images per "
@@ -227,9 +225,7 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
                         outcome = {"status": "error",
                                    "message": f"{type(cause).__name__}: {first_line(cause)}"}
                     _poll(job, progress)
-                    row = st.trajectory_row(sweep_dir, job.trajectory)
-                    if outcome.get("status") == "error" and row["state"] != "error":
-                        row["state"], row["message"] = "error", outcome.get("message")
+                    row = outcome_row(sweep_dir, job.trajectory, outcome)
                     rows[job.trajectory.number] = row
                     progress.finished(describe(row))
                 # A stat per running trajectory: every 0.5 s, or less often when there are so
@@ -254,6 +250,22 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
     rows = st.table(sweep_dir, trajectories)
     st.write_table(sweep_dir, rows)
     return rows
+
+
+def start_note(progress: Progress, todo: int, total: int, workers: int, gpus: int,
+               each: str = "") -> None:
+    progress.note(f"{todo} of {total} trajectories to run on {workers} "
+                  f"worker{'s' if workers != 1 else ''}{each}"
+                  f"{f' ({gpus} GPUs)' if gpus else ' (no GPU)'}")
+
+
+def outcome_row(sweep_dir: Path, trajectory: Trajectory, outcome: dict[str, Any]) -> dict[str, Any]:
+    """The trajectory's row as its run directory says, marked as an error if its worker said
+    so and the directory could not (a run that never started, a worker lost)."""
+    row = st.trajectory_row(sweep_dir, trajectory)
+    if outcome.get("status") == "error" and row["state"] != "error":
+        row["state"], row["message"] = "error", outcome.get("message")
+    return row
 
 
 def _write_table(sweep_dir: Path, rows: list[dict[str, Any]], inflight: dict) -> None:
