@@ -19,10 +19,10 @@ from truthloop import __version__
 from truthloop import events as ev
 from truthloop.config import (
     CAPTION_MODES, DEFAULT_RUNS_DIR, DEVICES, FEED_MODES, INTERROGATORS, OPTION_FIELDS, PRESETS,
-    PREVIEWS, SCHEDULERS, SEED_MODES, ConfigError, RunConfig, apply_demo, apply_preset,
+    PREVIEWS, SCHEDULERS, SEED_MODES, SEED_NEGATIVE_PROMPT, ConfigError, RunConfig, apply_demo,
+    apply_preset,
 )
-from truthloop.model_ids import DEFAULT_CAPTION_MODEL, DEFAULT_CLIP_MODEL, DEFAULT_SD_MODEL
-from truthloop.text import clip, visible
+from truthloop.text import clip, count, visible
 
 SAMPLE_IMAGE = Path(__file__).parent / "data" / "sample.png"
 
@@ -43,14 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="truthloop", description="Caption an image, draw the caption, caption "
                      "the drawing... until a caption repeats: that image's 'truth'.")
     parser.add_argument("--version", action="version", version=f"truthloop {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
-    run = sub.add_parser("run", help="start a run from an image (or --prompt)")
+    run = sub.add_parser(
+        "run", help="start a run from an image (or --prompt)",
+        description="Caption IMAGE, draw the caption, caption the drawing... until a caption "
+                    "repeats, with the real models (a GPU helps). The run directory keeps "
+                    "everything; `truthloop resume` continues it.")
     run.add_argument("image", nargs="?", help="start image (PNG, JPEG, ...)")
     run.add_argument("--prompt", help="start by drawing this prompt instead of captioning an image")
     _add_run_options(run)
 
-    demo = sub.add_parser("demo", help="offline demo: tiny random models on the bundled image")
+    demo = sub.add_parser(
+        "demo", help="offline demo: tiny random models on the bundled image",
+        description="A run of the tiny random-weight models on the bundled sample image: "
+                    "offline, on a CPU, in seconds. It shows the loop, not any truth. The "
+                    "defaults below are the demo's own; any run option may change them.")
     _add_run_options(demo)
 
     resume = sub.add_parser(
@@ -74,11 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
                              "setting (default: the run's)")
     _add_ui_options(resume)
 
-    view = sub.add_parser("view", help="browse a run directory (follows it while it grows)")
-    view.add_argument("run_dir")
-    view.add_argument("--preview", choices=PREVIEWS, default="auto")
+    view = sub.add_parser(
+        "view", help="browse a run or sweep directory (follows it while it grows)",
+        description="Open a run directory read-only in the terminal app (the iteration log, "
+                    "caption diffs, images), following it while its run goes on; a sweep "
+                    "directory opens as its table of trajectories. Needs a terminal; for a "
+                    "plain listing use `truthloop runs`.")
+    view.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a sweep directory")
+    view.add_argument("--preview", choices=PREVIEWS, default="auto",
+                      help="image preview: terminal graphics, half-blocks or none")
 
-    sub.add_parser("tiny", help="build the tiny offline checkpoints now and print where they are")
+    sub.add_parser("tiny", help="build the tiny offline checkpoints now and print where they are",
+                   description="Build the tiny random-weight checkpoints (SD, BLIP, CLIP) that "
+                               "`demo` and `--models tiny` use, in the user cache "
+                               "($TRUTHLOOP_CACHE moves it), and print where they are. A run "
+                               "builds them itself when needed; this does it ahead of time.")
 
     _add_lookback_commands(sub)
     _add_fork_compare_commands(sub)
@@ -87,36 +105,79 @@ def build_parser() -> argparse.ArgumentParser:
         config = RunConfig()
         if name == "demo":
             apply_demo(config)
-        _show_defaults(command, config)
+        if command.description is None:  # `truthloop NAME --help` says what NAME does
+            command.description = DESCRIPTIONS.get(name)
+        _show_defaults(command, config, fork=name == "fork")
     return parser
 
 
-def _show_defaults(parser: argparse.ArgumentParser, config: RunConfig) -> None:
-    """Every option's help line ends with its default: a RunConfig option's from `config` (the
-    one place defaults live; the demo's own for `demo`), any other's from argparse."""
+# Descriptions of commands whose parsers are built elsewhere (truthloop/sweep/command.py), for
+# their own --help; a description given there wins.
+DESCRIPTIONS = {
+    "atlas": "Map where a sweep's trajectories ended: the exact attractors (the same fixed "
+             "point or cycle) with their basin sizes, and motifs (attractors clustered by the "
+             "meaning of their images and prompts). Writes atlas.json, atlas.png and atlas.html "
+             "into SWEEP_DIR/atlas/ (or --out). Needs no GPU and no Ray.",
+}
+
+# What happens without a --no-X flag (its help says so instead of "default: on").
+WITHOUT_FLAG = {
+    "live_preview": "the image is shown while it denoises",
+    "cuda_graphs": "CUDA graphs are replayed",
+    "captions": "each frame and tile carries its index and prompt",
+    "compile": "eager unless --compile is given, but `sweep --batch N` compiles on GPUs",
+    "atlas": "the atlas is written when the sweep ends",
+}
+
+
+def _show_defaults(parser: argparse.ArgumentParser, config: RunConfig,
+                   fork: bool = False) -> None:
+    """Every option's help line ends with what happens without it: its default (a RunConfig
+    option's from `config`, the one place defaults live, the demo's own for `demo`; for a fork,
+    the parent's), "required", or for a --no-X flag what happens without the flag."""
+    tiny = config.models.models == "tiny"
     for action in parser._actions:
-        if not action.option_strings or action.default == argparse.SUPPRESS \
-                or "default" in (action.help or ""):
+        if not action.option_strings or argparse.SUPPRESS in (action.help, action.default):
             continue
-        if action.dest in OPTION_FIELDS:
-            section, name = OPTION_FIELDS[action.dest]
-            value = getattr(getattr(config, section), name)
-            if action.dest in ("width", "height", "scheduler"):
-                value = "the model's own" if value in (None, "default") else value
-            elif action.dest == "cuda_graphs":
-                value = "graphs on" if value else "graphs off"
-        elif action.dest == "preset":
-            value = "none"
-        elif action.dest in ("size", "columns") and action.default is None:
-            value = "fitted to the run"
+        said = action.help or ""
+        if action.required:
+            note = "required"
+        elif "default" in said or "without it" in said:
+            continue
+        elif fork and action.dest in OPTION_FIELDS:
+            takes_value = action.nargs != 0
+            note = "default: the parent's" if takes_value else "without it: as the parent ran"
+        elif isinstance(action, argparse._StoreFalseAction) and action.dest in WITHOUT_FLAG:
+            note = f"without it: {WITHOUT_FLAG[action.dest]}"
         else:
-            value = action.default
-        if isinstance(value, bool):
-            value = "on" if value else "off"
-        elif value is None:
-            value = "not set"
-        text = str(value).replace("%", "%%")
-        action.help = f"{action.help} (default: {text})" if action.help else f"default: {text}"
+            note = f"default: {_default_text(action, config, tiny)}"
+        note = note.replace("%", "%%")
+        action.help = f"{said} ({note})" if said else note
+
+
+def _default_text(action: argparse.Action, config: RunConfig, tiny: bool) -> str:
+    if action.dest in OPTION_FIELDS:
+        section, name = OPTION_FIELDS[action.dest]
+        value = getattr(getattr(config, section), name)
+        if action.dest in ("sd_model", "caption_model", "clip_model") and tiny:
+            value = f"the tiny checkpoint, since --models tiny; with --models real: {value}"
+        elif action.dest in ("width", "height", "scheduler"):
+            value = "the model's own" if value in (None, "default") else value
+        elif action.dest == "negative_prompt" and value == SEED_NEGATIVE_PROMPT:
+            value = "the seed script's negative prompt"
+        elif action.dest == "cuda_graphs":
+            value = "graphs on" if value else "graphs off"
+    elif action.dest == "preset":
+        value = "none"
+    elif action.dest in ("size", "columns") and action.default is None:
+        value = "fitted to the run"
+    else:
+        value = action.default
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or value == []:
+        return "none"
+    return str(value)
 
 
 def _add_ui_options(parser: argparse.ArgumentParser) -> None:
@@ -133,7 +194,8 @@ def _add_ui_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preview", choices=PREVIEWS, default="auto",
                         help="TUI image preview: terminal graphics, half-blocks or none")
     parser.add_argument("--no-live-preview", dest="live_preview", action="store_false",
-                        help="TUI: do not show the image while it denoises (p toggles it)")
+                        help="TUI: do not show the image while it denoises; p toggles it "
+                             "either way")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -154,12 +216,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--models", choices=("real", "tiny"),
                         help="tiny: offline random-weight checkpoints (machinery, not truth)")
     models.add_argument("--sd-model", help="diffusers SD 1.x/2.x hub id or local directory "
-                        f"(default: {DEFAULT_SD_MODEL}; Stability AI's withdrawn SD2 ids load "
-                        "their mirror)")
-    models.add_argument("--caption-model", help="blip-large, blip-base, or a BLIP hub id / dir "
-                        f"(default: {DEFAULT_CAPTION_MODEL})")
-    models.add_argument("--clip-model", help="open_clip ARCH/PRETRAINED or ARCH/path/to/ckpt "
-                        f"(default: {DEFAULT_CLIP_MODEL})")
+                        "(Stability AI's withdrawn SD2 ids load their mirror)")
+    models.add_argument("--caption-model", help="blip-large, blip-base, or a BLIP hub id / dir")
+    models.add_argument("--clip-model", help="open_clip ARCH/PRETRAINED or ARCH/path/to/ckpt")
     models.add_argument("--device", choices=DEVICES)
     models.add_argument("--low-vram", action="store_true", default=None,
                         help="offload models to the CPU between uses")
@@ -177,17 +236,17 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--width", type=int)
     generate.add_argument("--height", type=int)
     generate.add_argument("--scheduler", choices=SCHEDULERS)
-    generate.add_argument("--negative-prompt", help="default: the seed script's negative prompt")
+    generate.add_argument("--negative-prompt", help="what the image should not show (\"\" for "
+                          "none)")
     generate.add_argument("--seed", type=int)
     generate.add_argument("--seed-mode", choices=SEED_MODES)
     generate.add_argument("--compile", action="store_true", default=None,
                           help="torch.compile the UNet and VAE (CUDA; pays off on long runs)")
     generate.add_argument("--no-compile", dest="compile", action="store_false",
-                          help="eager kernels, nothing compiled (the default of `run`; "
-                               "`sweep --batch N` compiles on GPUs unless this is given)")
+                          help="eager kernels, nothing compiled")
     generate.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                           default=None, help="launch every kernel eagerly instead of replaying "
-                          "CUDA graphs (same numbers either way; for debugging)")
+                          "CUDA graphs; same numbers either way (for debugging)")
     loop = parser.add_argument_group("loop")
     loop.add_argument("--clauses", type=int, help="compare (and feed) only the first N comma "
                       "clauses; 0 = whole caption")
@@ -213,7 +272,11 @@ def config_from_args(args: argparse.Namespace, demo: bool = False) -> RunConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:  # bare `truthloop` (or only --options): what it can do
+            parser.print_help()
+            return 0
         return COMMANDS[args.command](args)
     except UserError as error:
         print(f"truthloop: error: {visible(str(error))}", file=sys.stderr)
@@ -323,8 +386,12 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 # -- looking back: runs, export ----------------------------------------------------------------
 # -- the commands -----------------------------------------------------------------------------
 def _add_lookback_commands(sub: Any) -> None:
-    runs = sub.add_parser("runs", help="a table of the runs in a directory "
-                          f"(default: $TRUTHLOOP_RUNS_DIR if set, else ./{DEFAULT_RUNS_DIR})")
+    runs = sub.add_parser(
+        "runs", help="a table of the runs in a directory "
+                     f"(default: $TRUTHLOOP_RUNS_DIR if set, else ./{DEFAULT_RUNS_DIR})",
+        description="One row per run directory in DIR (or DIR itself, if it is a run): its "
+                    "start, status, images drawn, cycle, truth prompt, work time, models, "
+                    "seed mode and clauses. A fork's start is its parent and iteration.")
     runs.add_argument("dir", nargs="?", default=None, metavar="DIR",
                       help=f"default: $TRUTHLOOP_RUNS_DIR if set, else ./{DEFAULT_RUNS_DIR}")
     runs.add_argument("--json", action="store_true", help="JSON instead of a table")
@@ -398,12 +465,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not rows:
         console.print(f"no runs in {visible(args.dir)}")
         return 0
-    console.print(runs_table(rows, title=f"{len(rows)} run(s) in {args.dir}"))
+    console.print(runs_table(rows, title=f"{count(len(rows), 'run')} in {args.dir}"))
     return 0
 
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -438,13 +502,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         path = Path(result["path"])
         details = ""
         if "frames" in result:
-            details = f"{_count(result['frames'], 'frame')}, {result['width']}x{result['height']}"
+            details = f"{count(result['frames'], 'frame')}, {result['width']}x{result['height']}"
         elif "tiles" in result:
-            details = f"{_count(result['tiles'], 'tile')}, {result['columns']}x{result['rows']} grid"
+            details = f"{count(result['tiles'], 'tile')}, {result['columns']}x{result['rows']} grid"
         elif "points" in result:
-            details = f"{_count(result['points'], 'point')}; series in {result['csv'].name}"
+            details = f"{count(result['points'], 'point')}; series in {result['csv'].name}"
         elif "iterations" in result:
-            details = f"{result['iterations']} iterations; open file://{path.resolve()}"
+            details = f"{count(result['iterations'], 'iteration')}; open file://{path.resolve()}"
         size_kb = path.stat().st_size / 1024
         print(f"wrote {visible(str(path))} ({details}, {size_kb:.0f} KB)")
     print(f"exported in {time.perf_counter() - started:.1f}s")
@@ -466,6 +530,9 @@ def _add_fork_compare_commands(sub: Any) -> None:
                       "parent's folder)")
     _add_config_options(fork)
     _add_ui_options(fork)
+    for action in fork._actions:  # a fork takes its parent's options: no preset (refused)
+        if action.dest == "preset":
+            action.help = argparse.SUPPRESS
 
     compare = sub.add_parser(
         "compare", help="two runs side by side: where they first differ, same attractor?",
@@ -843,13 +910,14 @@ class HeadlessPrinter:
             kind = "fixed point" if cycle["kind"] == "fixed_point" else \
                 f"cycle of length {cycle['length']}"
             print(f"converged: {kind} starting at iteration {cycle['start']} "
-                  f"(after {summary['iterations']} images)")
+                  f"(after {count(summary['iterations'], 'image')})")
             for prompt, image in zip(summary["truth_prompts"], summary["truth_images"]):
                 print(f"truth: {visible(prompt)}  [{visible(str(run_dir / image))}]")
         elif status == "max_iters":
-            print(f"no repeat within {summary['iterations']} iterations (--max-iters)")
+            print(f"no repeat within {count(summary['iterations'], 'iteration')} "
+                  "(--max-iters)")
         elif status == "stopped":
-            print(f"stopped after {summary['iterations']} iterations; "
+            print(f"stopped after {count(summary['iterations'], 'iteration')}; "
                   f"continue with: truthloop resume {visible(str(run_dir))}")
         print(f"run directory: {visible(str(run_dir))}")
 

@@ -23,6 +23,20 @@ def visible(text: str | None) -> str:
     return "".join(out)
 
 
+def count(number: int, noun: str, plural: str | None = None) -> str:
+    """`1 iteration`, `2 iterations`, `0 trajectories`: a number and its noun, agreeing.
+
+    The one plural rule for every message: `plural` for an irregular noun, else a consonant + y
+    becomes -ies and anything else takes an s.
+    """
+    if number == 1:
+        return f"{number} {noun}"
+    if plural is None:
+        plural = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" \
+            else noun + "s"
+    return f"{number} {plural}"
+
+
 def clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
