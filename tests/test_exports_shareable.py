@@ -111,3 +111,33 @@ def test_read_run_for_notebooks(tmp_path):
 
     with pytest.raises(RunDirError, match="newer truthloop"):
         truthloop.read_run(run_dir)
+
+
+def _word_gaps(strip: Image.Image, ink) -> list[int]:
+    """Widths of the blank column runs between the first and last inked column."""
+    pixels = strip.load()
+    inked = [any(ink(pixels[x, y]) for y in range(strip.height)) for x in range(strip.width)]
+    columns = [x for x, hit in enumerate(inked) if hit]
+    gaps, run = [], 0
+    for x in range(columns[0], columns[-1] + 1):
+        if inked[x]:
+            if run:
+                gaps.append(run)
+            run = 0
+        else:
+            run += 1
+    return gaps
+
+
+def test_drift_labels_keep_their_spaces(tmp_path):
+    """Pillow's default font has a 2-px space at 11 px: "0.984to 1.000", "startimage"."""
+    run_dir = make_run(tmp_path)
+    plot, layout = make_drift(open_run(run_dir))
+    plot = plot.convert("RGB")
+    left, top, right, bottom = layout.plot_box
+    note = plot.crop((left, bottom + 20, left + 260, plot.height))  # "y axis zoomed: a to b"
+    gaps = _word_gaps(note, lambda p: p[0] - p[1] > 40)
+    assert len([gap for gap in gaps if gap >= 4]) == 5, gaps  # y|axis|zoomed:|a|to|b
+    legend = plot.crop((right - 300, 4, right - 150, 24))  # "to start image" after its line
+    gaps = _word_gaps(legend, lambda p: p[0] < 150 and abs(p[0] - p[2]) < 20)
+    assert len([gap for gap in gaps if gap >= 4]) == 2, gaps  # to|start|image (grey ink only)

@@ -40,6 +40,28 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
+def _space(font: Any) -> float:
+    """The gap between words. Pillow's default font (Aileron) has a narrow space, 2 px at 11 px,
+    and words ran together ("startimage", "0.984to 1.000"); 0.45 em reads as a space."""
+    return max(font.getlength(" "), round(getattr(font, "size", 11) * 0.45))
+
+
+def text_length(font: Any, text: str) -> float:
+    """The width `draw_text` gives `text`."""
+    words = text.split(" ")
+    return sum(font.getlength(word) for word in words) + _space(font) * (len(words) - 1)
+
+
+def draw_text(draw: Any, xy: tuple[float, float], text: str, font: Any, fill: Any) -> None:
+    """`text` drawn word by word with a readable space (see `_space`); never interpreted."""
+    x, y = xy
+    space = _space(font)
+    for word in text.split(" "):
+        if word:
+            draw.text((x, y), word, font=font, fill=fill)
+        x += font.getlength(word) + space
+
+
 def _line_height(font: Any) -> int:
     left, top, right, bottom = font.getbbox("Ag|")
     return int(bottom - min(top, 0)) + 3
@@ -62,7 +84,7 @@ def wrap_text(text: str, font: Any, width: int, max_lines: int) -> list[str]:
     truncated = False
     for piece in pieces:
         candidate = f"{current} {piece}" if current else piece
-        if font.getlength(candidate) <= width:
+        if text_length(font, candidate) <= width:
             current = candidate
             continue
         lines.append(current)
@@ -76,7 +98,7 @@ def wrap_text(text: str, font: Any, width: int, max_lines: int) -> list[str]:
         lines, truncated = lines[:max_lines], True
     if truncated and lines:
         last = lines[-1]
-        while last and font.getlength(last + " …") > width:
+        while last and text_length(font, last + " …") > width:
             last = last[:-1]
         lines[-1] = (last + " …").strip()
     return lines
@@ -175,10 +197,10 @@ def _frame(image: Any, label: str, text: str, colour: tuple[int, int, int],
         line_h = _line_height(font)
         draw = ImageDraw.Draw(frame)
         y = layout.image_size + 5
-        draw.text((6, y), label, font=font, fill=colour)
+        draw_text(draw, (6, y), label, font=font, fill=colour)
         for line in wrap_text(text, font, layout.width - 12, layout.caption_lines):
             y += line_h
-            draw.text((6, y), line, font=font, fill=DIM)
+            draw_text(draw, (6, y), line, font=font, fill=DIM)
     return frame
 
 
@@ -333,7 +355,7 @@ def make_sheet(view: Any, cycle_only: bool = False, captions: bool = True,
     sheet = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     for number, (line, colour) in enumerate(header):
-        draw.text((layout.gap, 8 + number * _line_height(header_font)), line, font=header_font,
+        draw_text(draw, (layout.gap, 8 + number * _line_height(header_font)), line, font=header_font,
                   fill=colour)
     font = _font(max(11, size // 22))
     line_h = _line_height(font)
@@ -346,12 +368,12 @@ def make_sheet(view: Any, cycle_only: bool = False, captions: bool = True,
         image = _load(view, source) if isinstance(source, Record) else source
         sheet.paste(_fit(image, size), (x, y))
         text_y = y + size + 5
-        draw.text((x, text_y), label, font=font,
+        draw_text(draw, (x, text_y), label, font=font,
                   fill=colour if colour != BACKGROUND else FOREGROUND)
         if captions:
             for line in wrap_text(text, font, size, 3):
                 text_y += line_h
-                draw.text((x, text_y), line, font=font, fill=DIM)
+                draw_text(draw, (x, text_y), line, font=font, fill=DIM)
     return sheet, layout
 
 
@@ -385,7 +407,7 @@ def make_drift(view: Any, width: int = 760, height: int = 320) -> tuple[Any, Dri
     font = _font(13)
     small = _font(11)
     left, top, right, bottom = 74, 34, width - 16, height - 42
-    draw.text((left, 8), "similarity of each image (cosine of image embeddings)", font=font,
+    draw_text(draw, (left, 8), "similarity of each image (cosine of image embeddings)", font=font,
               fill=(30, 30, 30))
     series = {"sim_start": [], "sim_prev": []}
     for record in records:
@@ -422,9 +444,9 @@ def make_drift(view: Any, width: int = 760, height: int = 320) -> tuple[Any, Dri
         for y in range(top, bottom, 8):
             draw.line((xs, y, xs, min(y + 4, bottom)), fill=(200, 140, 0), width=2)
         label = (f"fixed point #{start}" if length == 1 else f"cycle of {length} from #{start}")
-        label_x = xs + 5 if xs + 5 + font.getlength(label) < right - 4 else \
-            xs - 5 - font.getlength(label)
-        draw.text((label_x, top + 2), label, font=font, fill=(160, 110, 0))
+        label_x = xs + 5 if xs + 5 + text_length(font, label) < right - 4 else \
+            xs - 5 - text_length(font, label)
+        draw_text(draw, (label_x, top + 2), label, font=font, fill=(160, 110, 0))
 
     # axes, grid and ticks
     draw.rectangle((left, top, right, bottom), outline=(120, 120, 120))
@@ -433,26 +455,26 @@ def make_drift(view: Any, width: int = 760, height: int = 320) -> tuple[Any, Dri
         y = py(y_value)
         draw.line((left, y, right, y), fill=(225, 225, 225))
         text = f"{y_value:.3f}"
-        draw.text((left - 6 - small.getlength(text), y - 6), text, font=small, fill=(80, 80, 80))
+        draw_text(draw, (left - 6 - text_length(small, text), y - 6), text, font=small, fill=(80, 80, 80))
     step = max(1, math.ceil((x_max - x_min) / 12))
     for x in range(x_min, x_max + 1, step):
         draw.line((px(x), bottom, px(x), bottom + 4), fill=(120, 120, 120))
         text = str(x)
-        draw.text((px(x) - small.getlength(text) / 2, bottom + 6), text, font=small,
+        draw_text(draw, (px(x) - text_length(small, text) / 2, bottom + 6), text, font=small,
                   fill=(80, 80, 80))
-    draw.text((left + (right - left) / 2 - 24, height - 18), "iteration", font=small,
+    draw_text(draw, (left + (right - left) / 2 - 24, height - 18), "iteration", font=small,
               fill=(80, 80, 80))
     # The y axis: what it measures, and its range when it does not start at 0 (it zooms to the
     # values, so a flat 0.992-1.000 must not read as a big swing).
     axis_name = "cosine similarity"
-    label = Image.new("RGB", (int(small.getlength(axis_name)) + 4, 16), (255, 255, 255))
-    ImageDraw.Draw(label).text((2, 1), axis_name, font=small, fill=(80, 80, 80))
+    label = Image.new("RGB", (int(text_length(small, axis_name)) + 4, 16), (255, 255, 255))
+    draw_text(ImageDraw.Draw(label), (2, 1), axis_name, font=small, fill=(80, 80, 80))
     label = label.rotate(90, expand=True)
     image.paste(label, (4, int((top + bottom) / 2 - label.height / 2)))
     zoomed = values and lo > 0.0
     range_note = (f"y axis zoomed: {lo:.3f} to {hi:.3f}" if zoomed
                   else f"y axis: {lo:.3f} to {hi:.3f}")
-    draw.text((left, height - 18), range_note, font=small,
+    draw_text(draw, (left, height - 18), range_note, font=small,
               fill=(200, 60, 60) if zoomed else (80, 80, 80))
 
     for key, colour in (("sim_start", START_COLOUR), ("sim_prev", PREV_COLOUR)):
@@ -466,10 +488,10 @@ def make_drift(view: Any, width: int = 760, height: int = 320) -> tuple[Any, Dri
                                              ("to previous image", PREV_COLOUR))):
         x = legend_x + offset * 150
         draw.line((x, 16, x + 18, 16), fill=colour, width=3)
-        draw.text((x + 22, 9), name, font=small, fill=(50, 50, 50))
+        draw_text(draw, (x + 22, 9), name, font=small, fill=(50, 50, 50))
     if not values:
         message = "no similarity values in this run's log"
-        draw.text(((left + right) / 2 - font.getlength(message) / 2, (top + bottom) / 2),
+        draw_text(draw, ((left + right) / 2 - text_length(font, message) / 2, (top + bottom) / 2),
                   message, font=font, fill=(120, 120, 120))
     layout = DriftLayout(points=len(series["sim_start"]), x_min=x_min, x_max=x_max, y_min=lo,
                          y_max=hi, cycle=(cycle.start, cycle.length) if cycle else None,
