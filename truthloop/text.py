@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import unicodedata
+from typing import Any
 
 
 def visible(text: str | None) -> str:
@@ -21,6 +23,14 @@ def visible(text: str | None) -> str:
         else:
             out.append(char)
     return "".join(out)
+
+
+def html_text(text: Any) -> str:
+    """Any text for an HTML page: control characters shown as `\\xNN` (as `visible` does for the
+    terminal) and then escaped, quotes included. The one rule for every page truthloop writes
+    (the run page, the compare page, the atlas): a caption is never markup and never carries a
+    raw escape sequence into the file."""
+    return html.escape(visible("" if text is None else str(text)), quote=True)
 
 
 def count(number: int, noun: str, plural: str | None = None) -> str:

@@ -5,7 +5,6 @@ and B's caption diffed against A's. Every caption is escaped on the way out."""
 from __future__ import annotations
 
 import base64
-import html
 import io
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from truthloop.diff import caption_diff
 from truthloop.lookback.html import PAGE_CSS, diff_html
 from truthloop.record import Record
 from truthloop.store import atomic_write_bytes
-from truthloop.text import visible
+from truthloop.text import html_text
 
 THUMB = 256
 
@@ -31,8 +30,7 @@ tr.first td { background: #3b2f0a; }
 """
 
 
-def _esc(text: Any) -> str:
-    return html.escape(visible("" if text is None else str(text)), quote=True)
+_esc = html_text  # the one escaping rule for every page (text.html_text)
 
 
 def _data_uri(path: Path) -> str | None:

@@ -5,7 +5,6 @@ from the core's caption diff (truthloop.diff) as <del>/<ins>.
 from __future__ import annotations
 
 import base64
-import html
 import os
 from itertools import groupby
 from pathlib import Path
@@ -18,15 +17,15 @@ from truthloop.lookback.runs import (
     format_duration,
     image_records,
     models_label,
+    start_label,
     summarize,
 )
 from truthloop.record import find_cycle
-from truthloop.text import visible
+from truthloop.text import html_text
 
 
 # -- HTML ---------------------------------------------------------------------------------
-def _esc(text: Any) -> str:
-    return html.escape(visible("" if text is None else str(text)), quote=True)
+_esc = html_text  # the one escaping rule for every page (text.html_text)
 
 
 def diff_html(old: str | None, new: str | None) -> str:
@@ -39,8 +38,7 @@ def diff_html(old: str | None, new: str | None) -> str:
     out: list[str] = []
     tags = {"removed": "del", "added": "ins"}
     for mark, run in groupby(segments, key=lambda segment: segment.mark):
-        # Segment texts are already visible() text; escaping is all that is left to do.
-        chunk = html.escape("".join(segment.text for segment in run), quote=True)
+        chunk = _esc("".join(segment.text for segment in run))
         tag = tags.get(mark)
         out.append(f"<{tag}>{chunk}</{tag}>" if tag else chunk)
     return "".join(out)
@@ -140,15 +138,15 @@ def page_html(view: Any, out_dir: Path) -> str:
         cycle_text = "none yet"
     meta = [("status", row["status"]), ("iterations", row["iterations"]),
             ("cycle", cycle_text),
-            ("start", row.get("start_image") or (f"prompt: {row['start_prompt']}"
-                                                 if row.get("start_prompt") is not None else "-")),
+            ("start", start_label(row) or "-"),
             ("models", models_label(row)),
             ("models loaded", ", ".join(f"{k}: {v}" for k, v in
                                         (row.get("models_loaded") or {}).items()) or "-"),
             ("seed mode", f"{row.get('seed_mode')} "
                                                           f"(seed {row.get('seed')})"),
             ("clauses", f"{row.get('clauses')} (feed: {row.get('feed')})"),
-            ("iteration time", format_duration(row.get("duration_s"))),
+            ("work time (the iterations' own)", format_duration(row.get("duration_s"))),
+            ("wall time", format_duration(row.get("wall_s"))),
             ("started", row.get("started") or "-"), ("finished", row.get("finished") or "-")]
     parts.append('<table class="meta">')
     parts.extend(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in meta)

@@ -222,6 +222,9 @@ def start_image(view: Any) -> Any | None:
 
 
 def _start_text(view: Any) -> str:
+    parent = view.info.get("parent")
+    if isinstance(parent, dict):  # a fork: its parent's image at iteration K
+        return f"fork of {Path(str(parent.get('run'))).name} at #{parent.get('at')}"
     name = (view.config or {}).get("input_image")
     return f"the start image ({Path(name).name})" if name else "the start image"
 

@@ -57,15 +57,21 @@ def summarize(view: Any) -> dict[str, Any]:
         by_index = {record.index: record for record in view.records}
         truth = [by_index[i].fed_prompt for i in range(start, start + length)
                  if i in by_index]
+    # Work time: the iterations' own seconds (captioning, drawing, similarity), without model
+    # loading or time spent paused; wall time: each process's start to its end, added up.
     duration = sum(float(record.timings.get("total") or 0.0)
                    for record in view.records)
     summary = view.summary or {}
     input_image = config.get("input_image")
+    parent = view.info.get("parent") if isinstance(view.info.get("parent"), dict) else None
     return {
         "run": view.path.name,
         "path": str(view.path),
         "start_image": Path(input_image).name if input_image else None,
         "start_prompt": config.get("start_prompt"),
+        # A fork starts from iteration `at` of its parent run (the image it captioned first).
+        "parent": {"run": Path(str(parent.get("run"))).name, "path": str(parent.get("run")),
+                   "at": parent.get("at")} if parent else None,
         "status": view.status,
         "iterations": len(images),
         "records": len(view.records),
@@ -73,6 +79,7 @@ def summarize(view: Any) -> dict[str, Any]:
         "cycle_length": cycle.length if cycle else None,
         "truth_prompts": truth,
         "duration_s": round(duration, 3),
+        "wall_s": wall_seconds(summary, view.status),
         "models": models.get("models"),
         "sd_model": models.get("sd_model"),
         "caption_model": models.get("caption_model"),
@@ -131,6 +138,46 @@ def models_label(row: dict[str, Any]) -> str:
     return " / ".join(parts) or "?"
 
 
+def wall_seconds(summary: dict[str, Any], status: str) -> float | None:
+    """From each segment's start to its end (summary.json's `segments`), added up; a running
+    run's last segment counts up to now. None where no segment says both ends."""
+    from datetime import datetime, timezone
+
+    def when(text: Any) -> datetime | None:
+        try:
+            return datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%S%z")
+        except ValueError:
+            return None
+
+    segments = summary.get("segments")
+    if not isinstance(segments, list):
+        return None
+    total, known = 0.0, False
+    for number, segment in enumerate(segments):
+        if not isinstance(segment, dict):
+            continue
+        start = when(segment.get("started"))
+        end = when(segment.get("finished"))
+        if end is None and status == "running" and number == len(segments) - 1:
+            end = datetime.now(timezone.utc)
+        if start is not None and end is not None and end >= start:
+            total += (end - start).total_seconds()
+            known = True
+    return round(total, 3) if known else None
+
+
+def start_label(row: dict[str, Any]) -> str | None:
+    """What a run started from: a fork's parent and iteration, an image's name, or a prompt."""
+    parent = row.get("parent")
+    if parent:
+        return f"fork of {parent.get('run')} #{parent.get('at')}"
+    if row.get("start_image"):
+        return row["start_image"]
+    if row.get("start_prompt") is not None:
+        return "prompt: " + clip(row["start_prompt"], 40)
+    return None
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -180,15 +227,23 @@ def runs_table(rows: list[dict[str, Any]], title: str | None = None) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(visible(title)) if title else None, title_justify="left")
-    table.add_column("run", overflow="fold")
-    table.add_column("start", overflow="fold", max_width=24)
+    table = Table(title=Text(visible(title)) if title else None, title_justify="left",
+                  caption=Text("work: the iterations' own time (no model loading, no pauses); "
+                               "wall: start to end of each process that ran it"),
+                  caption_justify="left", collapse_padding=True)
+    # A run's name is one word: never wrapped mid-name (the truth prompt gives way instead).
+    longest = max((len(visible(str(row.get("run") or ""))) for row in rows), default=3)
+    table.add_column("run", no_wrap=True, min_width=min(longest, 64), overflow="ellipsis")
+    # A fork's start names its parent run: room for that name in one piece.
+    widest = max((len(word) for row in rows for word in (start_label(row) or "").split()),
+                 default=5)
+    table.add_column("start", overflow="fold", min_width=min(widest, 40), max_width=40)
     table.add_column("status")
     table.add_column("iters", justify="right")
     table.add_column("cycle", justify="right")
-    table.add_column("truth prompt", overflow="fold", ratio=1, min_width=20)
-    table.add_column("time", justify="right")
-    table.add_column("models", overflow="fold", max_width=28)
+    table.add_column("truth prompt", overflow="fold", min_width=12)
+    table.add_column("work / wall", justify="right")
+    table.add_column("models", overflow="fold", max_width=24)
     table.add_column("seed", overflow="fold")
     table.add_column("clauses", justify="right")
     styles = {"converged": "green", "running": "cyan", "stopped": "yellow",
@@ -201,12 +256,7 @@ def runs_table(rows: list[dict[str, Any]], title: str | None = None) -> Any:
         status = row.get("status", "unknown")
         if row.get("problems") and status != "unreadable":
             status = f"{status} (damaged)"
-        if row.get("start_image"):
-            start = row["start_image"]
-        elif row.get("start_prompt") is not None:
-            start = "prompt: " + clip(row["start_prompt"], 40)
-        else:
-            start = None
+        start = start_label(row)
         truth = row.get("truth_prompts")
         truth_text = clip(" | ".join(str(p) for p in truth), 120) if truth else None
         if status == "unreadable":
@@ -217,7 +267,8 @@ def runs_table(rows: list[dict[str, Any]], title: str | None = None) -> Any:
         table.add_row(
             cell(row.get("run")), cell(start), cell(status, styles.get(row.get("status"), "")),
             cell(row.get("iterations")), cell(cycle), cell(truth_text),
-            cell(format_duration(row.get("duration_s")) if "duration_s" in row else None),
+            cell(f"{format_duration(row.get('duration_s'))} / {format_duration(row.get('wall_s'))}"
+                 if "duration_s" in row else None),
             cell(models_label(row) if "models" in row else None), cell(row.get("seed_mode")),
             cell(row.get("clauses")),
         )
