@@ -14,6 +14,7 @@ MAX_SIDE = 2048
 # Pillow reads a PNG's ICC profile under its text-chunk limit (1 MB decompressed), and cameras and
 # editors write profiles of several MB; raised for our load only, still bounded.
 MAX_PNG_CHUNK = 64 * 1024 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class BadImage(ValueError):
@@ -40,6 +41,9 @@ def load_input_image(path: str | os.PathLike) -> "Image.Image":  # noqa: F821
         raise BadImage(f"{path}: cannot read ({error.strerror})") from None
     if size == 0:
         raise BadImage(f"{path} is empty (0 bytes)")
+    damage = png_crc_problem(path)
+    if damage:
+        raise BadImage(f"{path} is damaged: {damage} (re-save it, or use the original)")
     previous_limit = Image.MAX_IMAGE_PIXELS
     previous_chunk = PngImagePlugin.MAX_TEXT_CHUNK
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -72,7 +76,53 @@ def load_input_image(path: str | os.PathLike) -> "Image.Image":  # noqa: F821
         PngImagePlugin.MAX_TEXT_CHUNK = previous_chunk
     if max(rgb.size) > MAX_SIDE:
         rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+    # Pixels only: the run writes this image as input.png, and Pillow would carry the source's
+    # ICC profile (cameras write several MB; past 1 MB plain Pillow refuses to open the PNG),
+    # EXIF and text chunks into it. A run's own files must open anywhere.
+    rgb.info = {}
     return rgb
+
+
+def png_crc_problem(path: Path) -> str | None:
+    """The first critical chunk (IHDR, PLTE, IDAT, IEND) of a PNG whose CRC does not match, as
+    one phrase; None for a sound PNG or any other file. Pillow skips the image data's CRCs, so
+    a damaged IDAT would otherwise pass silently (libpng, and so most viewers, refuse it).
+    Truncation is left to the decoder, which names it."""
+    import struct
+    import zlib
+
+    try:
+        with open(path, "rb") as file:
+            if file.read(8) != PNG_SIGNATURE:
+                return None
+            number = 0
+            while True:
+                head = file.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                crc = zlib.crc32(kind)
+                left = length
+                while left:
+                    piece = file.read(min(left, 1 << 20))
+                    if not piece:
+                        return None
+                    crc = zlib.crc32(piece, crc)
+                    left -= len(piece)
+                stored = file.read(4)
+                if len(stored) < 4:
+                    return None
+                critical = kind[:1].isupper()
+                if critical and struct.unpack(">I", stored)[0] != crc:
+                    name = kind.decode("ascii", "replace")
+                    which = (f"its image data (IDAT chunk {number + 1})" if name == "IDAT"
+                             else f"its {name} chunk")
+                    return f"{which} fails its CRC check"
+                if kind == b"IEND":
+                    return None
+                number += kind == b"IDAT"
+    except OSError:
+        return None  # the decoder below names what cannot be read
 
 
 def to_rgb(image: "Image.Image") -> "Image.Image":  # noqa: F821
