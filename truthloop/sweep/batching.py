@@ -22,7 +22,9 @@ from truthloop.lockstep import Job as LockstepJob, Lockstep, model_key
 from truthloop.store import RUN_FILE
 from truthloop.sweep import state as st
 from truthloop.sweep.driver import (
-    POLL, Job, Progress, _poll, describe, outcome_row, start_note, start_ray, start_workers,
+    POLL, RAY_RESTARTS, Job, NodeLost, Progress, _poll, describe, heal_note, local_node_alive,
+    outcome_row, restart_local_ray, start_note, start_ray, start_workers, stop_ray,
+    too_many_losses,
 )
 from truthloop.sweep.spec import Trajectory
 from truthloop.sweep.state import EMBEDDING_FILE, read_summary
@@ -114,65 +116,99 @@ def run_sweep_batched(sweep_dir: Path, trajectories: list[Trajectory], backend: 
     rows = st.table(sweep_dir, trajectories)
     todo = [t for t, row in zip(trajectories, rows) if not st.is_done(row)]
     started = start_ray(address, num_gpus)
+    local = started and not address
     progress = Progress(len(trajectories), len(trajectories) - len(todo))
+    reported: set[int] = set()
     try:
-        actors, gpus = start_workers(BatchWorker, backend, workers, len(todo), max_restarts)
-        count = len(actors)
-        shares = [todo[i::count] for i in range(count)]
-        inflight = {}
-        for actor, share in zip(actors, shares):
-            payload = [{"run_dir": str(t.run_dir(sweep_dir)), "config": t.config} for t in share]
-            inflight[actor.run_batch.remote(payload, size)] = share
-        jobs = {t.number: Job(t, t.run_dir(sweep_dir)) for t in todo}
-        reported: set[int] = set()
-        last_look = 0.0
+        restarts = 0
+        remaining = todo
         with progress:
-            if todo:
-                start_note(progress, len(todo), len(trajectories), count, gpus,
-                           f", {size} at a time each")
-            while inflight:
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL)
-                for ref in ready:
-                    share = inflight.pop(ref)
-                    try:
-                        outcomes = ray.get(ref)
-                    except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as error:
-                        cause = getattr(error, "cause", None) or error
-                        outcomes = [{"status": "error", "message":
-                                     f"worker lost: {type(cause).__name__}: "
-                                     f"{first_line(cause)}"}] * len(share)
-                    for trajectory, outcome in zip(share, outcomes):
-                        row = outcome_row(sweep_dir, trajectory, outcome)
-                        rows[trajectory.number] = row
-                        _poll(jobs[trajectory.number], progress)
-                        if trajectory.number not in reported:
-                            reported.add(trajectory.number)
-                            progress.finished(describe(row))
-                if time.monotonic() - last_look > 2.0:
-                    # Lines for trajectories that ended inside a call still running.
-                    for share in inflight.values():
-                        for trajectory in share:
-                            _poll(jobs[trajectory.number], progress)
-                            if trajectory.number in reported:
-                                continue
-                            row = st.trajectory_row(sweep_dir, trajectory)
-                            if row["state"] in st.DONE and (row["state"] != "converged"
-                                                            or row["embedded"]):
-                                reported.add(trajectory.number)
-                                rows[trajectory.number] = row
-                                progress.finished(describe(row))
-                    try:
-                        st.write_table(sweep_dir, rows)
-                    except OSError:
-                        pass
-                    last_look = time.monotonic()
+            while True:
+                actors, gpus = start_workers(BatchWorker, backend, workers, len(remaining),
+                                             max_restarts)
+                if todo and restarts == 0:
+                    start_note(progress, len(todo), len(trajectories), len(actors), gpus,
+                               f", {size} at a time each")
+                try:
+                    _drive_batches(sweep_dir, rows, remaining, actors, size, progress,
+                                   reported, local)
+                    break
+                except NodeLost:
+                    if restarts >= RAY_RESTARTS:
+                        raise too_many_losses() from None
+                    restarts += 1
+                    progress.note(heal_note(restarts))
+                    restart_local_ray(num_gpus)
+                    # What is not done is dealt again (a batch's composition then differs).
+                    remaining = [t for t in todo
+                                 if not st.is_done(st.trajectory_row(sweep_dir, t))]
         for actor in actors:
             ray.kill(actor)
     except ray.exceptions.RaySystemError as error:
         raise SweepError(f"Ray failed: {first_line(error)}", code=1) from None
     finally:
-        if started:
-            ray.shutdown()
+        stop_ray(started)
     rows = st.table(sweep_dir, trajectories)
     st.write_table(sweep_dir, rows)
     return rows
+
+
+def _drive_batches(sweep_dir: Path, rows: list[dict[str, Any]], todo: list[Trajectory],
+                   actors: list[Any], size: int, progress: Progress, reported: set[int],
+                   local: bool) -> None:
+    """Deal `todo` to the workers and wait for every share; NodeLost (a local sweep) when the
+    node under them is gone."""
+    import ray
+
+    count = len(actors)
+    shares = [todo[i::count] for i in range(count)] if count else []
+    inflight = {}
+    for actor, share in zip(actors, shares):
+        payload = [{"run_dir": str(t.run_dir(sweep_dir)), "config": t.config} for t in share]
+        inflight[actor.run_batch.remote(payload, size)] = share
+    jobs = {t.number: Job(t, t.run_dir(sweep_dir)) for t in todo}
+    last_look = 0.0
+    while inflight:
+        try:
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL)
+        except ray.exceptions.RaySystemError:
+            if local:
+                raise NodeLost([]) from None
+            raise
+        for ref in ready:
+            share = inflight.pop(ref)
+            try:
+                outcomes = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as error:
+                if local and isinstance(error, ray.exceptions.RayActorError) \
+                        and not local_node_alive():
+                    raise NodeLost([]) from None
+                cause = getattr(error, "cause", None) or error
+                outcomes = [{"status": "error", "message":
+                             f"worker lost: {type(cause).__name__}: "
+                             f"{first_line(cause)}"}] * len(share)
+            for trajectory, outcome in zip(share, outcomes):
+                row = outcome_row(sweep_dir, trajectory, outcome)
+                rows[trajectory.number] = row
+                _poll(jobs[trajectory.number], progress)
+                if trajectory.number not in reported:
+                    reported.add(trajectory.number)
+                    progress.finished(describe(row))
+        if time.monotonic() - last_look > 2.0:
+            # Lines for trajectories that ended inside a call still running.
+            for share in inflight.values():
+                for trajectory in share:
+                    _poll(jobs[trajectory.number], progress)
+                    if trajectory.number in reported:
+                        continue
+                    row = st.trajectory_row(sweep_dir, trajectory)
+                    if row["state"] in st.DONE and (row["state"] != "converged"
+                                                    or row["embedded"]):
+                        reported.add(trajectory.number)
+                        rows[trajectory.number] = row
+                        progress.finished(describe(row))
+            try:
+                st.write_table(sweep_dir, rows)
+            except OSError:
+                pass
+            last_look = time.monotonic()

@@ -16,7 +16,7 @@ from truthloop.config import ConfigError, RunConfig
 from truthloop.store import atomic_write_json
 from truthloop.sweep import missing_extras
 from truthloop.sweep.spec import (
-    GRID_FIELDS, LOCK_FILE, SPEC_FILE, SpecError, difference, find_images, make_spec,
+    GRID_FIELDS, IMAGE_SUFFIXES, LOCK_FILE, SPEC_FILE, SpecError, difference, find_images, make_spec,
     parse_grid, parse_seeds, read_prompts, read_spec, trajectories,
 )
 from truthloop.text import visible
@@ -74,9 +74,13 @@ def build_spec(args: argparse.Namespace, config: RunConfig,
     """The spec this command asks for; each unreadable image goes to `on_skip` (one line)."""
     from truthloop.images import BadImage, load_input_image
 
-    seeds = parse_seeds(args.seeds) if args.seeds else [config.generate.seed]
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [config.generate.seed]
     grid = parse_grid(args.grid)
     images = []
+    for folder in args.images:
+        if Path(folder).is_dir() and not find_images([folder]):
+            raise SpecError(f"--images {folder}: the folder has no images "
+                            f"({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))})")
     for path in find_images(args.images):
         try:
             load_input_image(path)
@@ -119,30 +123,88 @@ def cmd_sweep(args: argparse.Namespace, config: RunConfig) -> int:
     try:
         spec = build_spec(args, config, lambda line: print(
             f"truthloop: skipped: {visible(line)}", file=sys.stderr))
-        old = read_spec(sweep_dir)
     except SpecError as error:
         raise CommandError(str(error)) from None
     if args.batch > 1:
         # Part of the sweep: batches change results, so a rerun must batch as the first run did.
         spec["batch"] = args.batch
+    if args.address:
+        # Before anything is written: a wrong address leaves the directory as it was.
+        from truthloop.sweep.driver import SweepError, check_address
+
+        try:
+            check_address(args.address)
+        except SweepError as error:
+            raise CommandError(str(error), code=error.code) from None
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise CommandError(f"{sweep_dir} exists and is not a sweep directory; pick another")
+    if sweep_dir.is_dir() and _foreign(sweep_dir):
+        raise CommandError(f"{sweep_dir} exists and is not a sweep directory; pick another")
+    made: list[Path] = []  # what this command created, taken back if Ray never started
+    try:
+        if not sweep_dir.exists():
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            made.append(sweep_dir)
+        if not (sweep_dir / LOCK_FILE).exists():
+            made.append(sweep_dir / LOCK_FILE)
+        # The lock first, then the spec: of two sweeps started at once on a new directory, the
+        # second is told another sweep holds it (not that the directory is foreign).
+        lock = _lock(sweep_dir)
+    except OSError as error:
+        raise CommandError(f"cannot write {sweep_dir}: {error.strerror or error}") from None
+    try:
+        _check_spec(sweep_dir, spec, made)
+    except CommandError:
+        _take_back(made)  # a refused command leaves the directory as it found it
+        os.close(lock)
+        raise
+    try:
+        return _run(args, sweep_dir, spec)
+    except CommandError as error:
+        if getattr(error, "started", True) is False:
+            _take_back(made)  # Ray never started: nothing ran
+        raise
+    finally:
+        os.close(lock)
+
+
+def _check_spec(sweep_dir: Path, spec: dict[str, Any], made: list[Path]) -> None:
+    """Under the lock: the same sweep as the directory's (a rerun), or a new one written now."""
+    try:
+        old = read_spec(sweep_dir)
+    except SpecError as error:
+        raise CommandError(str(error)) from None
     if old is not None:
         diff = difference(old, spec)
         if diff:
             raise CommandError(f"{sweep_dir} holds another sweep ({diff}); use another "
                                f"SWEEP_DIR or the command that made it")
-    elif sweep_dir.exists() and (not sweep_dir.is_dir() or any(sweep_dir.iterdir())):
+    elif _foreign(sweep_dir):
         raise CommandError(f"{sweep_dir} exists and is not a sweep directory; pick another")
-    try:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        lock = _lock(sweep_dir)
-        if old is None:
+    else:
+        try:
             atomic_write_json(sweep_dir / SPEC_FILE, spec)
-    except OSError as error:
-        raise CommandError(f"cannot write {sweep_dir}: {error.strerror or error}") from None
-    try:
-        return _run(args, sweep_dir, spec)
-    finally:
-        os.close(lock)
+        except OSError as error:
+            raise CommandError(f"cannot write {sweep_dir}: {error.strerror or error}") from None
+        made.append(sweep_dir / SPEC_FILE)
+
+
+def _foreign(sweep_dir: Path) -> bool:
+    """A directory with files but no sweep.json: not ours to fill (its lock file alone, or the
+    spec being written by a sweep starting at this instant, are a sweep's)."""
+    if (sweep_dir / SPEC_FILE).exists():
+        return False
+    return any(entry.name != LOCK_FILE and not entry.name.startswith(f".{SPEC_FILE}.tmp-")
+               for entry in sweep_dir.iterdir())
+
+
+def _take_back(made: list[Path]) -> None:
+    """Remove what this command created, newest first (Ray never started: nothing ran)."""
+    for path in reversed(made):
+        try:
+            path.rmdir() if path.is_dir() else path.unlink()
+        except OSError:
+            pass
 
 
 def _lock(sweep_dir: Path) -> int:
@@ -157,6 +219,10 @@ def _lock(sweep_dir: Path) -> int:
 
 
 def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int:
+    from truthloop.sweep import localray
+
+    if not args.address:
+        localray.keep_to_loopback()  # before anything imports ray
     from truthloop.sweep.driver import SweepError, run_sweep
 
     trajs = trajectories(spec)
@@ -172,7 +238,9 @@ def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int
                              workers=args.workers, num_gpus=args.gpus,
                              max_restarts=args.max_restarts)
     except SweepError as error:
-        raise CommandError(str(error), code=error.code) from None
+        failed = CommandError(str(error), code=error.code)
+        failed.started = error.started  # type: ignore[attr-defined]
+        raise failed from None
     states: dict[str, int] = {}
     for row in rows:
         states[row["state"]] = states.get(row["state"], 0) + 1

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from truthloop.store import LOG_FILE
-from truthloop.sweep import state as st
+from truthloop.sweep import localray, state as st
 from truthloop.sweep.spec import Trajectory
-from truthloop.text import clip, first_line, visible
+from truthloop.text import clip, count, first_line, visible
 
 TABLE_INTERVAL = 2.0  # s between rewrites of trajectories.jsonl while running
 POLL = 0.5
@@ -31,9 +31,10 @@ POLL = 0.5
 class SweepError(Exception):
     """One line for the user (exit code in .code)."""
 
-    def __init__(self, message: str, code: int = 2):
+    def __init__(self, message: str, code: int = 2, started: bool = True):
         super().__init__(message)
         self.code = code
+        self.started = started  # False: nothing ran (the sweep directory may be taken back)
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:
@@ -47,41 +48,144 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         host_port = address
     host, _, port = host_port.rpartition(":")
     if not host or not port.isdigit():
-        raise SweepError(f"--address {address!r} is not HOST:PORT (or ray://HOST:PORT)")
+        raise SweepError(f"--address {address!r} is not HOST:PORT (or ray://HOST:PORT)",
+                         started=False)
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise SweepError(f"cannot reach the Ray cluster at {address}: {reason}", code=1) from None
+        raise SweepError(f"cannot reach the Ray cluster at {address}: {reason}", code=1,
+                         started=False) from None
 
 
 def start_ray(address: str | None, num_gpus: int | None) -> bool:
     """Join a cluster at `address`, or start Ray on this machine. Returns whether we started it
-    (then we shut it down at the end). An already-initialised Ray (tests) is used as it is."""
-    import ray
-
+    (then we shut it down at the end, with `stop_ray`). An already-initialised Ray (tests) is used
+    as it is. Failing before anything ran is a SweepError with `started` False."""
     if address:
         check_address(address)
+    else:
+        localray.keep_to_loopback()  # before `import ray` reads it
+    import ray
+
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
+        except Exception as error:  # noqa: BLE001 - Ray raises many kinds; one line for the user
+            raise SweepError(f"cannot join the Ray cluster at {address}: "
+                             f"{first_line(error)}", code=1, started=False) from None
         return True
-    # Locally: no dashboard (an HTTP server on 8265). Ray's token authentication is on by
-    # default for a new local Ray (it sets RAY_AUTH_MODE=token itself; setting it here, after
-    # `import ray`, would leave this process's cached setting behind its children's). Only an
-    # explicit opt-out turns it off, and then the user is told.
-    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+    _init_local(num_gpus, first=True)
+    return True
+
+
+_REAPER: localray.Reaper | None = None
+RAY_RESTARTS = 3  # times a local sweep restarts its Ray after losing it, before it gives up
+
+
+def _init_local(num_gpus: int | None, first: bool) -> None:
+    """Start Ray here: loopback only, no dashboard (an HTTP server on 8265), token
+    authentication on with a token file only its owner reads, and a reaper that ends Ray's
+    processes with the driver (localray.py)."""
+    import ray
+
+    global _REAPER
+    # Ray's token authentication is on by default for a new local Ray (it sets
+    # RAY_AUTH_MODE=token itself; setting it here, after `import ray`, would leave this process's
+    # cached setting behind its children's). Only an explicit opt-out turns it off, and then the
+    # user is told.
+    mode = os.environ.get("RAY_AUTH_MODE", "token").lower()
+    if mode != "token" and first:
         print("truthloop: note: Ray's token authentication is off (RAY_AUTH_MODE="
               f"{os.environ['RAY_AUTH_MODE']}): anyone who reaches this machine's Ray ports "
               "can run code here", file=sys.stderr)
+    if mode == "token":
+        try:
+            note = localray.private_token()
+        except OSError as error:
+            raise SweepError(f"cannot write Ray's token file: {error.strerror or error}",
+                             code=1, started=False) from None
+        if note:
+            print(f"truthloop: note: {visible(note)}", file=sys.stderr)
     kwargs: dict[str, Any] = {}
     if num_gpus is not None:
         kwargs["num_gpus"] = num_gpus
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", **kwargs)
-    return True
+    if _REAPER is None:
+        _REAPER = localray.Reaper()
+    try:
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", **kwargs)
+    except Exception as error:  # noqa: BLE001 - one line for the user
+        stop_ray(True)
+        raise SweepError(f"cannot start Ray here: {first_line(error)}", code=1,
+                         started=False) from None
+    here = ray.util.get_node_ip_address()
+    if not localray.is_loopback(here) and first:
+        print(f"truthloop: note: Ray took {here} as this node's address, not loopback: its "
+              "ports may be reachable from other machines", file=sys.stderr)
+
+
+def stop_ray(started: bool) -> None:
+    """Shut down the Ray we started, and end whatever of it is left (agents that would linger)."""
+    global _REAPER
+    if not started:
+        return
+    import ray
+
+    ray.shutdown()
+    if _REAPER is not None:
+        _REAPER.close()
+        _REAPER = None
+
+
+def restart_local_ray(num_gpus: int | None) -> None:
+    """After the local node was lost: shut Ray down, end its stragglers, start it again."""
+    import ray
+
+    ray.shutdown()
+    if _REAPER is not None:
+        _REAPER.kill_leftovers()
+    _init_local(num_gpus, first=False)
+
+
+def local_node_alive(wait: float = 3.0) -> bool:
+    """Whether the Ray this driver started still runs whole (GCS, raylet and what they need).
+    An agent's or the raylet's death takes the node down; give it `wait` s to show."""
+    import ray
+
+    deadline = time.monotonic() + wait
+    while True:
+        node = getattr(ray._private.worker, "_global_node", None)
+        check = getattr(node, "remaining_processes_alive", None)
+        try:
+            alive = bool(check()) if check is not None else \
+                any(n.get("Alive") for n in ray.nodes())
+        except Exception:  # noqa: BLE001 - a GCS that does not answer is a lost node
+            alive = False
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.25)
+
+
+class NodeLost(Exception):
+    """The local Ray is gone; `unfinished` trajectories go back in the queue."""
+
+    def __init__(self, unfinished: list[Trajectory]):
+        super().__init__("Ray's local node was lost")
+        self.unfinished = unfinished
+
+
+def heal_note(restarts: int) -> str:
+    return (f"Ray's local node was lost (one of its processes died); restarting Ray and going "
+            f"on ({restarts} of {RAY_RESTARTS})")
+
+
+def too_many_losses() -> SweepError:
+    return SweepError(f"Ray's local node was lost {RAY_RESTARTS + 1} times; stopped (run the "
+                      f"same command again to continue)", code=1)
 
 
 @dataclass
@@ -147,11 +251,11 @@ def describe(row: dict[str, Any]) -> str:
         cycle = row.get("cycle") or {}
         kind = "fixed point" if cycle.get("length") == 1 else f"{cycle.get('length')}-cycle"
         # One line: the truth clipped (the whole of it is in the run directory and the atlas).
-        return (f"{head}: {kind} after {row['iterations']} images: "
+        return (f"{head}: {kind} after {count(row['iterations'], 'image')}: "
                 f"{clip(visible(row['truth']), 100)}")
     if row["state"] == "error":
         return f"{head}: {visible(row.get('message') or '')}"
-    return f"{head}: {row['iterations']} images"
+    return f"{head}: {count(row['iterations'], 'image')}"
 
 
 def start_workers(worker_class: type, backend: str | None, workers: int | None, todo: int,
@@ -175,7 +279,9 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
               address: str | None = None, workers: int | None = None,
               num_gpus: int | None = None, max_restarts: int = 8,
               on_started: Callable[[list[Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run every trajectory not yet done; returns the final state table."""
+    """Run every trajectory not yet done; returns the final state table. A local Ray that is
+    lost (an agent or the raylet died) is started again, up to RAY_RESTARTS times, and the
+    trajectories it was running continue from their run directories."""
     import ray
 
     from truthloop.sweep.worker import TrajectoryWorker
@@ -183,79 +289,113 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
     rows = st.table(sweep_dir, trajectories)
     todo = [t for t, row in zip(trajectories, rows) if not st.is_done(row)]
     started = start_ray(address, num_gpus)
+    local = started and not address
     progress = Progress(len(trajectories), len(trajectories) - len(todo))
     try:
-        actors, gpus = start_workers(TrajectoryWorker, backend, workers, len(todo), max_restarts)
-        count = len(actors)
-        if on_started is not None:
-            on_started(actors)
         queue = deque(todo)
-        inflight: dict[Any, tuple[Any, Job]] = {}
-        idle = list(actors)
-        last_table = last_poll = 0.0
+        restarts = 0
         with progress:
-            if todo:
-                start_note(progress, len(todo), len(trajectories), count, gpus)
-                if gpus and len(todo) >= 2 * count:
-                    progress.note("one at a time, each exactly `truthloop run`; with many "
-                                  "trajectories, --batch 16 draws ~2.2x the images per "
-                                  "GPU-second (docs/batching.md)")
-            while queue or inflight:
-                while idle and queue:
-                    actor, trajectory = idle.pop(), queue.popleft()
-                    job = Job(trajectory, trajectory.run_dir(sweep_dir))
-                    job.log_size, _ = _count_lines(job.run_dir, 0)
-                    ref = actor.run.remote({"run_dir": str(job.run_dir),
-                                            "config": trajectory.config})
-                    inflight[ref] = (actor, job)
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL)
-                for ref in ready:
-                    actor, job = inflight.pop(ref)
-                    try:
-                        outcome = ray.get(ref)
-                        idle.append(actor)
-                    except ray.exceptions.RayActorError as error:
-                        # Out of restarts: this worker is gone for good; the others go on.
-                        outcome = {"status": "error",
-                                   "message": f"worker lost: {type(error).__name__}"}
-                    except ray.exceptions.RayTaskError as error:
-                        # A bug, not a fault: the worker is fine, this trajectory is not.
-                        idle.append(actor)
-                        cause = error.cause if error.cause is not None else error
-                        outcome = {"status": "error",
-                                   "message": f"{type(cause).__name__}: {first_line(cause)}"}
-                    _poll(job, progress)
-                    row = outcome_row(sweep_dir, job.trajectory, outcome)
-                    rows[job.trajectory.number] = row
-                    progress.finished(describe(row))
-                # A stat per running trajectory: every 0.5 s, or less often when there are so
-                # many that the stats would keep a shared file system busy (about 1 ms each).
-                if time.monotonic() - last_poll > max(POLL, len(inflight) / 1000):
-                    for _, job in inflight.values():
-                        _poll(job, progress)
-                    last_poll = time.monotonic()
-                # The table is rewritten whole: every 2 s for a small sweep, less often for a big
-                # one (about 1 s per 2,000 rows), so its cost stays a fraction of the driver's.
-                if time.monotonic() - last_table > max(TABLE_INTERVAL, len(rows) / 2000):
-                    _write_table(sweep_dir, rows, inflight)
-                    last_table = time.monotonic()
-                if not idle and not inflight and queue:
-                    raise SweepError("every worker was lost; run the same command again to "
-                                     "continue", code=1)
+            while True:
+                actors, gpus = start_workers(TrajectoryWorker, backend, workers, len(queue),
+                                             max_restarts)
+                if restarts == 0:
+                    if on_started is not None:
+                        on_started(actors)
+                    if todo:
+                        start_note(progress, len(todo), len(trajectories), len(actors), gpus)
+                        if gpus and len(todo) >= 2 * len(actors):
+                            progress.note("one at a time, each exactly `truthloop run`; with "
+                                          "many trajectories, --batch 16 draws ~2.2x the "
+                                          "images per GPU-second (docs/batching.md)")
+                try:
+                    _drive(sweep_dir, rows, queue, actors, progress, local)
+                    break
+                except NodeLost as lost:
+                    if restarts >= RAY_RESTARTS:
+                        raise too_many_losses() from None
+                    restarts += 1
+                    progress.note(heal_note(restarts))
+                    queue.extendleft(reversed(lost.unfinished))
+                    restart_local_ray(num_gpus)
         for actor in actors:
             ray.kill(actor)
     finally:
-        if started:
-            ray.shutdown()
+        stop_ray(started)
     rows = st.table(sweep_dir, trajectories)
     st.write_table(sweep_dir, rows)
     return rows
 
 
+def _drive(sweep_dir: Path, rows: list[dict[str, Any]], queue: deque, actors: list[Any],
+           progress: Progress, local: bool) -> None:
+    """Keep the workers busy until the queue is empty. NodeLost (a local sweep only) when the
+    node under them is gone, with every trajectory that was running."""
+    import ray
+
+    inflight: dict[Any, tuple[Any, Job]] = {}
+    idle = list(actors)
+    last_table = last_poll = 0.0
+
+    def lost(*also: Job) -> NodeLost:
+        jobs = [job for _, job in inflight.values()] + list(also)
+        return NodeLost(sorted((job.trajectory for job in jobs), key=lambda t: t.number))
+
+    while queue or inflight:
+        while idle and queue:
+            actor, trajectory = idle.pop(), queue.popleft()
+            job = Job(trajectory, trajectory.run_dir(sweep_dir))
+            job.log_size, _ = _count_lines(job.run_dir, 0)
+            ref = actor.run.remote({"run_dir": str(job.run_dir), "config": trajectory.config})
+            inflight[ref] = (actor, job)
+        try:
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL)
+        except ray.exceptions.RaySystemError:
+            if local:
+                raise lost() from None
+            raise
+        for ref in ready:
+            actor, job = inflight.pop(ref)
+            try:
+                outcome = ray.get(ref)
+                idle.append(actor)
+            except ray.exceptions.RayActorError as error:
+                if local and not local_node_alive():
+                    raise lost(job) from None
+                # Out of restarts: this worker is gone for good; the others go on.
+                outcome = {"status": "error",
+                           "message": f"worker lost: {type(error).__name__}"}
+            except ray.exceptions.RayTaskError as error:
+                # A bug, not a fault: the worker is fine, this trajectory is not.
+                idle.append(actor)
+                cause = error.cause if error.cause is not None else error
+                outcome = {"status": "error",
+                           "message": f"{type(cause).__name__}: {first_line(cause)}"}
+            _poll(job, progress)
+            row = outcome_row(sweep_dir, job.trajectory, outcome)
+            rows[job.trajectory.number] = row
+            progress.finished(describe(row))
+        # A stat per running trajectory: every 0.5 s, or less often when there are so
+        # many that the stats would keep a shared file system busy (about 1 ms each).
+        if time.monotonic() - last_poll > max(POLL, len(inflight) / 1000):
+            for _, job in inflight.values():
+                _poll(job, progress)
+            last_poll = time.monotonic()
+        # The table is rewritten whole: every 2 s for a small sweep, less often for a big
+        # one (about 1 s per 2,000 rows), so its cost stays a fraction of the driver's.
+        if time.monotonic() - last_table > max(TABLE_INTERVAL, len(rows) / 2000):
+            _write_table(sweep_dir, rows, inflight)
+            last_table = time.monotonic()
+        if not idle and not inflight and queue:
+            if local and not local_node_alive(wait=0):
+                raise lost()
+            raise SweepError("every worker was lost; run the same command again to "
+                             "continue", code=1)
+
+
 def start_note(progress: Progress, todo: int, total: int, workers: int, gpus: int,
                each: str = "") -> None:
-    progress.note(f"{todo} of {total} trajectories to run on {workers} "
-                  f"worker{'s' if workers != 1 else ''}{each}"
+    progress.note(f"{todo} of {count(total, 'trajectory', 'trajectories')} to run on "
+                  f"{count(workers, 'worker')}{each}"
                   f"{f' ({gpus} GPUs)' if gpus else ' (no GPU)'}")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from truthloop.config import (
     CAPTION_MODES, FEED_MODES, SCHEDULERS, SEED_MODES, ConfigError, RunConfig,
 )
+from truthloop.text import count
 
 SPEC_FILE = "sweep.json"
 TABLE_FILE = "trajectories.jsonl"
@@ -49,6 +50,8 @@ class SpecError(ValueError):
 
 def parse_seeds(text: str) -> list[int]:
     """`0-15`, `1,5,9`, or a mix (`0-3,10`); order kept, duplicates dropped."""
+    if not text.strip():
+        raise SpecError("--seeds is empty: give seeds like 0-15, 1,5,9 or a mix")
     seeds: list[int] = []
     for part in text.split(","):
         part = part.strip()
@@ -226,7 +229,11 @@ def is_sweep_dir(path: Path) -> bool:
 
 
 def difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """The first difference between two specs, as `what: was X, now Y`, or None."""
+    """The first difference between two specs, as `what: was X, now Y`, or None. `--batch` is
+    looked at first: it also turns compiling on, and the user changed the batch, not that."""
+    old_batch, new_batch = old.get("batch", 1), new.get("batch", 1)
+    if old_batch != new_batch:
+        return f"batch: was {_show(old_batch)}, now {_show(new_batch)}"
     return _diff(old, new, "")
 
 
@@ -239,7 +246,8 @@ def _diff(old: Any, new: Any, where: str) -> str | None:
         return None
     if isinstance(old, list) and isinstance(new, list) and where == "starts":
         if len(old) != len(new):
-            return f"starts: {len(old)} images/prompts in the sweep, {len(new)} now"
+            return (f"starts: {count(len(old), 'image or prompt', 'images/prompts')} in the "
+                    f"sweep, {len(new)} now")
         for i, (a, b) in enumerate(zip(old, new)):
             if a != b:
                 return f"start {i + 1}: was {_show(a)}, now {_show(b)}"

@@ -137,6 +137,8 @@ class TrajectoryWorker:
                     image_vectors.append(list(embedder.features(image.convert("RGB"))))
             prompts = summary.get("truth_prompts") or []
             if prompts:
+                from truthloop.ml.embedding import text_features
+
                 text_vectors = text_features(embedder, prompts) or []
         records = read_records(run_dir)
         cycle = summary.get("cycle") or {}
@@ -150,24 +152,6 @@ class TrajectoryWorker:
 
 def _field(record: Any, name: str) -> Any:
     return record.get(name) if isinstance(record, dict) else getattr(record, name, None)
-
-
-def text_features(embedder: Any, prompts: list[str]) -> list[list[float]] | None:
-    """CLIP text features of the prompts, unit length: the embedder's own method when it has one,
-    else through the clip-interrogator it wraps (its tokenizer and CLIP model)."""
-    own = getattr(embedder, "text_features", None)
-    if own is not None:
-        return own(prompts)
-    ci = getattr(embedder, "ci", None)
-    if ci is None:
-        return None
-    import torch
-
-    with torch.inference_mode():
-        tokens = ci.tokenize(prompts).to(ci.device)
-        features = ci.clip_model.encode_text(tokens).float()
-        features = features / features.norm(dim=-1, keepdim=True)
-    return features.cpu().tolist()
 
 
 def _unit_mean(vectors: list[list[float]]) -> list[float] | None:
