@@ -79,3 +79,44 @@ def test_atlas_without_embeddings_keeps_each_attractor_a_motif(tmp_path):
 def test_atlas_of_something_else_is_one_line(tmp_path, capsys):
     assert run_main(["atlas", str(tmp_path)]) == 2
     assert_one_clean_error_line(capsys.readouterr().err, "not a sweep directory")
+
+
+def _tiny(sweep_dir):
+    spec = json.loads((sweep_dir / "sweep.json").read_text())
+    spec["config"]["models"]["models"] = "tiny"
+    (sweep_dir / "sweep.json").write_text(json.dumps(spec))
+
+
+def test_atlas_png_has_axes_a_legend_whole_prompts_and_says_tiny(tmp_path):
+    from truthloop.lookback.atlas import LEGEND_WIDTH, MARGIN, TINY_COLOUR, render_atlas
+    from truthloop.text import visible
+
+    sweep_dir = tmp_path / "sweep"
+    make_sweep(sweep_dir, ["a1", "c1", "e1", "h1"], [0, 1])
+    atlas = build_atlas(sweep_dir)
+    image, layout = render_atlas(sweep_dir, atlas)
+    # the map's axes say what they are and how much of the spread each shows
+    x_name, y_name = layout["axes"]
+    shares = atlas["map_explained_variance"]
+    assert x_name == f"PC 1 ({shares[0]:.0%} of the variance)" and y_name.startswith("PC 2 (")
+    # a legend entry per motif, in its colour on the map
+    assert [text for _, text in layout["legend"]] == [
+        f"motif {m['id']} · basin {m['basin_size']}" for m in atlas["motifs"]]
+    colours = {colour for _, colour in image.convert("RGB").getcolors(1 << 20)}
+    assert all(colour in colours for colour, _ in layout["legend"])
+    # the map fills the width beside its legend (no blank half of a canvas)
+    assert layout["map_box"][2] == image.width - MARGIN - LEGEND_WIDTH
+    # a 60-character prompt is shown whole (it was cut at 24), as visible text
+    hostile = next(m for m in atlas["motifs"] if m["representative_prompt"] == sweep_fakes.HOSTILE)
+    shown = " ".join(layout["tiles"][hostile["id"]][1:])
+    assert shown == " ".join(visible(sweep_fakes.HOSTILE).split())
+    # real models: no warning; tiny random weights: said in red under the title, as the sheet does
+    assert TINY_COLOUR not in colours and len(layout["header"]) == 2
+    _tiny(sweep_dir)
+    tiny_atlas = build_atlas(sweep_dir)
+    assert tiny_atlas["models"] == "tiny"
+    image, layout = render_atlas(sweep_dir, tiny_atlas)
+    assert "tiny random-weight models" in layout["header"][2]
+    assert TINY_COLOUR in {colour for _, colour in image.convert("RGB").getcolors(1 << 20)}
+    _, out = write_atlas(sweep_dir)
+    assert "tiny random-weight models" in (out / "atlas.html").read_text()

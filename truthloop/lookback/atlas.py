@@ -19,7 +19,6 @@ Needs no GPU and no Ray: only the sweep directory. Writes atlas.json, atlas.png,
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
@@ -28,11 +27,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from truthloop.lookback.render import _font, _line_height, draw_text, text_length, wrap_text
+from truthloop.lookback.runs import TINY_LABEL
 from truthloop.record import canonical_cycle, cycle_prompts
 from truthloop.store import atomic_write_bytes, atomic_write_json, read_records
 from truthloop.sweep import state as st
 from truthloop.sweep.spec import ATLAS_DIR, SpecError, read_spec, trajectories
-from truthloop.text import visible
+from truthloop.text import count, html_text, visible
 
 
 class AtlasError(Exception):
@@ -114,10 +115,13 @@ def build_atlas(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
         entry["transient"] = {"min": min(trans), "median": statistics.median(trans),
                               "max": max(trans)}
     motifs, method = _motifs(ordered, vectors, min_cluster_size)
+    points, explained = _map(ordered, vectors)
     total = len(trajs)
     converged = states.get("converged", 0)
     return {
         "sweep": str(sweep_dir),
+        # "tiny": random-weight models, whose attractors mean nothing (said on the PNG and page)
+        "models": ((spec.get("config") or {}).get("models") or {}).get("models"),
         "trajectories": total,
         "converged": converged,
         "never_converged_fraction": round((total - converged) / total, 4) if total else 0.0,
@@ -127,7 +131,9 @@ def build_atlas(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
         "attractors": ordered,
         "motifs": motifs,
         "clustering": method,
-        "map": _map(ordered, vectors),
+        "map": points,
+        # the share of the embeddings' variance along the map's x and y axes (PC 1, PC 2)
+        "map_explained_variance": explained,
     }
 
 
@@ -159,7 +165,7 @@ def _motifs(attractors: list[dict[str, Any]], vectors: dict[str, list[float]],
             np.stack([means[i] for i in usable]))
         labels.update({i: int(label) for i, label in zip(usable, found)})
     else:
-        method["note"] = f"{len(usable)} embedded attractor(s): too few to cluster"
+        method["note"] = f"{count(len(usable), 'embedded attractor')}: too few to cluster"
     # Noise and unembedded attractors: a motif each.
     groups: dict[Any, list[int]] = {}
     for i in range(len(attractors)):
@@ -186,23 +192,28 @@ def _motifs(attractors: list[dict[str, Any]], vectors: dict[str, list[float]],
     return motifs, method
 
 
-def _map(attractors: list[dict[str, Any]], vectors: dict[str, list[float]]) -> list[dict]:
-    """Every embedded truth in 2-D (PCA of the embeddings), with its attractor and motif."""
+def _map(attractors: list[dict[str, Any]],
+         vectors: dict[str, list[float]]) -> tuple[list[dict], list[float] | None]:
+    """Every embedded truth in 2-D (PCA of the embeddings), with its attractor and motif; and
+    the share of the variance each axis explains (None without a PCA)."""
     import numpy as np
 
     points = [(name, a) for a in attractors for name in a["members"] if name in vectors]
     if not points:
-        return []
+        return [], None
     data = np.asarray([vectors[name] for name, _ in points], dtype=float)
+    explained = None
     if len(points) >= 2 and data.shape[1] >= 2:
         from sklearn.decomposition import PCA
 
-        xy = PCA(n_components=2).fit_transform(data - data.mean(axis=0))
+        pca = PCA(n_components=2)
+        xy = pca.fit_transform(data - data.mean(axis=0))
+        explained = [round(float(v), 4) for v in np.nan_to_num(pca.explained_variance_ratio_)]
     else:
         xy = np.zeros((len(points), 2))
     return [{"trajectory": name, "attractor": a["id"], "motif": a.get("motif"),
              "x": round(float(x), 5), "y": round(float(y), 5)}
-            for (name, a), (x, y) in zip(points, xy)]
+            for (name, a), (x, y) in zip(points, xy)], explained
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -237,45 +248,182 @@ def _thumb(sweep_dir: Path, relative: str | None, size: int) -> Any:
     return Image.new("RGB", (size, size), (60, 60, 60))
 
 
-def _png(sweep_dir: Path, atlas: dict[str, Any], tile: int = 160) -> bytes:
-    """Top: one medoid image per motif with its basin size; below: the 2-D map by motif."""
+TILE = 176        # a motif's medoid image, in pixels
+TILE_WIDTH = 200  # a motif's column: the image and its prompt under it
+MARGIN = 16
+MAP_HEIGHT = 340
+LEGEND_WIDTH = 250
+TINY_COLOUR = (190, 40, 40)
+
+
+def _png(sweep_dir: Path, atlas: dict[str, Any]) -> bytes:
+    image, _ = render_atlas(sweep_dir, atlas)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def render_atlas(sweep_dir: Path, atlas: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """atlas.png and what is written where: a header (what the sweep was; the tiny models'
+    warning), one medoid image per motif with its basin and prompt (up to four lines), then the
+    2-D map of the truths with its axes and a legend of the motifs."""
     from PIL import Image, ImageDraw
 
     motifs = atlas["motifs"]
     columns = max(1, min(6, len(motifs)))
-    rows = max(1, math.ceil(len(motifs) / columns))
-    label = 34
-    map_size = 360
-    width = max(columns * tile, map_size + 20)
-    height = rows * (tile + label) + map_size + 30
+    rows = math.ceil(len(motifs) / columns) if motifs else 0
+    width = max(2 * MARGIN + columns * TILE_WIDTH, 760)
+    title_font, font, small = _font(18), _font(13), _font(11)
+    line, small_line = _line_height(font), _line_height(small)
+    prompt_lines = 4
+    tile_height = TILE + 8 + line + small_line * prompt_lines + 10
+    header = [(f"Attractor atlas · {Path(atlas['sweep']).name}", title_font, (0, 0, 0)),
+              (_summary(atlas), font, (70, 70, 70))]
+    if atlas.get("models") == "tiny":
+        header.append((TINY_LABEL + ": these attractors say nothing about real models", font,
+                       TINY_COLOUR))
+    header_height = MARGIN + sum(_line_height(f) for _, f, _ in header) + 10
+    motifs_top = header_height + line + 4
+    map_top = motifs_top + rows * tile_height + line + 10
+    height = map_top + MAP_HEIGHT + 2 * line + MARGIN
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    layout: dict[str, Any] = {"header": [text for text, _, _ in header], "tiles": {}}
+    y = MARGIN
+    for text, face, colour in header:
+        draw_text(draw, (MARGIN, y), text, face, colour)
+        y += _line_height(face)
+
+    draw_text(draw, (MARGIN, header_height), "Motifs: the medoid truth of each (basin = "
+              "trajectories that end in it)", font, (0, 0, 0))
     for number, motif in enumerate(motifs):
-        x, y = (number % columns) * tile, (number // columns) * (tile + label)
-        canvas.paste(_thumb(sweep_dir, motif["medoid_image"], tile - 8), (x + 4, y + 4))
-        colour = PALETTE[motif["id"] % len(PALETTE)]
-        draw.rectangle([x + 2, y + 2, x + tile - 3, y + tile - 3], outline=colour, width=3)
-        prompt = visible(motif["representative_prompt"] or "")
-        draw.text((x + 4, y + tile), f"motif {motif['id']} · basin {motif['basin_size']}",
-                  fill=(0, 0, 0))
-        draw.text((x + 4, y + tile + 14), prompt[:24], fill=(90, 90, 90))
-    top = rows * (tile + label) + 20
-    draw.text((10, top - 14), "truths in 2-D (PCA of CLIP embeddings), coloured by motif",
-              fill=(0, 0, 0))
-    draw.rectangle([10, top, 10 + map_size, top + map_size - 10], outline=(200, 200, 200))
+        x = MARGIN + (number % columns) * TILE_WIDTH
+        y = motifs_top + (number // columns) * tile_height
+        colour = _colour(motif["id"])
+        canvas.paste(_thumb(sweep_dir, motif["medoid_image"], TILE - 8), (x + 4, y + 4))
+        draw.rectangle([x + 1, y + 1, x + TILE - 2, y + TILE - 2], outline=colour, width=3)
+        label = f"motif {motif['id']} · basin {motif['basin_size']}"
+        draw_text(draw, (x + 2, y + TILE + 6), label, font, (0, 0, 0))
+        draw_text(draw, (x + 8 + text_length(font, label), y + TILE + 8),
+                  f"({count(len(motif['attractors']), 'attractor')})", small, (80, 80, 80))
+        lines = wrap_text(motif["representative_prompt"] or "", small, TILE_WIDTH - 12,
+                          prompt_lines)
+        layout["tiles"][motif["id"]] = [label, *lines]
+        for row, text in enumerate(lines):
+            draw_text(draw, (x + 2, y + TILE + 6 + line + row * small_line), text, small,
+                      (80, 80, 80))
+    layout["map_box"] = (MARGIN + 64, map_top, width - MARGIN - LEGEND_WIDTH,
+                         map_top + MAP_HEIGHT)
+    layout.update(_draw_map(canvas, draw, atlas, layout["map_box"], font, small))
+    return canvas, layout
+
+
+def _colour(motif: Any) -> tuple[int, int, int]:
+    return PALETTE[(motif or 0) % len(PALETTE)]
+
+
+def _summary(atlas: dict[str, Any]) -> str:
+    return (f"{count(atlas['trajectories'], 'trajectory')}, {atlas['converged']} converged "
+            f"(never converged: {atlas['never_converged_fraction']:.0%}); "
+            f"{count(len(atlas['attractors']), 'exact attractor')} in "
+            f"{count(len(atlas['motifs']), 'motif')}")
+
+
+def _draw_map(canvas: Any, draw: Any, atlas: dict[str, Any], box: tuple[int, int, int, int], font: Any,
+              small: Any) -> dict[str, Any]:
+    """The truths on the first two principal components: axes with ticks and what they
+    explain, one disc per place (bigger where several trajectories end at the same point), and
+    a legend of the motifs' colours."""
+    from PIL import Image, ImageDraw
+
+    left, top, right, bottom = box
+    line = _line_height(font)
+    draw_text(draw, (MARGIN, top - line - 4), "Where the truths lie: PCA of their CLIP "
+              "embeddings (image + prompt), one disc per place, coloured by motif", font,
+              (0, 0, 0))
+    draw.rectangle([left, top, right, bottom], outline=(160, 160, 160))
     points = atlas["map"]
-    if points:
-        xs, ys = [p["x"] for p in points], [p["y"] for p in points]
-        span_x = (max(xs) - min(xs)) or 1.0
-        span_y = (max(ys) - min(ys)) or 1.0
-        for p in points:
-            px = 20 + (p["x"] - min(xs)) / span_x * (map_size - 20)
-            py = top + 10 + (p["y"] - min(ys)) / span_y * (map_size - 30)
-            colour = PALETTE[(p["motif"] or 0) % len(PALETTE)]
-            draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour, outline=(0, 0, 0))
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
-    return buffer.getvalue()
+    if not points:
+        message = "no embeddings stored: nothing to map"
+        draw_text(draw, ((left + right) / 2 - text_length(font, message) / 2,
+                         (top + bottom) / 2), message, font, (120, 120, 120))
+        return {"axes": None, "legend": []}
+    xs, ys = [p["x"] for p in points], [p["y"] for p in points]
+    pad_x = ((max(xs) - min(xs)) or 1.0) * 0.08
+    pad_y = ((max(ys) - min(ys)) or 1.0) * 0.08
+    x0, x1 = min(xs) - pad_x, max(xs) + pad_x
+    y0, y1 = min(ys) - pad_y, max(ys) + pad_y
+
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (right - left)
+
+    def py(y: float) -> float:
+        return bottom - (y - y0) / (y1 - y0) * (bottom - top)
+
+    grey = (90, 90, 90)
+    for i in range(5):  # ticks and grid lines
+        xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
+        draw.line([px(xv), top + 1, px(xv), bottom - 1], fill=(235, 235, 235))
+        draw.line([left + 1, py(yv), right - 1, py(yv)], fill=(235, 235, 235))
+        draw.line([px(xv), bottom, px(xv), bottom + 4], fill=grey)
+        draw.line([left - 4, py(yv), left, py(yv)], fill=grey)
+        text = f"{xv:.2f}"
+        draw_text(draw, (px(xv) - text_length(small, text) / 2, bottom + 6), text, small, grey)
+        text = f"{yv:.2f}"
+        draw_text(draw, (left - 7 - text_length(small, text), py(yv) - 6), text, small, grey)
+    explained = atlas.get("map_explained_variance") or [None, None]
+
+    def axis(number: int) -> str:
+        share = explained[number - 1]
+        return f"PC {number}" + (f" ({share:.0%} of the variance)" if share is not None else "")
+
+    x_name = axis(1)
+    draw_text(draw, ((left + right) / 2 - text_length(small, x_name) / 2, bottom + 20), x_name,
+              small, grey)
+    y_name = axis(2)
+    label = Image.new("RGB", (int(text_length(small, y_name)) + 4, 16), (255, 255, 255))
+    draw_text(ImageDraw.Draw(label), (2, 1), y_name, small, grey)
+    label = label.rotate(90, expand=True)
+    canvas.paste(label, (MARGIN - 4, int((top + bottom) / 2 - label.height / 2)))
+
+    places: dict[tuple[float, float, Any], int] = {}
+    for p in points:
+        key = (round(px(p["x"])), round(py(p["y"])), p["motif"])
+        places[key] = places.get(key, 0) + 1
+    for (x, y, motif), number in sorted(places.items(), key=lambda item: -item[1]):
+        radius = 5 + 2.5 * math.sqrt(number - 1)
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=_colour(motif),
+                     outline=(0, 0, 0))
+        if number > 1:
+            draw_text(draw, (x + radius + 3, y - 7), f"n={number}", small, (40, 40, 40))
+
+    # the legend: each motif's colour, basin and prompt
+    legend_x, y = right + 18, top
+    shown = atlas["motifs"][:14]
+    legend = []
+    for motif in shown:
+        draw.ellipse([legend_x, y + 3, legend_x + 10, y + 13], fill=_colour(motif["id"]),
+                     outline=(0, 0, 0))
+        text = f"motif {motif['id']} · basin {motif['basin_size']}"
+        draw_text(draw, (legend_x + 16, y), text, small, (0, 0, 0))
+        prompt = visible(motif["representative_prompt"] or "")
+        room = LEGEND_WIDTH - 40 - text_length(small, text + "  ")
+        while prompt and text_length(small, prompt + "…") > room:
+            prompt = prompt[:-1]
+        if prompt:
+            shown_prompt = prompt if prompt == visible(motif["representative_prompt"] or "") \
+                else prompt.rstrip() + "…"
+            draw_text(draw, (legend_x + 20 + text_length(small, text), y), shown_prompt, small,
+                      (110, 110, 110))
+        legend.append((_colour(motif["id"]), text))
+        y += 20
+    if len(atlas["motifs"]) > len(shown):
+        draw_text(draw, (legend_x, y), f"+ {count(len(atlas['motifs']) - len(shown), 'motif')} "
+                  "more (atlas.html lists all)", small, grey)
+        y += 20
+    draw_text(draw, (legend_x, y + 6), "a bigger disc, n=N: N trajectories", small, grey)
+    draw_text(draw, (legend_x, y + 20), "at one place", small, grey)
+    return {"axes": (x_name, y_name), "legend": legend}
 
 
 def _data_uri(sweep_dir: Path, relative: str | None, size: int = 192) -> str:
@@ -285,8 +433,9 @@ def _data_uri(sweep_dir: Path, relative: str | None, size: int = 192) -> str:
 
 
 def _html(sweep_dir: Path, atlas: dict[str, Any]) -> str:
-    """One file, images inlined; every caption goes through html.escape (untrusted text)."""
-    e = html.escape
+    """One file, images inlined; every text goes through text.html_text, the one escaping rule
+    of every page (untrusted captions: never markup, control characters shown as \\xNN)."""
+    e = html_text
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>truthloop atlas</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:70em}"
@@ -294,37 +443,36 @@ def _html(sweep_dir: Path, atlas: dict[str, Any]) -> str:
         "img{width:192px;height:192px;border:1px solid #999}"
         "td,th{padding:2px 8px;text-align:left;vertical-align:top}</style></head><body>",
         f"<h1>Attractor atlas: {e(atlas['sweep'])}</h1>",
-        f"<p>{atlas['trajectories']} trajectories, {atlas['converged']} converged; "
-        f"never converged: {atlas['never_converged_fraction']:.1%}; "
-        f"{len(atlas['attractors'])} exact attractors in {len(atlas['motifs'])} motifs.</p>",
-        "<h2>Motifs</h2>",
+        f"<p>{e(_summary(atlas))}.</p>",
     ]
+    if atlas.get("models") == "tiny":
+        parts.append(f"<p style='color:#b22'><b>{e(TINY_LABEL)}</b>: these attractors say "
+                     "nothing about real models.</p>")
+    parts.append("<h2>Motifs</h2>")
     for motif in atlas["motifs"]:
         parts.append(
             f"<div class='motif'><img alt='medoid of motif {motif['id']}' "
             f"src='{_data_uri(sweep_dir, motif['medoid_image'])}'>"
-            f"<br><b>motif {motif['id']}</b> · basin {motif['basin_size']}<br>"
+            f"<br><b>motif {e(motif['id'])}</b> · basin {e(motif['basin_size'])}<br>"
             f"{e(motif['representative_prompt'] or '')}</div>")
     parts.append("<h2>Exact attractors</h2><table><tr><th>#</th><th>kind</th><th>basin</th>"
                  "<th>iterations (min/median/max)</th><th>motif</th><th>prompts</th></tr>")
     for a in atlas["attractors"]:
         its = a["iterations_to_converge"]
         prompts = "<br>".join(e(p) for p in a["prompts"])
-        parts.append(f"<tr><td>{a['id']}</td><td>{e(a['kind'])} ({a['length']})</td>"
-                     f"<td>{a['basin_size']}</td><td>{its['min']} / {its['median']} / "
-                     f"{its['max']}</td><td>{a.get('motif')}</td><td>{prompts}</td></tr>")
+        parts.append(f"<tr><td>{e(a['id'])}</td><td>{e(a['kind'])} ({e(a['length'])})</td>"
+                     f"<td>{e(a['basin_size'])}</td><td>{e(its['min'])} / {e(its['median'])} / "
+                     f"{e(its['max'])}</td><td>{e(a.get('motif'))}</td><td>{prompts}</td></tr>")
     parts.append("</table><h2>Cycle lengths</h2><p>")
-    parts.append(", ".join(f"length {k}: {v}" for k, v in atlas["cycle_length_histogram"].items())
-                 or "none")
+    parts.append(e(", ".join(f"length {k}: {count(v, 'trajectory')}"
+                             for k, v in atlas["cycle_length_histogram"].items()) or "none"))
     parts.append("</p></body></html>\n")
     return "".join(parts)
 
 
 def describe(atlas: dict[str, Any]) -> list[str]:
     """The lines `truthloop atlas` prints (captions made visible, never markup)."""
-    lines = [f"{atlas['trajectories']} trajectories, {atlas['converged']} converged "
-             f"(never converged: {atlas['never_converged_fraction']:.0%}); "
-             f"{len(atlas['attractors'])} attractors, {len(atlas['motifs'])} motifs"]
+    lines = [_summary(atlas)]
     for a in atlas["attractors"]:
         kind = "fixed point" if a["length"] == 1 else f"{a['length']}-cycle"
         lines.append(f"  attractor {a['id']}: {kind}, basin {a['basin_size']}, motif "
