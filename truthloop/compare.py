@@ -22,6 +22,7 @@ from truthloop.errors import OneLineError
 from truthloop.fork import MODEL_FIELDS, parent_of, same_run
 from truthloop.record import Record, canonical_cycle, cycle_prompts, find_cycle
 from truthloop.store import RunView, read_run
+from truthloop.text import count
 
 
 class CompareError(OneLineError):
@@ -92,7 +93,7 @@ class Comparison:
             return "no iterations side by side"
         last = shared[-1]
         return (f"the same through A #{last.a.index} / B #{last.b.index} "
-                f"({len(shared)} iterations side by side)")
+                f"({count(len(shared), 'iteration')} side by side)")
 
     def attractor_line(self) -> str:
         same = self.same_attractor

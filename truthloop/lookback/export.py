@@ -38,7 +38,8 @@ def export(run_dir: Path | str, kinds: Iterable[str] = DEFAULT_KINDS, out: Path 
     asked = set(kinds)
     unknown = asked - set(EXPORT_KINDS)
     if unknown:
-        raise ExportError(f"unknown export kind(s): {', '.join(sorted(unknown))}")
+        raise ExportError(f"unknown export {'kind' if len(unknown) == 1 else 'kinds'}: "
+                          f"{', '.join(sorted(unknown))}")
     kinds = [kind for kind in EXPORT_KINDS if kind in asked]
     if not fps or not math.isfinite(fps) or fps <= 0 or fps > 60:
         raise ExportError("--fps must be a number above 0 and at most 60")

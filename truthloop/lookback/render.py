@@ -19,7 +19,7 @@ from truthloop.lookback.runs import (
     summarize,
 )
 from truthloop.record import Cycle, Record, find_cycle
-from truthloop.text import visible
+from truthloop.text import count, visible
 
 BACKGROUND = (24, 24, 27)
 FOREGROUND = (235, 235, 235)
@@ -333,7 +333,7 @@ def make_sheet(view: Any, cycle_only: bool = False, captions: bool = True,
     size = size or default_size(len(records), native_size(view, records))
     header_font = _font(HEADER_FONT)
     row = summarize(view)
-    title = f"{row['run']}  ·  {row['status']}  ·  {row['iterations']} iterations"
+    title = f"{row['run']}  ·  {row['status']}  ·  {count(row['iterations'], 'iteration')}"
     if cycle is not None:
         title += ("  ·  fixed point at #%d" % cycle.start if cycle.length == 1
                   else f"  ·  cycle of {cycle.length} from #{cycle.start}")
