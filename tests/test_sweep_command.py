@@ -1,0 +1,194 @@
+"""`truthloop sweep`'s refusals and words, none of which needs Ray to run: a failed --address
+leaves nothing behind, a sweep that starts at the same instant is told another holds the
+directory, a changed --batch is named, empty --seeds and image-less folders are refused, the help
+and the plurals read right, and the sweep package leaves torch to ml/.
+"""
+
+from __future__ import annotations
+
+import ast
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sklearn")
+
+from faulthelpers import assert_one_clean_error_line, run_main  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+BACKEND = "sweep_fakes:attractor_factory"
+
+
+@pytest.fixture
+def prompts_file(tmp_path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("a1\nb1\n")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def args(sweep_dir: Path, prompts_file: Path, *extra: str) -> list[str]:
+    return ["sweep", str(sweep_dir), "--prompts", str(prompts_file), "--max-iters", "8",
+            "--backend", BACKEND, *extra]
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """The sweep's Ray part replaced: what the command writes before it is what is tested."""
+    import truthloop.sweep.command as command
+
+    ran: list[Path] = []
+    monkeypatch.setattr(command, "_run", lambda a, sweep_dir, spec: ran.append(sweep_dir) or 0)
+    return ran
+
+
+def test_a_failed_address_writes_nothing_and_a_corrected_retry_is_not_refused(
+        tmp_path, prompts_file, capsys, no_ray):
+    sweep_dir = tmp_path / "s"
+    code = run_main(args(sweep_dir, prompts_file, "--seeds", "0-3", "--address",
+                         f"127.0.0.1:{free_port()}"))
+    assert code == 1
+    assert_one_clean_error_line(capsys.readouterr().err, "cannot reach the Ray cluster")
+    assert not sweep_dir.exists()
+    # The same directory, other seeds: not "holds another sweep".
+    assert run_main(args(sweep_dir, prompts_file, "--seeds", "4-5")) == 0
+    assert no_ray == [sweep_dir]
+    # An existing empty directory is left as it was found, too.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_main(args(empty, prompts_file, "--address", f"127.0.0.1:{free_port()}")) == 1
+    assert list(empty.iterdir()) == []
+
+
+def test_ray_that_never_started_takes_back_what_was_written(tmp_path, prompts_file, capsys,
+                                                            monkeypatch):
+    import truthloop.sweep.command as command
+    from truthloop.sweep.driver import SweepError
+
+    def fails(a, sweep_dir, spec):
+        error = command.CommandError("cannot start Ray here: boom", code=1)
+        error.started = False
+        raise error
+
+    monkeypatch.setattr(command, "_run", fails)
+    sweep_dir = tmp_path / "s"
+    assert run_main(args(sweep_dir, prompts_file)) == 1
+    assert_one_clean_error_line(capsys.readouterr().err, "cannot start Ray here")
+    assert not sweep_dir.exists()
+    assert SweepError("x").started  # by default an error comes from a sweep that ran
+
+
+def test_a_sweep_starting_at_the_same_instant_is_told_another_holds_the_directory(
+        tmp_path, prompts_file, capsys, no_ray):
+    """The winner has made the directory and holds sweep.lock, and its sweep.json is still
+    being written (only its temporary file exists): the loser names the other sweep."""
+    sweep_dir = tmp_path / "s"
+    sweep_dir.mkdir()
+    (sweep_dir / ".sweep.json.tmp-12345").write_text("{")
+    fd = os.open(sweep_dir / "sweep.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert run_main(args(sweep_dir, prompts_file)) == 2
+        assert_one_clean_error_line(capsys.readouterr().err,
+                                    "is being run by another `truthloop sweep`")
+        # Only the lock file held (the winner has not begun its spec): the same.
+        (sweep_dir / ".sweep.json.tmp-12345").unlink()
+        assert run_main(args(sweep_dir, prompts_file)) == 2
+        assert_one_clean_error_line(capsys.readouterr().err, "being run by another")
+    finally:
+        os.close(fd)
+    assert no_ray == []
+    # A directory of someone else's files is still refused as such.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert run_main(args(other, prompts_file)) == 2
+    assert_one_clean_error_line(capsys.readouterr().err, "is not a sweep directory")
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_a_changed_batch_is_named(tmp_path, prompts_file, capsys, no_ray):
+    sweep_dir = tmp_path / "s"
+    assert run_main(args(sweep_dir, prompts_file)) == 0
+    capsys.readouterr()
+    assert run_main(args(sweep_dir, prompts_file, "--batch", "4")) == 2
+    line = assert_one_clean_error_line(capsys.readouterr().err, "holds another sweep")
+    assert "batch: was 1, now 4" in line and "compile" not in line
+
+
+def test_empty_seeds_and_an_image_less_folder_are_refused(tmp_path, prompts_file, capsys,
+                                                           no_ray):
+    assert run_main(args(tmp_path / "s", prompts_file, "--seeds", "")) == 2
+    assert_one_clean_error_line(capsys.readouterr().err, "--seeds is empty")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("no images here")
+    assert run_main(["sweep", str(tmp_path / "s2"), "--images", str(folder)]) == 2
+    line = assert_one_clean_error_line(capsys.readouterr().err, str(folder),
+                                       "the folder has no images")
+    assert "could be read" not in line
+    assert no_ray == []
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s2").exists()
+
+
+def test_sweep_help_shows_no_placeholders(capsys):
+    with pytest.raises(SystemExit) as done:
+        run_main(["sweep", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "--prompts" in text and "--batch" in text
+    for bad in ("SUPPRESS", "(default: [])", "default: not set", "--max-restarts",
+                "--backend"):
+        assert bad not in text, bad
+
+
+def test_counts_agree_with_their_nouns():
+    from truthloop.sweep.driver import describe, start_note
+
+    row = {"state": "converged", "number": 0, "run": "00000-x", "iterations": 1,
+           "cycle": {"length": 1}, "truth": "a house"}
+    assert "after 1 image:" in describe(row)
+    assert "after 2 images:" in describe(row | {"iterations": 2})
+    assert describe(row | {"state": "running"}).endswith(": 1 image")
+
+    class Notes:
+        def __init__(self):
+            self.lines = []
+
+        def note(self, line):
+            self.lines.append(line)
+
+    notes = Notes()
+    start_note(notes, 1, 1, 1, 0)
+    start_note(notes, 2, 28, 2, 2)
+    assert notes.lines == ["1 of 1 trajectory to run on 1 worker (no GPU)",
+                           "2 of 28 trajectories to run on 2 workers (2 GPUs)"]
+
+
+def test_the_sweep_package_leaves_torch_to_ml():
+    for path in (REPO / "truthloop" / "sweep").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "torch" or n.startswith("torch.") for n in names), path
+
+
+def test_the_readmes_offline_sweep_example_brings_its_own_files():
+    """Every file the offline example names is in the repository or made by the example."""
+    import re
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("# offline, on a CPU", 1)[1].split("```", 1)[0]
+    made = set(re.findall(r"> (\S+)", block))
+    named = re.findall(r"--(?:prompts|images) (\S+)", block)
+    assert named
+    for name in named:
+        assert name in made or (REPO / name).exists(), name
