@@ -26,3 +26,15 @@ def test_ci_runs_the_readmes_second_command():
     ci = (REPO / ".ci/run").read_text(encoding="utf-8").strip().splitlines()[-1]
     commands = re.findall(r"^python3 -m venv .*$", _quick_start(), flags=re.M)
     assert commands[1].endswith(ci)
+
+
+def test_quick_start_leads_with_the_cpu_build_and_says_how_long_the_tests_take():
+    text = _quick_start()
+    commands = re.findall(r"^python3 -m venv .*$", text, flags=re.M)
+    cpu = "--index-url https://download.pytorch.org/whl/cpu"
+    assert cpu in commands[0]  # the first line a new user copies needs no GPU
+    # what the CUDA build downloads is said before the first line that would fetch it
+    cuda_line = next(c for c in commands if "pip install torch" in c and cpu not in c)
+    assert text.index("3.2 GB") < text.index(cuda_line)
+    assert any(cpu in c and "python -m pytest" in c for c in commands)  # tests without a GPU
+    assert "6.5" in text and "2-core" in text and "8 minutes" in text  # the suite's duration
