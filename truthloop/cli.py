@@ -584,7 +584,7 @@ def _fork_maker() -> Any:
 
         plan = plan_fork(Path(parent_dir), at, options)
         control = LoopControl()
-        return make_fork_loop(plan, _loading_factory(control), control=control)
+        return _in_own_process(make_fork_loop(plan, _loading_factory(control), control=control))
 
     return make
 
@@ -650,10 +650,13 @@ COMMANDS = {"run": cmd_run, "demo": cmd_demo, "resume": cmd_resume, "view": cmd_
 
 # -- driving a loop ---------------------------------------------------------------------------
 def _loading_factory(control: Any) -> Any:
-    """The real backends, with a stop check at every progress report so Ctrl-C works mid-load."""
-    from truthloop.ml.backends import load_backends
+    """The real backends, with a stop check at every progress report so Ctrl-C works mid-load.
+    Imports the torch stack only when called (the app's process never does: its engine runs in
+    a process of its own, truthloop.engine, which calls this by name)."""
 
     def factory(config: RunConfig, emit: Any) -> Any:
+        from truthloop.ml.backends import load_backends
+
         def emit_and_check(event: ev.Event) -> None:
             emit(event)
             control.checkpoint(on_pause=lambda: emit(ev.Paused(0)),
@@ -688,10 +691,20 @@ def _drive(args: argparse.Namespace, config: RunConfig | None, run_dir: Path,
             and sys.stdin.isatty():
         from tui import run_tui
 
-        return run_tui(loop, preview=args.preview, forker=_fork_maker(),
+        return run_tui(_in_own_process(loop), preview=args.preview, forker=_fork_maker(),
                        live_preview=args.live_preview)
     return _run_headless(loop, control, as_json=getattr(args, "json", False),
                          notify=getattr(args, "notify", False))
+
+
+def _in_own_process(loop: Any) -> Any:
+    """The app's loop runs in a process of its own, so drawing never slows it (issue 20);
+    TRUTHLOOP_ENGINE=thread keeps it in the app's process (to measure the difference)."""
+    if os.environ.get("TRUTHLOOP_ENGINE") == "thread":
+        return loop
+    from truthloop.engine import EngineProcess
+
+    return EngineProcess(loop, _loading_factory)
 
 
 def _run_headless(loop: Any, control: Any, as_json: bool = False, notify: bool = False) -> int:

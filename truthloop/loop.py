@@ -225,6 +225,11 @@ class TruthLoop:
         loop.changed_options = changed
         return loop
 
+    @property
+    def opened(self) -> bool:
+        """Whether run() opened the run directory (a UI that quits then waits for `done`)."""
+        return self._writer is not None
+
     # -- events ------------------------------------------------------------------------------
     def emit(self, event: ev.Event) -> None:
         self.on_event(event)

@@ -196,7 +196,7 @@ def _stop_forks(app: TruthLoopApp) -> None:
     for fork in app.extra_loops:
         fork.control.stop()
     for fork in app.extra_loops:
-        if getattr(fork, "_writer", None) is not None:  # it opened its run directory
+        if fork.opened:  # it began, and writes its summary as it stops
             fork.done.wait(timeout=120)
 
 

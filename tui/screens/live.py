@@ -19,7 +19,11 @@ from truthloop.text import visible
 from tui import messages as m
 from tui.screens.modals import ConfirmQuit
 from tui.screens.run import BROWSE_BINDINGS, BROWSE_COMMANDS, FINAL, RunScreen
+from tui.throttle import Latest
 from tui.widgets.status import StatusBar
+
+STEP_HZ = 10
+PREVIEW_HZ = 4
 
 
 class LiveScreen(RunScreen):
@@ -43,6 +47,9 @@ class LiveScreen(RunScreen):
         self.loop_active = False
         self.failed = False
         self._quit_requested = False
+        # The step counter at 10 Hz, the latent preview at 4 frames a second (tui/throttle.py).
+        self._steps = Latest(self, STEP_HZ, self._draw_step)
+        self._previews = Latest(self, PREVIEW_HZ, self._draw_preview)
 
     def start(self) -> None:
         self.loop.live_preview = getattr(self.app, "live_preview", True)
@@ -53,7 +60,9 @@ class LiveScreen(RunScreen):
         status.set(loading="starting")
         self.run_loop()
         if not self.stable:
-            status.watch_memory()
+            # An engine in its own process (truthloop.engine) reports its own memory.
+            source = getattr(self.loop, "memory_line", None)
+            status.watch_memory(source) if source else status.watch_memory()
 
     @work(thread=True, exclusive=True, group="loop", exit_on_error=False, name="truthloop")
     def run_loop(self) -> dict[str, Any]:
@@ -118,6 +127,7 @@ class LiveScreen(RunScreen):
 
     @on(m.IterationStarted)
     def _iteration_started(self, message: m.IterationStarted) -> None:
+        self._steps.drop()
         self.query_one(StatusBar).set(iteration=message.index, step=None, steps=None)
         if self.state == "loading":
             self.state = "running"
@@ -128,12 +138,17 @@ class LiveScreen(RunScreen):
 
     @on(m.DenoiseStep)
     def _denoise_step(self, message: m.DenoiseStep) -> None:
+        self._steps.offer(message)
+
+    def _draw_step(self, message: m.DenoiseStep) -> None:
         self.query_one(StatusBar).set(iteration=message.index, step=message.step,
                                       steps=message.total)
 
     @on(m.IterationDone)
     def _iteration_done(self, message: m.IterationDone) -> None:
         # Its timings leave out time spent paused (the loop's stage clock stops meanwhile).
+        self._steps.drop()  # its image replaces any step or preview not drawn yet
+        self._previews.drop()
         self.add_record(message.record)
         self.query_one(StatusBar).set(step=None, steps=None)
 
@@ -150,17 +165,25 @@ class LiveScreen(RunScreen):
 
     @on(m.Finished)
     def _finished(self, message: m.Finished) -> None:
+        self._end_of_drawing()
         self.summary = dict(message.summary)
         self.state = self.summary.get("status", "stopped")
         self.finished()
 
     @on(m.Failed)
     def _failed(self, message: m.Failed) -> None:
+        self._end_of_drawing()
         self.summary = dict(message.summary)
         self.error_message = visible(message.message)
         self.failed = True
         self.state = "error"
         self.finished()
+
+    def _end_of_drawing(self) -> None:
+        """The run ended: no step or preview still to draw, and no step counter left behind."""
+        self._steps.drop()
+        self._previews.drop()
+        self.query_one(StatusBar).set(step=None, steps=None)
 
     # -- keys ----------------------------------------------------------------------------------
     def palette_commands(self) -> list[tuple[str, str, str]]:
@@ -198,6 +221,9 @@ class LiveScreen(RunScreen):
 
     @on(m.DenoisePreview)
     def _denoise_preview(self, message: m.DenoisePreview) -> None:
+        self._previews.offer(message)
+
+    def _draw_preview(self, message: m.DenoisePreview) -> None:
         if not self.loop.live_preview or self.history.selected is not None:
             return  # off, or browsing an older iteration
         from PIL import Image

@@ -14,10 +14,12 @@ from functools import lru_cache
 from pathlib import Path
 
 from rich.color import Color
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
@@ -163,13 +165,19 @@ def load_image(path: Path):
 
 
 class HalfcellImage(Widget):
-    """An image as coloured upper-half blocks: two pixels per cell, no terminal probe needed."""
+    """An image as coloured upper-half blocks: two pixels per cell, no terminal probe needed.
+
+    Drawn through Textual's line API from strips built once per image and size: a live preview
+    redraws this pane a few times a second, and the app's process should spend as little as it
+    can on it."""
 
     DEFAULT_CSS = "HalfcellImage { width: 1fr; height: 1fr; }"
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.path: Path | None = None
+        self._strips: list[Strip] = []
+        self._strips_for: tuple | None = None
 
     def set_path(self, path: Path | None) -> None:
         if path != self.path or self.picture is not None:
@@ -183,25 +191,45 @@ class HalfcellImage(Widget):
         self.picture = picture
         self.refresh()
 
-    def render(self) -> Text:
+    def render_line(self, y: int) -> Strip:
         width, height = self.content_size.width, self.content_size.height
         image = self.picture if self.picture is not None else (
             load_image(self.path) if self.path else None)
-        if image is None or width < 2 or height < 1:
-            return Text("")
-        scale = min(width / image.width, (height * 2) / image.height)
-        w, h = max(1, int(image.width * scale)), max(2, int(image.height * scale) // 2 * 2)
-        pixels = image.resize((w, h)).load()
-        text = Text(no_wrap=True, overflow="crop")
-        pad = " " * ((width - w) // 2)
-        for row in range(0, h, 2):
-            text.append(pad)
-            for col in range(w):
-                top, bottom = pixels[col, row], pixels[col, row + 1]
-                text.append("▀", Style(color=Color.from_rgb(*top), bgcolor=Color.from_rgb(*bottom)))
-            if row + 2 < h:
-                text.append("\n")
-        return text
+        key = (id(image), width, height)
+        if key != self._strips_for:
+            self._strips = half_block_strips(image, width, height, self.rich_style) \
+                if image is not None else []
+            self._strips_for = key
+        if y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(width, self.rich_style)
+
+
+def half_block_strips(image, width: int, height: int, base: Style) -> list[Strip]:
+    """`image` fitted into width x height cells (two pixels a cell, upper half block), centred
+    across: one Strip a row."""
+    if width < 2 or height < 1:
+        return []
+    scale = min(width / image.width, (height * 2) / image.height)
+    w, h = max(1, int(image.width * scale)), max(2, int(image.height * scale) // 2 * 2)
+    w = min(w, width)
+    data = image.resize((w, h)).tobytes()
+    stride = w * 3
+    left = (width - w) // 2
+    pad_left = Segment(" " * left, base) if left else None
+    pad_right = Segment(" " * (width - w - left), base) if width - w - left else None
+    strips = []
+    rgb, style = Color.from_rgb, Style.from_color
+    for row in range(0, h, 2):
+        top, bottom = data[row * stride:(row + 1) * stride], data[(row + 1) * stride:(row + 2) * stride]
+        segments = [pad_left] if pad_left else []
+        for i in range(0, stride, 3):
+            segments.append(Segment("▀", style(rgb(top[i], top[i + 1], top[i + 2]),
+                                                 rgb(bottom[i], bottom[i + 1], bottom[i + 2]))))
+        if pad_right:
+            segments.append(pad_right)
+        strips.append(Strip(segments, width))
+    return strips
 
 
 class ImageView(Vertical):

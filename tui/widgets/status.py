@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.text import Text
 from textual.widgets import Static
 
+from truthloop.memory import memory_line
 from truthloop.text import visible
 
 STATE_STYLE = {
@@ -62,10 +62,12 @@ class StatusBar(Static):
         super().__init__("", markup=False, **kwargs)
         self.info = StatusInfo()
 
-    def watch_memory(self, interval: float = 2.0) -> None:
-        """Show the process's memory now and every `interval` seconds (live runs)."""
-        self.set(memory=memory_line())
-        self.set_interval(interval, lambda: self.set(memory=memory_line()))
+    def watch_memory(self, source: Callable[[], str] = memory_line,
+                     interval: float = 2.0) -> None:
+        """Show the engine's memory (`source()`: the engine process's last line, or this
+        process's own when the engine runs in it) now and every `interval` seconds."""
+        self.set(memory=source())
+        self.set_interval(interval, lambda: self.set(memory=source()))
 
     def set(self, **fields) -> None:
         changed = False
@@ -74,7 +76,9 @@ class StatusBar(Static):
                 setattr(self.info, name, value)
                 changed = True
         if changed:
-            self.update(self.render_info())
+            # Two lines whatever they say: no layout pass over the whole screen (the denoising
+            # counter changes many times a second).
+            self.update(self.render_info(), layout=False)
 
     def render_info(self) -> Text:
         info = self.info
@@ -110,24 +114,3 @@ class StatusBar(Static):
             second.append(visible(info.run_dir))
         text.append("  ·  ".join(second), "dim")
         return text
-
-
-def memory_line() -> str:
-    """Process RSS, and GPU memory when the engine already loaded torch with CUDA (never imports
-    torch itself)."""
-    parts = []
-    try:
-        with open("/proc/self/statm") as handle:
-            rss = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        parts.append(f"RSS {rss / 2**30:.1f} GiB" if rss >= 2**30 else f"RSS {rss / 2**20:.0f} MiB")
-    except (OSError, ValueError, IndexError):
-        pass
-    torch = sys.modules.get("torch")
-    try:
-        if torch is not None and torch.cuda.is_initialized():
-            used = torch.cuda.memory_allocated() / 2**30
-            total = torch.cuda.get_device_properties(0).total_memory / 2**30
-            parts.append(f"GPU {used:.1f}/{total:.0f} GiB")
-    except Exception:  # noqa: BLE001 - memory is a nicety; never let it break the status line
-        pass
-    return "  ".join(parts)
