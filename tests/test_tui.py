@@ -135,7 +135,9 @@ async def test_stop_ends_the_run_with_a_consistent_run_dir(tmp_path):
         await pilot.press("s")
         await wait_for(pilot, lambda: app.run_screen.state == "stopped" and not app.run_screen.loop_active)
         assert "STOPPED" in str(app.query_one("#banner").render())
-        assert len(app.run_screen.records) == 1 and app.query_one("#log").row_count == 1  # as on disk
+        # One iteration as on disk; the one in flight keeps its row, marked not drawn.
+        assert len(done(app)) == 1 and app.query_one("#log").row_count == 2
+        assert app.query_one("#log").get_cell("1", "repeat").plain == "■stop"
     view = read_run(tmp_path / "run")
     assert view.status == "stopped" and len(view.records) == 1 and not view.problems
     assert app.return_code in (None, 0)
@@ -691,8 +693,11 @@ async def test_80x24_with_real_length_captions_is_usable(tmp_path):
         # Every column is in sight, nothing scrolls sideways.
         assert table.max_scroll_x == 0 and not table.show_horizontal_scrollbar
         header = rendered(table).splitlines()[0]
-        for label in ("#", "capt", "draw", "prompt", "≈prv", "≈st", "rep"):
+        # At 80 columns the caption time and ≈prv give their width to the prompt (issue 21).
+        for label in ("#", "draw", "prompt", "≈st", "rep"):
             assert label in header
+        assert "capt" not in header and "≈prv" not in header
+        assert table.prompt_width >= 26
         assert table.get_cell("4", "repeat").plain == "↺#3"
         # The banner: its headline and the truth on one line; the image keeps rows.
         banner = app.query_one("#banner")
@@ -794,7 +799,9 @@ async def test_after_a_stop_before_any_record_the_caption_panel_says_so(tmp_path
             await wait_for(pilot, lambda: app.run_screen.state == "stopped")
             text = str(app.query_one(CaptionPanel).render())
             assert "waiting" not in text
-            assert text == "no caption: it stopped before its first iteration was recorded"
+            # The caption of the iteration in flight stays in sight, said not drawn.
+            assert text.startswith("#0 caption") and "■ stopped before it was drawn" in text
+            assert len(done(app)) == 0
     finally:
         hold.release.set()
         loop.control.stop()
@@ -843,5 +850,5 @@ def test_quitting_the_app_prints_the_report(tmp_path, monkeypatch, capsys):
     app_module.run_live(loop, preview="halfcell")
     out = capsys.readouterr().out.splitlines()
     assert out == [f"run directory: {tmp_path / 'run'}",
-                   "state: stopped after 1 iterations",
+                   "state: stopped after 1 iteration",
                    f"continue with: truthloop resume {tmp_path / 'run'}"]

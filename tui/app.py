@@ -21,10 +21,11 @@ from textual.screen import Screen
 from tui.commands import IterationCommands
 from tui.screens import HelpScreen, LiveScreen, RunScreen, ViewScreen
 from tui.screens.run import STYLESHEET as RUN_STYLESHEET
+from tui.terminal import RepliesAreNotKeys
 from tui.widgets.image import resolve_preview
 
 
-class TruthLoopApp(App[int]):
+class TruthLoopApp(RepliesAreNotKeys, App[int]):
     # The run screens' stylesheet: Textual loads a screen's CSS_PATH when the screen is pushed, not
     # for the first screen, so the app names it too (read once: same path).
     CSS_PATH = RUN_STYLESHEET
@@ -116,7 +117,7 @@ def exit_report(run_dir: Path) -> str:
     """What is printed on the normal terminal once the app has closed: the run directory, how
     the run stands, its truth, and the command that continues it (or shows it again)."""
     from truthloop.store import RunDirError, read_run
-    from truthloop.text import visible
+    from truthloop.text import count, visible
 
     where = visible(str(run_dir))
     lines = [f"run directory: {where}"]
@@ -138,7 +139,7 @@ def exit_report(run_dir: Path) -> str:
             lines.append(f"truth: {visible(str(prompt))}  [{visible(str(image))}]")
         lines.append(f"look again: truthloop view {where}")
     elif status == "max_iters":
-        lines.append(f"state: no repeat within {done} iterations (--max-iters)")
+        lines.append(f"state: no repeat within {count(done, 'iteration')} (--max-iters)")
         lines.append(f"continue with: truthloop resume --max-iters N {where}")
     elif status == "error":
         message = visible(str(summary.get("message", "unknown error")))
@@ -147,7 +148,7 @@ def exit_report(run_dir: Path) -> str:
     elif status == "running":
         lines.append(f"state: running (another process writes it): truthloop view {where}")
     else:  # stopped, interrupted
-        lines.append(f"state: {status} after {done} iterations")
+        lines.append(f"state: {status} after {count(done, 'iteration')}")
         lines.append(f"continue with: truthloop resume {where}")
     return "\n".join(lines)
 
@@ -188,6 +189,7 @@ def run_live(loop: Any, preview: str = "auto", forker: Any = None,
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     _say(exit_report(Path(loop.run_dir)))
+    _report_forks(app)
     return 1 if app.failed else (app.return_code or 0)
 
 
@@ -200,6 +202,13 @@ def _stop_forks(app: TruthLoopApp) -> None:
             fork.done.wait(timeout=120)
 
 
+def _report_forks(app: TruthLoopApp) -> None:
+    """After the run's own report: each fork started with `f`, where it is and how it stands."""
+    for fork in app.extra_loops:
+        _say("")
+        _say("fork " + exit_report(Path(fork.run_dir)))
+
+
 def run_view(run_dir: Path, preview: str = "auto", forker: Any = None) -> int:
     app = TruthLoopApp(run_dir=Path(run_dir), preview=resolve_preview(preview), forker=forker)
     try:
@@ -207,6 +216,7 @@ def run_view(run_dir: Path, preview: str = "auto", forker: Any = None) -> int:
     finally:
         _stop_forks(app)
     _say(exit_report(Path(run_dir)))
+    _report_forks(app)
     return app.return_code or 0
 
 

@@ -18,6 +18,9 @@ class History:
         self.records: list[Record] = []
         self.selected: int | None = None  # None: follow the newest iteration
         self.base: str | int = "previous"  # "previous" | "start" | a pinned iteration index
+        # The run ended (stopped, failed) while its newest iteration was drawn: that record stays
+        # pending (never in log.jsonl, never `done`), shown as not drawn, for this reason.
+        self.not_drawn: str | None = None
 
     def add(self, record: Record) -> bool:
         """Add or replace the record at its index; False for a gap (not this run's sequence)."""
@@ -37,6 +40,21 @@ class History:
         iteration never reached log.jsonl); returns it."""
         if self.records and self.records[-1].pending:
             return self.records.pop()
+        return None
+
+    def end_pending(self, reason: str) -> Record | None:
+        """The run ended (`reason`: its final state) while its newest iteration was still being
+        drawn: that record stays, marked not drawn, so its caption is not lost; returns it."""
+        if self.records and self.records[-1].pending:
+            self.not_drawn = reason
+            return self.records[-1]
+        return None
+
+    @property
+    def not_drawn_index(self) -> int | None:
+        """The iteration the run ended in before it was drawn (see `end_pending`)."""
+        if self.not_drawn is not None and self.records and self.records[-1].pending:
+            return self.newest
         return None
 
     @property
@@ -74,6 +92,8 @@ class History:
         repeat = record.repeat_of
         if repeat is not None and 0 <= repeat < len(self.records) and self.records[repeat].image:
             return self.run_dir / self.records[repeat].image, f"not drawn: same prompt as #{repeat}"
+        if record.pending and index == self.not_drawn_index:
+            return None, f"{self.not_drawn}, not drawn"
         return None, "drawing…" if record.pending else "no image"
 
     def base_for(self, index: int) -> tuple[Record | None, str]:

@@ -27,6 +27,8 @@ from truthloop.sweep import state as st
 from truthloop.sweep.spec import read_spec, trajectories
 from truthloop.text import clip, visible
 from tui.screens import HelpScreen, ViewScreen
+from tui.screens.modals import HELP_ROWS
+from tui.terminal import RepliesAreNotKeys
 from tui.widgets.image import resolve_preview
 
 STATE_STYLE = {"converged": "bold green", "running": "bold cyan", "error": "bold red",
@@ -36,13 +38,39 @@ COLUMNS = (("#", "number"), ("start", "start"), ("seed", "seed"), ("grid", "grid
            ("state", "state"), ("it", "it"), ("caption now", "caption"), ("truth", "truth"))
 
 
-class SweepApp(App[int]):
+# The `?` help of the table: (keys, what they do).
+SWEEP_HELP = [
+    ("↑ ↓", "move through the trajectories"),
+    ("enter", "open the trajectory: its own run view (q or esc there: back to this table)"),
+    ("end / f", "jump to the first running trajectory"),
+    ("?", "this help (esc closes it)"),
+    ("q", "quit (the sweep itself runs on; this only watches its directory)"),
+]
+# A trajectory's run view inside the sweep: q and escape go back to the table.
+BACK_HELP = ("q / escape", "back to the sweep's table")
+
+
+class TrajectoryScreen(ViewScreen):
+    """One trajectory of the sweep: the run view, where q (as escape) goes back to the table."""
+
+    BINDINGS = [
+        *ViewScreen.BINDINGS,
+        Binding("q", "back", "Back to the sweep", key_display="q/esc"),
+    ]
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "back":
+            return self.app.screen is self
+        return super().check_action(action, parameters)
+
+
+class SweepApp(RepliesAreNotKeys, App[int]):
     TITLE = "truthloop sweep"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
         Binding("enter", "open", "Open trajectory"),
         Binding("end,f", "follow", "Newest running", show=False),
-        Binding("question_mark", "help", "Help", show=False),
+        Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]
     DEFAULT_CSS = """
@@ -72,15 +100,71 @@ class SweepApp(App[int]):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for label, key in COLUMNS:
-            table.add_column(label, key=key)
         for trajectory in self.trajectories:
-            row = st.trajectory_row(self.sweep_dir, trajectory)
-            self.rows[trajectory.number] = row
-            table.add_row(*self._cells(row), key=str(trajectory.number))
+            self.rows[trajectory.number] = st.trajectory_row(self.sweep_dir, trajectory)
+        self.widths = self.column_widths(self.size.width)
+        self._fill(table)
         self._update_header()
         self.set_interval(self.poll_interval, self.poll)
         table.focus()
+
+    def _fill(self, table: DataTable) -> None:
+        """The columns at `self.widths`, and every row's cells clipped to them."""
+        for label, key in COLUMNS:
+            table.add_column(label, key=key, width=self.widths[key])
+        for number, row in self.rows.items():
+            table.add_row(*self._cells(row), key=str(number))
+
+    def on_resize(self) -> None:
+        # Once the new layout is drawn: the columns fit the table's width again.
+        self.call_after_refresh(self._fit)
+
+    def _fit(self) -> None:
+        table = self.query_one(DataTable)
+        widths = self.column_widths(table.scrollable_content_region.width or self.size.width)
+        if widths == self.widths:
+            return
+        self.widths = widths
+        cursor = table.cursor_row
+        table.clear(columns=True)
+        self._fill(table)
+        if table.row_count:
+            table.move_cursor(row=min(cursor, table.row_count - 1), animate=False)
+
+    def column_widths(self, width: int) -> dict[str, int]:
+        """Every column inside `width` (nothing scrolls sideways): the short ones as wide as
+        their longest cell, start and grid up to 24 (less on a narrow screen), and what is left
+        shared by the caption now and the truth, each clipped with an ellipsis."""
+        rows = list(self.rows.values())
+
+        def longest(key: str, values: list[str]) -> int:
+            label = next(label for label, k in COLUMNS if k == key)
+            return max([len(label), *(len(value) for value in values)])
+
+        grids = [visible(self.grid(row)) for row in rows]
+        widths = {
+            "number": longest("number", [str(row["number"]) for row in rows]),
+            "seed": longest("seed", [str(row["seed"]) for row in rows]),
+            "state": longest("state", list(STATE_STYLE)),
+            "it": longest("it", ["999"]),
+            "start": min(24, longest("start", [visible(row["start"]) for row in rows])),
+            "grid": min(24, longest("grid", grids)),
+        }
+        # Two columns of cell padding each (DataTable's default), and the vertical scrollbar.
+        free = width - sum(widths.values()) - 2 * len(COLUMNS) - 1
+        for key in ("grid", "start"):  # a narrow screen: start and grid give up to half
+            if free < 2 * 20:
+                give = min(widths[key] - max(8, widths[key] // 2), 2 * 20 - free)
+                widths[key] -= max(0, give)
+                free += max(0, give)
+        free = max(16, free)
+        widths["caption"] = free // 2
+        widths["truth"] = free - free // 2
+        return widths
+
+    @staticmethod
+    def grid(row: dict[str, Any]) -> str:
+        return " ".join(f"{k}={v}" for k, v in row["settings"].items())
 
     # -- following the directory ------------------------------------------------------------------
     def _stamp(self, number: int) -> tuple:
@@ -120,10 +204,12 @@ class SweepApp(App[int]):
             f"{visible(str(self.sweep_dir))}: {len(self.rows)} trajectories ({parts})"
             "  ·  enter: open  ·  q: quit"))
 
-    @staticmethod
-    def _cells(row: dict[str, Any]) -> list[Any]:
+    widths: dict[str, int] = {}
+
+    def _cells(self, row: dict[str, Any]) -> list[Any]:
         # Captions are untrusted: plain Text from visible(), never markup.
-        grid = " ".join(f"{k}={v}" for k, v in row["settings"].items())
+        widths = self.widths
+        grid = self.grid(row)
         cycle = row.get("cycle") or {}
         truth = ""
         if row["state"] == "converged":
@@ -133,13 +219,13 @@ class SweepApp(App[int]):
             truth = row.get("message") or ""
         return [
             Text(str(row["number"]), justify="right"),
-            Text(clip(visible(row["start"]), 24)),
+            Text(clip(visible(row["start"]), widths.get("start", 24))),
             Text(str(row["seed"]), justify="right"),
-            Text(visible(grid)),
+            Text(clip(visible(grid), widths.get("grid", 24))),
             Text(row["state"], style=STATE_STYLE.get(row["state"], "")),
             Text(str(row["iterations"]), justify="right"),
-            Text(clip(visible(row.get("caption") or ""), 40)),
-            Text(clip(visible(truth), 40)),
+            Text(clip(visible(row.get("caption") or ""), widths.get("caption", 40))),
+            Text(clip(visible(truth), widths.get("truth", 40))),
         ]
 
     # -- actions ----------------------------------------------------------------------------------
@@ -159,7 +245,7 @@ class SweepApp(App[int]):
         if not (run_dir / "run.json").exists():
             self.notify("this trajectory has not started yet", severity="warning")
             return
-        self.push_screen(ViewScreen(run_dir, preview=self.preview))
+        self.push_screen(TrajectoryScreen(run_dir, preview=self.preview))
 
     @on(DataTable.RowSelected)
     def _on_selected(self, event: DataTable.RowSelected) -> None:
@@ -175,8 +261,17 @@ class SweepApp(App[int]):
 
 
     def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
         if isinstance(self.screen, ViewScreen):
-            self.push_screen(HelpScreen())
+            # The run view's keys, with q and escape going back here (not quitting).
+            rows = [(keys, what) for keys, what, actions, modes in HELP_ROWS
+                    if "view" in modes and actions not in (("quit",), ("back",))
+                    and actions != ("command_palette",)]
+            self.push_screen(HelpScreen(mode="view", rows=[*rows, BACK_HELP]))
+        else:
+            self.push_screen(HelpScreen(rows=SWEEP_HELP, legend=False,
+                                        title="truthloop sweep — keys of the table"))
 
     async def action_quit(self) -> None:
         """q: back to the table from a trajectory (as Escape), or leave from the table."""

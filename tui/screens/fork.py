@@ -73,6 +73,7 @@ class ForkForm(ModalScreen[dict | None]):
     ForkForm Horizontal { height: 1; margin-bottom: 1; }
     ForkForm .label { width: 14; }
     ForkForm Input { width: 1fr; height: 1; border: none; padding: 0 1; }
+    ForkForm .fixed { width: 1fr; padding: 0 1; }
     ForkForm Input:focus { border: none; background: $boost; }
     ForkForm #fork-error { color: $error; height: auto; }
     """
@@ -90,18 +91,30 @@ class ForkForm(ModalScreen[dict | None]):
                 value = self.config.get(section, {}).get(field_name)
                 with Horizontal():
                     yield Static(Text(label), classes="label")
+                    if name in self.fixed():
+                        yield Static(Text(self.fixed()[name], style="dim"), id=f"fork-{name}",
+                                     classes="fixed")
+                        continue
                     placeholder = " | ".join(kind) if isinstance(kind, tuple) else ""
                     yield Input("" if value is None else str(value), id=f"fork-{name}",
                                 placeholder=placeholder)
             yield Static("", id="fork-error", markup=False)
             yield Static(Text("enter: fork · tab: next · esc: cancel", style="dim"))
 
+    def fixed(self) -> dict[str, str]:
+        """Fields the fork cannot change here, with what it will really use: a run of the tiny
+        random-weight models forks with the same (its sd_model names the real model it stands
+        in for, which a tiny fork never loads)."""
+        if self.config.get("models", {}).get("models") == "tiny":
+            return {"sd_model": "tiny (random weights, as the parent's)"}
+        return {}
+
     def on_mount(self) -> None:
         self.query_one("#fork-seed", Input).focus()
 
     def values(self) -> dict[str, str]:
         return {name: self.query_one(f"#fork-{name}", Input).value
-                for name, *_ in FORM_FIELDS}
+                for name, *_ in FORM_FIELDS if name not in self.fixed()}
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:

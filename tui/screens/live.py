@@ -18,7 +18,7 @@ from truthloop.store import read_records
 from truthloop.text import visible
 from tui import messages as m
 from tui.screens.modals import ConfirmQuit
-from tui.screens.run import BROWSE_BINDINGS, BROWSE_COMMANDS, FINAL, RunScreen
+from tui.screens.run import BROWSE_BINDINGS, FINAL, RunScreen
 from tui.throttle import Latest
 from tui.widgets.status import StatusBar
 
@@ -192,7 +192,7 @@ class LiveScreen(RunScreen):
             ("Resume", "Let the paused loop run on (space)", "resume"),
             ("Step one iteration", "Run exactly one more iteration, then pause (n)", "step"),
             ("Stop the run", "Stop after the current denoising step; resumable (s)", "stop"),
-            *BROWSE_COMMANDS,
+            *self.browse_commands(),
         ]
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

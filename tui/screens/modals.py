@@ -59,14 +59,22 @@ class HelpScreen(ModalScreen[None]):
     }
     """
 
-    def __init__(self, mode: str | None = None) -> None:
+    def __init__(self, mode: str | None = None, rows: list[tuple[str, str]] | None = None,
+                 title: str | None = None, legend: bool = True) -> None:
         """`mode`: the run screen it explains, "live" (a run) or "view" (a run directory); by
-        default the run screen under it says (a live one, or else view: a sweep's run views)."""
+        default the run screen under it says (a live one, or else view: a sweep's run views).
+        Another screen (a sweep table) gives its own `rows` (keys, what they do) and `title`;
+        `legend`: the marks of the iteration log and the caption panel."""
         super().__init__()
         self.mode = mode
+        self._rows = rows
+        self._title = title
+        self.legend = legend
 
     def rows(self) -> list[tuple[str, str]]:
         """(keys, what they do) as shown: this mode's, ctrl+p only where the app has it."""
+        if self._rows is not None:
+            return list(self._rows)
         return [(key, what) for key, what, actions, modes in HELP_ROWS
                 if self.mode in modes
                 and (actions != ("command_palette",) or self.app.ENABLE_COMMAND_PALETTE)]
@@ -83,11 +91,12 @@ class HelpScreen(ModalScreen[None]):
         keys.add_column()
         for key, what in self.rows():
             keys.add_row(key, what)
-        keys.add_row("", "")
-        for mark, what in LEGEND:
-            keys.add_row(Text(mark), what)
-        title = "truthloop — keys" + ("  (view: a run directory, read-only)"
-                                     if self.mode == "view" else "")
+        if self.legend:
+            keys.add_row("", "")
+            for mark, what in LEGEND:
+                keys.add_row(Text(mark), what)
+        title = self._title or "truthloop — keys" + ("  (view: a run directory, read-only)"
+                                                     if self.mode == "view" else "")
         with Vertical():
             yield Static(Text(title, style="bold"))
             yield Static(keys, id="help-keys")

@@ -7,6 +7,7 @@ pushed by another screen (a sweep table pushes a `ViewScreen` per trajectory; es
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
+from truthloop.fork import parent_of
 from truthloop.record import Record
+from truthloop.store import RUN_FILE
 from truthloop.text import visible
 from tui.history import History
 from tui.screens.fork import ForkActions
@@ -66,6 +69,28 @@ BROWSE_COMMANDS = [
     ("Parent and forks", "Open this run's parent or one of its forks (r)", "relatives"),
     ("Compare with the parent", "This fork and its parent side by side (C)", "compare_parent"),
 ]
+
+
+TOAST_WIDTH = 60  # Textual's Toast: width 60, max-width 50%, padding 1, a border on the left
+
+
+def wrap_path(path: str, width: int) -> str:
+    """`path` on lines of at most `width` characters, broken after a `/` (a name longer than a
+    line is broken inside, the only place it can be)."""
+    width = max(8, width)
+    parts = [part + "/" for part in path.split("/")]
+    parts[-1] = parts[-1][:-1]
+    lines = [""]
+    for part in parts:
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append("")
+        while len(lines[-1]) + len(part) > width:
+            cut = width - len(lines[-1])
+            lines[-1] += part[:cut]
+            part = part[cut:]
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(line for line in lines if line)
 
 
 class RunScreen(ForkActions, Screen[None]):
@@ -180,13 +205,20 @@ class RunScreen(ForkActions, Screen[None]):
             return
         record = history.records[index]
         base, label = history.base_for(index)
-        caption.show(record, base, label)
+        not_drawn = index == history.not_drawn_index
+        caption.show(record, base, label,
+                     note=f"{history.not_drawn} before it was drawn (not recorded)"
+                     if not_drawn else "")
         shown = index
         if record.pending:  # being drawn: keep showing the newest finished image
             shown = index - 1
         path, note = history.image_of(shown)
         title = f"#{shown}" if shown >= 0 else "start image"
-        if shown != index:
+        if not_drawn:
+            title = (f"#{shown} (last complete)" if shown >= 0
+                     else "start image (no iteration complete)")
+            note = f"#{index} {history.not_drawn}, not drawn"
+        elif shown != index:
             note = f"drawing #{index}…"
         elif history.selected is not None:
             note = (note + "  " if note else "") + "(browsing)"
@@ -197,7 +229,21 @@ class RunScreen(ForkActions, Screen[None]):
 
     def palette_commands(self) -> list[tuple[str, str, str]]:
         """(title, help, action) for the command palette; see BROWSE_COMMANDS."""
-        return list(BROWSE_COMMANDS)
+        return self.browse_commands()
+
+    def browse_commands(self) -> list[tuple[str, str, str]]:
+        """BROWSE_COMMANDS, less "Compare with the parent" on a run that is not a fork (`C`
+        still says why)."""
+        return [command for command in BROWSE_COMMANDS
+                if command[2] != "compare_parent" or self.is_fork()]
+
+    def is_fork(self) -> bool:
+        """Whether run.json names a parent (read each time: a live run writes it once started)."""
+        try:
+            info = json.loads((self.run_dir / RUN_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return False
+        return isinstance(info, dict) and parent_of(info) is not None
 
     def go_to(self, index: int) -> None:
         """Browse to iteration `index` (the command palette's "go to iteration")."""
@@ -221,10 +267,16 @@ class RunScreen(ForkActions, Screen[None]):
     def finished(self) -> None:
         """The run is over (or was already when viewed): drop a pending row, show the cycle's
         start when it converged, and the banner."""
-        self.query_one(StatusBar).set(step=None, steps=None, loading="")
-        pending = self.history.drop_pending()
+        # An iteration in flight (its caption shown, its image not drawn) keeps its row, marked
+        # not drawn: stopping must not take its caption out of sight. It is not in log.jsonl.
+        pending = self.history.end_pending(self.state)
         if pending is not None:
-            self.query_one(LogTable).remove(pending.index)
+            self.query_one(LogTable).mark_not_drawn(pending.index, self.state)
+        done = self.history.done
+        self.query_one(StatusBar).set(step=None, steps=None, loading="",
+                                      iteration=done[-1].index if done else None)
+        for view in self.query(ImageView):
+            view.end_preview()
         if self.state == "converged":
             cycle = (self.summary or {}).get("cycle") or {}
             start = cycle.get("start")
@@ -239,7 +291,8 @@ class RunScreen(ForkActions, Screen[None]):
         if message and self.stable:  # an engine message can name the run directory's path
             message = message.replace(str(self.run_dir), self.dir_label)
         self.query_one(Banner).show_outcome(self.state, self.summary, message,
-                                            self.dir_label, len(self.records))
+                                            self.dir_label, len(self.history.done),
+                                            not_drawn=self.history.not_drawn_index)
 
     def watch_state(self, state: str) -> None:
         self.query_one(StatusBar).set(state=state)
@@ -295,8 +348,11 @@ class RunScreen(ForkActions, Screen[None]):
             self.notify("no image yet", timeout=2)
             return
         self.app.copy_to_clipboard(str(path))
-        self.notify(visible(str(path)), title="image path (copied to the clipboard)", markup=False,
-                    timeout=8)
+        # A toast is at most 60 cells, half the screen, less its padding and border: the path is
+        # broken after a separator, not in the middle of a name.
+        width = min(TOAST_WIDTH, self.app.size.width // 2) - 3
+        self.notify(wrap_path(visible(str(path)), width),
+                    title="image path (copied to the clipboard)", markup=False, timeout=8)
 
     def action_export(self) -> None:
         self.notify("exporting GIF + contact sheet…", timeout=2)

@@ -8,13 +8,14 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
-from truthloop.text import clip, visible
+from truthloop.text import clip, count, visible
 
 FINAL = ("converged", "stopped", "error", "max_iters", "interrupted")
 
 
 def banner_text(state: str, summary: dict[str, Any] | None, error_message: str | None,
-                run_dir: str, records: int, width: int | None = None) -> Text:
+                run_dir: str, records: int, width: int | None = None,
+                not_drawn: int | None = None) -> Text:
     """What the banner says for `state`; empty while the run is not over. Captions and paths are
     appended as plain text (never markup). With `width`, each truth takes one line, clipped (a
     caption of real length is 60-75 words: wrapped, one took 5 of an 80x24 screen's rows; the
@@ -49,12 +50,17 @@ def banner_text(state: str, summary: dict[str, Any] | None, error_message: str |
         text.append(f"\n run directory kept: {visible(run_dir)}"
                     f"  (details in error.log; resume with truthloop resume)")
     elif state == "stopped":
+        done = summary.get("iterations", records)
         text.append(" ■ STOPPED ", "bold reverse")
-        text.append(f"  after {summary.get('iterations', records)} iterations;"
-                    f" continue with: truthloop resume {visible(run_dir)}")
+        text.append(f"  after {count(done, 'iteration')}")
+        if isinstance(done, int) and done > 0:
+            text.append(f" (last complete: #{done - 1})")
+        if not_drawn is not None:
+            text.append(f"; #{not_drawn} was not drawn")
+        text.append(f"; continue with: truthloop resume {visible(run_dir)}")
     elif state == "max_iters":
         text.append(" … NO REPEAT ", "bold reverse")
-        text.append(f"  within {summary.get('iterations', records)} iterations"
+        text.append(f"  within {count(summary.get('iterations', records), 'iteration')}"
                     f" (--max-iters); continue with: truthloop resume --max-iters N"
                     f" {visible(run_dir)}")
     elif state == "interrupted":
@@ -72,12 +78,12 @@ class Banner(Static):
         self._outcome: tuple[Any, ...] | None = None
 
     def show_outcome(self, state: str, summary: dict[str, Any] | None, error_message: str | None,
-                     run_dir: str, records: int) -> None:
-        self._outcome = (state, summary, error_message, run_dir, records)
+                     run_dir: str, records: int, not_drawn: int | None = None) -> None:
+        self._outcome = (state, summary, error_message, run_dir, records, not_drawn)
         # Hidden until now, the banner has no width of its own yet: the screen's, less padding.
         width = self.content_size.width or self.screen.size.width - 2
         text = banner_text(state, summary, error_message, run_dir, records,
-                           width=width if width > 0 else None)
+                           width=width if width > 0 else None, not_drawn=not_drawn)
         for name in FINAL:
             self.remove_class(name)
         self.update(text)

@@ -38,15 +38,17 @@ class CaptionPanel(Static):
         super().__init__("", markup=False, **kwargs)
 
     def show(self, record: Record | None, base: Record | None,
-             base_label: str, empty: str = "waiting for the first caption…") -> None:
-        self.update(self.build(record, base, base_label, empty))
+             base_label: str, empty: str = "waiting for the first caption…",
+             note: str = "") -> None:
+        self.update(self.build(record, base, base_label, empty, note))
 
     @staticmethod
     def build(record: Record | None, base: Record | None,
-              base_label: str, empty: str = "waiting for the first caption…") -> Text:
+              base_label: str, empty: str = "waiting for the first caption…",
+              note: str = "") -> Text:
         """A header line (which iteration, the diff's base and what changed), then the caption
         once: diffed against the base, its changes marked inline, or plain when there is nothing
-        to compare; then the prompt that was fed, when it is not the whole caption. A caption of
+        to compare; the prompt that was fed, when it is not the whole caption, before it. A caption of
         real length (60-75 words) takes 5-6 lines at 80 columns: shown twice (caption, then its
         diff), the diff was out of sight on an 80x24 screen."""
         if record is None:
@@ -70,13 +72,17 @@ class CaptionPanel(Static):
         repeat = record.repeat_of
         if repeat is not None:
             text.append(f"  ↺ repeats #{repeat}", style="bold yellow")
+        if note:  # the run ended before this iteration was drawn
+            text.append(f"  ■ {note}", style="bold magenta")
+        # The prompt that was fed comes before the caption: a caption of real length fills an
+        # 80x24 screen's panel, and the line after it was out of sight.
+        if caption is None or fed != caption:
+            text.append("\nfed  ", style="bold")
+            text.append(visible(fed))
         if caption is not None:
             text.append("\n")
             if diff is not None:
                 text.append_text(diff_text(diff))
             else:
                 text.append(visible(caption))
-        if caption is None or fed != caption:
-            text.append("\nfed  ", style="bold")
-            text.append(visible(fed))
         return text

@@ -112,6 +112,17 @@ def resolve_preview(preview: str, xtversion=query_xtversion) -> str:
     if not (sys.__stdout__ and sys.__stdout__.isatty() and sys.__stdin__
             and sys.__stdin__.isatty()):
         return "halfcell"
+    try:
+        return _probe(preview, xtversion)
+    finally:
+        # An answer that came after its probe gave up waits in stdin: gone before Textual reads
+        # it as keys (a later one still is no key: tui/terminal.py).
+        from tui.terminal import drain_input
+
+        drain_input()
+
+
+def _probe(preview: str, xtversion) -> str:
     if preview == "auto":
         if os.environ.get("TMUX") or os.environ.get("TERM", "").startswith(("screen", "tmux")):
             return "halfcell"
@@ -280,6 +291,20 @@ class ImageView(Vertical):
             widget.image = picture
 
     previewing = False
+
+    def end_preview(self) -> None:
+        """The run ended: a latent preview still shown gives way to the image under it (the
+        next `show` sets the title)."""
+        if not self.previewing:
+            return
+        self.previewing = False
+        if self.mode == "none":
+            return
+        widget = self.query_one(".image")
+        if isinstance(widget, HalfcellImage):
+            widget.set_path(self.path)
+        else:
+            widget.image = str(self.path) if self.path and self.path.exists() else None
 
     def show(self, path: Path | None, title: str, note: str = "") -> None:
         """Show `path` under `title`; the image itself is only touched when the path changes."""

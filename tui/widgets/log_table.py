@@ -21,9 +21,31 @@ COLUMNS = [
     ("sim_start", "≈st", 4),
     ("repeat", "rep", 5),
 ]
-# The other columns and every cell's padding (one column each side); the width `fit` is given
-# already leaves out the vertical scrollbar's gutter (always reserved: see LogTable's CSS).
-FIXED = sum(width for _, _, width in COLUMNS) + 2 * len(COLUMNS)
+# On a narrow log (an 80-column screen) the caption time and the similarity to the previous image
+# go, so the prompt keeps at least NARROW_PROMPT characters (it had 16 at 80x24); the caption panel
+# shows the selected iteration's whole prompt.
+NARROW_DROPS = ("caption", "sim_prev")
+NARROW_PROMPT = 28
+
+
+def fixed_width(columns: list[tuple[str, str, int]]) -> int:
+    """The other columns and every cell's padding (one column each side); the width `fit` is
+    given already leaves out the vertical scrollbar's gutter (always reserved: LogTable's CSS)."""
+    return sum(width for _, _, width in columns) + 2 * len(columns)
+
+
+FIXED = fixed_width(COLUMNS)
+
+
+def columns_for(width: int) -> list[tuple[str, str, int]]:
+    """The columns shown in a log `width` cells wide."""
+    if width - FIXED >= NARROW_PROMPT:
+        return list(COLUMNS)
+    return [column for column in COLUMNS if column[0] not in NARROW_DROPS]
+
+
+# The rep column of an iteration the run ended in before drawing it (5 cells).
+NOT_DRAWN = {"stopped": "■stop", "error": "✖fail"}
 
 
 def seconds(value: Any, stable: bool) -> Text:
@@ -57,10 +79,12 @@ class LogTable(DataTable):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.stable = stable
         self.records: dict[int, Record] = {}
+        self.not_drawn: dict[int, str] = {}  # index -> why it was never drawn (see mark_not_drawn)
         self.prompt_width = 30
+        self.shown = list(COLUMNS)
 
     def on_mount(self) -> None:
-        for key, label, width in COLUMNS:
+        for key, label, width in self.shown:
             self.add_column(label, key=key, width=width or self.prompt_width)
 
     def cells(self, record: Record) -> dict[str, Text]:
@@ -68,7 +92,10 @@ class LogTable(DataTable):
         pending = record.pending
         prompt = clip(visible(record.fed_prompt or ""), self.prompt_width)
         repeat = record.repeat_of
-        if repeat is not None:
+        ended = self.not_drawn.get(record.index) if pending else None
+        if ended is not None:
+            mark = Text(NOT_DRAWN.get(ended, "■" + ended[:4]), style="bold magenta")
+        elif repeat is not None:
             mark = Text(f"↺#{repeat}", style="bold yellow")
         elif pending:
             mark = Text("…", style="dim")
@@ -77,7 +104,7 @@ class LogTable(DataTable):
         return {
             "index": Text(str(record.index), justify="right"),
             "caption": seconds(timings.get("caption"), self.stable),
-            "draw": (Text("…", style="dim", justify="right") if pending
+            "draw": (Text("–" if ended else "…", style="dim", justify="right") if pending
                      else seconds(timings.get("generate"), self.stable)),
             "prompt": Text(prompt, style="bold yellow" if repeat is not None else ""),
             "sim_prev": similarity(record.sim_prev),
@@ -93,10 +120,10 @@ class LogTable(DataTable):
         try:
             self.get_row_index(str(index))
         except RowDoesNotExist:
-            self.add_row(*(cells[key] for key, _, _ in COLUMNS), key=str(index))
+            self.add_row(*(cells[key] for key, _, _ in self.shown), key=str(index))
             return True
-        for key, value in cells.items():
-            self.update_cell(str(index), key, value)
+        for key, _, _ in self.shown:
+            self.update_cell(str(index), key, cells[key])
         return False
 
     def on_resize(self) -> None:
@@ -105,6 +132,12 @@ class LogTable(DataTable):
 
     def _fit_width(self) -> None:
         self.fit(self.scrollable_content_region.width or self.size.width)
+
+    def mark_not_drawn(self, index: int, reason: str) -> None:
+        """The run ended (`reason`: stopped, error) before iteration `index` was drawn."""
+        self.not_drawn[index] = reason
+        if index in self.records:
+            self.upsert(self.records[index])
 
     def remove(self, index: int) -> None:
         """Drop the row of iteration `index` (one that never reached the log)."""
@@ -118,17 +151,19 @@ class LogTable(DataTable):
 
     def fit(self, width: int) -> None:
         """Give the prompt column what the other columns leave of `width` (rebuilds the rows)."""
-        prompt_width = max(10, width - FIXED)
-        if prompt_width == self.prompt_width or not self.columns:
+        shown = columns_for(width)
+        prompt_width = max(10, width - fixed_width(shown))
+        if (prompt_width == self.prompt_width and shown == self.shown) or not self.columns:
             return
         self.prompt_width = prompt_width
+        self.shown = shown
         cursor = self.cursor_row
         with self.prevent(DataTable.RowHighlighted):
             self.clear(columns=True)
-            for key, label, col_width in COLUMNS:
+            for key, label, col_width in shown:
                 self.add_column(label, key=key, width=col_width or self.prompt_width)
             for index in sorted(self.records):
                 cells = self.cells(self.records[index])
-                self.add_row(*(cells[key] for key, _, _ in COLUMNS), key=str(index))
+                self.add_row(*(cells[key] for key, _, _ in shown), key=str(index))
             if self.row_count:
                 self.move_cursor(row=min(cursor, self.row_count - 1), animate=False)

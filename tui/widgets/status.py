@@ -80,6 +80,9 @@ class StatusBar(Static):
             # counter changes many times a second).
             self.update(self.render_info(), layout=False)
 
+    def on_resize(self) -> None:
+        self.update(self.render_info(), layout=False)  # the second line fits the new width
+
     def render_info(self) -> Text:
         info = self.info
         label, style = STATE_STYLE.get(info.state, (info.state, "bold"))
@@ -103,14 +106,53 @@ class StatusBar(Static):
         if info.step is not None and info.steps:
             text.append(f"  denoise {bar(info.step, info.steps, 12)} {info.step}/{info.steps}")
         text.append("\n")
-        second = []
-        if info.sec_per_iter is not None:
-            second.append(f"{info.sec_per_iter:.2f} s/it")
-        if info.device:
-            second.append(f"device {visible(info.device)}")
-        if info.memory:
-            second.append(info.memory)
-        if info.run_dir:
-            second.append(visible(info.run_dir))
-        text.append("  ·  ".join(second), "dim")
+        text.append(self.second_line(info, self.content_size.width or 120), "dim")
         return text
+
+    @staticmethod
+    def second_line(info: StatusInfo, width: int) -> str:
+        """Where the run is and what it runs on, inside `width`: the run directory first,
+        shortened in the middle (its name, at the end, kept) to what the rest leaves it; on a
+        narrow screen the separators and the word "device" go first."""
+        rest = []
+        if info.sec_per_iter is not None:
+            rest.append(f"{info.sec_per_iter:.2f} s/it")
+        device = visible(info.device) if info.device else ""
+        memory = info.memory
+        where = short_path(visible(info.run_dir)) if info.run_dir else ""
+        for separator, label in (("  ·  ", "device "), (" · ", "device "), (" · ", "")):
+            parts = rest + ([label + device] if device else []) + ([memory] if memory else [])
+            others = separator.join(parts)
+            room = width - len(others) - (len(separator) if others and where else 0)
+            if not where or room >= min(len(where), MIN_DIR):
+                break
+        if where:
+            where = middle(where, max(MIN_DIR, room))
+            return separator.join([where] + ([others] if others else []))
+        return others
+
+
+MIN_DIR = 24  # the run directory keeps at least this much of the status line
+
+
+def short_path(path: str) -> str:
+    """The run directory as the user knows it: under the home directory, `~/...`."""
+    import os
+
+    home = os.path.expanduser("~")
+    if home not in ("", "/") and (path == home or path.startswith(home + os.sep)):
+        return "~" + path[len(home):]
+    return path
+
+
+def middle(text: str, width: int) -> str:
+    """`text` in `width` characters, an ellipsis in the middle; the end keeps two thirds, or the
+    last name of a path whole where it fits (a run directory's name)."""
+    if len(text) <= width:
+        return text
+    if width < 2:
+        return text[-width:] if width > 0 else ""
+    name = len(text.rstrip("/").rsplit("/", 1)[-1]) + 1
+    tail = max((width - 1) * 2 // 3, name if name <= width - 1 else 0)
+    head = width - 1 - tail
+    return text[:head] + "…" + text[len(text) - tail:]
