@@ -138,6 +138,7 @@ class Drift(Vertical):
         change = f"{numbers[0]:.2f}→{numbers[-1]:.2f}"
         low = f" min {min(numbers):.2f}"
         for name, similar, rest in (("drift ", "≈start ", low), ("drift ", "≈st ", low),
+                                    ("drift ", "≈start ", ""), ("drift ", "≈st ", ""),
                                     ("drift ", "", ""), ("", "≈st ", "")):
             if len(name + similar + change + rest) <= width:
                 break
