@@ -1,0 +1,165 @@
+"""The app's engine in a process of its own (truthloop.engine, issue 20): the same loop, its events
+relayed, keys obeyed, and nothing left running or unsaid when either side goes away."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from truthloop import events as ev
+from truthloop.engine import EngineProcess
+from truthloop.loop import LoopFailed, TruthLoop
+from truthloop.store import RunDirError, read_run
+
+import engine_fakes
+from fakes import start_image
+from tui_helpers import make_config, make_loop
+
+TESTS = Path(__file__).resolve().parent
+
+
+def engine(run_dir: Path, maker, max_iters: int = 20, tmp_log: Path | None = None) -> EngineProcess:
+    loop = TruthLoop(make_config(max_iters=max_iters), run_dir, lambda config, emit: None,
+                     input_image=start_image())
+    return EngineProcess(loop, maker, log_dir=tmp_log)
+
+
+def records_of(run_dir: Path) -> list:
+    return read_run(run_dir).records
+
+
+def wait_until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
+        time.sleep(0.02)
+
+
+def test_the_engine_process_runs_the_same_loop_and_relays_its_events(tmp_path):
+    process = engine(tmp_path / "child", engine_fakes.scripted, tmp_log=tmp_path / "logs")
+    seen = []
+    process.on_event = seen.append
+    summary = process.run()
+
+    alone = make_loop(tmp_path / "alone", painter=engine_fakes.SlowPainter())
+    alone.run()
+    assert summary["status"] == "converged"
+    assert [r.fed_prompt for r in records_of(tmp_path / "child")] == \
+        [r.fed_prompt for r in records_of(tmp_path / "alone")]
+    kinds = [type(event).__name__ for event in seen]
+    assert kinds[0] == "RunStarted" and kinds[-1] == "Finished"
+    assert kinds.count("IterationDone") == len(records_of(tmp_path / "child"))
+    assert any(isinstance(event, ev.DenoiseStep) for event in seen)
+    assert process.done.is_set() and process.summary["status"] == "converged"
+    # The engine ran in another process, which wrote the run, and is gone.
+    assert read_run(tmp_path / "child").summary["pid"] != os.getpid()
+    assert process.memory.startswith("RSS ")  # the child's own memory line came up
+
+
+def test_keys_reach_the_engine_pause_step_and_stop(tmp_path):
+    run_dir = tmp_path / "run"
+    process = engine(run_dir, engine_fakes.endless, max_iters=1000)
+    seen = []
+    process.on_event = seen.append
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(process.run()))
+    worker.start()
+    try:
+        wait_until(lambda: len(records_of(run_dir)) >= 2 if (run_dir / "log.jsonl").exists()
+                   else False)
+        process.control.pause()
+        wait_until(lambda: any(isinstance(e, ev.Paused) for e in seen))
+        paused_at = len(records_of(run_dir))
+        time.sleep(0.6)
+        assert len(records_of(run_dir)) == paused_at  # paused means paused
+        process.control.step()
+        wait_until(lambda: len(records_of(run_dir)) == paused_at + 1)
+        time.sleep(0.6)
+        assert len(records_of(run_dir)) == paused_at + 1  # exactly one iteration
+        process.live_preview = True  # a command the child takes without a word
+        process.control.stop()
+        worker.join(20)
+    finally:
+        process.control.stop()
+        worker.join(20)
+    assert result["status"] == "stopped"
+    assert read_run(run_dir).summary["status"] == "stopped"
+
+
+def test_a_setup_error_comes_back_as_its_one_line(tmp_path):
+    run_dir = tmp_path / "taken"
+    run_dir.mkdir()
+    (run_dir / "somebody-elses.txt").write_text("x")
+    process = engine(run_dir, engine_fakes.scripted)
+    with pytest.raises(RunDirError, match="already exists and is not empty"):
+        process.run()
+    assert (run_dir / "somebody-elses.txt").read_text() == "x"
+
+
+def test_an_engine_that_dies_says_so_and_where_its_output_is(tmp_path):
+    process = engine(tmp_path / "run", engine_fakes.dying, tmp_log=tmp_path / "logs")
+    with pytest.raises(LoopFailed, match=r"engine process ended without a result \(exit code 3\)"
+                                         r"; its output is in .*logs/engine-"):
+        process.run()
+    assert process.done.is_set()
+
+
+def test_the_engines_output_goes_to_its_log_not_the_terminal(tmp_path, capfd):
+    process = engine(tmp_path / "run", engine_fakes.noisy, tmp_log=tmp_path / "logs")
+    process.run()
+    out, err = capfd.readouterr()
+    assert "NOISE" not in out + err
+    logged = process.log_path.read_text()
+    assert "NOISE ON STDOUT" in logged and "NOISE ON STDERR" in logged \
+        and "NOISE FROM C" in logged
+
+
+def test_the_engine_stops_resumably_when_the_app_is_killed(tmp_path):
+    """SIGKILL the process that watches (the app): its engine stops after the current step,
+    writes "stopped", and exits; the run resumes."""
+    run_dir = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(TESTS)!r}]
+        from pathlib import Path
+        from test_engine_process import engine
+        import engine_fakes
+        if __name__ == "__main__":
+            engine(Path({str(run_dir)!r}), engine_fakes.endless, max_iters=1000).run()
+    """)
+    path = tmp_path / "app.py"
+    path.write_text(script)
+    app = subprocess.Popen([sys.executable, str(path)], cwd=TESTS.parent)
+    try:
+        wait_until(lambda: (run_dir / "log.jsonl").exists() and len(records_of(run_dir)) >= 2,
+                   timeout=60)
+        engine_pid = json.loads((run_dir / "summary.json").read_text())["pid"]
+        assert engine_pid != app.pid
+        app.send_signal(signal.SIGKILL)
+        app.wait(10)
+        wait_until(lambda: read_run(run_dir).summary.get("status") == "stopped", timeout=20)
+        wait_until(lambda: not _alive(engine_pid), timeout=20)
+    finally:
+        if app.poll() is None:
+            app.kill()
+    assert read_run(run_dir).status == "stopped"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its (dead) parent's reaper counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
