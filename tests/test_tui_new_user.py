@@ -75,9 +75,9 @@ async def test_the_c_toast_breaks_a_path_after_a_separator(tmp_path):
         await pilot.press("c")
         await wait_for(pilot, lambda: bool(app._notifications))
         lines = list(app._notifications)[-1].message.splitlines()
-        # The toast's body at 80 columns: 37 cells (40, less padding and border). Every line
+        # The toast's body at 80 columns: 36 cells (40, less padding and border). Every line
         # but the last ends at a separator; joined, they are the whole path.
-        assert len(lines) >= 2 and all(len(line) <= 37 for line in lines)
+        assert len(lines) >= 2 and all(len(line) <= 36 for line in lines)
         assert all(line.endswith("/") for line in lines[:-1])
         assert "".join(lines) == str(run_dir / "images" / "0003.png")
 

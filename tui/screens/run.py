@@ -71,7 +71,7 @@ BROWSE_COMMANDS = [
 ]
 
 
-TOAST_WIDTH = 60  # Textual's Toast: width 60, max-width 50%, padding 1, a border on the left
+TOAST_WIDTH = 60  # Textual's Toast: width 60, max-width 50%, less padding, border (seen: 36 of 40)
 
 
 def wrap_path(path: str, width: int) -> str:
@@ -350,7 +350,7 @@ class RunScreen(ForkActions, Screen[None]):
         self.app.copy_to_clipboard(str(path))
         # A toast is at most 60 cells, half the screen, less its padding and border: the path is
         # broken after a separator, not in the middle of a name.
-        width = min(TOAST_WIDTH, self.app.size.width // 2) - 3
+        width = min(TOAST_WIDTH, self.app.size.width // 2) - 4
         self.notify(wrap_path(visible(str(path)), width),
                     title="image path (copied to the clipboard)", markup=False, timeout=8)
 
