@@ -163,3 +163,30 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_an_engine_started_inside_the_app_starts(tmp_path):
+    """`f` in `view` starts the first engine while Textual holds sys.stderr (fileno() -1):
+    multiprocessing's resource tracker must not be handed that."""
+    run_dir = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import io, sys
+        sys.path[:0] = [{str(TESTS)!r}]
+        from pathlib import Path
+        from test_engine_process import engine
+        import engine_fakes
+
+        class Captured(io.StringIO):  # as Textual's capture of stderr
+            def fileno(self):
+                return -1
+
+        if __name__ == "__main__":
+            sys.stderr = Captured()
+            summary = engine(Path({str(run_dir)!r}), engine_fakes.scripted).run()
+            print(summary["status"], file=sys.__stdout__)
+    """)
+    path = tmp_path / "app.py"
+    path.write_text(script)
+    done = subprocess.run([sys.executable, str(path)], cwd=TESTS.parent, capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.strip() == "converged", done.stdout + done.stderr

@@ -101,12 +101,7 @@ class EngineProcess:
         self.log_path: Path | None = None
         self.done = threading.Event()
         self._context = multiprocessing.get_context("spawn")
-        # Spawning starts multiprocessing's resource tracker once, handing it sys.stderr's fd:
-        # start it now, while sys.stderr is the terminal's (inside the app it is Textual's
-        # capture, whose fileno() is -1: "bad value(s) in fds_to_keep").
-        from multiprocessing import resource_tracker
-
-        resource_tracker.ensure_running()
+        _start_resource_tracker()
         # Two one-way pipes: events up, commands down (each end used by one thread only).
         self._events_in, self._events_out = self._context.Pipe(duplex=False)
         self._commands_in, self._commands_out = self._context.Pipe(duplex=False)
@@ -212,6 +207,26 @@ class EngineProcess:
 
     def memory_line(self) -> str:
         return self.memory
+
+
+def _start_resource_tracker() -> None:
+    """Spawning starts multiprocessing's resource tracker once, handing it sys.stderr's fd.
+    Inside the app (a fork made with `f`, or `view`'s first engine) sys.stderr is Textual's
+    capture, whose fileno() is -1 ("bad value(s) in fds_to_keep"): the tracker gets the real
+    stderr instead."""
+    from multiprocessing import resource_tracker
+
+    saved = sys.stderr
+    try:
+        try:
+            usable = saved is not None and saved.fileno() >= 0
+        except (AttributeError, OSError, ValueError):
+            usable = False
+        if not usable:
+            sys.stderr = sys.__stderr__
+        resource_tracker.ensure_running()
+    finally:
+        sys.stderr = saved
 
 
 # -- the child ----------------------------------------------------------------------------------
