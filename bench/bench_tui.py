@@ -193,9 +193,18 @@ class AppInPty:
 
 
 def wait_denoising(app: AppInPty, timeout: float = 60) -> bool:
-    """Until the status line shows denoising progress drawn from now on (the issue asks for
-    key latencies while the GPU draws)."""
-    return app.wait_for(r"denoise [█░]+ *\d+/\d+", time.monotonic(), timeout) is not None
+    """Until the status line shows a denoising step drawn from now on, in the first 60% of the
+    image's steps (the issue asks for key latencies while the GPU draws: a key sent near the
+    last step lands in the VAE decode or the next caption, which are not denoising)."""
+    since = time.monotonic()
+    end = since + timeout
+    while time.monotonic() < end and app.proc.poll() is None:
+        app.pump(0.005)
+        for step, total in re.findall(r"denoise [█░]+ *(\d+)/(\d+)", app.text_since(since)):
+            if int(step) <= 0.6 * int(total):
+                return True
+            since = time.monotonic()  # too late in this image: wait for the next one
+    return False
 
 
 def probe_keys(app: AppInPty, run_dir: Path, presses: int, timeout: float) -> dict:

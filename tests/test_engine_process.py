@@ -190,3 +190,57 @@ def test_an_engine_started_inside_the_app_starts(tmp_path):
     done = subprocess.run([sys.executable, str(path)], cwd=TESTS.parent, capture_output=True,
                           text=True, timeout=120)
     assert done.stdout.strip() == "converged", done.stdout + done.stderr
+
+
+def test_the_outbox_never_blocks_the_loop_and_keeps_order(tmp_path):
+    """A reader that does not read: put() returns at once; steps and previews collapse to the
+    newest since the last message kept in order; nothing else is lost or reordered."""
+    import multiprocessing
+
+    from truthloop.engine import Outbox
+
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    outbox = Outbox(writer, on_broken=lambda: None)
+    preview = bytes(96 * 96 * 3)
+    started = time.monotonic()
+    for index in range(3):
+        outbox.put(("event", ev.IterationStarted(index)))
+        for step in range(1, 51):
+            outbox.put(("event", ev.DenoiseStep(index, step, 50)))
+            if step % 5 == 0:
+                outbox.put(("event", ev.DenoisePreview(index, step, 96, 96, preview)))
+        outbox.put(("event", ev.IterationDone(make_record(index))))
+    assert time.monotonic() - started < 1.0  # 30 previews are ~830 KB: a plain send blocks
+    outbox.put(("returned", {"status": "max_iters"}))
+    got = []
+    closer = threading.Thread(target=outbox.close)
+    closer.start()
+    while True:
+        message = reader.recv()
+        got.append(message)
+        if message[0] == "returned":
+            break
+    closer.join(10)
+    def kind(message):
+        if message[0] != "event":
+            return message[0]
+        event = message[1]
+        index = event.record.index if isinstance(event, ev.IterationDone) else event.index
+        return type(event).__name__, index
+
+    kinds = [kind(m) for m in got]
+    for index in range(3):
+        started_at = kinds.index(("IterationStarted", index))
+        done_at = kinds.index(("IterationDone", index))
+        assert started_at < done_at
+        between = kinds[started_at + 1:done_at]
+        assert set(between) <= {("DenoiseStep", index), ("DenoisePreview", index)}
+    steps = [m[1].step for m in got if m[0] == "event" and isinstance(m[1], ev.DenoiseStep)]
+    assert steps[-1] == 50  # the newest step of each iteration is never dropped
+    assert kinds[-1] == "returned"
+
+
+def make_record(index):
+    from truthloop.record import Record
+
+    return Record(index=index, caption="c", compared="c", fed_prompt="c")

@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -235,21 +236,11 @@ def serve(recipe: LoopRecipe, factory_maker: Callable[[LoopControl], BackendFact
     """The child's main: build the loop, run it, send every event, then the result."""
     _detach_from_terminal(log_path)
     control = LoopControl()
-    send_lock = threading.Lock()
-
-    def send(message: tuple) -> None:
-        with send_lock:
-            if events.closed:
-                return
-            try:
-                events.send(message)
-            except (OSError, ValueError):  # the parent is gone; the commands thread stops us
-                control.stop()
-
+    outbox = Outbox(events, on_broken=control.stop)
     loop = recipe.build(factory_maker(control), control)
-    loop.on_event = lambda event: send(("event", event))
+    loop.on_event = lambda event: outbox.put(("event", event))
     signal.signal(signal.SIGTERM, lambda signum, frame: control.stop())
-    threading.Thread(target=_obey, args=(commands, control, loop, send), daemon=True,
+    threading.Thread(target=_obey, args=(commands, control, loop, outbox.put), daemon=True,
                      name="truthloop-commands").start()
     try:
         result: tuple = ("returned", loop.run())
@@ -262,9 +253,73 @@ def serve(recipe: LoopRecipe, factory_maker: Callable[[LoopControl], BackendFact
 
         traceback.print_exc()  # into the log file
         result = ("raised", "LoopFailed", describe_error(error, recipe.config))
-    send(result)
-    with send_lock:
-        events.close()
+    outbox.put(result)
+    outbox.close()
+
+
+class Outbox:
+    """What the child sends, written to the pipe by a thread of its own: the loop never waits
+    on the pipe. When the app is slow to read (its interpreter busy drawing), the pipe fills
+    and a plain send() would stall the loop mid-iteration (seen on an H100: captions 14-29%
+    slower in the app). Meanwhile the newest denoising step, latent preview and memory line
+    replace an older one not sent yet; every other message is sent, in order."""
+
+    def __init__(self, connection: Any, on_broken: Callable[[], None]) -> None:
+        self.connection = connection
+        self.on_broken = on_broken
+        self.queue: deque[tuple] = deque()
+        self.ready = threading.Condition()
+        self.closing = False
+        self.thread = threading.Thread(target=self._send_all, daemon=True, name="truthloop-send")
+        self.thread.start()
+
+    def put(self, message: tuple) -> None:
+        kind = _replaceable(message)
+        with self.ready:
+            if kind is not None:  # replace one queued since the last message kept in order
+                for i in range(len(self.queue) - 1, -1, -1):
+                    queued_kind = _replaceable(self.queue[i])
+                    if queued_kind is None:
+                        break
+                    if queued_kind == kind:
+                        self.queue[i] = message
+                        return
+            self.queue.append(message)
+            self.ready.notify()
+
+    def close(self) -> None:
+        """Send what is queued, then close the pipe (the parent reads EOF after the result)."""
+        with self.ready:
+            self.closing = True
+            self.ready.notify()
+        self.thread.join(timeout=60)
+        self.connection.close()
+
+    def _send_all(self) -> None:
+        broken = False
+        while True:
+            with self.ready:
+                while not self.queue and not self.closing:
+                    self.ready.wait()
+                if not self.queue:
+                    return
+                message = self.queue.popleft()
+            if broken:
+                continue
+            try:
+                self.connection.send(message)
+            except (OSError, ValueError):  # the parent is gone; the commands thread stops us
+                broken = True
+                self.on_broken()
+
+
+def _replaceable(message: tuple) -> str | None:
+    """The kind of a message a newer one of its kind makes worthless, else None."""
+    if message[0] == "memory":
+        return "memory"
+    if message[0] == "event" and isinstance(message[1], (ev.DenoiseStep, ev.DenoisePreview)):
+        return type(message[1]).__name__
+    return None
 
 
 def _obey(commands: Any, control: LoopControl, loop: TruthLoop,
