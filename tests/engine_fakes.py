@@ -50,3 +50,10 @@ def dying(control):
         os._exit(3)
 
     return build
+
+
+def affinity_reporting(control):
+    """Writes the engine's CPU affinity where TRUTHLOOP_TEST_AFFINITY says, then runs."""
+    with open(os.environ["TRUTHLOOP_TEST_AFFINITY"], "w") as out:
+        out.write(",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0))))
+    return scripted(control)

@@ -244,3 +244,40 @@ def make_record(index):
     from truthloop.record import Record
 
     return Record(index=index, caption="c", compared="c", fed_prompt="c")
+
+
+def test_the_app_and_its_engine_draw_and_compute_on_different_cpus(tmp_path):
+    """pin_watcher: the app keeps one CPU, an engine started afterwards (from the app's worker
+    thread, which inherits the app's single CPU) moves itself to the others. Below
+    PIN_FROM_CPUS nothing is pinned; here it is lowered to this machine's count."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs")
+    report = tmp_path / "affinity"
+    script = textwrap.dedent(f"""
+        import json, os, sys, threading
+        sys.path[:0] = [{str(TESTS)!r}]
+        from pathlib import Path
+        from truthloop import engine as engine_module
+        from test_engine_process import engine
+        import engine_fakes
+
+        if __name__ == "__main__":
+            every = set(os.sched_getaffinity(0))
+            engine_module.PIN_FROM_CPUS = len(every)
+            engine_module.pin_watcher()
+            mine = set(os.sched_getaffinity(0))
+            process = engine(Path({str(tmp_path / "run")!r}), engine_fakes.affinity_reporting)
+            worker = threading.Thread(target=process.run)  # as the app's thread worker
+            worker.start(); worker.join(60)
+            print(json.dumps([sorted(every), sorted(mine), process.summary.get("status")]))
+    """)
+    path = tmp_path / "app.py"
+    path.write_text(script)
+    done = subprocess.run([sys.executable, str(path)], cwd=TESTS.parent, capture_output=True,
+                          text=True, timeout=120,
+                          env=dict(os.environ, TRUTHLOOP_TEST_AFFINITY=str(report)))
+    every, mine, status = json.loads(done.stdout.strip().splitlines()[-1])
+    engine_cpus = {int(cpu) for cpu in report.read_text().split(",")}
+    assert status == "converged", done.stderr
+    assert len(mine) < len(every) and set(mine) | engine_cpus == set(every)
+    assert not set(mine) & engine_cpus

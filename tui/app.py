@@ -166,6 +166,10 @@ def run_live(loop: Any, preview: str = "auto", forker: Any = None,
     while it denoises (`p` toggles it)."""
     import signal
 
+    from truthloop.engine import EngineProcess, pin_watcher
+
+    if isinstance(loop, EngineProcess):  # the app keeps a CPU of its own, the engine the rest
+        pin_watcher()
     app = TruthLoopApp(loop=loop, preview=resolve_preview(preview), forker=forker)
     app.live_preview = live_preview and preview != "none"
 
@@ -210,6 +214,9 @@ def _report_forks(app: TruthLoopApp) -> None:
 
 
 def run_view(run_dir: Path, preview: str = "auto", forker: Any = None) -> int:
+    from truthloop.engine import pin_watcher
+
+    pin_watcher()  # a fork made here (`f`) runs its engine on the other CPUs
     app = TruthLoopApp(run_dir=Path(run_dir), preview=resolve_preview(preview), forker=forker)
     try:
         app.run()

@@ -23,7 +23,9 @@ from tui.throttle import Latest
 from tui.widgets.status import StatusBar
 
 STEP_HZ = 10
-PREVIEW_HZ = 4
+# Terminal graphics re-send the whole picture each frame (~100-200 KB of sixel for a pane, over
+# SSH) and textual-image encodes it in Python: half the rate of half-blocks.
+PREVIEW_HZ = {"halfcell": 4, "sixel": 2, "tgp": 2}
 
 
 class LiveScreen(RunScreen):
@@ -49,7 +51,8 @@ class LiveScreen(RunScreen):
         self._quit_requested = False
         # The step counter at 10 Hz, the latent preview at 4 frames a second (tui/throttle.py).
         self._steps = Latest(self, STEP_HZ, self._draw_step)
-        self._previews = Latest(self, PREVIEW_HZ, self._draw_preview)
+        self._previews = Latest(self, PREVIEW_HZ.get(preview, PREVIEW_HZ["halfcell"]),
+                                self._draw_preview)
 
     def start(self) -> None:
         self.loop.live_preview = getattr(self.app, "live_preview", True)
