@@ -207,29 +207,27 @@ def wait_denoising(app: AppInPty, timeout: float = 60) -> bool:
     return False
 
 
+def key_latencies(app: AppInPty, presses: int, key: str, shown: str, timeout: float,
+                  settle: float) -> list:
+    """ms from `key` to `shown` drawn, each pressed mid-denoising; the same key again undoes it
+    (`?` closes the help, space resumes)."""
+    latencies = []
+    for _ in range(presses):
+        if not wait_denoising(app):
+            break
+        sent = app.key(key)
+        latency = app.wait_for(shown, sent, timeout)
+        latencies.append(None if latency is None else round(latency * 1000, 1))
+        app.pump(0.2)
+        app.key(key)
+        app.pump(settle)
+    return latencies
+
+
 def probe_keys(app: AppInPty, run_dir: Path, presses: int, timeout: float) -> dict:
     result: dict = {}
-    help_ms, pause_ms = [], []
-    for _ in range(presses):
-        if not wait_denoising(app):
-            break
-        sent = app.key("?")
-        latency = app.wait_for(r"truthloop — keys", sent, 10)
-        help_ms.append(None if latency is None else round(latency * 1000, 1))
-        app.pump(0.2)
-        app.key("?")  # `?` again closes it
-        app.pump(0.3)
-    result["help_open_ms"] = help_ms
-    for _ in range(presses):
-        if not wait_denoising(app):
-            break
-        sent = app.key(" ")
-        latency = app.wait_for(r"⏸ paused", sent, 30)
-        pause_ms.append(None if latency is None else round(latency * 1000, 1))
-        app.pump(0.2)
-        app.key(" ")  # resume
-        app.pump(0.4)
-    result["pause_shown_ms"] = pause_ms
+    result["help_open_ms"] = key_latencies(app, presses, "?", r"truthloop — keys", 10, 0.3)
+    result["pause_shown_ms"] = key_latencies(app, presses, " ", r"⏸ paused", 30, 0.4)
     # n while paused: exactly one more record
     if wait_denoising(app):
         sent = app.key(" ")
