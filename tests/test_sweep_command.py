@@ -139,6 +139,15 @@ def test_empty_seeds_and_an_image_less_folder_are_refused(tmp_path, prompts_file
     assert not (tmp_path / "s").exists() and not (tmp_path / "s2").exists()
 
 
+def test_a_grid_value_of_the_wrong_type_is_named_in_plain_words(tmp_path, prompts_file, capsys,
+                                                                 no_ray):
+    assert run_main(args(tmp_path / "s", prompts_file, "--grid", "steps=abc")) == 2
+    line = assert_one_clean_error_line(capsys.readouterr().err, "--grid steps: 'abc'",
+                                       "is not a whole number")
+    assert "a int" not in line
+    assert not (tmp_path / "s").exists()
+
+
 def test_sweep_help_shows_no_placeholders(capsys):
     with pytest.raises(SystemExit) as done:
         run_main(["sweep", "--help"])

@@ -48,6 +48,9 @@ class SpecError(ValueError):
     """A sweep that cannot be made as asked; one line for the user."""
 
 
+# How a --grid value's type is named in an error ("'abc' is not a whole number").
+TYPE_NAMES = {int: "a whole number", float: "a number", str: "a text"}
+
 def parse_seeds(text: str) -> list[int]:
     """`0-15`, `1,5,9`, or a mix (`0-3,10`); order kept, duplicates dropped."""
     if not text.strip():
@@ -89,7 +92,8 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             try:
                 typed = kind(value)
             except ValueError:
-                raise SpecError(f"--grid {name}: {value!r} is not a {kind.__name__}") from None
+                named = TYPE_NAMES.get(kind, kind.__name__)
+                raise SpecError(f"--grid {name}: {value!r} is not {named}") from None
             if name in _CHOICES and typed not in _CHOICES[name]:
                 raise SpecError(f"--grid {name}: unknown {value!r}; choose from "
                                 f"{', '.join(_CHOICES[name])}")
