@@ -104,7 +104,7 @@ def drain_input(wait: float = 0.05) -> int:
     try:
         fd = stdin.fileno()
         saved = termios.tcgetattr(fd)
-    except (OSError, ValueError, termios.error):
+    except (AttributeError, OSError, ValueError, termios.error):  # no real terminal: nothing
         return 0
     # Out of line mode while reading: a reply has no newline, so a cooked terminal keeps it in
     # its line buffer (where Textual's raw mode would find it).
