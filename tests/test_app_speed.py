@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -61,19 +63,22 @@ def app_run(work: Path, name: str) -> dict:
             "writer": json.loads((run_dir / "summary.json").read_text())["pid"], "pid": app_pid}
 
 
+@pytest.mark.timeout(1200)  # up to 3 rounds of 3 runs on a busy 2-core machine
 def test_the_app_costs_the_engine_no_speed(tmp_path, tiny_models):
-    ratios, app = [], {}
+    ratios = []
     for attempt in range(3):
         before = headless_generate(tmp_path, f"headless-{attempt}a")
         app = app_run(tmp_path, f"app-{attempt}")
         after = headless_generate(tmp_path, f"headless-{attempt}b")
+        if attempt == 0:
+            # What keeps the engine fast, asserted without a clock race: it is not in the app's
+            # interpreter, and drawing the run costs the app little CPU (~0.15 of a core here;
+            # with the engine in the app's own process, ~1.9).
+            assert app["writer"] != app["pid"], "the engine ran in the app's process"
+            assert app["cpu"] <= CPU_BOUND, \
+                f"the app used {app['cpu']:.2f} of a core while it watched"
         ratios.append(round(app["generate"] / statistics.mean([before, after]), 3))
         if ratios[-1] <= BOUND:
             break
     assert min(ratios) <= BOUND, \
         f"denoising in the app took {ratios} x its headless time (bound {BOUND})"
-    # What keeps it so, measured without a clock race: the engine is not in the app's
-    # interpreter, and drawing the run costs the app little CPU (~0.15 of a core here; the
-    # engine in the app's own process made it ~1.9).
-    assert app["writer"] != app["pid"]
-    assert app["cpu"] <= CPU_BOUND, f"the app used {app['cpu']:.2f} of a core while it watched"
