@@ -281,3 +281,17 @@ def test_the_app_and_its_engine_draw_and_compute_on_different_cpus(tmp_path):
     assert status == "converged", done.stderr
     assert len(mine) < len(every) and set(mine) | engine_cpus == set(every)
     assert not set(mine) & engine_cpus
+
+
+def test_engine_logs_do_not_pile_up(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for i in range(30):
+        old = logs / f"engine-old-{i:02d}.log"
+        old.write_text("a warning\n")
+        os.utime(old, (1000 + i, 1000 + i))
+    process = engine(tmp_path / "run", engine_fakes.noisy, tmp_log=logs)
+    process.run()
+    kept = sorted(path.name for path in logs.glob("engine-*.log"))
+    assert len(kept) == 21  # the newest 20 before it, and its own (not empty: it wrote)
+    assert "engine-old-09.log" not in kept and "engine-old-10.log" in kept

@@ -34,6 +34,8 @@ from truthloop import events as ev
 from truthloop.loop import BackendFactory, LoopControl, LoopFailed, TruthLoop, describe_error
 from truthloop.store import RunDirError
 
+# The engine logs kept in the cache's logs/ (the newest; an empty one goes at a clean exit).
+KEEP_LOGS = 20
 # The child sends its memory this often (the status line's RSS and GPU figures).
 MEMORY_INTERVAL_S = 2.0
 # From this many CPUs on, the app keeps one CPU (and its SMT siblings) to itself and its engines
@@ -242,6 +244,10 @@ class EngineProcess:
 
                 self.log_dir = cache_dir() / "logs"
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            # Kept for a look after a crash, not forever: the newest KEEP_LOGS stay.
+            older = sorted(self.log_dir.glob("engine-*.log"), key=lambda p: p.stat().st_mtime)
+            for stale in older[:-KEEP_LOGS]:
+                stale.unlink(missing_ok=True)
             return self.log_dir / f"engine-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}" \
                 f"-{id(self) % 10000}.log"
         except OSError:
