@@ -49,7 +49,7 @@ class LiveScreen(RunScreen):
         self.loop_active = False
         self.failed = False
         self._quit_requested = False
-        # The step counter at 10 Hz, the latent preview at 4 frames a second (tui/throttle.py).
+        # The step counter at 10 Hz, the latent preview at PREVIEW_HZ (tui/throttle.py).
         self._steps = Latest(self, STEP_HZ, self._draw_step)
         self._previews = Latest(self, PREVIEW_HZ.get(preview, PREVIEW_HZ["halfcell"]),
                                 self._draw_preview)
@@ -64,8 +64,7 @@ class LiveScreen(RunScreen):
         self.run_loop()
         if not self.stable:
             # An engine in its own process (truthloop.engine) reports its own memory.
-            source = getattr(self.loop, "memory_line", None)
-            status.watch_memory(source) if source else status.watch_memory()
+            status.watch_memory(getattr(self.loop, "memory_line", None))
 
     @work(thread=True, exclusive=True, group="loop", exit_on_error=False, name="truthloop")
     def run_loop(self) -> dict[str, Any]:

@@ -62,10 +62,11 @@ class StatusBar(Static):
         super().__init__("", markup=False, **kwargs)
         self.info = StatusInfo()
 
-    def watch_memory(self, source: Callable[[], str] = memory_line,
+    def watch_memory(self, source: Callable[[], str] | None = None,
                      interval: float = 2.0) -> None:
-        """Show the engine's memory (`source()`: the engine process's last line, or this
-        process's own when the engine runs in it) now and every `interval` seconds."""
+        """Show the engine's memory (`source()`: the engine process's last line; by default
+        this process's own, where the engine runs in it) now and every `interval` seconds."""
+        source = source or memory_line
         self.set(memory=source())
         self.set_interval(interval, lambda: self.set(memory=source()))
 
