@@ -110,7 +110,6 @@ class RemoteControl:
 
     def __init__(self, send: Callable[[tuple], None]) -> None:
         self._send = send
-        self.stop_requested = False
 
     def pause(self) -> None:
         self._send(("pause",))
@@ -122,7 +121,6 @@ class RemoteControl:
         self._send(("step",))
 
     def stop(self) -> None:
-        self.stop_requested = True
         self._send(("stop",))
 
 

@@ -188,28 +188,32 @@ class HalfcellImage(Widget):
         super().__init__(**kwargs)
         self.path: Path | None = None
         self._strips: list[Strip] = []
-        self._strips_for: tuple | None = None
+        self._strips_for: tuple | None = None  # (width, height, style) they were built for
 
     def set_path(self, path: Path | None) -> None:
         if path != self.path or self.picture is not None:
             self.path = path
             self.picture = None
+            self._strips_for = None
             self.refresh()
 
     picture = None  # an in-memory image shown instead of `path` (the live preview)
 
     def set_picture(self, picture) -> None:
         self.picture = picture
+        self._strips_for = None
         self.refresh()
 
     def render_line(self, y: int) -> Strip:
         width, height = self.content_size.width, self.content_size.height
-        image = self.picture if self.picture is not None else (
-            load_image(self.path) if self.path else None)
-        key = (id(image), width, height)
+        key = (width, height, self.rich_style)
         if key != self._strips_for:
-            self._strips = half_block_strips(image, width, height, self.rich_style) \
-                if image is not None else []
+            # Once per image and size, not once per line: loading the image stats its file.
+            image = self.picture if self.picture is not None else (
+                load_image(self.path) if self.path else None)
+            if image is None:  # none, or not readable yet: asked again at the next render
+                return Strip.blank(width, self.rich_style)
+            self._strips = half_block_strips(image, width, height, self.rich_style)
             self._strips_for = key
         if y < len(self._strips):
             return self._strips[y]
@@ -298,13 +302,8 @@ class ImageView(Vertical):
         if not self.previewing:
             return
         self.previewing = False
-        if self.mode == "none":
-            return
-        widget = self.query_one(".image")
-        if isinstance(widget, HalfcellImage):
-            widget.set_path(self.path)
-        else:
-            widget.image = str(self.path) if self.path and self.path.exists() else None
+        if self.mode != "none":
+            self._put_image(self.path)
 
     def show(self, path: Path | None, title: str, note: str = "") -> None:
         """Show `path` under `title`; the image itself is only touched when the path changes."""
@@ -322,6 +321,10 @@ class ImageView(Vertical):
         if path == self.path:
             return
         self.path = path
+        self._put_image(path)
+
+    def _put_image(self, path: Path | None) -> None:
+        """`path` into the image widget, half-blocks or graphics (sized to its aspect)."""
         widget = self.query_one(".image")
         if isinstance(widget, HalfcellImage):
             widget.set_path(path)
