@@ -378,7 +378,7 @@ def main() -> None:
         from bench.fullsize import build_all
 
         paths = build_all(work / "models", log=lambda m: print(m, flush=True))
-        base.models.sd_model, base.models.caption_model, base.models.clip_model = \
+        base.models.generator_model, base.models.caption_model, base.models.clip_model = \
             paths["sd"], paths["blip"], paths["clip"]
     machine = (f"{torch.cuda.get_device_name(0) if DEVICE == 'cuda' else 'cpu'}, torch "
                f"{torch.__version__}, {time.strftime('%Y-%m-%d')}")

@@ -706,7 +706,7 @@ def part_lowvram(paths, iterations: int):
     for variant in ("low", "default", "probe"):
         low_vram = variant == "low"
         config = RunConfig(start_prompt="a photo")
-        config.models.sd_model, config.models.caption_model, config.models.clip_model = \
+        config.models.generator_model, config.models.caption_model, config.models.clip_model = \
             paths["sd"], paths["blip"], paths["clip"]
         config.models.low_vram = low_vram
         gc.collect()
@@ -771,7 +771,7 @@ def part_preview(paths, iterations: int, tiny: bool = False):
     from truthloop.ml.latent_preview import latent_rgb
 
     config = RunConfig(start_prompt="a photo")
-    config.models.sd_model, config.models.caption_model, config.models.clip_model = \
+    config.models.generator_model, config.models.caption_model, config.models.clip_model = \
         paths["sd"], paths["blip"], paths["clip"]
     if tiny:  # a CPU smoke test: fewer steps, the fast caption mode
         config.generate.steps, config.caption.mode = 10, "fast"
@@ -864,7 +864,7 @@ def main() -> None:
         from truthloop.ml.tiny import build_tiny_models
 
         tiny = build_tiny_models()
-        paths = {"sd": tiny.sd_model, "blip": tiny.caption_model, "clip": tiny.clip_model}
+        paths = {"sd": tiny.generator_model, "blip": tiny.caption_model, "clip": tiny.clip_model}
     else:
         paths = build_all(work / "models", log=lambda m: print(m, flush=True))
     if args.part == "child":

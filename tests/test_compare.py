@@ -22,11 +22,11 @@ SCRIPT_B = {**COMMON, "two, b": "four, <b>bold</b> [red]x[/red]",
             "four, d": "three, c"}
 
 
-def make_run(tmp_path, name, script, sd_model=None, start="start, s"):
+def make_run(tmp_path, name, script, generator_model=None, start="start, s"):
     config = RunConfig(input_image="start.png")
     config.models.models = "tiny"
-    if sd_model:
-        config.models.sd_model = sd_model
+    if generator_model:
+        config.models.generator_model = generator_model
     TruthLoop(config, tmp_path / name, factory(FakeCaptioner(script, start=start), FakePainter()),
               input_image=start_image()).run()
     return tmp_path / name
@@ -61,7 +61,7 @@ def test_different_attractors():
 
 def test_runs_of_different_models_are_refused(tmp_path):
     a = make_run(tmp_path, "a", SCRIPT_A)
-    b = make_run(tmp_path, "b", SCRIPT_A, sd_model="some/other-sd")
+    b = make_run(tmp_path, "b", SCRIPT_A, generator_model="some/other-sd")
     with pytest.raises(CompareError, match="different models"):
         compare_runs(a, b)
 

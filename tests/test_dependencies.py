@@ -113,5 +113,5 @@ def test_an_ignored_dtype_is_said(monkeypatch, truthloop_cache):
 
     monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", classmethod(ignoring_dtype))
     notes = []
-    models.load_pipeline(build_tiny_models().sd_model, "cpu", torch.bfloat16, notice=notes.append)
+    models.load_pipeline(build_tiny_models().generator_model, "cpu", torch.bfloat16, notice=notes.append)
     assert len(notes) == 1 and "float32, not bfloat16" in notes[0]

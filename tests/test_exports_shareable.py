@@ -73,7 +73,7 @@ def test_runs_and_exports_show_the_models_loaded(tmp_path, capsys):
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text())
     summary["models_loaded"] = {  # what the loader records for a tiny run
-        "sd_model": {"requested": "/c/tiny-v3/sd", "repo": None, "revision": None,
+        "generator_model": {"requested": "/c/tiny-v3/sd", "repo": None, "revision": None,
                      "path": "/c/tiny-v3/sd"},
         "caption_model": {"requested": "blip-large", "repo": "Salesforce/blip-image-captioning-"
                           "large", "revision": "353689b859fcf0523410b1806dace5fb46ecdf41",

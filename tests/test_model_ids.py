@@ -46,7 +46,7 @@ def _real_with_tiny_helpers(tiny) -> list[str]:
 def test_default_is_the_mirror_and_an_empty_offline_cache_names_it(tmp_path):
     from truthloop.config import RunConfig
 
-    assert RunConfig().models.sd_model == MIRROR
+    assert RunConfig().models.generator_model == MIRROR
     start = fake_start_png(tmp_path / "start.png")
     done = cli_subprocess(["run", start, "--headless", "--out", tmp_path / "run"],
                           env={"HF_HOME": str(tmp_path / "empty-hf")}, timeout=300)
@@ -57,7 +57,7 @@ def test_default_is_the_mirror_and_an_empty_offline_cache_names_it(tmp_path):
 
 def test_withdrawn_id_cached_loads_that_copy_and_says_so(tmp_path, tiny_dirs):
     hf_home = tmp_path / "hf"
-    _hub_cache_with(hf_home, OFFICIAL, tiny_dirs.sd_model)
+    _hub_cache_with(hf_home, OFFICIAL, tiny_dirs.generator_model)
     start = fake_start_png(tmp_path / "start.png")
     out = tmp_path / "run"
     done = cli_subprocess(["run", start, "--headless", "--out", out, "--sd-model", OFFICIAL,
@@ -66,7 +66,7 @@ def test_withdrawn_id_cached_loads_that_copy_and_says_so(tmp_path, tiny_dirs):
     assert done.returncode == 0, done.stderr
     notes = [line for line in done.stderr.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and OFFICIAL in notes[0] and "your hub cache" in notes[0], done.stderr
-    loaded = read_run(out).summary["models_loaded"]["sd_model"]
+    loaded = read_run(out).summary["models_loaded"]["generator_model"]
     assert loaded["requested"] == OFFICIAL
     assert loaded["repo"] == OFFICIAL and loaded["revision"] == FAKE_COMMIT
     assert read_run(out).records[0].image is not None
@@ -75,7 +75,7 @@ def test_withdrawn_id_cached_loads_that_copy_and_says_so(tmp_path, tiny_dirs):
 def test_withdrawn_id_not_cached_goes_to_the_mirror(tmp_path, tiny_dirs):
     """Given the withdrawn id with only the mirror in the cache, the mirror's copy is loaded."""
     hf_home = tmp_path / "hf"
-    _hub_cache_with(hf_home, MIRROR, tiny_dirs.sd_model)
+    _hub_cache_with(hf_home, MIRROR, tiny_dirs.generator_model)
     start = fake_start_png(tmp_path / "start.png")
     out = tmp_path / "run"
     done = cli_subprocess(["run", start, "--headless", "--out", out, "--sd-model", OFFICIAL,
@@ -83,11 +83,11 @@ def test_withdrawn_id_not_cached_goes_to_the_mirror(tmp_path, tiny_dirs):
                           env={"HF_HOME": str(hf_home)}, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"loading its mirror {MIRROR}" in done.stderr
-    loaded = read_run(out).summary["models_loaded"]["sd_model"]
+    loaded = read_run(out).summary["models_loaded"]["generator_model"]
     assert (loaded["requested"], loaded["repo"], loaded["revision"]) == \
         (OFFICIAL, MIRROR, FAKE_COMMIT)
     # What was asked for stays in run.json: resuming asks again, and maps again.
-    assert json.loads((out / "run.json").read_text())["config"]["models"]["sd_model"] == OFFICIAL
+    assert json.loads((out / "run.json").read_text())["config"]["models"]["generator_model"] == OFFICIAL
 
 
 def test_resume_of_a_run_naming_the_withdrawn_id(tmp_path, tiny_dirs):
@@ -98,7 +98,7 @@ def test_resume_of_a_run_naming_the_withdrawn_id(tmp_path, tiny_dirs):
     first = cli_subprocess(["run", start, "--headless", "--out", out, "--sd-model", OFFICIAL,
                             *_real_with_tiny_helpers(tiny_dirs)], env=empty, timeout=300)
     assert first.returncode == 1
-    assert json.loads((out / "run.json").read_text())["config"]["models"]["sd_model"] == OFFICIAL
+    assert json.loads((out / "run.json").read_text())["config"]["models"]["generator_model"] == OFFICIAL
 
     again = cli_subprocess(["resume", out, "--headless"], env=empty, timeout=300)
     assert again.returncode == 1, again.stderr
@@ -107,13 +107,13 @@ def test_resume_of_a_run_naming_the_withdrawn_id(tmp_path, tiny_dirs):
     assert len(error) == 1 and f"hf download {MIRROR}" in error[0], again.stderr
 
     hf_home = tmp_path / "hf"
-    _hub_cache_with(hf_home, OFFICIAL, tiny_dirs.sd_model)
+    _hub_cache_with(hf_home, OFFICIAL, tiny_dirs.generator_model)
     cached = cli_subprocess(["resume", out, "--headless"], env={"HF_HOME": str(hf_home)},
                             timeout=300)
     assert cached.returncode == 0, cached.stderr
     assert "using the copy in your hub cache" in cached.stderr
     view = read_run(out)
-    assert view.summary["models_loaded"]["sd_model"]["repo"] == OFFICIAL
+    assert view.summary["models_loaded"]["generator_model"]["repo"] == OFFICIAL
     assert len(view.records) == 1 and view.records[0].image
 
 

@@ -250,7 +250,7 @@ async def test_fork_form_of_a_tiny_run_shows_tiny_not_the_real_sd_model(tmp_path
         text = screen_text(app)
         assert "stable-diffusion" not in text
         assert "SD model       tiny (random weights, as the parent's)" in text
-        assert "sd_model" not in app.screen.values()
+        assert "generator_model" not in app.screen.values()
 
 
 # -- 7. terminal replies are not keys ------------------------------------------------------------------

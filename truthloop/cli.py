@@ -159,7 +159,7 @@ def _default_text(action: argparse.Action, config: RunConfig, tiny: bool) -> str
     if action.dest in OPTION_FIELDS:
         section, name = OPTION_FIELDS[action.dest]
         value = getattr(getattr(config, section), name)
-        if action.dest in ("sd_model", "caption_model", "clip_model") and tiny:
+        if action.dest in ("generator_model", "caption_model", "clip_model") and tiny:
             value = f"the tiny checkpoint, since --models tiny; with --models real: {value}"
         elif action.dest in ("width", "height", "scheduler"):
             value = "the model's own" if value in (None, "default") else value

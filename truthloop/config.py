@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from truthloop.errors import OneLineError
+from truthloop.families import CAPTIONERS, DEFAULT_CAPTIONER, DEFAULT_GENERATOR, GENERATORS
 from truthloop.model_ids import DEFAULT_CAPTION_MODEL, DEFAULT_CLIP_MODEL, DEFAULT_SD_MODEL
 
 # The seed script's negative prompt, verbatim (typos and missing spaces included: they change the
@@ -55,8 +56,14 @@ class ModelConfig:
 
     # "real" loads the ids below; "tiny" swaps every one for the offline random-weight checkpoints.
     models: str = "real"
-    # Hub ids live in model_ids.py (the one table to change when a repository moves).
-    sd_model: str = DEFAULT_SD_MODEL
+    # The pair: which family draws and which describes (families.py). A run starts with its
+    # families' default checkpoints and settings unless the user names others.
+    generator: str = DEFAULT_GENERATOR
+    captioner: str = DEFAULT_CAPTIONER
+    # Hub ids live in model_ids.py (the one table to change when a repository moves). The
+    # generator's checkpoint (run.json before 0.x called it sd_model), the captioner's, and the
+    # CLIP that ranks flavors (clip-interrogator) and embeds every pair's images and prompts.
+    generator_model: str = DEFAULT_SD_MODEL
     caption_model: str = DEFAULT_CAPTION_MODEL
     clip_model: str = DEFAULT_CLIP_MODEL
     device: str = "auto"
@@ -74,7 +81,11 @@ class CaptionConfig:
     mode: str = "best"
     chunk_size: int = 2048
     flavor_intermediate_count: int = 2048
+    # The most tokens a caption may have (BLIP's max_new_tokens; the vision-language models' too).
     caption_max_length: int = 32
+    # What a vision-language captioner is asked (families.DEFAULT_INSTRUCTION); Florence-2 takes a
+    # task token. Empty for the captioners that take no instruction.
+    instruction: str = ""
     # "fast" is truthloop's exact re-implementation of clip-interrogator's ranking; "reference"
     # calls clip-interrogator itself. Both give the same string (tests check it).
     interrogator: str = "fast"
@@ -119,13 +130,15 @@ class LoopConfig:
 # `sweep` and `fork` accept. The CLI keeps its defaults None so a preset can fill what the user
 # did not say, and what the user said wins over the preset.
 OPTION_FIELDS = {
-    "models": ("models", "models"), "sd_model": ("models", "sd_model"),
+    "models": ("models", "models"), "generator": ("models", "generator"),
+    "captioner": ("models", "captioner"), "generator_model": ("models", "generator_model"),
     "caption_model": ("models", "caption_model"), "clip_model": ("models", "clip_model"),
     "device": ("models", "device"), "low_vram": ("models", "low_vram"),
     "cuda_graphs": ("models", "cuda_graphs"),
     "mode": ("caption", "mode"), "chunk_size": ("caption", "chunk_size"),
     "flavor_intermediate_count": ("caption", "flavor_intermediate_count"),
     "caption_max_length": ("caption", "caption_max_length"),
+    "instruction": ("caption", "instruction"),
     "interrogator": ("caption", "interrogator"),
     "steps": ("generate", "steps"), "guidance": ("generate", "guidance"),
     "width": ("generate", "width"), "height": ("generate", "height"),
@@ -164,6 +177,10 @@ class RunConfig:
             section = data.get(name, {})
             if not isinstance(section, dict):
                 raise ConfigError(f"section {name!r} is not an object")
+            if name == "models" and "sd_model" in section and "generator_model" not in section:
+                # A run.json from before the model families (always SD + clip-interrogator).
+                section = dict(section)
+                section["generator_model"] = section.pop("sd_model")
             known = {f.name for f in dataclasses.fields(kind)}
             unknown = set(section) - known
             if unknown:
@@ -178,6 +195,8 @@ class RunConfig:
         """Raise ConfigError with one readable line for the first bad value."""
         m, c, g, lp = self.models, self.caption, self.generate, self.loop
         _choice("models", m.models, ("real", "tiny"))
+        _choice("generator", m.generator, tuple(GENERATORS))
+        _choice("captioner", m.captioner, tuple(CAPTIONERS))
         _choice("device", m.device, DEVICES)
         _choice("mode", c.mode, CAPTION_MODES)
         _choice("interrogator", c.interrogator, INTERROGATORS)
@@ -202,10 +221,61 @@ class RunConfig:
             # Offloading swaps the UNet's weights in around every call; the compiled (and
             # graphed) forward would bypass that.
             raise ConfigError("--compile and --low-vram do not go together; choose one")
+        check_pair(self)
         if not (0 <= g.seed < 2**63):
             raise ConfigError(f"--seed must be between 0 and 2**63-1, not {g.seed}")
         if (self.input_image is None) == (self.start_prompt is None):
             raise ConfigError("give either an input image or --prompt, not both or neither")
+
+
+# clip-interrogator's own options: a run with another captioner has no use for them.
+INTERROGATOR_OPTIONS = ("mode", "chunk_size", "flavor_intermediate_count", "interrogator")
+
+
+def check_pair(config: "RunConfig") -> None:
+    """Settings the run's generator or captioner family cannot honour; one line each."""
+    m, c, g = config.models, config.caption, config.generate
+    generator, captioner = GENERATORS[m.generator], CAPTIONERS[m.captioner]
+    if g.compile and not generator.fast_paths:
+        raise ConfigError(f"--compile is truthloop's fast path for the sd generator; "
+                          f"{generator.name} runs through diffusers' own pipeline")
+    if g.scheduler != "default" and not generator.swaps_scheduler:
+        raise ConfigError(f"--scheduler: {generator.name} is a flow-matching model trained for "
+                          f"its own sampler; leave --scheduler out")
+    if g.negative_prompt and not generator.takes_negative_prompt:
+        raise ConfigError(f"--negative-prompt: {generator.name} is distilled and draws without "
+                          f"classifier-free guidance, so it takes no negative prompt")
+    if captioner.takes_instruction and not c.instruction.strip():
+        raise ConfigError(f"--instruction is empty; {captioner.name} needs to be asked something")
+    if c.instruction and not captioner.takes_instruction:
+        raise ConfigError(f"--instruction is for the vision-language captioners "
+                          f"({', '.join(n for n, f in CAPTIONERS.items() if f.takes_instruction)})"
+                          f"; {captioner.name} takes none")
+
+
+def apply_pair_defaults(config: "RunConfig", said: set[str] | frozenset[str] = frozenset()
+                        ) -> None:
+    """Write the run's families' default checkpoints and settings into `config`, except the
+    options in `said` (OPTION_FIELDS names the user gave). The sd + clip-interrogator pair's
+    defaults are RunConfig's own, so a run of that pair is left as it is."""
+    generator = GENERATORS.get(config.models.generator)
+    captioner = CAPTIONERS.get(config.models.captioner)
+    if generator is not None and generator.name != DEFAULT_GENERATOR:
+        _apply_unsaid(config, "generate", generator.defaults, said)
+        if "generator_model" not in said:
+            config.models.generator_model = generator.default_model
+    if captioner is not None and captioner.name != DEFAULT_CAPTIONER:
+        _apply_unsaid(config, "caption", captioner.defaults, said)
+        if "caption_model" not in said:
+            config.models.caption_model = captioner.default_model
+
+
+def _apply_unsaid(config: "RunConfig", section: str, values: dict[str, Any],
+                  said: set[str] | frozenset[str]) -> None:
+    target = getattr(config, section)
+    for key, value in values.items():
+        if key not in said:
+            setattr(target, key, value)
 
 
 class ConfigError(OneLineError, ValueError):
@@ -271,7 +341,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # the seed negative prompt. Its printed code compared the whole caption (clauses 0); its
     # converging run is `--preset article --clauses 1`.
     "article": {
-        "models": {"sd_model": DEFAULT_SD_MODEL, "caption_model": DEFAULT_CAPTION_MODEL,
+        "models": {"generator_model": DEFAULT_SD_MODEL, "caption_model": DEFAULT_CAPTION_MODEL,
                    "clip_model": DEFAULT_CLIP_MODEL},
         "caption": {"mode": "best", "chunk_size": 400, "flavor_intermediate_count": 2048},
         "generate": {"steps": 50, "guidance": 7.5, "width": None, "height": None,

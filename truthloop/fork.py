@@ -27,7 +27,7 @@ from truthloop.store import RUN_FILE, RunDirError, RunView, read_run, run_dir_na
 
 # What tells a run's models apart (compare refuses runs of different models unless one is a
 # fork of the other: a fork that changes the model is a deliberate experiment).
-MODEL_FIELDS = ("models", "sd_model", "caption_model", "clip_model")
+MODEL_FIELDS = ("models", "generator_model", "caption_model", "clip_model")
 
 
 class ForkError(OneLineError):

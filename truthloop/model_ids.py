@@ -45,3 +45,22 @@ def mirror_of(model_id: str) -> str | None:
 def download_hint(model_id: str) -> str:
     """The one-liner that fetches `model_id` on a connected machine."""
     return f"hf download {model_id}"
+
+
+# Each family's default checkpoint (`--generator NAME` / `--captioner NAME` without a model id).
+# Licences and sizes are in families.py; none of these is gated or non-commercial (checked on the
+# hub's pages and model cards, 2026-12-06).
+GENERATOR_MODEL_IDS: dict[str, str] = {
+    "sd": DEFAULT_SD_MODEL,
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    "flux2-klein": "black-forest-labs/FLUX.2-klein-4B",
+    "z-image": "Tongyi-MAI/Z-Image-Turbo",
+}
+CAPTIONER_MODEL_IDS: dict[str, str] = {
+    # clip-interrogator's BLIP (its CLIP is DEFAULT_CLIP_MODEL).
+    "clip-interrogator": DEFAULT_CAPTION_MODEL,
+    "blip": CAPTION_MODEL_IDS[DEFAULT_CAPTION_MODEL],
+    "florence-2": "florence-community/Florence-2-large",
+    "llava-1.5": "llava-hf/llava-1.5-7b-hf",
+    "qwen3-vl": "Qwen/Qwen3-VL-2B-Instruct",
+}

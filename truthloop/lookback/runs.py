@@ -81,7 +81,7 @@ def summarize(view: Any) -> dict[str, Any]:
         "duration_s": round(duration, 3),
         "wall_s": wall_seconds(summary, view.status),
         "models": models.get("models"),
-        "sd_model": models.get("sd_model"),
+        "generator_model": models.get("generator_model"),
         "caption_model": models.get("caption_model"),
         "clip_model": models.get("clip_model"),
         # What was really loaded (summary.json's models_loaded): for tiny runs the tiny
@@ -98,7 +98,7 @@ def summarize(view: Any) -> dict[str, Any]:
     }
 
 
-MODEL_KEYS = ("sd_model", "caption_model", "clip_model")
+MODEL_KEYS = ("generator_model", "caption_model", "clip_model")
 
 
 def loaded_models(summary: dict[str, Any]) -> dict[str, str] | None:

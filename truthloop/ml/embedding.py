@@ -24,3 +24,37 @@ def text_features(embedder: Any, prompts: list[str]) -> list[list[float]] | None
         features = ci.clip_model.encode_text(tokens).float()
         features = features / features.norm(dim=-1, keepdim=True)
     return features.cpu().tolist()
+
+
+class OpenClipEmbedder:
+    """Unit-length CLIP features of images and prompts, straight from an open_clip model: the
+    embedder of every pair whose captioner is not clip-interrogator (one CLIP for all pairs, so
+    their attractors land in one space). The same computation as clip-interrogator's
+    image_to_features and its text encoding."""
+
+    def __init__(self, model: Any, preprocess: Any, clip_name: str, device: str):
+        import open_clip
+
+        self.model = model
+        self.preprocess = preprocess
+        self.device = device
+        self.tokenize = open_clip.get_tokenizer(clip_name.split("/", 1)[0])
+
+    def features(self, image: Any) -> list[float]:
+        import torch
+
+        with torch.inference_mode():
+            pixels = self.preprocess(image.convert("RGB")).unsqueeze(0).to(self.device)
+            pixels = pixels.to(next(self.model.parameters()).dtype)
+            found = self.model.encode_image(pixels).float()
+            found = found / found.norm(dim=-1, keepdim=True)
+        return found[0].cpu().tolist()
+
+    def text_features(self, prompts: list[str]) -> list[list[float]]:
+        import torch
+
+        with torch.inference_mode():
+            tokens = self.tokenize(prompts).to(self.device)
+            found = self.model.encode_text(tokens).float()
+            found = found / found.norm(dim=-1, keepdim=True)
+        return found.cpu().tolist()

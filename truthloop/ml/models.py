@@ -48,7 +48,7 @@ def resolve(config: ModelConfig) -> ModelConfig:
     from truthloop.ml.tiny import build_tiny_models
 
     tiny = build_tiny_models()
-    return replace(config, sd_model=tiny.sd_model, caption_model=tiny.caption_model,
+    return replace(config, generator_model=tiny.generator_model, caption_model=tiny.caption_model,
                    clip_model=tiny.clip_model)
 
 
@@ -97,8 +97,8 @@ def load_models(config: ModelConfig, scheduler: str = "default",
     device = pick_device(config.device, notice)
     dtype = torch.float16 if device == "cuda" else torch.float32
     loaded: dict[str, dict[str, str | None]] = {}
-    progress(f"loading image model {config.sd_model}")
-    pipe, loaded["sd_model"] = load_pipeline(config.sd_model, device, dtype, scheduler,
+    progress(f"loading image model {config.generator_model}")
+    pipe, loaded["generator_model"] = load_pipeline(config.generator_model, device, dtype, scheduler,
                                              config.low_vram, notice)
     progress(f"loading caption model {config.caption_model}")
     caption_model, caption_processor, loaded["caption_model"] = load_caption_model(

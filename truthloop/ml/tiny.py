@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from truthloop.paths import cache_dir
 
@@ -38,7 +39,7 @@ class TinyModels:
     """Where the tiny checkpoints are, in the forms the real loaders take."""
 
     root: Path
-    sd_model: str        # a diffusers directory (StableDiffusionPipeline.save_pretrained)
+    generator_model: str        # a diffusers directory (StableDiffusionPipeline.save_pretrained)
     caption_model: str   # a transformers directory (BLIP model + processor)
     clip_model: str      # "ARCH/checkpoint-file", as for any open_clip model
 
@@ -50,30 +51,55 @@ def tiny_root() -> Path:
 def build_tiny_models(root: Path | None = None) -> TinyModels:
     """Build the tiny checkpoints if missing (a few seconds, offline) and return their locations."""
     root = Path(root) if root is not None else tiny_root()
-    done = root / "COMPLETE"
-    if not done.exists():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        # Build in a sibling temp dir and rename: a killed build never leaves a half model behind,
-        # and two processes racing both end with a complete directory.
-        staging = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
-        try:
-            _build_all(staging)
-            (staging / "COMPLETE").write_text("ok\n")
-            try:
-                os.replace(staging, root)
-            except OSError:
-                if not done.exists():
-                    raise
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+    _build_once(root, _build_all)
     register_tiny_clip(root)
     return TinyModels(
         root=root,
-        sd_model=str(root / "sd"),
+        generator_model=str(root / "sd"),
         caption_model=str(root / "blip"),
         clip_model=f"{TINY_CLIP_ARCH}/{root / 'clip' / 'open_clip_model.safetensors'}",
     )
+
+
+def tiny_family_model(kind: str, family: str, root: Path | None = None) -> str:
+    """The tiny checkpoint of a generator or captioner family (`kind`: "generator" or
+    "captioner"), built on first use beside the sd + clip-interrogator ones."""
+    tiny = build_tiny_models(root)
+    if kind == "generator" and family == "sd":
+        return tiny.generator_model
+    if kind == "captioner" and family in ("clip-interrogator", "blip"):
+        return tiny.caption_model  # BLIP alone is clip-interrogator's BLIP
+    from truthloop.ml.families import captioner_module, generator_module
+
+    module = generator_module(family) if kind == "generator" else captioner_module(family)
+    out = tiny.root / "families" / f"{family}-v{module.TINY_VERSION}"
+    _build_once(out, module.build_tiny)
+    return str(out)
+
+
+def _build_once(root: Path, build: Any) -> None:
+    """Run `build(dir)` into `root` unless it is complete already."""
+    done = root / "COMPLETE"
+    if done.exists():
+        return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a sibling temp dir and rename: a killed build never leaves a half model behind,
+    # and two processes racing both end with a complete directory.
+    staging = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
+    try:
+        import torch
+
+        torch.manual_seed(TINY_SEED)
+        build(staging)
+        (staging / "COMPLETE").write_text("ok\n")
+        try:
+            os.replace(staging, root)
+        except OSError:
+            if not done.exists():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def register_tiny_clip(root: Path) -> None:

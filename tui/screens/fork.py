@@ -34,7 +34,7 @@ FORM_FIELDS = [
     ("seed_mode", "seed mode", "generate", "seed_mode", SEED_MODES),
     ("clauses", "clauses", "loop", "clauses", "int"),
     ("mode", "caption mode", "caption", "mode", CAPTION_MODES),
-    ("sd_model", "SD model", "models", "sd_model", "str"),
+    ("generator_model", "SD model", "models", "generator_model", "str"),
     ("max_iters", "max iters", "loop", "max_iters", "int"),
 ]
 
@@ -103,10 +103,10 @@ class ForkForm(ModalScreen[dict | None]):
 
     def fixed(self) -> dict[str, str]:
         """Fields the fork cannot change here, with what it will really use: a run of the tiny
-        random-weight models forks with the same (its sd_model names the real model it stands
+        random-weight models forks with the same (its generator_model names the real model it stands
         in for, which a tiny fork never loads)."""
         if self.config.get("models", {}).get("models") == "tiny":
-            return {"sd_model": "tiny (random weights, as the parent's)"}
+            return {"generator_model": "tiny (random weights, as the parent's)"}
         return {}
 
     def on_mount(self) -> None:

@@ -1,0 +1,47 @@
+"""The torch side of each model family (families.py is its table): one module per family.
+
+A generator family's module (sdxl, flux2_klein, z_image) gives
+    TINY_VERSION: int                       bump when build_tiny's recipe changes
+    dtype(device) -> torch.dtype            what it computes in on that device
+    build_tiny(out: Path) -> None           a random-weight pipeline, save_pretrained(out)
+    pipeline_kwargs(config) -> dict         the family's own call arguments (beyond prompt,
+                                            steps, guidance, size, generator, callback)
+    latent_rgb(pipe, latents) -> (w, h, rgb bytes) | None   a cheap live preview, or None
+    full_size(device, dtype) -> pipeline    the real architecture, random weights (benchmarks)
+and `painting.py` loads and runs it through the library's own pipeline.
+
+A captioner family's module (blip, florence2, llava, qwen3_vl) gives
+    TINY_VERSION, dtype(device), build_tiny(out)
+    load(path, dtype) -> (model, processor)                 from_pretrained, nothing else
+    caption(model, processor, image, instruction, max_new_tokens) -> str   greedy decoding
+    full_size(device, dtype) -> (model, processor)          (benchmarks)
+and `captioning.py` loads and runs it.
+
+The sd generator and the clip-interrogator captioner keep their own modules (ml/models.py,
+ml/generate.py, ml/interrogate.py and the fast paths).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+GENERATOR_MODULES = {
+    "sdxl": "truthloop.ml.families.sdxl",
+    "flux2-klein": "truthloop.ml.families.flux2_klein",
+    "z-image": "truthloop.ml.families.z_image",
+}
+CAPTIONER_MODULES = {
+    "blip": "truthloop.ml.families.blip",
+    "florence-2": "truthloop.ml.families.florence2",
+    "llava-1.5": "truthloop.ml.families.llava",
+    "qwen3-vl": "truthloop.ml.families.qwen3_vl",
+}
+
+
+def generator_module(name: str) -> ModuleType:
+    return importlib.import_module(GENERATOR_MODULES[name])
+
+
+def captioner_module(name: str) -> ModuleType:
+    return importlib.import_module(CAPTIONER_MODULES[name])

@@ -1,0 +1,103 @@
+"""Prompt -> image for the generator families beyond sd, through diffusers' own pipeline.
+
+No fast paths here (no CUDA graphs, no compile): each family's pipeline is called plainly, with
+the run's seed behaviour (ml.generate.RandomStream), a stop/pause check after every denoising
+step (diffusers' callback_on_step_end) and the family's cheap latent preview where it has one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from truthloop.config import GenerateConfig
+from truthloop.families import GENERATORS
+from truthloop.ml.families import generator_module
+from truthloop.ml.generate import RandomStream
+
+Progress = Callable[[str], None]
+
+
+def load_generator(family: str, spec: str, device: str, low_vram: bool = False,
+                   notice: Progress = lambda message: None,
+                   ) -> tuple[Any, dict[str, str | None]]:
+    """The family's pipeline from a hub id or a local directory (models.py's one loading path:
+    the hub cache, withdrawn ids' mirrors, one-line errors)."""
+    import diffusers
+
+    from truthloop.ml.models import _from_pretrained, _hub_source, _is_local, _source
+
+    module = generator_module(family)
+    pipeline_class = getattr(diffusers, GENERATORS[family].pipeline)
+    dtype = module.dtype(device)
+
+    def load(source: str) -> Any:
+        return pipeline_class.from_pretrained(source, dtype=dtype)
+
+    repo = None if _is_local(spec) else _hub_source("image model", spec, "model_index.json",
+                                                    notice)
+    pipe = _from_pretrained("image model", repo or spec, load)
+    pipe.set_progress_bar_config(disable=True)
+    if low_vram and device == "cuda":
+        pipe.enable_model_cpu_offload()
+    else:
+        pipe = pipe.to(device)
+    return pipe, _source(spec, repo, "model_index.json")
+
+
+class FamilyPainter:
+    """The loop's Painter for a generator family (same interface as ml.generate.Painter)."""
+
+    def __init__(self, pipe: Any, family: str, config: GenerateConfig, device: str):
+        self.pipe = pipe
+        self.family = GENERATORS[family]
+        self.module = generator_module(family)
+        self.config = config
+        self.device = device
+        self._stream = RandomStream(config, device)
+        self.preview: Callable[[int, int, int, bytes], None] | None = None
+        self.preview_every = 5
+
+    def call_arguments(self, prompt: str, generator: Any) -> dict[str, Any]:
+        """What the pipeline is called with: the same arguments a plain call would pass."""
+        config = self.config
+        arguments: dict[str, Any] = dict(
+            prompt=prompt, num_inference_steps=config.steps, guidance_scale=config.guidance,
+            width=config.width, height=config.height, generator=generator,
+        )
+        if self.family.takes_negative_prompt and config.negative_prompt:
+            arguments["negative_prompt"] = config.negative_prompt
+        arguments.update(self.module.pipeline_kwargs(config))
+        return arguments
+
+    def paint(self, prompt: str, on_step: Callable[[int, int], None],
+              generator: Any = None) -> Any:
+        import torch
+
+        total = self.config.steps
+
+        def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+            # Raising here (a stop request) abandons this image; nothing of it was written yet.
+            preview = self.preview
+            if preview is not None and (step + 1) % self.preview_every == 0 \
+                    and step + 1 < total and "latents" in callback_kwargs:
+                shown = self.module.latent_rgb(pipe, callback_kwargs["latents"])
+                if shown is not None:
+                    preview(step + 1, *shown)
+            on_step(step + 1, total)
+            return callback_kwargs
+
+        arguments = self.call_arguments(
+            prompt, self._stream.generator() if generator is None else generator)
+        with torch.inference_mode():
+            result = self.pipe(**arguments, callback_on_step_end=step_end)
+        return result.images[0]
+
+    def rng_state(self) -> str | None:
+        return self._stream.rng_state()
+
+    def set_rng_state(self, state: str | None) -> None:
+        self._stream.set_rng_state(state)
+
+    def start_trajectory(self, config: GenerateConfig) -> None:
+        self.config = config
+        self._stream = RandomStream(config, self.device)
