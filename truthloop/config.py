@@ -124,6 +124,23 @@ class LoopConfig:
     max_iters: int = 1000
     # After the first repeat, keep going this many iterations to confirm the cycle.
     confirm_iters: int = 0
+    # When the run has converged. exact: a compared prompt repeats word for word (the article's
+    # rule). text / image: a near repeat, opt-in: the compared prompt's CLIP text embedding
+    # (text) or the drawn image's CLIP image embedding (image) has cosine similarity of at least
+    # `near_threshold` to an earlier iteration's, in `near_window` iterations in a row (real
+    # captions drift by a word forever: the article's first run never repeated exactly). An exact
+    # repeat ends a run under every criterion.
+    converge: str = "exact"
+    near_threshold: float = 0.95
+    near_window: int = 3
+    # A control run, not the loop: "generator-only" redraws the start prompt with a new seed each
+    # iteration (never captions after the first), "captioner-only" captions the start image
+    # again each iteration (never draws after the first). Both run to --max-iters. "": the loop.
+    control: str = ""
+
+    # (not fields: the choices validate() accepts)
+    CONVERGE_CRITERIA = ("exact", "text", "image")
+    CONTROLS = ("", "generator-only", "captioner-only")
 
 
 # Every run option, by its name (argparse dest) -> (RunConfig section, field): what `run`, `demo`,
@@ -147,6 +164,8 @@ OPTION_FIELDS = {
     "compile": ("generate", "compile"),
     "clauses": ("loop", "clauses"), "feed": ("loop", "feed"), "max_iters": ("loop", "max_iters"),
     "confirm_iters": ("loop", "confirm_iters"),
+    "converge": ("loop", "converge"), "near_threshold": ("loop", "near_threshold"),
+    "near_window": ("loop", "near_window"), "control": ("loop", "control"),
 }
 
 
@@ -212,6 +231,15 @@ class RunConfig:
             raise ConfigError(f"--clauses must be 0 (whole caption) or more, not {lp.clauses}")
         if lp.confirm_iters < 0:
             raise ConfigError(f"--confirm-iters must be 0 or more, not {lp.confirm_iters}")
+        _choice("converge", lp.converge, LoopConfig.CONVERGE_CRITERIA)
+        _choice("control", lp.control, LoopConfig.CONTROLS)
+        if not (0.0 < lp.near_threshold <= 1.0):  # also rejects NaN
+            raise ConfigError(f"--near-threshold is a cosine similarity above 0, at most 1; "
+                              f"not {lp.near_threshold}")
+        _positive("near-window", lp.near_window)
+        if lp.control and lp.converge != "exact":
+            raise ConfigError(f"--control {lp.control} runs never converge (they run to "
+                              f"--max-iters); leave --converge out")
         if not (g.guidance >= 0):  # also rejects NaN
             raise ConfigError(f"--guidance must be 0 or more, not {g.guidance}")
         for name, size in (("width", g.width), ("height", g.height)):
