@@ -18,10 +18,11 @@ from typing import Any, Sequence
 from truthloop import __version__
 from truthloop import events as ev
 from truthloop.config import (
-    CAPTION_MODES, DEFAULT_RUNS_DIR, DEVICES, FEED_MODES, INTERROGATORS, OPTION_FIELDS, PRESETS,
-    PREVIEWS, SCHEDULERS, SEED_MODES, SEED_NEGATIVE_PROMPT, ConfigError, RunConfig, apply_demo,
-    apply_preset,
+    CAPTION_MODES, DEFAULT_RUNS_DIR, DEVICES, FEED_MODES, INTERROGATOR_OPTIONS, INTERROGATORS,
+    OPTION_FIELDS, PRESETS, PREVIEWS, SCHEDULERS, SEED_MODES, SEED_NEGATIVE_PROMPT, ConfigError,
+    RunConfig, apply_demo, apply_pair_defaults, apply_preset,
 )
+from truthloop.families import CAPTIONERS, DEFAULT_INSTRUCTION, GENERATORS
 from truthloop.text import clip, count, visible
 
 SAMPLE_IMAGE = Path(__file__).parent / "data" / "sample.png"
@@ -92,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--preview", choices=PREVIEWS, default="auto",
                       help="image preview: terminal graphics, half-blocks or none")
 
+    models_parser = sub.add_parser(
+        "models", help="the generator and captioner families, their default checkpoints, "
+                       "licences, sizes, and whether your hub cache has them",
+        description="Each --generator and --captioner family with its default checkpoint, "
+                    "licence, download size, the GPU memory it needs, and whether your Hugging "
+                    "Face cache (HF_HOME) holds it. Looks only at the cache; downloads nothing.")
+    models_parser.add_argument("--json", action="store_true", help="JSON instead of a table")
+
     sub.add_parser("tiny", help="build the tiny offline checkpoints now and print where they are",
                    description="Build the tiny random-weight checkpoints (SD, BLIP, CLIP) that "
                                "`demo` and `--models tiny` use, in the user cache "
@@ -161,6 +170,10 @@ def _default_text(action: argparse.Action, config: RunConfig, tiny: bool) -> str
         value = getattr(getattr(config, section), name)
         if action.dest in ("generator_model", "caption_model", "clip_model") and tiny:
             value = f"the tiny checkpoint, since --models tiny; with --models real: {value}"
+        elif action.dest == "generator_model":
+            value = f"the --generator family's own; for {config.models.generator}: {value}"
+        elif action.dest == "caption_model":
+            value = f"the --captioner family's own; for {config.models.captioner}: {value}"
         elif action.dest in ("width", "height", "scheduler"):
             value = "the model's own" if value in (None, "default") else value
         elif action.dest == "negative_prompt" and value == SEED_NEGATIVE_PROMPT:
@@ -215,14 +228,23 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     models = parser.add_argument_group("models")
     models.add_argument("--models", choices=("real", "tiny"),
                         help="tiny: offline random-weight checkpoints (machinery, not truth)")
-    models.add_argument("--sd-model", help="diffusers SD 1.x/2.x hub id or local directory "
-                        "(Stability AI's withdrawn SD2 ids load their mirror)")
-    models.add_argument("--caption-model", help="blip-large, blip-base, or a BLIP hub id / dir")
+    models.add_argument("--generator", choices=tuple(GENERATORS),
+                        help="the family that draws (`truthloop models` lists them)")
+    models.add_argument("--captioner", choices=tuple(CAPTIONERS),
+                        help="the family that describes (`truthloop models` lists them)")
+    models.add_argument("--generator-model", "--sd-model", dest="generator_model",
+                        help="a hub id or local directory of the --generator family "
+                             "(Stability AI's withdrawn SD2 ids load their mirror)")
+    models.add_argument("--caption-model", help="a hub id or local directory of the --captioner "
+                        "family; for clip-interrogator and blip also blip-large or blip-base")
     models.add_argument("--clip-model", help="open_clip ARCH/PRETRAINED or ARCH/path/to/ckpt")
     models.add_argument("--device", choices=DEVICES)
     models.add_argument("--low-vram", action="store_true", default=None,
                         help="offload models to the CPU between uses")
     caption = parser.add_argument_group("caption step")
+    caption.add_argument("--instruction", help="what a vision-language captioner is asked "
+                         "(florence-2: a task token such as <CAPTION>) (default: the family's "
+                         f"own: {DEFAULT_INSTRUCTION!r}; florence-2 <DETAILED_CAPTION>)")
     caption.add_argument("--mode", choices=CAPTION_MODES)
     caption.add_argument("--chunk-size", type=int)
     caption.add_argument("--flavor-intermediate-count", type=int)
@@ -258,16 +280,38 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, demo: bool = False) -> RunConfig:
+    """Defaults, then the demo's, the preset's and the pair's (the --generator and --captioner
+    families' checkpoints and settings), then what the user said."""
     config = RunConfig()
+    said = {dest for dest in OPTION_FIELDS if getattr(args, dest, None) is not None}
     if demo:
         apply_demo(config)
     if getattr(args, "preset", None):
+        if said & {"generator", "captioner"}:
+            raise UserError(f"--preset {args.preset} is the seed script's own pair (sd + "
+                            f"clip-interrogator); leave out --generator and --captioner")
         apply_preset(config, args.preset)
+    for dest in ("generator", "captioner"):
+        if dest in said:
+            setattr(config.models, dest, getattr(args, dest))
+    apply_pair_defaults(config, said)
+    check_interrogator_options(config, said)
     for dest, (section, name) in OPTION_FIELDS.items():
         value = getattr(args, dest, None)
         if value is not None:
             setattr(getattr(config, section), name, value)
     return config
+
+
+def check_interrogator_options(config: RunConfig, said: set[str]) -> None:
+    """clip-interrogator's own options, given for a run with another captioner: one line."""
+    if CAPTIONERS[config.models.captioner].interrogates:
+        return
+    given = [name for name in INTERROGATOR_OPTIONS if name in said]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UserError(f"{flag} is clip-interrogator's; --captioner {config.models.captioner} "
+                        f"has no such option")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -371,6 +415,17 @@ def _view_sweep(args: argparse.Namespace) -> int:
     from tui.sweep_view import run_sweep_view
 
     return run_sweep_view(Path(args.run_dir), preview=args.preview)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from truthloop.catalog import catalog, catalog_lines
+
+    rows = catalog()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print("\n".join(catalog_lines(rows)))
+    return 0
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
@@ -643,7 +698,7 @@ def cmd_sweep_or_atlas(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "resume": cmd_resume, "view": cmd_view,
-            "tiny": cmd_tiny, "runs": cmd_lookback, "export": cmd_lookback,
+            "tiny": cmd_tiny, "models": cmd_models, "runs": cmd_lookback, "export": cmd_lookback,
             "sweep": cmd_sweep_or_atlas, "atlas": cmd_sweep_or_atlas,
             "fork": cmd_fork, "compare": cmd_compare}
 

@@ -281,29 +281,45 @@ def check_pair(config: "RunConfig") -> None:
                           f"; {captioner.name} takes none")
 
 
-def apply_pair_defaults(config: "RunConfig", said: set[str] | frozenset[str] = frozenset()
-                        ) -> None:
+def apply_pair_defaults(config: "RunConfig", said: set[str] | frozenset[str] = frozenset(),
+                        sides: tuple[str, ...] | None = None) -> None:
     """Write the run's families' default checkpoints and settings into `config`, except the
-    options in `said` (OPTION_FIELDS names the user gave). The sd + clip-interrogator pair's
-    defaults are RunConfig's own, so a run of that pair is left as it is."""
-    generator = GENERATORS.get(config.models.generator)
-    captioner = CAPTIONERS.get(config.models.captioner)
-    if generator is not None and generator.name != DEFAULT_GENERATOR:
-        _apply_unsaid(config, "generate", generator.defaults, said)
-        if "generator_model" not in said:
-            config.models.generator_model = generator.default_model
-    if captioner is not None and captioner.name != DEFAULT_CAPTIONER:
-        _apply_unsaid(config, "caption", captioner.defaults, said)
-        if "caption_model" not in said:
-            config.models.caption_model = captioner.default_model
+    options in `said` (OPTION_FIELDS names the user gave). `sides`: "generator", "captioner";
+    default: the sides whose family is not the seed pair's (whose defaults are RunConfig's own,
+    so a run of that pair keeps what a preset or the demo set). A fork that changes a family
+    names that side, and gets the new family's settings, the seed pair's included."""
+    if sides is None:
+        sides = tuple(side for side, default in (("generator", DEFAULT_GENERATOR),
+                                                 ("captioner", DEFAULT_CAPTIONER))
+                      if getattr(config.models, side) != default)
+    settings = pair_settings(config.models.generator, config.models.captioner, sides, said)
+    for section, values in settings.items():
+        for key, value in values.items():
+            setattr(getattr(config, section), key, value)
 
 
-def _apply_unsaid(config: "RunConfig", section: str, values: dict[str, Any],
-                  said: set[str] | frozenset[str]) -> None:
-    target = getattr(config, section)
-    for key, value in values.items():
-        if key not in said:
-            setattr(target, key, value)
+def pair_settings(generator: str, captioner: str, sides: tuple[str, ...],
+                  said: set[str] | frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """{section: {field: value}}: what apply_pair_defaults writes (a sweep applies it to each
+    grid point's config as plain JSON)."""
+    out: dict[str, dict[str, Any]] = {"models": {}, "generate": {}, "caption": {}}
+    if "generator" in sides and generator in GENERATORS:
+        family = GENERATORS[generator]
+        out["generate"] = _family_settings(GENERATORS, family, GenerateConfig())
+        out["models"]["generator_model"] = family.default_model
+    if "captioner" in sides and captioner in CAPTIONERS:
+        family = CAPTIONERS[captioner]
+        out["caption"] = _family_settings(CAPTIONERS, family, CaptionConfig())
+        out["models"]["caption_model"] = family.default_model
+    # The option names of these fields are the field names (OPTION_FIELDS).
+    return {section: {key: value for key, value in values.items() if key not in said}
+            for section, values in out.items()}
+
+
+def _family_settings(table: dict[str, Any], family: Any, base: Any) -> dict[str, Any]:
+    """The family's settings for every field some family sets: its own, else RunConfig's."""
+    keys = {key for other in table.values() for key in other.defaults}
+    return {key: family.defaults.get(key, getattr(base, key)) for key in sorted(keys)}
 
 
 class ConfigError(OneLineError, ValueError):

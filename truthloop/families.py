@@ -77,14 +77,14 @@ GENERATORS: dict[str, GeneratorFamily] = {family.name: family for family in (
         # The pipeline's own defaults and the seed script's negative prompt (config.py).
         defaults={},
         takes_negative_prompt=True, swaps_scheduler=True, fast_paths=True,
-        licence="CreativeML Open RAIL++-M", download_gb=5.2, memory_gb=5.8,
+        licence="OpenRAIL++-M", download_gb=5.2, memory_gb=5.8,
         about="the seed article's model (SD2 768, v-prediction), from its sd2-community mirror",
     ),
     GeneratorFamily(
         "sdxl", "Stable Diffusion XL", "StableDiffusionXLPipeline",
         defaults={"steps": 50, "guidance": 5.0, "width": None, "height": None},
         takes_negative_prompt=True, swaps_scheduler=True, fast_paths=False,
-        licence="CreativeML Open RAIL++-M", download_gb=6.9, memory_gb=11.0,
+        licence="OpenRAIL++-M", download_gb=13.9, memory_gb=11.0,
         about="1024x1024; the generator of Hintze et al. 2025 and The Telephone Game's baseline",
     ),
     GeneratorFamily(
@@ -93,13 +93,14 @@ GENERATORS: dict[str, GeneratorFamily] = {family.name: family for family in (
         defaults={"steps": 4, "guidance": 1.0, "width": None, "height": None,
                   "negative_prompt": ""},
         takes_negative_prompt=False, swaps_scheduler=False, fast_paths=False,
-        licence="Apache-2.0", download_gb=16.0, memory_gb=14.0,
+        licence="Apache-2.0", download_gb=16.0, memory_gb=17.0,
         about="Black Forest Labs' 4B distilled model (Qwen3 text encoder), 1024x1024",
     ),
     GeneratorFamily(
         "z-image", "Z-Image-Turbo", "ZImagePipeline",
-        # Distilled: 9 scheduler steps (8 model evaluations), guidance 0.
-        defaults={"steps": 9, "guidance": 0.0, "width": None, "height": None,
+        # Distilled: 8 steps, guidance 0 (diffusers >= 0.42 dropped the redundant terminal
+        # timestep, so its 8 steps are the model card's 9: diffusers PR #13730).
+        defaults={"steps": 8, "guidance": 0.0, "width": None, "height": None,
                   "negative_prompt": ""},
         takes_negative_prompt=True, swaps_scheduler=False, fast_paths=False,
         licence="Apache-2.0", download_gb=33.0, memory_gb=24.0,
@@ -111,7 +112,7 @@ CAPTIONERS: dict[str, CaptionerFamily] = {family.name: family for family in (
     CaptionerFamily(
         "clip-interrogator", "CLIP Interrogator (BLIP + CLIP-ranked flavors)", defaults={},
         takes_instruction=False, interrogates=True, fast_paths=True,
-        licence="MIT (BLIP: BSD-3-Clause; CLIP ViT-L-14: MIT)", download_gb=3.6, memory_gb=4.0,
+        licence="BSD-3-Clause (BLIP)", download_gb=1.9, memory_gb=3.0,
         about="the seed article's captioner: a BLIP caption plus flavor phrases",
     ),
     CaptionerFamily(
@@ -132,7 +133,7 @@ CAPTIONERS: dict[str, CaptionerFamily] = {family.name: family for family in (
         "llava-1.5", "LLaVA-1.5 7B", defaults={"caption_max_length": 77,
                                               "instruction": DEFAULT_INSTRUCTION},
         takes_instruction=True, interrogates=False, fast_paths=False,
-        licence="Llama 2 Community License", download_gb=14.1, memory_gb=15.0,
+        licence="Llama 2 Community", download_gb=14.1, memory_gb=15.0,
         about="the describer of Hintze et al. 2025 and The Telephone Game's baseline",
     ),
     CaptionerFamily(

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from truthloop.config import OPTION_FIELDS, ConfigError, RunConfig
+from truthloop.config import OPTION_FIELDS, ConfigError, RunConfig, apply_pair_defaults
 from truthloop.errors import OneLineError
 from truthloop.store import RUN_FILE, RunDirError, RunView, read_run, run_dir_name
 
 # What tells a run's models apart (compare refuses runs of different models unless one is a
 # fork of the other: a fork that changes the model is a deliberate experiment).
-MODEL_FIELDS = ("models", "generator_model", "caption_model", "clip_model")
+MODEL_FIELDS = ("models", "generator", "captioner", "generator_model", "caption_model",
+                "clip_model")
 
 
 class ForkError(OneLineError):
@@ -94,6 +95,16 @@ def plan_fork(parent_dir: Path, at: int, options: dict[str, Any] | None = None,
         if before[section][field_name] != value:
             changed[name] = value
         setattr(getattr(config, section), field_name, value)
+    swapped = tuple(side for side in ("generator", "captioner") if side in changed)
+    if swapped:
+        # A fork into another family starts with that family's checkpoint and settings, except
+        # what the fork's options say.
+        # What the fork's options change count as said (the TUI's form sends every field, the
+        # parent's values included).
+        said = set(changed)
+        apply_pair_defaults(config, said, sides=swapped)
+        changed.update({name: value for name, value in _models_changed(before, config).items()
+                        if name not in changed})
     image_path = parent.path / record.image
     config.input_image = str(image_path.resolve())
     config.start_prompt = None
@@ -106,6 +117,13 @@ def plan_fork(parent_dir: Path, at: int, options: dict[str, Any] | None = None,
         out = folder / run_dir_name(f"fork{at}-{_label(parent.path)}")
     return ForkPlan(parent=parent, at=at, config=config, image_path=image_path,
                     changed=changed, out=Path(out))
+
+
+def _models_changed(before: dict[str, Any], config: RunConfig) -> dict[str, Any]:
+    """The checkpoints and settings a family swap changed (recorded as the fork's changes)."""
+    after = config.to_dict()
+    return {name: after[section][field_name] for name, (section, field_name) in
+            OPTION_FIELDS.items() if before[section][field_name] != after[section][field_name]}
 
 
 def _label(path: Path) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from truthloop.families import DEFAULT_CAPTIONER, DEFAULT_GENERATOR
 from truthloop.record import Record, find_cycle
 from truthloop.text import clip, visible
 
@@ -81,7 +82,10 @@ def summarize(view: Any) -> dict[str, Any]:
         "duration_s": round(duration, 3),
         "wall_s": wall_seconds(summary, view.status),
         "models": models.get("models"),
-        "generator_model": models.get("generator_model"),
+        # Runs from before the model families were all sd + clip-interrogator (and said sd_model).
+        "generator": models.get("generator", DEFAULT_GENERATOR),
+        "captioner": models.get("captioner", DEFAULT_CAPTIONER),
+        "generator_model": models.get("generator_model", models.get("sd_model")),
         "caption_model": models.get("caption_model"),
         "clip_model": models.get("clip_model"),
         # What was really loaded (summary.json's models_loaded): for tiny runs the tiny
@@ -109,6 +113,8 @@ def loaded_models(summary: dict[str, Any]) -> dict[str, str] | None:
     labels = {}
     for key in MODEL_KEYS:
         item = loaded.get(key)
+        if item is None and key == "generator_model":
+            item = loaded.get("sd_model")  # a summary from before the model families
         if not isinstance(item, dict):
             continue
         if item.get("repo"):
@@ -129,6 +135,9 @@ def _short(label: str) -> str:
 
 def models_label(row: dict[str, Any]) -> str:
     loaded = row.get("models_loaded")
+    pair = (row.get("generator", DEFAULT_GENERATOR), row.get("captioner", DEFAULT_CAPTIONER))
+    if row.get("models") == "tiny" and pair != (DEFAULT_GENERATOR, DEFAULT_CAPTIONER):
+        return f"tiny (random): {pair[0]} + {pair[1]}"
     if loaded:
         names = " / ".join(_short(loaded[key]) for key in MODEL_KEYS if key in loaded)
         return f"tiny (random): {names}" if row.get("models") == "tiny" else names

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 from truthloop import events as ev
 from truthloop.config import RunConfig
+from truthloop.families import DEFAULT_CAPTIONER, DEFAULT_GENERATOR
 from truthloop.loop import Backends, EventSink
 
 
@@ -46,7 +48,17 @@ def quiet_libraries() -> None:
 
 
 def load_backends(config: RunConfig, emit: EventSink) -> Backends:
+    """The run's pair, loaded. sd + clip-interrogator (the seed article's pair) goes through
+    ml/models.py and its fast paths; any other pair loads each family through its library's
+    own classes (ml/families/) and one CLIP for the drift measures and the atlas."""
     quiet_libraries()
+    if config.models.generator == DEFAULT_GENERATOR \
+            and config.models.captioner == DEFAULT_CAPTIONER:
+        return _load_seed_pair(config, emit)
+    return _load_family_pair(config, emit)
+
+
+def _load_seed_pair(config: RunConfig, emit: EventSink) -> Backends:
     from truthloop.ml.generate import Painter
     from truthloop.ml.interrogate import Captioner, ClipEmbedder, build_interrogator
     from truthloop.ml.models import load_models
@@ -70,6 +82,72 @@ def load_backends(config: RunConfig, emit: EventSink) -> Backends:
         painter=Painter(models.pipe, config.generate, models.device, cuda_graphs=cuda_graphs),
         embedder=ClipEmbedder(interrogator, captioner.fast),
         device=models.device,
-        details={"clip_name": models.clip_name, "dtype": str(models.dtype)},
+        details={"generator": config.models.generator, "captioner": config.models.captioner,
+                 "clip_name": models.clip_name, "dtype": str(models.dtype)},
         loaded=models.loaded,
     )
+
+
+def _load_family_pair(config: RunConfig, emit: EventSink) -> Backends:
+    import torch
+
+    from truthloop.ml.embedding import OpenClipEmbedder
+    from truthloop.ml.models import load_clip, pick_device, resolve, set_determinism
+
+    set_determinism()
+    m = resolve(config.models)
+    progress = lambda message: emit(ev.Loading(message))  # noqa: E731
+    notice = lambda message: emit(ev.Notice(message))  # noqa: E731
+    device = pick_device(m.device, notice)
+    loaded: dict[str, dict[str, str | None]] = {}
+    details: dict[str, str] = {"generator": m.generator, "captioner": m.captioner}
+
+    progress(f"loading image model {m.generator_model} ({m.generator})")
+    if m.generator == DEFAULT_GENERATOR:
+        from truthloop.ml.generate import Painter
+        from truthloop.ml.models import load_pipeline
+
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        pipe, loaded["generator_model"] = load_pipeline(
+            m.generator_model, device, dtype, config.generate.scheduler, m.low_vram, notice)
+        cuda_graphs = m.cuda_graphs and not m.low_vram
+        painter: Any = Painter(pipe, config.generate, device, cuda_graphs=cuda_graphs)
+    else:
+        from truthloop.ml.families.painting import FamilyPainter, load_generator
+
+        pipe, loaded["generator_model"] = load_generator(m.generator, m.generator_model,
+                                                         device, m.low_vram, notice)
+        painter = FamilyPainter(pipe, m.generator, config.generate, device)
+        _swap_scheduler(pipe, config.generate.scheduler)
+    details["generator_dtype"] = str(getattr(pipe, "dtype", ""))
+
+    progress(f"loading caption model {m.caption_model} ({m.captioner})")
+    from truthloop.ml.families.captioning import load_captioner
+
+    captioner, loaded["caption_model"] = load_captioner(m.captioner, m.caption_model, device,
+                                                        config.caption, notice)
+    details["captioner_dtype"] = str(captioner.model.dtype)
+
+    progress(f"loading CLIP {m.clip_model} (drift measures)")
+    clip_model, clip_preprocess, clip_name, loaded["clip_model"] = load_clip(m.clip_model, device)
+    details["clip_name"] = clip_name
+    return Backends(
+        captioner=captioner,
+        painter=painter,
+        embedder=OpenClipEmbedder(clip_model, clip_preprocess, clip_name, device),
+        device=device,
+        details=details,
+        loaded=loaded,
+    )
+
+
+def _swap_scheduler(pipe: Any, scheduler: str) -> None:
+    """--scheduler for the UNet families (config.check_pair refuses it for the others)."""
+    if scheduler == "default":
+        return
+    import diffusers
+
+    from truthloop.config import SCHEDULER_CLASSES
+
+    pipe.scheduler = getattr(diffusers, SCHEDULER_CLASSES[scheduler]).from_config(
+        pipe.scheduler.config)

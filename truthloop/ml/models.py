@@ -42,13 +42,16 @@ class LoadedModels:
 
 
 def resolve(config: ModelConfig) -> ModelConfig:
-    """Swap in the tiny checkpoints' locations when `models == "tiny"` (building them if needed)."""
+    """Swap in the tiny checkpoints' locations when `models == "tiny"` (building them if needed):
+    the tiny checkpoint of the run's generator family and of its captioner family."""
     if config.models != "tiny":
         return config
-    from truthloop.ml.tiny import build_tiny_models
+    from truthloop.ml.tiny import build_tiny_models, tiny_family_model
 
     tiny = build_tiny_models()
-    return replace(config, generator_model=tiny.generator_model, caption_model=tiny.caption_model,
+    return replace(config,
+                   generator_model=tiny_family_model("generator", config.generator),
+                   caption_model=tiny_family_model("captioner", config.captioner),
                    clip_model=tiny.clip_model)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from truthloop.config import ConfigError, RunConfig
 from truthloop.store import atomic_write_json
 from truthloop.sweep import missing_extras
+from truthloop.families import CAPTIONERS, GENERATORS
 from truthloop.sweep.spec import (
     GRID_FIELDS, IMAGE_SUFFIXES, LOCK_FILE, SPEC_FILE, SpecError, difference, find_images, make_spec,
     parse_grid, parse_seeds, read_prompts, read_spec, trajectories,
@@ -91,7 +92,19 @@ def build_spec(args: argparse.Namespace, config: RunConfig,
     prompts = read_prompts(args.prompts) if args.prompts else []
     if args.images and not images and not prompts:
         raise SpecError("none of the --images could be read; nothing to run")
-    return make_spec(config, images, prompts, seeds, grid, backend=args.backend)
+    from truthloop.config import OPTION_FIELDS
+
+    said = {dest for dest in OPTION_FIELDS if getattr(args, dest, None) is not None}
+    if args.batch > 1:
+        slow = sorted({f"{side} {name}" for side, table in (("generator", GENERATORS),
+                                                            ("captioner", CAPTIONERS))
+                       for name in grid.get(side, [getattr(config.models, side)])
+                       if not table[name].fast_paths})
+        if slow:
+            raise SpecError(f"--batch is truthloop's lockstep fast path for the sd + "
+                            f"clip-interrogator pair; {', '.join(slow)} draws or captions one "
+                            f"trajectory at a time: leave out --batch")
+    return make_spec(config, images, prompts, seeds, grid, backend=args.backend, said=said)
 
 
 def cmd_sweep(args: argparse.Namespace, config: RunConfig) -> int:
@@ -108,7 +121,7 @@ def cmd_sweep(args: argparse.Namespace, config: RunConfig) -> int:
         raise CommandError("--exact runs one trajectory at a time: leave out --batch, or "
                            "leave out --exact")
     if args.batch > 1 and getattr(args, "compile", None) is None \
-            and not config.models.low_vram:
+            and not config.models.low_vram and GENERATORS[config.models.generator].fast_paths:
         # A sweep pays the compile once per worker (~1-2 min) and gains on every image after
         # (docs/batching.md); workers without a GPU draw eagerly (sweep/batching.py).
         config.generate.compile = True

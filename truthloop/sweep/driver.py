@@ -288,6 +288,13 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
 
     rows = st.table(sweep_dir, trajectories)
     todo = [t for t, row in zip(trajectories, rows) if not st.is_done(row)]
+    # A worker keeps its models while the pair stays the same: a grid over generators or
+    # captioners runs one pair's trajectories together (in order within each), so a worker
+    # loads a pair once rather than at every change of grid point.
+    pairs = {t.number: (t.config["models"]["generator"], t.config["models"]["captioner"])
+             for t in todo}
+    first_seen = {pair: index for index, pair in reversed(list(enumerate(pairs.values())))}
+    todo.sort(key=lambda t: first_seen[pairs[t.number]])
     started = start_ray(address, num_gpus)
     local = started and not address
     progress = Progress(len(trajectories), len(trajectories) - len(todo))

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from truthloop.config import (
-    CAPTION_MODES, FEED_MODES, SCHEDULERS, SEED_MODES, ConfigError, RunConfig,
+    CAPTION_MODES, FEED_MODES, SCHEDULERS, SEED_MODES, ConfigError, RunConfig, pair_settings,
 )
+from truthloop.families import CAPTIONERS, GENERATORS
 from truthloop.text import count
 
 SPEC_FILE = "sweep.json"
@@ -39,9 +40,14 @@ GRID_FIELDS: dict[str, tuple[str, str, Any]] = {
     "guidance": ("generate", "guidance", float),
     "scheduler": ("generate", "scheduler", str),
     "chunk-size": ("caption", "chunk_size", int),
+    # The pair: each grid point gets its family's checkpoint and settings (config.pair_settings)
+    # except the options the sweep's command line gave.
+    "generator": ("models", "generator", str),
+    "captioner": ("models", "captioner", str),
 }
 _CHOICES = {"feed": FEED_MODES, "seed-mode": SEED_MODES, "mode": CAPTION_MODES,
-            "scheduler": SCHEDULERS}
+            "scheduler": SCHEDULERS, "generator": tuple(GENERATORS),
+            "captioner": tuple(CAPTIONERS)}
 
 
 class SpecError(ValueError):
@@ -131,8 +137,10 @@ def read_prompts(path: str) -> list[str]:
 
 
 def make_spec(base: RunConfig, images: list[Path], prompts: list[str], seeds: list[int],
-              grid: dict[str, list[Any]], backend: str | None = None) -> dict[str, Any]:
-    """The spec as written to sweep.json. `base` carries every setting not in the grid."""
+              grid: dict[str, list[Any]], backend: str | None = None,
+              said: set[str] | None = None) -> dict[str, Any]:
+    """The spec as written to sweep.json. `base` carries every setting not in the grid; `said`:
+    the options the command line gave (a grid point's family defaults leave those alone)."""
     if not images and not prompts:
         raise SpecError("nothing to start from: give --images and/or --prompts")
     config = base.to_dict()
@@ -142,6 +150,8 @@ def make_spec(base: RunConfig, images: list[Path], prompts: list[str], seeds: li
             "config": config}
     if backend:
         spec["backend"] = backend
+    if said and set(grid) & {"generator", "captioner"}:
+        spec["said"] = sorted(said)
     # Every trajectory's config must be valid before anything runs.
     every = trajectories(spec)
     for trajectory in every[:1] + every[-1:]:
@@ -179,6 +189,7 @@ class Trajectory:
 def trajectories(spec: dict[str, Any]) -> list[Trajectory]:
     """Every trajectory, in a fixed order: start, then seed, then grid point."""
     names = list(spec["grid"])
+    said = set(spec.get("said", ()))
     points = list(itertools.product(*(spec["grid"][n] for n in names))) or [()]
     out = []
     number = 0
@@ -196,6 +207,13 @@ def trajectories(spec: dict[str, Any]) -> list[Trajectory]:
                 for name, value in settings.items():
                     section, field, _ = GRID_FIELDS[name]
                     config[section][field] = value
+                sides = tuple(side for side in ("generator", "captioner") if side in settings)
+                if sides:
+                    models = config["models"]
+                    for section, values in pair_settings(models["generator"],
+                                                         models["captioner"], sides,
+                                                         said).items():
+                        config[section].update(values)
                 if "image" in start:
                     config["input_image"] = start["image"]
                 else:
@@ -209,7 +227,8 @@ def trajectories(spec: dict[str, Any]) -> list[Trajectory]:
 
 def _short(name: str) -> str:
     return {"clauses": "c", "feed": "feed-", "seed-mode": "", "mode": "m-", "steps": "st",
-            "guidance": "g", "scheduler": "", "chunk-size": "cs"}[name]
+            "guidance": "g", "scheduler": "", "chunk-size": "cs", "generator": "",
+            "captioner": ""}[name]
 
 
 # -- sweep.json ---------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from truthloop.config import CAPTION_MODES, SEED_MODES
+from truthloop.families import CAPTIONERS, GENERATORS
 from truthloop.fork import describe_changed, forks_of, parent_of
 from truthloop.store import RunDirError, read_run
 from truthloop.text import visible
@@ -34,7 +35,9 @@ FORM_FIELDS = [
     ("seed_mode", "seed mode", "generate", "seed_mode", SEED_MODES),
     ("clauses", "clauses", "loop", "clauses", "int"),
     ("mode", "caption mode", "caption", "mode", CAPTION_MODES),
-    ("generator_model", "SD model", "models", "generator_model", "str"),
+    ("generator", "generator", "models", "generator", tuple(GENERATORS)),
+    ("captioner", "captioner", "models", "captioner", tuple(CAPTIONERS)),
+    ("generator_model", "image model", "models", "generator_model", "str"),
     ("max_iters", "max iters", "loop", "max_iters", "int"),
 ]
 
@@ -103,8 +106,8 @@ class ForkForm(ModalScreen[dict | None]):
 
     def fixed(self) -> dict[str, str]:
         """Fields the fork cannot change here, with what it will really use: a run of the tiny
-        random-weight models forks with the same (its generator_model names the real model it stands
-        in for, which a tiny fork never loads)."""
+        random-weight models forks with the same (its generator_model names the real model it
+        stands in for, which a tiny fork never loads)."""
         if self.config.get("models", {}).get("models") == "tiny":
             return {"generator_model": "tiny (random weights, as the parent's)"}
         return {}
