@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a benchmark part (or the GPU-only tests) on the lent GPU box: its image lacks diffusers,
 # open_clip, clip-interrogator and pytest, which travel as wheels in .whl/ (docs/benchmark.md).
-# Usage: bench/run_on_gpu.sh base|compile|best|lowvram|batch|tui [bench options] | bench/run_on_gpu.sh tests
+# Usage: bench/run_on_gpu.sh base|compile|best|lowvram|batch|tui|families [bench options] | bench/run_on_gpu.sh tests
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD TRUTHLOOP_CACHE=/tmp/tlcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -16,6 +16,10 @@ fi
 if [ "$1" = tui ]; then  # the terminal app in a pty beside headless runs (bench/bench_tui.py, issue 20)
     export PATH=/tmp/site/bin:$PATH  # py-spy's binary, from its wheel
     python3 bench/bench_tui.py --json "$out/tui.json" "${@:2}" 2>&1 | tee "$out/tui.log"
+    exit "${PIPESTATUS[0]}"
+fi
+if [ "$1" = families ]; then  # every model family at full size (bench/bench_families.py, issue 22)
+    python3 bench/bench_families.py --json "$out/families.json" "${@:2}" 2>&1 | tee "$out/families.log"
     exit "${PIPESTATUS[0]}"
 fi
 if [ "$1" = batch ]; then  # many trajectories in lockstep (bench/bench_batch.py, issue 14)
