@@ -122,23 +122,47 @@ def _load_family_pair(config: RunConfig, emit: EventSink) -> Backends:
     details["generator_dtype"] = str(getattr(pipe, "dtype", ""))
 
     progress(f"loading caption model {m.caption_model} ({m.captioner})")
-    from truthloop.ml.families.captioning import load_captioner
+    if m.captioner == DEFAULT_CAPTIONER:
+        captioner, embedder, clip_name = _load_interrogator(config, m, device, loaded, emit)
+    else:
+        from truthloop.ml.families.captioning import load_captioner
 
-    captioner, loaded["caption_model"] = load_captioner(m.captioner, m.caption_model, device,
-                                                        config.caption, notice)
-    details["captioner_dtype"] = str(captioner.model.dtype)
-
-    progress(f"loading CLIP {m.clip_model} (drift measures)")
-    clip_model, clip_preprocess, clip_name, loaded["clip_model"] = load_clip(m.clip_model, device)
+        captioner, loaded["caption_model"] = load_captioner(m.captioner, m.caption_model,
+                                                            device, config.caption, notice)
+        details["captioner_dtype"] = str(captioner.model.dtype)
+        progress(f"loading CLIP {m.clip_model} (drift measures)")
+        clip_model, clip_preprocess, clip_name, loaded["clip_model"] = load_clip(m.clip_model,
+                                                                                 device)
+        embedder = OpenClipEmbedder(clip_model, clip_preprocess, clip_name, device)
     details["clip_name"] = clip_name
-    return Backends(
-        captioner=captioner,
-        painter=painter,
-        embedder=OpenClipEmbedder(clip_model, clip_preprocess, clip_name, device),
-        device=device,
-        details=details,
-        loaded=loaded,
-    )
+    return Backends(captioner=captioner, painter=painter, embedder=embedder, device=device,
+                    details=details, loaded=loaded)
+
+
+def _load_interrogator(config: RunConfig, m: Any, device: str, loaded: dict,
+                       emit: EventSink) -> tuple[Any, Any, str]:
+    """clip-interrogator (BLIP + CLIP, its fast paths) beside another family's generator."""
+    import torch
+
+    from truthloop.ml.interrogate import Captioner, ClipEmbedder, build_interrogator
+    from truthloop.ml.models import LoadedModels, load_caption_model, load_clip
+
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    caption_model, caption_processor, loaded["caption_model"] = load_caption_model(
+        m.caption_model, device, dtype)
+    emit(ev.Loading(f"loading CLIP {m.clip_model}"))
+    clip_model, clip_preprocess, clip_name, loaded["clip_model"] = load_clip(m.clip_model, device)
+    models = LoadedModels(None, caption_model, caption_processor, clip_model, clip_preprocess,
+                          clip_name, device, dtype, loaded)
+
+    def report(label: str, done: int | None, total: int | None) -> None:
+        emit(ev.Loading(f"label embeddings: {label}", done, total))
+
+    emit(ev.Loading("preparing label embeddings"))
+    interrogator = build_interrogator(models, config.caption, report)
+    captioner = Captioner(interrogator, config.caption,
+                          cuda_graphs=m.cuda_graphs and not m.low_vram)
+    return captioner, ClipEmbedder(interrogator, captioner.fast), clip_name
 
 
 def _swap_scheduler(pipe: Any, scheduler: str) -> None:
