@@ -8,7 +8,6 @@ run directory (`store.RunWriter`). A UI drives it through `LoopControl` from ano
 from __future__ import annotations
 
 import errno
-import math
 import os
 import platform
 import threading
@@ -25,8 +24,11 @@ from truthloop.config import (
 )
 from truthloop.errors import OneLineError
 from truthloop.text import first_line
+from truthloop.measures import NearRepeats, cosine
 from truthloop.record import Cycle, Record, find_cycle, result_fields
-from truthloop.store import FORMAT_VERSION, RunDirError, RunWriter, read_run, resume_problem
+from truthloop.store import (
+    FORMAT_VERSION, RunDirError, RunWriter, read_run, resume_problem, update_run_info,
+)
 
 EventSink = Callable[[ev.Event], None]
 
@@ -47,6 +49,15 @@ class Painter(Protocol):
 
 class Embedder(Protocol):
     def features(self, image: Any) -> Any: ...  # a unit-length vector (sequence of floats)
+    # Optional (the drift measures of text and caption-image, --converge text): unit-length text
+    # features of each prompt, in the same space as `features`.
+    # def text_features(self, prompts: list[str]) -> list[list[float]]: ...
+
+
+def text_encoder(embedder: Any) -> Callable[[list[str]], list[Any]] | None:
+    """The embedder's text features, when it has them."""
+    found = getattr(embedder, "text_features", None) if embedder is not None else None
+    return found if callable(found) else None
 
 
 @dataclass
@@ -139,13 +150,6 @@ def cut_prompt(caption: str, clauses: int) -> str:
 def compared_and_fed(caption: str, clauses: int, feed: str) -> tuple[str, str]:
     compared = cut_prompt(caption, clauses)
     return compared, (compared if feed == "cut" else caption)
-
-
-def cosine(a: Any, b: Any) -> float | None:
-    if a is None or b is None:
-        return None
-    value = float(sum(x * y for x, y in zip(a, b)))
-    return value if math.isfinite(value) else None
 
 
 def package_versions() -> dict[str, str]:
@@ -308,6 +312,7 @@ class TruthLoop:
             if backends.loaded is not None:
                 self.summary["models_loaded"] = self._segment["models_loaded"] = backends.loaded
             self.emit(ev.Ready(backends.device, time.perf_counter() - load_start))
+            self._name_measures(backends)
             return self._iterate(backends)
         except StopRequested:
             return self._finish("stopped")
@@ -329,57 +334,159 @@ class TruthLoop:
             raise LoopFailed(message) from error
 
     def _already_converged(self) -> Record | None:
-        if self.records and self.records[-1].image is None \
-                and self.records[-1].repeat_of is not None:
-            return self.records[-1]
-        return None
+        """The last record, when the records end where a converged run ends: past the cycle's
+        confirmation, the last iteration not drawn (drawn under the image criterion, decided
+        after drawing)."""
+        if not self.records:
+            return None
+        cycle = find_cycle(self.records)
+        last = self.records[-1]
+        if cycle is None:
+            return None
+        if cycle.criterion == "image":
+            done = last.index >= cycle.found_at + self.config.loop.confirm_iters
+            return last if done else None
+        return last if last.image is None else None
+
+    def _name_measures(self, backends: Backends) -> None:
+        """run.json's "measures": which embedding made the records' similarities, and which of
+        them it could make (written once, by the process that first measured)."""
+        info_path = self.run_dir / "run.json"
+        try:
+            import json
+
+            if "measures" in json.loads(info_path.read_text(encoding="utf-8")):
+                return
+        except (OSError, ValueError):
+            return
+        embedder = backends.embedder
+        name = (backends.details or {}).get("clip_name") or getattr(embedder, "name", None) \
+            or (type(embedder).__name__ if embedder is not None else None)
+        texts = text_encoder(embedder) is not None
+        measures = {"embedding": name, "image": embedder is not None, "text": texts,
+                    "cross": texts,
+                    "fields": [f for f, on in (("sim_start", embedder is not None),
+                                               ("sim_prev", embedder is not None),
+                                               ("text_start", texts), ("text_prev", texts),
+                                               ("cross_start", texts), ("cross_prev", texts))
+                               if on]}
+        update_run_info(self.run_dir, {"measures": measures})
 
     def _iterate(self, backends: Backends) -> dict[str, Any]:
-        cfg = self.config
+        cfg, lp = self.config, self.config.loop
+        control = lp.control
         keys: dict[str, int] = {}
         for record in self.records:
             keys.setdefault(record.compared, record.index)
         cycle = find_cycle(self.records)
-        confirm_until = (cycle.found_at + cfg.loop.confirm_iters) if cycle else None
+        confirm_until = (cycle.found_at + lp.confirm_iters) if cycle else None
 
-        embed = backends.embedder.features if backends.embedder else (lambda image: None)
-        current = self.input_image
-        if self.records:
-            current = _read_rgb(self.run_dir / self.records[-1].image)
-            backends.painter.set_rng_state(self.records[-1].rng_state)
-        start_features = embed(self.input_image) if self.input_image is not None else None
-        if start_features is None and self.records and backends.embedder:
-            start_features = embed(_read_rgb(self.run_dir / self.records[0].image))
-        previous_features = embed(current) if current is not None else None
+        embedder = backends.embedder
+        embed = embedder.features if embedder else (lambda image: None)
+        embed_texts = text_encoder(embedder)
+        near: NearRepeats | None = None
+        if lp.converge != "exact" and not control:
+            if embedder is None or (lp.converge == "text" and embed_texts is None):
+                what = "CLIP text features" if lp.converge == "text" else "CLIP image features"
+                raise ConfigError(f"--converge {lp.converge} compares {what}, and these "
+                                  f"backends have none")
+            near = NearRepeats(lp.near_threshold, lp.near_window)
+
+        drawn = [r for r in self.records if r.image]
+        # The start image: the input, or (a run from a prompt) the first image drawn.
+        start_image = self.input_image
+        if start_image is None and self.records and self.records[0].image:
+            start_image = _read_rgb(self.run_dir / self.records[0].image)
+        current = start_image  # the image the next caption describes
+        if drawn:
+            backends.painter.set_rng_state(drawn[-1].rng_state)
+            if control != "captioner-only":
+                current = _read_rgb(self.run_dir / drawn[-1].image)
+        start_features = embed(start_image) if start_image is not None else None
+        previous_features = start_features if current is start_image else embed(current)
+        start_text = prev_text = None
+        if embed_texts is not None and self.records:
+            start_text, prev_text = embed_texts([self.records[0].compared,
+                                                 self.records[-1].compared])
+        if near is not None and self.records:  # a resumed run: what it is compared with
+            if lp.converge == "text":
+                prompts = [r.compared for r in self.records]
+                vectors = [v for i in range(0, len(prompts), 64)
+                           for v in embed_texts(prompts[i:i + 64])]
+                near.history = [(r.index, list(v)) for r, v in zip(self.records, vectors)]
+            else:
+                near.history = [(r.index, list(embed(_read_rgb(self.run_dir / r.image))))
+                                for r in drawn]
+            near.restore(self.records)
 
         index = len(self.records)
         while True:
             self._checkpoint(index)
-            if index >= cfg.loop.max_iters:
+            if index >= lp.max_iters:
                 return self._finish("max_iters")
             self.emit(ev.IterationStarted(index))
             paused_before = self._paused_s
             t_start = self._clock()
             if index == 0 and cfg.start_prompt is not None:
                 caption, compared, fed = None, cfg.start_prompt, cfg.start_prompt
+            elif control == "generator-only" and index > 0:
+                # The control redraws the start prompt and never captions again.
+                first = self.records[0]
+                caption, compared, fed = None, first.compared, first.fed_prompt
             else:
                 caption = backends.captioner.caption(current)
-                compared, fed = compared_and_fed(caption, cfg.loop.clauses, cfg.loop.feed)
+                compared, fed = compared_and_fed(caption, lp.clauses, lp.feed)
             t_caption = self._clock()
-            repeat_of = keys.get(compared)
+            repeat_of = None if control else keys.get(compared)
             self.emit(ev.CaptionReady(index, caption, fed, compared, repeat_of))
             if repeat_of is not None and cycle is None:
                 cycle = Cycle(repeat_of, index - repeat_of)
-                confirm_until = index + cfg.loop.confirm_iters
+                confirm_until = index + lp.confirm_iters
+            reseeds = control == "generator-only" and cfg.generate.seed_mode == "reseed"
+            # The generator-only control draws each image with a new seed (seed + iteration).
+            seed = cfg.generate.seed + index if reseeds else cfg.generate.seed
             record = Record(index=index, caption=caption, compared=compared, fed_prompt=fed,
-                            repeat_of=repeat_of, seed=cfg.generate.seed)
-            if cycle is not None and index >= confirm_until:
-                record.timings = {"caption": round(t_caption - t_start, 4),
-                                  "total": round(t_caption - t_start, 4)}
+                            repeat_of=repeat_of, seed=seed)
+            text_vector = None
+            if embed_texts is not None:
+                vectors = embed_texts([compared] if caption is None else [compared, caption])
+                text_vector = vectors[0]
+                if start_text is None:
+                    start_text = text_vector
+                record.text_start = _round(cosine(text_vector, start_text))
+                record.text_prev = _round(cosine(text_vector, prev_text))
+                if caption is not None:  # the caption against the image it describes
+                    record.cross_prev = _round(cosine(vectors[1], previous_features))
+                    record.cross_start = _round(cosine(vectors[1], start_features))
+            if near is not None and lp.converge == "text":
+                record.near_of, near_sim, window = near.observe(index, text_vector)
+                record.near_sim = _round(near_sim)
+                if window and cycle is None:
+                    record.converged_by = "text"
+                    cycle = find_cycle([*self.records, record])
+                    confirm_until = index + lp.confirm_iters
+            t_text = self._clock()
+            measured_text = embed_texts is not None or near is not None
+            if (cycle is not None and cycle.criterion != "image" and index >= confirm_until) \
+                    or (control == "captioner-only"
+                        and not (index == 0 and cfg.start_prompt is not None)):
+                # A repeat found before drawing, or the captioner-only control, which never
+                # draws (but the start image of a run from a prompt).
+                record.timings = {"caption": round(t_caption - t_start, 4)}
+                if measured_text:
+                    record.timings["similarity"] = round(t_text - t_caption, 4)
+                record.timings["total"] = round(t_text - t_start, 4)
+                if self._paused_s > paused_before:
+                    record.timings["paused"] = round(self._paused_s - paused_before, 4)
                 self._writer.append_record(record)
                 self.records.append(record)
                 self.emit(ev.IterationDone(replace(record)))
-                return self._finish("converged", record)
+                if cycle is not None and not control:
+                    return self._finish("converged", record)
+                prev_text = text_vector
+                self.control.end_of_iteration()
+                index += 1
+                continue
 
             self._checkpoint(index)
 
@@ -394,6 +501,13 @@ class TruthLoop:
 
             if hasattr(backends.painter, "preview"):
                 backends.painter.preview = on_preview if self.live_preview else None
+            if reseeds:
+                retarget = getattr(backends.painter, "start_trajectory", None)
+                if retarget is None:
+                    raise ConfigError("--control generator-only draws each image with a new "
+                                      "seed, and this painter cannot be re-seeded; use "
+                                      "--seed-mode shared")
+                retarget(replace(cfg.generate, seed=seed))
 
             image = backends.painter.paint(fed, on_step)
             t_generate = self._clock()
@@ -402,6 +516,13 @@ class TruthLoop:
                 start_features = features
             sim_prev = cosine(features, previous_features)
             sim_start = cosine(features, start_features)
+            if near is not None and lp.converge == "image":
+                record.near_of, near_sim, window = near.observe(index, features)
+                record.near_sim = _round(near_sim)
+                if window and cycle is None:
+                    record.converged_by = "image"
+                    cycle = find_cycle([*self.records, record])
+                    confirm_until = index + lp.confirm_iters
             t_similarity = self._clock()
             record.image = self._writer.write_image(index, image)
             record.rng_state = backends.painter.rng_state()
@@ -410,8 +531,8 @@ class TruthLoop:
             t_end = self._clock()
             record.timings = {
                 "caption": round(t_caption - t_start, 4),
-                "generate": round(t_generate - t_caption, 4),
-                "similarity": round(t_similarity - t_generate, 4),
+                "generate": round(t_generate - t_text, 4),
+                "similarity": round((t_text - t_caption) + (t_similarity - t_generate), 4),
                 "save": round(t_end - t_similarity, 4),
                 "total": round(t_end - t_start, 4),
             }
@@ -420,8 +541,10 @@ class TruthLoop:
             self._writer.append_record(record)
             self.records.append(record)
             keys.setdefault(compared, index)
-            current, previous_features = image, features
+            current, previous_features, prev_text = image, features, text_vector
             self.emit(ev.IterationDone(replace(record)))
+            if cycle is not None and cycle.criterion == "image" and index >= confirm_until:
+                return self._finish("converged", record)  # decided on the image just drawn
             self.control.end_of_iteration()
             index += 1
 

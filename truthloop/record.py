@@ -27,6 +27,20 @@ class Record:
     rng_state: str | None = None  # the shared generator's state after drawing (seed mode shared)
     sim_prev: float | None = None   # CLIP cosine of this image to the previous / the start image
     sim_start: float | None = None
+    # The same for the compared prompt's CLIP text embedding (to the previous iteration's and to
+    # the first iteration's compared prompt), and across the modalities: this caption's text
+    # embedding against the image it describes (the previous iteration's, or the start image)
+    # and against the start image. None where not measured (no text encoder, no caption).
+    text_prev: float | None = None
+    text_start: float | None = None
+    cross_prev: float | None = None
+    cross_start: float | None = None
+    # Near repeats (--converge text / image): the earlier iteration most similar to this one
+    # when that similarity reaches the threshold, and the similarity; `converged_by` names the
+    # criterion on the iteration where `near_window` near repeats in a row ended the run.
+    near_of: int | None = None
+    near_sim: float | None = None
+    converged_by: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     # Shown while the image is still being drawn (a live view); never written.
     pending: bool = False
@@ -34,11 +48,16 @@ class Record:
     # Keys in the order log.jsonl has always had them; the drawing fields only when drawn.
     _BASE = ("index", "caption", "compared", "fed_prompt", "repeat_of", "seed", "image")
     _DRAWN = ("rng_state", "sim_prev", "sim_start")
+    # Written only when measured, so a run without them keeps the lines it always had.
+    _MEASURED = ("text_prev", "text_start", "cross_prev", "cross_start", "near_of", "near_sim",
+                 "converged_by")
 
     def to_json(self) -> dict[str, Any]:
         data = {key: getattr(self, key) for key in self._BASE}
         if self.image is not None:
             data.update({key: getattr(self, key) for key in self._DRAWN})
+        data.update({key: getattr(self, key) for key in self._MEASURED
+                     if getattr(self, key) is not None})
         if self.timings:
             data["timings"] = dict(self.timings)
         return data
@@ -71,6 +90,15 @@ class Record:
             rng_state=data.get("rng_state") if isinstance(data.get("rng_state"), str) else None,
             sim_prev=_number(data.get("sim_prev")),
             sim_start=_number(data.get("sim_start")),
+            text_prev=_number(data.get("text_prev")),
+            text_start=_number(data.get("text_start")),
+            cross_prev=_number(data.get("cross_prev")),
+            cross_start=_number(data.get("cross_start")),
+            near_of=data.get("near_of") if isinstance(data.get("near_of"), int)
+            and not isinstance(data.get("near_of"), bool) else None,
+            near_sim=_number(data.get("near_sim")),
+            converged_by=data.get("converged_by")
+            if isinstance(data.get("converged_by"), str) else None,
             timings={k: v for k, v in timings.items() if isinstance(v, (int, float))}
             if isinstance(timings, dict) else {},
         )
@@ -87,10 +115,16 @@ def _number(value: Any) -> float | None:
 @dataclass(frozen=True)
 class Cycle:
     """Where a run's compared prompts started repeating: iterations start .. start+length-1
-    repeat forever (length 1: a fixed point). Found at iteration start+length."""
+    repeat forever (length 1: a fixed point). Found at iteration start+length.
+
+    A near repeat (criterion "text" or "image") is found later, where its window of near
+    repeats in a row ended (`found`): its members are the iterations the first near repeat of
+    that window came back to."""
 
     start: int
     length: int
+    criterion: str = "exact"
+    found: int | None = None
 
     @property
     def kind(self) -> str:
@@ -98,21 +132,39 @@ class Cycle:
 
     @property
     def found_at(self) -> int:
-        return self.start + self.length
+        return self.start + self.length if self.found is None else self.found
+
+    @property
+    def near(self) -> bool:
+        return self.criterion != "exact"
 
     def describe(self) -> str:
-        return "fixed point" if self.length == 1 else f"cycle of length {self.length}"
+        shape = "fixed point" if self.length == 1 else f"cycle of length {self.length}"
+        return f"near {shape} ({self.criterion})" if self.near else shape
 
     def to_json(self) -> dict[str, Any]:
-        return {"start": self.start, "length": self.length, "kind": self.kind,
+        data = {"start": self.start, "length": self.length, "kind": self.kind,
                 "found_at": self.found_at}
+        if self.near:
+            data["criterion"] = self.criterion
+        return data
 
 
 def find_cycle(records: list[Record]) -> Cycle | None:
-    """The first repeat in the records (the loop marks it with `repeat_of`), or None."""
-    for record in records:
+    """The run's first repeat, or None: an exact repeat (the loop marks it with `repeat_of`),
+    or the end of a window of near repeats (marked with `converged_by`), whichever came first."""
+    for position, record in enumerate(records):
         if record.repeat_of is not None:
             return Cycle(record.repeat_of, record.index - record.repeat_of)
+        if record.converged_by is not None:
+            first = position  # back to the first of the near repeats in a row
+            while first > 0 and records[first - 1].near_of is not None:
+                first -= 1
+            opening = records[first]
+            if opening.near_of is None:  # a damaged log: the window is not there
+                continue
+            return Cycle(opening.near_of, opening.index - opening.near_of,
+                         record.converged_by, record.index)
     return None
 
 
@@ -147,7 +199,10 @@ def result_fields(records: list[Record]) -> dict[str, Any]:
         fields["truth_images"] = [r.image for r in members]
         after = records[cycle.found_at:]
         fields["confirmed_iterations"] = len(after) - 1
-        fields["cycle_held"] = all(
-            r.compared == records[r.index - cycle.length].compared for r in after
-        )
+        if cycle.near:  # near repeats held: each later iteration again a near repeat
+            fields["cycle_held"] = all(r.near_of is not None for r in after)
+        else:
+            fields["cycle_held"] = all(
+                r.compared == records[r.index - cycle.length].compared for r in after
+            )
     return fields

@@ -415,10 +415,14 @@ def resume_problem(view: RunView) -> str | None:
     for problem in view.problems:
         if problem.startswith(f"{log}: line "):
             return f"{problem.replace(' (ignored)', '')}; this run cannot be resumed"
+    # The captioner-only control draws nothing (but a prompt start's first image).
+    loop = view.config.get("loop")
+    captions_only = isinstance(loop, dict) and loop.get("control") == "captioner-only"
     for number, record in enumerate(view.records):
         image = record.image
         last = number == len(view.records) - 1
-        if record.index != number or not (image == image_name(number) or (image is None and last)):
+        if record.index != number or not (image == image_name(number)
+                                          or (image is None and (last or captions_only))):
             return (f"{log}: record {number + 1} is not a valid record of iteration {number}; "
                     f"this run cannot be resumed")
         if image and not (view.path / image).exists():

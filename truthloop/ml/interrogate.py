@@ -106,7 +106,8 @@ class Captioner:
 
 
 class ClipEmbedder:
-    """CLIP image features for the drift measures, from the CLIP the interrogator already holds.
+    """CLIP image and text features for the drift measures, from the CLIP the interrogator
+    already holds.
 
     With the fast interrogator, its image_features (the same computation as
     clip-interrogator's image_to_features, replayed from a CUDA graph on the GPU)."""
@@ -119,3 +120,15 @@ class ClipEmbedder:
         if self.fast is not None:
             return self.fast.image_features(image)[0].float().cpu().tolist()
         return self.ci.image_to_features(image)[0].float().cpu().tolist()
+
+    def text_features(self, prompts: list[str]) -> list[list[float]]:
+        """Unit-length CLIP text features of the prompts, in the images' space: clip-interrogator's
+        tokenizer and CLIP text tower, as it encodes its label candidates (the drift measures of
+        text and caption-image, and --converge text)."""
+        import torch
+
+        with torch.inference_mode():
+            tokens = self.ci.tokenize(list(prompts)).to(self.ci.device)
+            found = self.ci.clip_model.encode_text(tokens).float()
+            found = found / found.norm(dim=-1, keepdim=True)
+        return found.cpu().tolist()

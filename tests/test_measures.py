@@ -1,0 +1,226 @@
+"""The drift measures as the studies take them: image, text and caption-image similarities to the
+start and to the previous iteration, recorded per iteration from designed fake embedders whose
+every cosine is known (tests/fakes.py), the drift rate fitted to them, and the control runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from fakes import DriftDesign, SeedablePainter, start_image
+from truthloop.config import RunConfig
+from truthloop.loop import TruthLoop
+from truthloop.measures import (
+    MEASURES, NearRepeats, curve, fit_decay, group_near, linear_slope, mean_step, quantile,
+    series,
+)
+from truthloop.record import Record
+from truthloop.store import read_run
+
+EPS = 2e-6  # the loop records similarities to 6 decimals
+
+
+def drift_run(tmp_path, design, name="run", image_start=False, max_iters=25, **loop):
+    config = RunConfig(input_image="start.png") if image_start \
+        else RunConfig(start_prompt=design.prompt(0))
+    config.loop.clauses = 1
+    config.loop.max_iters = max_iters
+    for key, value in loop.items():
+        setattr(config.loop, key, value)
+    backends = design.backends(config)
+    loop_ = TruthLoop(config, tmp_path / name, lambda c, e: backends,
+                      input_image=start_image() if image_start else None)
+    return loop_.run(), read_run(tmp_path / name), backends
+
+
+def test_each_iteration_records_the_designed_similarities(tmp_path):
+    design = DriftDesign()
+    summary, view, _ = drift_run(tmp_path, design)
+    assert summary["status"] == "max_iters" and len(view.records) == 25
+    a, b = design.image_similarity, design.text_similarity
+    for r in view.records:
+        i = r.index
+        assert r.sim_start == pytest.approx(a(i), abs=EPS)          # image i is generation i
+        assert r.text_start == pytest.approx(b(i), abs=EPS)
+        if i == 0:  # the start prompt: no previous iteration, no caption
+            assert r.sim_prev is None and r.text_prev is None
+            assert r.cross_prev is None and r.cross_start is None
+            continue
+        # orthogonal own axes: the cosine of two drifted vectors is the product of their parts
+        assert r.sim_prev == pytest.approx(a(i) * a(i - 1), abs=EPS)
+        assert r.text_prev == pytest.approx(b(i) * b(i - 1), abs=EPS)
+        # the caption of iteration i describes image i-1
+        assert r.cross_prev == pytest.approx(0.3, abs=EPS)
+        assert r.cross_start == pytest.approx(0.3 * a(i - 1), abs=EPS)
+    # The embedding that made them is named in run.json, with what it measured.
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["measures"]["embedding"] == "designed (test)"
+    assert set(info["measures"]["fields"]) == {"sim_start", "sim_prev", "text_start",
+                                               "text_prev", "cross_start", "cross_prev"}
+    line = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[3])
+    assert {"sim_start", "sim_prev", "text_start", "text_prev", "cross_start",
+            "cross_prev"} <= set(line)
+
+
+def test_a_run_from_an_image_counts_the_input_as_generation_zero(tmp_path):
+    design = DriftDesign(image_start=True)
+    _, view, _ = drift_run(tmp_path, design, image_start=True, max_iters=6)
+    first = view.records[0]
+    assert first.caption == design.caption(0)
+    assert first.sim_start == pytest.approx(design.image_similarity(1), abs=EPS)
+    assert first.sim_prev == pytest.approx(design.image_similarity(1), abs=EPS)
+    assert first.text_start == pytest.approx(1.0, abs=EPS)
+    assert first.cross_prev == pytest.approx(0.3, abs=EPS)  # its caption vs the input image
+    points = series(view.records, "image", image_start=True)
+    assert points[0] == (0, 1.0) and points[1][0] == 1
+    assert [g for g, _ in series(view.records, "text", image_start=True)] == list(range(6))
+
+
+@pytest.mark.parametrize("image_rate,image_floor,text_rate,text_floor",
+                         [(0.15, 0.4, 0.3, 0.2), (0.5, 0.6, 0.05, 0.0)])
+def test_the_fitted_drift_rates_are_the_designed_ones(tmp_path, image_rate, image_floor,
+                                                      text_rate, text_floor):
+    design = DriftDesign(image_rate=image_rate, image_floor=image_floor, text_rate=text_rate,
+                         text_floor=text_floor)
+    _, view, _ = drift_run(tmp_path, design, max_iters=40)
+    image = fit_decay(series(view.records, "image", False))
+    text = fit_decay(series(view.records, "text", False))
+    assert image.rate == pytest.approx(image_rate, rel=2e-3)
+    assert image.floor == pytest.approx(image_floor, abs=2e-3)
+    assert text.rate == pytest.approx(text_rate, rel=2e-3)
+    assert text.floor == pytest.approx(text_floor, abs=5e-3)
+    assert image.rmse < 1e-5 and image.points == 39
+    assert image.half_life == pytest.approx(math.log(2) / image_rate, rel=2e-3)
+
+
+def test_fit_of_pooled_runs_is_the_fit_of_their_points(tmp_path):
+    """Runs of one rate pooled: the same rate; the fit weighs each point once."""
+    runs = [[(g, 0.3 + 0.7 * math.exp(-0.2 * g) + noise) for g in range(1, 30)]
+            for noise in (-0.01, 0.0, 0.01)]
+    pooled = fit_decay([p for run in runs for p in run])
+    assert pooled.rate == pytest.approx(0.2, rel=1e-3) and pooled.points == 87
+    assert pooled.rmse == pytest.approx(math.sqrt(2 * 0.01 ** 2 / 3), rel=1e-3)
+
+
+def test_fit_edge_cases():
+    assert fit_decay([(0, 1.0), (1, 0.9)]) is None  # one point past the start
+    flat = fit_decay([(g, 1.0) for g in range(1, 10)])
+    assert flat.predict(5) == pytest.approx(1.0, abs=1e-9) and flat.rmse < 1e-9
+    # a fast fall to the floor in one generation
+    fast = fit_decay([(g, 0.5) for g in range(1, 10)])
+    assert fast.floor == pytest.approx(0.5, abs=1e-6) and fast.rate > 5
+    assert linear_slope([(1, 0.9), (2, 0.8), (3, 0.7)]) == pytest.approx(-0.1)
+    assert mean_step([0.9, 0.85, 0.7]) == pytest.approx(-0.1)
+    assert quantile([1, 2, 3, 4], 0.25) == pytest.approx(1.75)  # numpy's "linear"
+    band = curve([[(0, 1.0), (1, 0.8)], [(0, 1.0), (1, 0.6)], [(0, 1.0)]])
+    assert band == [{"generation": 0, "n": 3, "median": 1.0, "q25": 1.0, "q75": 1.0},
+                    {"generation": 1, "n": 2, "median": 0.7, "q25": pytest.approx(0.65),
+                     "q75": pytest.approx(0.75)}]
+
+
+def test_near_repeats_and_grouping_are_cosines_within_the_threshold():
+    near = NearRepeats(threshold=0.9, window=2)
+    x, y, xy = [1.0, 0.0], [0.0, 1.0], [math.sqrt(0.5), math.sqrt(0.5)]
+    assert near.observe(0, x) == (None, None, False)
+    assert near.observe(1, y) == (None, None, False)
+    of, sim, done = near.observe(2, [0.99, math.sqrt(1 - 0.99 ** 2)])
+    assert (of, round(sim, 6), done) == (0, 0.99, False)
+    assert near.observe(3, y)[::2] == (1, True)  # two in a row
+    assert group_near([x, xy, y, None, [0.999, math.sqrt(1 - 0.999 ** 2)]], 0.7) == \
+        [0, 0, 0, 1, 0]  # single linkage: x ~ xy ~ y
+    assert group_near([x, y], 0.7) == [0, 1]
+
+
+def test_old_records_keep_their_fields_and_lines():
+    old = {"index": 2, "caption": "a, b", "compared": "a", "fed_prompt": "a", "repeat_of": None,
+           "seed": 42, "image": "images/0002.png", "rng_state": None, "sim_prev": 0.91,
+           "sim_start": 0.8}
+    record = Record.from_json(old)
+    assert (record.sim_prev, record.sim_start, record.text_start) == (0.91, 0.8, None)
+    assert record.to_json() == old  # nothing new written where nothing new was measured
+    assert MEASURES["image"].start_field == "sim_start"
+
+
+# -- control runs ---------------------------------------------------------------------------------
+def test_generator_only_redraws_the_start_prompt_with_new_seeds(tmp_path):
+    design = DriftDesign()
+    painter = SeedablePainter(seed=7)
+    config = RunConfig(start_prompt="drift 0")
+    config.generate.seed = 7
+    config.loop.control, config.loop.max_iters = "generator-only", 5
+    backends = design.backends(config, painter=painter)
+    summary = TruthLoop(config, tmp_path / "run", lambda c, e: backends).run()
+    view = read_run(tmp_path / "run")
+    assert summary["status"] == "max_iters" and summary["cycle"] is None
+    assert [r.fed_prompt for r in view.records] == ["drift 0"] * 5
+    assert backends.captioner.calls == 0  # never captions
+    assert painter.seeds == [7, 8, 9, 10, 11] == [r.seed for r in view.records]
+    assert all(r.repeat_of is None for r in view.records)
+    assert all(r.image for r in view.records)
+    assert view.records[-1].text_start == pytest.approx(1.0, abs=EPS)
+
+
+def test_captioner_only_captions_the_start_image_again_and_resumes(tmp_path):
+    design = DriftDesign(image_start=True)
+    config = RunConfig(input_image="start.png")
+    config.loop.clauses, config.loop.control, config.loop.max_iters = 1, "captioner-only", 3
+    backends = design.backends(config)
+    summary = TruthLoop(config, tmp_path / "run", lambda c, e: backends,
+                        input_image=start_image()).run()
+    assert summary["status"] == "max_iters" and summary["iterations"] == 0
+    assert backends.painter.painted == []  # never draws
+    assert backends.captioner.calls == 3
+    resumed = TruthLoop.for_resume(tmp_path / "run", lambda c, e: backends, max_iters=5).run()
+    view = read_run(tmp_path / "run")
+    assert resumed["status"] == "max_iters" and len(view.records) == 5
+    assert {r.compared for r in view.records} == {"drift 0"}
+    assert all(r.image is None and r.sim_start is None for r in view.records)
+    assert all(r.cross_prev == pytest.approx(0.3, abs=EPS) for r in view.records)
+    assert all(r.text_start == pytest.approx(1.0, abs=EPS) for r in view.records)
+
+
+def test_controls_and_near_criteria_are_validated_in_one_line():
+    from truthloop.config import ConfigError
+
+    config = RunConfig(start_prompt="x")
+    config.loop.control, config.loop.converge = "generator-only", "text"
+    with pytest.raises(ConfigError, match="never converge"):
+        config.validate()
+    config.loop.control, config.loop.converge = "painter-only", "exact"
+    with pytest.raises(ConfigError, match="unknown --control"):
+        config.validate()
+    config.loop.control, config.loop.near_threshold = "", float("nan")
+    with pytest.raises(ConfigError, match="--near-threshold"):
+        config.validate()
+    config.loop.near_threshold, config.loop.near_window = 0.9, 0
+    with pytest.raises(ConfigError, match="--near-window"):
+        config.validate()
+    # An old run.json (no such keys) reads with the defaults: exact, no control.
+    data = RunConfig(start_prompt="x").to_dict()
+    for key in ("converge", "near_threshold", "near_window", "control"):
+        del data["loop"][key]
+    old = RunConfig.from_dict(data)
+    assert (old.loop.converge, old.loop.control) == ("exact", "")
+
+
+# -- the real CLIP of clip-interrogator -----------------------------------------------------------
+def test_clip_embedder_text_features_share_the_image_space(tiny_interrogator):
+    """ClipEmbedder.text_features: clip-interrogator's tokenizer and CLIP text tower, unit length,
+    the same numbers as the atlas's text features through the interrogator."""
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from truthloop.ml.embedding import text_features
+    from truthloop.ml.interrogate import ClipEmbedder
+
+    embedder = ClipEmbedder(tiny_interrogator)
+    prompts = ["a red barn, at dusk", "<b>a sea</b>"]
+    found = embedder.text_features(prompts)
+    assert len(found) == 2 and len(found[0]) == len(embedder.features(start_image()))
+    for row in found:
+        assert sum(x * x for x in row) == pytest.approx(1.0, abs=1e-4)
+    again = text_features(SimpleNamespace(ci=tiny_interrogator), prompts)
+    assert torch.allclose(torch.tensor(found), torch.tensor(again), atol=1e-6)
+    assert found[0] != found[1]
