@@ -13,6 +13,14 @@
    of different densities. The units clustered are the distinct attractors, not trajectories: a
    big basin is one place, not many points, and must not look like a dense motif.
 
+Near-repeat runs (`--converge text|image`) end in places their words do not pin down: two runs
+that stopped at "a red barn at dusk" and "a red barn in the dusk" reached one place by the
+criterion that stopped them. Their attractors are grouped by that same criterion: exact
+attractors of such runs whose stored embeddings (the truth prompts' text mean for "text", the
+truth images' mean for "image") have cosine >= the runs' --near-threshold, chained (single
+linkage, as the loop accepts a near repeat of any earlier iteration), become one attractor; its
+`variants` lists the exact prompts it gathers. Exact runs are grouped as always.
+
 Needs no GPU and no Ray: only the sweep directory. Writes atlas.json, atlas.png, atlas.html.
 """
 
@@ -29,6 +37,7 @@ from typing import Any
 
 from truthloop.lookback.render import _font, _line_height, draw_text, text_length, wrap_text
 from truthloop.lookback.runs import TINY_LABEL
+from truthloop.measures import group_near
 from truthloop.record import canonical_cycle, cycle_prompts
 from truthloop.store import atomic_write_bytes, atomic_write_json, read_records
 from truthloop.sweep import state as st
@@ -80,8 +89,9 @@ def build_atlas(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
     trajs = trajectories(spec)
     rows = st.table(sweep_dir, trajs)
     states = Counter(row["state"] for row in rows)
-    attractors: dict[tuple[str, ...], dict[str, Any]] = {}
+    attractors: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
     vectors: dict[str, list[float]] = {}  # run name -> embedding
+    near_vectors: dict[str, list[float] | None] = {}  # run name -> what its criterion compares
     for trajectory, row in zip(trajs, rows):
         if row["state"] != "converged":
             continue
@@ -89,11 +99,19 @@ def build_atlas(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
         summary = st.read_summary(run_dir) or {}
         stored = _embedding(run_dir)
         key = canonical_cycle(_compared_cycle(run_dir, stored))
-        entry = attractors.setdefault(key, {
+        criterion = (summary.get("cycle") or {}).get("criterion", "exact")
+        if criterion not in ("text", "image"):
+            criterion = "exact"
+        else:
+            near_vectors[trajectory.name] = _part(stored, criterion)
+        loop = trajectory.config.get("loop") or {}
+        entry = attractors.setdefault((criterion, key), {
             "prompts": list(key), "length": len(key),
-            "kind": "fixed_point" if len(key) == 1 else "cycle",
+            "kind": "fixed_point" if len(key) == 1 else "cycle", "criterion": criterion,
             "members": [], "iterations": [], "transients": [], "truth": None,
         })
+        if criterion != "exact":
+            entry["threshold"] = loop.get("near_threshold")
         entry["members"].append(trajectory.name)
         entry["iterations"].append(summary.get("iterations", row["iterations"]))
         entry["transients"].append((summary.get("cycle") or {}).get("start", 0))
@@ -105,7 +123,8 @@ def build_atlas(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
         if vector is not None:
             vectors[trajectory.name] = vector
 
-    ordered = sorted(attractors.values(), key=lambda a: (-len(a["members"]), a["prompts"]))
+    merged = _merge_near(list(attractors.values()), near_vectors)
+    ordered = sorted(merged, key=lambda a: (-len(a["members"]), a["prompts"]))
     for number, entry in enumerate(ordered):
         entry["id"] = number
         entry["basin_size"] = len(entry["members"])
@@ -135,6 +154,50 @@ def build_atlas(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
         # the share of the embeddings' variance along the map's x and y axes (PC 1, PC 2)
         "map_explained_variance": explained,
     }
+
+
+def _part(stored: dict | None, criterion: str) -> list[float] | None:
+    """The unit vector a near criterion compares: the truth prompts' (text) or images' mean."""
+    value = (stored or {}).get(criterion)
+    if not isinstance(value, list) or not value:
+        return None
+    norm = math.sqrt(sum(x * x for x in value)) or 1.0
+    return [x / norm for x in value]
+
+
+def _merge_near(entries: list[dict[str, Any]],
+                near_vectors: dict[str, list[float] | None]) -> list[dict[str, Any]]:
+    """Exact attractors of near-repeat runs joined where their criterion says they are one
+    place (see the module's docstring); exact runs' attractors as they are."""
+    out = [e for e in entries if e["criterion"] == "exact"]
+    for criterion in ("text", "image"):
+        group = [e for e in entries if e["criterion"] == criterion]
+        if not group:
+            continue
+        means: list[list[float] | None] = []
+        for entry in group:
+            members = [near_vectors[m] for m in entry["members"] if near_vectors.get(m)]
+            if not members:
+                means.append(None)
+                continue
+            mean = [sum(column) / len(members) for column in zip(*members)]
+            norm = math.sqrt(sum(x * x for x in mean)) or 1.0
+            means.append([x / norm for x in mean])
+        thresholds = [e["threshold"] for e in group if isinstance(e.get("threshold"),
+                                                                  (int, float))]
+        labels = group_near(means, max(thresholds) if thresholds else 1.0)
+        joined: dict[int, list[dict[str, Any]]] = {}
+        for label, entry in zip(labels, group):
+            joined.setdefault(label, []).append(entry)
+        for parts in joined.values():
+            # The biggest basin names the place (then the first prompts, for a fixed order).
+            parts.sort(key=lambda e: (-len(e["members"]), e["prompts"]))
+            head = dict(parts[0])
+            for key in ("members", "iterations", "transients"):
+                head[key] = [x for part in parts for x in part[key]]
+            head["variants"] = [part["prompts"] for part in parts]
+            out.append(head)
+    return out
 
 
 def _motifs(attractors: list[dict[str, Any]], vectors: dict[str, list[float]],
@@ -460,7 +523,8 @@ def _html(sweep_dir: Path, atlas: dict[str, Any]) -> str:
     for a in atlas["attractors"]:
         its = a["iterations_to_converge"]
         prompts = "<br>".join(e(p) for p in a["prompts"])
-        parts.append(f"<tr><td>{e(a['id'])}</td><td>{e(a['kind'])} ({e(a['length'])})</td>"
+        parts.append(f"<tr><td>{e(a['id'])}</td><td>{e(a['kind'])} ({e(a['length'])})"
+                     f"{e(_near_note(a))}</td>"
                      f"<td>{e(a['basin_size'])}</td><td>{e(its['min'])} / {e(its['median'])} / "
                      f"{e(its['max'])}</td><td>{e(a.get('motif'))}</td><td>{prompts}</td></tr>")
     parts.append("</table><h2>Cycle lengths</h2><p>")
@@ -470,11 +534,19 @@ def _html(sweep_dir: Path, atlas: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _near_note(attractor: dict[str, Any]) -> str:
+    """`, near (text), 2 variants` for an attractor of near-repeat runs; "" for an exact one."""
+    if attractor.get("criterion", "exact") == "exact":
+        return ""
+    return (f", near ({attractor['criterion']}), "
+            f"{count(len(attractor.get('variants') or []), 'variant')}")
+
+
 def describe(atlas: dict[str, Any]) -> list[str]:
     """The lines `truthloop atlas` prints (captions made visible, never markup)."""
     lines = [_summary(atlas)]
     for a in atlas["attractors"]:
-        kind = "fixed point" if a["length"] == 1 else f"{a['length']}-cycle"
+        kind = ("fixed point" if a["length"] == 1 else f"{a['length']}-cycle") + _near_note(a)
         lines.append(f"  attractor {a['id']}: {kind}, basin {a['basin_size']}, motif "
                      f"{a.get('motif')}: {visible(' -> '.join(a['prompts']))[:100]}")
     return lines
