@@ -114,3 +114,15 @@ def test_a_run_json_from_before_the_families_reads_as_the_seed_pair():
     config = RunConfig.from_dict(old)
     assert config.models.generator == "sd" and config.models.captioner == "clip-interrogator"
     assert config.models.generator_model == GENERATOR_MODEL_IDS["sd"]
+
+
+def test_the_status_line_names_a_pair_other_than_the_seed_one():
+    from truthloop.families import pair_label
+    from tui.widgets.status import StatusBar, StatusInfo
+
+    config = RunConfig(start_prompt="x").to_dict()
+    assert pair_label(config) == "" and pair_label({"models": {"sd_model": "a/b"}}) == ""
+    config["models"].update(generator="sdxl", captioner="llava-1.5")
+    line = StatusBar.second_line(StatusInfo(pair=pair_label(config), device="cuda",
+                                            run_dir="/runs/a", sec_per_iter=2.5), 100)
+    assert line == "/runs/a  ·  sdxl + llava-1.5  ·  2.50 s/it  ·  device cuda"

@@ -144,3 +144,14 @@ CAPTIONERS: dict[str, CaptionerFamily] = {family.name: family for family in (
         about="Alibaba's small vision-language model",
     ),
 )}
+
+
+def pair_label(config: dict[str, Any] | None) -> str:
+    """"sdxl + llava-1.5" for a run.json config of any pair but the seed one ("" for that, and
+    for a run from before the families)."""
+    models = (config or {}).get("models") or {}
+    generator = models.get("generator", DEFAULT_GENERATOR)
+    captioner = models.get("captioner", DEFAULT_CAPTIONER)
+    if (generator, captioner) == (DEFAULT_GENERATOR, DEFAULT_CAPTIONER):
+        return ""
+    return f"{generator} + {captioner}"

@@ -14,6 +14,7 @@ from textual.binding import Binding
 from textual.worker import Worker, WorkerState
 
 from truthloop import events as ev
+from truthloop.families import pair_label
 from truthloop.store import read_records
 from truthloop.text import visible
 from tui import messages as m
@@ -103,7 +104,8 @@ class LiveScreen(RunScreen):
             for record in read_records(self.run_dir):
                 self.add_record(record)
         self.query_one(StatusBar).set(loading="loading models",
-                                      iteration=message.resumed_at or None)
+                                      iteration=message.resumed_at or None,
+                                      pair=pair_label(self.config))
         self.refresh_views()  # the start image exists now
 
     @on(m.Loading)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from textual.binding import Binding
 
+from truthloop.families import pair_label
 from truthloop.record import Record
 from truthloop.store import LOG_FILE, SUMMARY_FILE, RunDirError, RunView, is_locked, read_records, read_run
 from truthloop.text import visible
@@ -87,7 +88,7 @@ class ViewScreen(RunScreen):
         self.run_view = view
         self.summary = view.summary
         self.show_max_iters()
-        self.query_one(StatusBar).set(device=self.device_used())
+        self.query_one(StatusBar).set(device=self.device_used(), pair=pair_label(self.config))
         status = view.status
         if status == "error":
             self.error_message = visible(str((view.summary or {}).get("message", "unknown error")))

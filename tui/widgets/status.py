@@ -51,6 +51,7 @@ class StatusInfo:
     device: str = ""
     memory: str = ""
     run_dir: str = ""
+    pair: str = ""  # "generator + captioner", where not the seed pair
 
 
 class StatusBar(Static):
@@ -115,7 +116,7 @@ class StatusBar(Static):
         """Where the run is and what it runs on, inside `width`: the run directory first,
         shortened in the middle (its name, at the end, kept) to what the rest leaves it; on a
         narrow screen the separators and the word "device" go first."""
-        rest = []
+        rest = [visible(info.pair)] if info.pair else []
         if info.sec_per_iter is not None:
             rest.append(f"{info.sec_per_iter:.2f} s/it")
         device = visible(info.device) if info.device else ""
