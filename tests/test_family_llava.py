@@ -1,0 +1,113 @@
+"""The llava-1.5 captioner family: truthloop's caption is the answer the model card's plain
+call gives (chat template with the image and the instruction, greedy `generate`, decode)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _image(seed: int) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _family_config(**changes):
+    """The CaptionConfig a run of the llava-1.5 family starts with (families.py's defaults)."""
+    from truthloop.config import RunConfig, apply_pair_defaults
+
+    config = RunConfig()
+    config.models.captioner = "llava-1.5"
+    apply_pair_defaults(config)
+    return dataclasses.replace(config.caption, **changes)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(truthloop_cache):
+    from truthloop.ml.tiny import tiny_family_model
+
+    return tiny_family_model("captioner", "llava-1.5")
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_dir):
+    from truthloop.ml.families.captioning import load_captioner
+
+    captioner, record = load_captioner("llava-1.5", tiny_dir, "cpu", _family_config())
+    return captioner
+
+
+def test_the_caption_is_the_model_cards_plain_call(tiny_dir, captioner):
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from truthloop.families import DEFAULT_INSTRUCTION
+
+    config = _family_config()
+    assert (config.instruction, config.caption_max_length) == (DEFAULT_INSTRUCTION, 77)
+    processor = AutoProcessor.from_pretrained(tiny_dir)
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_dir)
+    # As llava-hf/llava-1.5-7b-hf's model card writes it (its decode starts at [2:] and so
+    # repeats the prompt; the loop wants the answer alone).
+    conversation = [{"role": "user", "content": [
+        {"type": "text", "text": config.instruction}, {"type": "image"}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    assert prompt == f"USER: <image>\n{config.instruction} ASSISTANT:"
+    for seed in (1, 2):
+        image = _image(seed)
+        inputs = processor(images=image, text=prompt, return_tensors="pt")
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=77, do_sample=False)
+        answer = output[0][inputs["input_ids"].shape[1]:]
+        expected = processor.decode(answer, skip_special_tokens=True)
+        assert captioner.caption(image) == expected
+
+
+def test_captions_are_words_that_follow_the_image_and_the_instruction(captioner):
+    from truthloop.ml.families import llava
+    from truthloop.ml.tiny import _TINY_WORDS
+
+    captions = [captioner.caption(_image(seed)) for seed in (1, 2, 3)]
+    assert all(caption and set(caption.split()) <= set(_TINY_WORDS) for caption in captions), \
+        captions
+    assert len(set(captions)) == 3, captions
+    assert captioner.caption(_image(1)) == captions[0]  # greedy: same image, same words
+    asked_otherwise = llava.caption(captioner.model, captioner.processor, _image(1),
+                                    "What is in the picture?", 77)
+    assert asked_otherwise != captions[0]
+    assert len(llava.caption(captioner.model, captioner.processor, _image(1),
+                             captioner.config.instruction, 5).split()) == 5
+
+
+def test_a_missing_directory_is_one_line(tmp_path):
+    from truthloop.ml.families.captioning import load_captioner
+    from truthloop.ml.models import ModelUnavailable
+
+    missing = str(tmp_path / "no-such-llava")
+    with pytest.raises(ModelUnavailable) as error:
+        load_captioner("llava-1.5", missing, "cpu", _family_config())
+    message = str(error.value)
+    assert missing in message and "no such directory" in message and "\n" not in message
+
+
+def test_full_size_is_llava_1_5_7b():
+    """7.06 B parameters (the hub's float16 shards: 14.1 GB); an image is 576 tokens."""
+    import torch
+
+    from truthloop.ml.families import llava
+
+    model, processor = llava.full_size("meta", torch.float16)
+    assert sum(p.numel() for p in model.parameters()) == 7_063_427_072
+    assert model.dtype == torch.float16
+    tokenizer = processor.tokenizer
+    assert tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [32000, 32001]
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"},
+                                      {"type": "text", "text": "Describe this image."}]}],
+        add_generation_prompt=True)
+    inputs = processor(images=_image(1), text=prompt, return_tensors="pt")
+    assert (inputs["input_ids"] == 32000).sum() == 576
+    assert tuple(inputs["pixel_values"].shape) == (1, 3, 336, 336)
