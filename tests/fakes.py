@@ -95,22 +95,22 @@ def factory(captioner, painter, gate: threading.Event | None = None):
 
 
 # -- designed measures: embedders whose similarities are known in advance ----------------------
-# Vectors live in one space of DIM axes; each design hands out axes by name, so two vectors share
-# only the axes it says and every cosine is exact arithmetic (up to the loop's 6-decimal rounding).
-DIM = 512
+# Vectors live in one space of DIM axes; each design names its axes, so two vectors share only the
+# axes it says and every cosine is exact arithmetic (up to the loop's 6-decimal rounding). Axis
+# numbers depend only on the names (never on the order of use): every load of the backends, in
+# any run of a sweep, puts a name on the same axis, as a real embedder would.
+DIM = 1024
 
 
 class Axes:
-    """Axis numbers by name, handed out in order of first use (within one design)."""
+    """Axis numbers by name: the sorted names from `first` on."""
 
-    def __init__(self) -> None:
-        self.numbers: dict[object, int] = {}
+    def __init__(self, names, first: int = 0) -> None:
+        self.numbers = {name: first + i for i, name in enumerate(sorted(set(names), key=repr))}
+        if first + len(self.numbers) > DIM:
+            raise ValueError("the design needs more axes than DIM")
 
     def __getitem__(self, name: object) -> int:
-        if name not in self.numbers:
-            if len(self.numbers) >= DIM:
-                raise ValueError("the design needs more axes than DIM")
-            self.numbers[name] = len(self.numbers)
         return self.numbers[name]
 
 
@@ -180,7 +180,9 @@ class DriftDesign:
         self.image_rate, self.image_floor = image_rate, image_floor
         self.text_rate, self.text_floor = text_rate, text_floor
         self.cross, self.image_start, self.generations = cross, image_start, generations
-        self.axes = Axes()
+        if generations > 80:
+            raise ValueError("DriftDesign has axes for 80 generations")
+        self.axes = DriftAxes()
 
     @staticmethod
     def prompt(g: int) -> str:
@@ -239,6 +241,18 @@ class DriftDesign:
                         details={"clip_name": "designed (test)"})
 
 
+class DriftAxes:
+    """DriftDesign's axes, by formula: 0-80 images, 81-161 prompts, 162-242 captions."""
+
+    def __getitem__(self, name):
+        if name == "image start":
+            return 0
+        if name == "text start":
+            return 81
+        kind, g = name
+        return {"image": 1, "text": 82, "caption": 162}[kind] + g
+
+
 class NearDesign:
     """Prompts in families: "barn 3" and "barn 7" are two members of the family "barn". A
     member's text vector (and its image's vector) is cos(theta) along the family's axis plus
@@ -250,7 +264,13 @@ class NearDesign:
         self.script = script
         self.c = member_cosine ** 0.5  # cos(theta): two members have cos^2 = member_cosine
         self.start_caption = start_caption
-        self.axes = Axes()
+        texts = set(script) | {caption.split(",")[0] for caption in script.values()}
+        names = [("image", "<start>")]
+        for kind in ("image", "text"):
+            for text in texts:
+                found = self.family(text)
+                names += [(kind, *found), (kind, found[0])] if found else [(kind, text)]
+        self.axes = Axes(names, first=250)  # past DriftDesign's axes: one space for both
 
     @staticmethod
     def family(text: str) -> tuple[str, str] | None:
@@ -311,7 +331,6 @@ class StudyDesign:
     def __init__(self, image_rate: float):
         self.near = NearDesign(NEAR_SCRIPT)
         self.drift = DriftDesign(image_rate=image_rate)
-        self.drift.axes = self.near.axes  # one space
         self.script = {**NEAR_SCRIPT, **self.drift.script()}
 
     def _designer(self, text: str):
