@@ -264,7 +264,8 @@ class NearDesign:
         self.script = script
         self.c = member_cosine ** 0.5  # cos(theta): two members have cos^2 = member_cosine
         self.start_caption = start_caption
-        texts = set(script) | {caption.split(",")[0] for caption in script.values()}
+        # "lost": what FakeCaptioner says of an image the script does not know
+        texts = set(script) | {caption.split(",")[0] for caption in script.values()} | {"lost"}
         names = [("image", "<start>")]
         for kind in ("image", "text"):
             for text in texts:
@@ -299,7 +300,7 @@ class NearDesign:
     def backends(self, config=None):
         seed = config.generate.seed if config else 42
         seed_mode = config.generate.seed_mode if config else "reseed"
-        prompts = set(self.script) | {c.split(",")[0] for c in self.script.values()}
+        prompts = set(self.script) | {c.split(",")[0] for c in self.script.values()} | {"lost"}
         return Backends(captioner=FakeCaptioner(self.script, start=self.start_caption),
                         painter=SeedablePainter(seed, seed_mode),
                         embedder=DesignedEmbedder(self, prompts), device="cpu",
@@ -348,7 +349,7 @@ class StudyDesign:
 
 def study_factory(config, emit):
     design = StudyDesign(image_rate=config.generate.guidance / 10)
-    prompts = set(design.script) | {c.split(",")[0] for c in design.script.values()}
+    prompts = set(design.script) | {c.split(",")[0] for c in design.script.values()} | {"lost"}
     return Backends(captioner=FakeCaptioner(design.script),
                     painter=SeedablePainter(config.generate.seed, config.generate.seed_mode),
                     embedder=DesignedEmbedder(design, prompts), device="cpu",

@@ -224,3 +224,53 @@ def test_clip_embedder_text_features_share_the_image_space(tiny_interrogator):
     again = text_features(SimpleNamespace(ci=tiny_interrogator), prompts)
     assert torch.allclose(torch.tensor(found), torch.tensor(again), atol=1e-6)
     assert found[0] != found[1]
+
+
+# -- the TUI's drift panel ------------------------------------------------------------------------
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def _screen_lines(app, region) -> list[str]:
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(),
+                      color_system=None, record=True, legacy_windows=False, force_terminal=True)
+    console.print(app.screen._compositor.render_update(full=True,
+                                                       screen_stack=app._background_screens))
+    lines = console.export_text(styles=False).splitlines()
+    return [line[region.x:region.right].rstrip() for line in lines[region.y:region.bottom]]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+async def test_drift_panel_says_the_three_pairs_of_a_recorded_run(tmp_path, size):
+    from tui.app import TruthLoopApp
+    from tui.widgets.drift import Drift
+
+    design = DriftDesign()
+    _, view, _ = drift_run(tmp_path, design, max_iters=6)
+    last = view.records[-1]
+    app = TruthLoopApp(run_dir=tmp_path / "run", preview="none", stable=True)
+    async with app.run_test(size=size) as pilot:
+        for _ in range(50):
+            await pilot.pause()
+            if len(app.query_one(Drift).numbers) == 6:
+                break
+        drift = app.query_one(Drift)
+        lines = _screen_lines(app, drift.region)
+    image = f"{design.image_similarity(5):.2f}"
+    text = f"{design.text_similarity(5):.2f}"
+    assert lines[0].startswith(("drift ≈st", "≈st")), lines
+    assert f"img " in lines[0] and image in lines[0] and text in lines[0], lines
+    if size == (120, 40):
+        assert f"cap {last.cross_start:.2f}" in lines[0], lines  # four rows: the to-previous values on a line of their own
+        assert lines[1] == f"≈prev img {last.sim_prev:.2f} txt {last.text_prev:.2f} " \
+                           f"cap {last.cross_prev:.2f}", lines
+        assert len(lines) == 4 and lines[2].strip() and lines[3].strip()  # the sparkline
+    else:  # two rows (-short), 22 columns: the label, shortened, then the sparkline
+        assert lines[0] == f"≈st img {image} txt {text}", lines
+        assert len(lines) == 2 and not lines[1].startswith("≈")

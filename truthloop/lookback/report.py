@@ -37,7 +37,9 @@ from truthloop.sweep.spec import SpecError, read_spec, trajectories
 from truthloop.text import count, html_text, visible
 
 REPORT_DIR = "report"
-FIT_MODEL = "floor + (start − floor) · exp(−rate · generation)"
+FIT_MODEL = "floor + (start - floor) * exp(-rate * generation)"
+# What the figures call the measures: Pillow's default font has no arrows or dashes.
+FIGURE_LABELS = {"image": "image-image", "text": "text-text", "cross": "caption-image"}
 
 
 class ReportError(Exception):
@@ -273,16 +275,16 @@ def draw_curves(report: dict[str, Any], measure: str, width: int = 980, height: 
     the interquartile band (shaded) and the fitted decay (dashed). None without data."""
     from PIL import Image, ImageDraw
 
-    spec = ms.MEASURES[measure]
     groups = [g for g in report["groups"] if g["curves"][measure]]
     if not groups:
         return None
     canvas = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(canvas)
     embedding = ", ".join(report["embeddings"]) or "the run's embedder"
-    top = _header(draw, width, f"{spec.label}: similarity to the start over generations", [
+    top = _header(draw, width, f"{FIGURE_LABELS[measure]}: similarity to the start over "
+                  "generations", [
         (f"cosine of {embedding} embeddings; line: median over the runs that reached the "
-         f"generation, band: 25th–75th percentile, dashed: fitted {FIT_MODEL}", GREY),
+         f"generation, band: 25th-75th percentile, dashed: fitted {FIT_MODEL}", GREY),
         *_tiny_lines(report)])
     font, small = _font(12), _font(11)
     legend_width = 300
@@ -356,8 +358,8 @@ def draw_curves(report: dict[str, Any], measure: str, width: int = 980, height: 
         y += _line_height(font)
         if fit:
             half = fit["half_life"]
-            detail = (f"rate {fit['rate']:.3f}/gen, floor {fit['floor']:.2f}"
-                      + (f", half-life {half:.1f}" if half is not None else ""))
+            detail = (f"rate {_rate_text(fit['rate'])}/gen, floor {fit['floor']:.2f}"
+                      + (f", half-life {_rate_text(half)}" if half is not None else ""))
         else:
             detail = "too few points to fit"
         draw_text(draw, (legend_x + 20, y), detail, small, GREY)
@@ -367,6 +369,11 @@ def draw_curves(report: dict[str, Any], measure: str, width: int = 980, height: 
         draw_text(draw, (legend_x, y), f"+ {count(len(legend) - 12, 'group')} more "
                   "(report.html lists all)", small, GREY)
     return canvas, {"groups": shown, "x": (x0, x1), "y": (y0, y1)}
+
+
+def _rate_text(value: float) -> str:
+    """3 significant digits: 0.0123, 0.15, 38.0."""
+    return f"{value:.3g}"
 
 
 def draw_convergence(report: dict[str, Any], width: int = 980) -> Any:
@@ -382,7 +389,7 @@ def draw_convergence(report: dict[str, Any], width: int = 980) -> Any:
     draw = ImageDraw.Draw(canvas)
     top = _header(draw, width, "Convergence per group", [
         ("left: share of runs that converged (k of n); right: images drawn before converging "
-         "(box 25th–75th percentile, tick median, whiskers min–max)", GREY),
+         "(box 25th-75th percentile, tick median, whiskers min-max)", GREY),
         *_tiny_lines(report)])
     label_width, bar_left, bar_right = 250, 270, 520
     box_left, box_right = 580, width - 30
@@ -500,28 +507,34 @@ def draw_rates(report: dict[str, Any], width: int = 980) -> Any | None:
     canvas = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(canvas)
     top = _header(draw, width, "Drift rate per group (per generation)", [
-        (f"rate of the fitted {FIT_MODEL}; dot: one fit to all the group's runs, whiskers: "
-         "25th–75th percentile of the runs' own fits. Higher: the start is forgotten faster",
-         GREY), *_tiny_lines(report)])
+        (f"rate of the fitted {FIT_MODEL}, on a log scale; dot: one fit to all the group's "
+         "runs, whiskers: 25th-75th percentile of the runs' own fits. Higher: the start is "
+         "forgotten faster", GREY), *_tiny_lines(report)])
     label_width = 250
-    panels = [("image", ms.MEASURES["image"].label, 280, 600), ("text",
-                                                                 ms.MEASURES["text"].label,
-                                                                 640, width - 30)]
-    for measure, title, lo_x, hi_x in panels:
+    panels = [("image", 280, 600), ("text", 640, width - 30)]
+    for measure, lo_x, hi_x in panels:
         rates = [g["fits"][measure]["rate"] for g in groups if g["fits"][measure]]
-        rates += [g["run_rates"][measure]["q75"] for g in groups if g["run_rates"][measure]]
-        most = max(rates, default=0.0) * 1.1 or 1.0
+        rates += [v for g in groups if g["run_rates"][measure]
+                  for v in (g["run_rates"][measure]["q25"], g["run_rates"][measure]["q75"])]
+        low = 10 ** math.floor(math.log10(max(min(rates, default=0.01), ms.RATE_MIN)))
+        high = 10 ** math.ceil(math.log10(max(max(rates, default=1.0), low * 10)))
 
-        def rx(v: float, lo_x: int = lo_x, hi_x: int = hi_x, most: float = most) -> float:
-            return lo_x + min(v, most) / most * (hi_x - lo_x)
+        def rx(v: float, lo_x: int = lo_x, hi_x: int = hi_x, low: float = low,
+               high: float = high) -> float:
+            v = min(high, max(low, v))
+            return lo_x + math.log10(v / low) / math.log10(high / low) * (hi_x - lo_x)
 
-        draw_text(draw, (lo_x, top - 4), title, font, BLACK)
+        draw_text(draw, (lo_x, top - 4), FIGURE_LABELS[measure], font, BLACK)
         axis_y = top + 18 + row * len(groups)
-        for v in _ticks(0, most, 5):
-            draw.line([rx(v), top + 16, rx(v), axis_y], fill=LIGHT)
-            text = f"{v:g}"
-            draw_text(draw, (rx(v) - text_length(small, text) / 2, axis_y + 4), text, small,
-                      GREY)
+        decade = low
+        while decade <= high * 1.0001:
+            draw.line([rx(decade), top + 16, rx(decade), axis_y], fill=LIGHT)
+            text = f"{decade:g}"
+            draw_text(draw, (rx(decade) - text_length(small, text) / 2, axis_y + 4), text,
+                      small, GREY)
+            decade *= 10
+        draw_text(draw, ((lo_x + hi_x) / 2 - 50, axis_y + 20), "rate per generation", small,
+                  GREY)
         for number, group in enumerate(groups):
             y = top + 18 + number * row + row / 2
             spread = group["run_rates"][measure]
@@ -600,7 +613,7 @@ def draw_motif_sheet(sweep_dir: Path, report: dict[str, Any], motif: dict[str, A
                        outline=colour(motif["id"]), width=2)
         label = f"attractor {attractor['id']} · {member.split('-')[0]}"
         draw_text(draw, (x, y + SHEET_TILE + 4), label, font, BLACK)
-        for row, text in enumerate(wrap_text(" → ".join(attractor["prompts"]), small,
+        for row, text in enumerate(wrap_text(" -> ".join(attractor["prompts"]), small,
                                              SHEET_TILE, 2)):
             draw_text(draw, (x, y + SHEET_TILE + 4 + line + row * small_line), text, small, GREY)
     return canvas
