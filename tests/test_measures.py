@@ -274,3 +274,13 @@ async def test_drift_panel_says_the_three_pairs_of_a_recorded_run(tmp_path, size
     else:  # two rows (-short), 22 columns: the label, shortened, then the sparkline
         assert lines[0] == f"≈st img {image} txt {text}", lines
         assert len(lines) == 2 and not lines[1].startswith("≈")
+
+
+def test_a_fit_says_when_it_cannot_see_a_rate():
+    flat = fit_decay([(g, 0.9995) for g in range(1, 8)])  # a fall of 0.0005: no drift
+    assert flat.no_drift and flat.rate == 0.0 and flat.half_life is None
+    assert flat.to_json()["no_drift"] is True
+    sudden = fit_decay([(g, 0.3) for g in range(1, 8)])  # all gone by generation 1
+    assert sudden.within_one_generation and sudden.floor == pytest.approx(0.3, abs=1e-6)
+    slow = fit_decay([(g, 0.5 + 0.5 * math.exp(-0.2 * g)) for g in range(1, 20)])
+    assert not slow.within_one_generation and not slow.no_drift

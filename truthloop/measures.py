@@ -199,6 +199,17 @@ class DecayFit:
     def half_life(self) -> float | None:
         return math.log(2) / self.rate if self.rate > 0 else None
 
+    @property
+    def no_drift(self) -> bool:
+        """The points never left the start (a rate of 0: none the fit can see)."""
+        return self.rate == 0.0
+
+    @property
+    def within_one_generation(self) -> bool:
+        """The fall to the floor was over by generation 1 (the gap shrank a thousandfold): the
+        points say the rate is at least ln 1000 per generation, not what it is."""
+        return self.rate >= SUDDEN_RATE
+
     def predict(self, g: float) -> float:
         return self.floor + (self.start - self.floor) * math.exp(-self.rate * g)
 
@@ -207,10 +218,13 @@ class DecayFit:
         return {"model": "floor + (start - floor) * exp(-rate * generation)",
                 "rate": round(self.rate, 6), "floor": round(self.floor, 6),
                 "start": round(self.start, 6), "half_life": None if half is None else round(half, 4),
-                "rmse": round(self.rmse, 6), "points": self.points}
+                "rmse": round(self.rmse, 6), "points": self.points,
+                "no_drift": self.no_drift, "within_one_generation": self.within_one_generation}
 
 
 RATE_MIN, RATE_MAX = 1e-4, 50.0
+SUDDEN_RATE = math.log(1000)  # exp(-rate) < 1/1000: gone by generation 1
+FLAT = 1e-3  # a fitted fall (start - floor) smaller than this is no drift
 
 
 def _floor_for(groups: Sequence[tuple[float, float, int]], rate: float, start: float
@@ -273,8 +287,12 @@ def fit_decay(points: Sequence[tuple[float, float]], start: float = 1.0) -> Deca
     log_rate = (lo + hi) / 2
     if errors[best] < error(log_rate):
         log_rate = grid[best]
-    floor, sse = _floor_for(groups, math.exp(log_rate), start)
-    return DecayFit(rate=math.exp(log_rate), floor=floor, start=start,
+    rate = math.exp(log_rate)
+    floor, sse = _floor_for(groups, rate, start)
+    if abs(start - floor) < FLAT:  # no fall to speak of: its rate would be noise
+        rate, floor = 0.0, start
+        sse = sum(n * (mean - start) ** 2 for _, mean, n in groups)
+    return DecayFit(rate=rate, floor=floor, start=start,
                     rmse=math.sqrt(max(0.0, sse + within) / count), points=count)
 
 

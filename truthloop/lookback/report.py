@@ -107,17 +107,22 @@ def _spread(values: list[float]) -> dict[str, Any] | None:
             "q75": ms.quantile(values, 0.75), "max": max(values), "n": len(values)}
 
 
-def _fit(runs: list[dict[str, Any]], measure: str) -> ms.DecayFit | None:
-    """The group's drift: one fit to every run's points (generation > 0)."""
+def _fit(runs: list[dict[str, Any]], measure: str) -> dict[str, Any] | None:
+    """The group's drift: one fit to every run's points past the start; "from_generation":
+    the generation its own generation 0 is."""
     points = [p for run in runs for p in run["series"][measure]]
     if ms.MEASURES[measure].anchored:
-        start = 1.0
-    else:  # caption-image has no value fixed by definition: the observed start
-        first = [v for g, v in points if g == 0]
-        if not first:
-            return None
-        start = ms.median(first)
-    return ms.fit_decay(points, start=start)
+        fit, first = ms.fit_decay(points, start=1.0), 0
+    elif not points:
+        return None
+    else:
+        # Caption-image has no value fixed by definition (and a run from a prompt has no
+        # caption at generation 0): the start is the median at its first generation, and the
+        # fit counts from there.
+        first = min(g for g, _ in points)
+        start = ms.median([v for g, v in points if g == first])
+        fit = ms.fit_decay([(g - first, v) for g, v in points], start=start)
+    return None if fit is None else {**fit.to_json(), "from_generation": first}
 
 
 def group_stats(label: str, settings: dict[str, Any], runs: list[dict[str, Any]],
@@ -141,8 +146,7 @@ def group_stats(label: str, settings: dict[str, Any], runs: list[dict[str, Any]]
     }
     for name in ms.MEASURES:
         stats["curves"][name] = ms.curve([r["series"][name] for r in runs])
-        fit = _fit(runs, name)
-        stats["fits"][name] = None if fit is None else fit.to_json()
+        stats["fits"][name] = _fit(runs, name)
         points = [p for r in runs for p in r["series"][name]]
         stats["slopes"][name] = ms.linear_slope(points)
         # per-generation means past the start (the Telephone Game's MCD and its code's SDR)
@@ -337,13 +341,13 @@ def draw_curves(report: dict[str, Any], measure: str, width: int = 980, height: 
         for x, y in line:
             draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour(number))
         fit = group["fits"][measure]
-        if fit:
+        if fit and not fit["no_drift"]:
             model = ms.DecayFit(fit["rate"], fit["floor"], fit["start"], fit["rmse"],
                                 fit["points"])
             steps = 120
-            dashes = [(px(x0 + (x1 - x0) * i / steps),
-                       py(min(y1, max(y0, model.predict(x0 + (x1 - x0) * i / steps)))))
-                      for i in range(steps + 1)]
+            origin = fit.get("from_generation", 0)
+            xs = [origin + (x1 - origin) * i / steps for i in range(steps + 1)]
+            dashes = [(px(x), py(min(y1, max(y0, model.predict(x - origin))))) for x in xs]
             for i in range(0, steps, 2):
                 draw.line([dashes[i], dashes[i + 1]], fill=colour(number), width=1)
         legend.append((group["group"], fit))
@@ -356,12 +360,7 @@ def draw_curves(report: dict[str, Any], measure: str, width: int = 980, height: 
         text = _legend_label(label, font, legend_width - 40)
         draw_text(draw, (legend_x + 20, y), text, font, BLACK)
         y += _line_height(font)
-        if fit:
-            half = fit["half_life"]
-            detail = (f"rate {_rate_text(fit['rate'])}/gen, floor {fit['floor']:.2f}"
-                      + (f", half-life {_rate_text(half)}" if half is not None else ""))
-        else:
-            detail = "too few points to fit"
+        detail = fit_text(fit)
         draw_text(draw, (legend_x + 20, y), detail, small, GREY)
         y += _line_height(small) + 6
         shown.append(text)
@@ -371,9 +370,18 @@ def draw_curves(report: dict[str, Any], measure: str, width: int = 980, height: 
     return canvas, {"groups": shown, "x": (x0, x1), "y": (y0, y1)}
 
 
-def _rate_text(value: float) -> str:
-    """3 significant digits: 0.0123, 0.15, 38.0."""
-    return f"{value:.3g}"
+def fit_text(fit: dict[str, Any] | None) -> str:
+    """A fit in words: `rate 0.15/gen, floor 0.40, half-life 4.62`, or what it cannot say."""
+    if not fit:
+        return "too few points to fit"
+    if fit["no_drift"]:
+        return f"no drift (stays at {fit['start']:.2f})"
+    if fit["within_one_generation"]:
+        return f"fell within one generation, to {fit['floor']:.2f}"
+    if fit["floor"] <= -0.999:  # still falling straight: no floor in sight
+        return f"rate {fit['rate']:.3g}/gen, no floor reached yet"
+    return (f"rate {fit['rate']:.3g}/gen, floor {fit['floor']:.2f}, "
+            f"half-life {fit['half_life']:.3g}")
 
 
 def draw_convergence(report: dict[str, Any], width: int = 980) -> Any:
@@ -394,7 +402,7 @@ def draw_convergence(report: dict[str, Any], width: int = 980) -> Any:
     label_width, bar_left, bar_right = 250, 270, 520
     box_left, box_right = 580, width - 30
     spreads = [g["iterations_to_converge"] for g in groups if g["iterations_to_converge"]]
-    most = max([s["max"] for s in spreads], default=1) or 1
+    most = max([s["max"] for s in spreads], default=1) * 1.05 or 1
 
     def bx(v: float) -> float:
         return box_left + v / most * (box_right - box_left)
@@ -511,11 +519,12 @@ def draw_rates(report: dict[str, Any], width: int = 980) -> Any | None:
          "runs, whiskers: 25th-75th percentile of the runs' own fits. Higher: the start is "
          "forgotten faster", GREY), *_tiny_lines(report)])
     label_width = 250
-    panels = [("image", 280, 600), ("text", 640, width - 30)]
+    panels = [("image", 280, 590), ("text", 670, width - 30)]
     for measure, lo_x, hi_x in panels:
         rates = [g["fits"][measure]["rate"] for g in groups if g["fits"][measure]]
         rates += [v for g in groups if g["run_rates"][measure]
                   for v in (g["run_rates"][measure]["q25"], g["run_rates"][measure]["q75"])]
+        rates = [r for r in rates if r > 0]  # a log scale: "no drift" is said in words
         low = 10 ** math.floor(math.log10(max(min(rates, default=0.01), ms.RATE_MIN)))
         high = 10 ** math.ceil(math.log10(max(max(rates, default=1.0), low * 10)))
 
@@ -543,9 +552,16 @@ def draw_rates(report: dict[str, Any], width: int = 980) -> Any | None:
                 for end in (spread["q25"], spread["q75"]):
                     draw.line([rx(end), y - 5, rx(end), y + 5], fill=GREY)
             fit = group["fits"][measure]
-            if fit:
+            if fit and fit["no_drift"]:  # said on a white ground, over the whiskers
+                box = text_length(small, "no drift (group fit)")
+                draw.rectangle([lo_x + 2, y - 8, lo_x + 8 + box, y + 7], fill=WHITE,
+                               outline=(170, 170, 170))
+                draw_text(draw, (lo_x + 5, y - 7), "no drift (group fit)", small, GREY)
+            elif fit:
                 x = rx(fit["rate"])
                 draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=colour(number), outline=BLACK)
+                if fit["within_one_generation"]:  # the rate is a lower bound
+                    draw_text(draw, (x + 9, y - 7), "all within 1 generation", small, GREY)
     for number, group in enumerate(groups):
         y = top + 18 + number * row + 7
         draw_text(draw, (16, y), _legend_label(group["group"], font, label_width), font, BLACK)
@@ -719,11 +735,7 @@ def _number(value: Any, digits: int = 3) -> str:
 
 
 def _fit_cell(fit: dict[str, Any] | None) -> str:
-    if not fit:
-        return "–"
-    half = fit["half_life"]
-    return (f"{fit['rate']:.3f}/gen (floor {fit['floor']:.2f}"
-            + (f", half-life {half:.1f}" if half is not None else "") + ")")
+    return fit_text(fit) if fit else "–"
 
 
 def _group_table(groups: list[dict[str, Any]]) -> str:
@@ -795,8 +807,8 @@ def html_page(report: dict[str, Any], figures: dict[str, bytes]) -> str:
         "that reached that generation. Runs that converged stop, so late generations hold "
         "only the runs still going.</li>"
         f"<li>Drift rate: least-squares fit of <code>{e(FIT_MODEL)}</code> to every point of "
-        "a group past generation 0 (start = 1 within a modality; the observed median at "
-        "generation 0 for caption ↔ image). Each generation keeps a share of what is left of "
+        "a group past generation 0 (start = 1 within a modality; for caption ↔ image, the "
+        "observed median at its first generation, counted from there). Each generation keeps a share of what is left of "
         "the start, and unrelated content does not fall to 0 but to a floor the embedding "
         "gives unrelated pairs, so a straight line would depend on how long the runs were. "
         "Half-life: generations for the distance left to the floor to halve. groups.csv also "
@@ -896,5 +908,5 @@ def describe(report: dict[str, Any]) -> list[str]:
             f"  {visible(g['group'])}: {g['converged']}/{g['runs']} converged"
             + (f" after a median {its['median']:g} images" if its else "")
             + f"; {count(g['attractors'], 'attractor')}"
-            + (f"; image drift {image['rate']:.3f}/gen" if image else ""))
+            + (f"; image drift: {fit_text(image)}" if image else ""))
     return lines
