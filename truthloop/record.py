@@ -37,7 +37,7 @@ class Record:
     cross_start: float | None = None
     # Near repeats (--converge text / image): the earlier iteration most similar to this one
     # when that similarity reaches the threshold, and the similarity; `converged_by` names the
-    # criterion on the iteration where `near_window` near repeats in a row ended the run.
+    # criterion on the iteration that completed `near_window` near repeats in a row.
     near_of: int | None = None
     near_sim: float | None = None
     converged_by: str | None = None
