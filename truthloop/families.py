@@ -93,7 +93,7 @@ GENERATORS: dict[str, GeneratorFamily] = {family.name: family for family in (
         defaults={"steps": 4, "guidance": 1.0, "width": None, "height": None,
                   "negative_prompt": ""},
         takes_negative_prompt=False, swaps_scheduler=False, fast_paths=False,
-        licence="Apache-2.0", download_gb=16.0, memory_gb=17.0,
+        licence="Apache-2.0", download_gb=16.0, memory_gb=20.0,
         about="Black Forest Labs' 4B distilled model (Qwen3 text encoder), 1024x1024",
     ),
     GeneratorFamily(
