@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ def test_the_caption_is_the_model_cards_plain_generate(tiny_dir, captioner):
 
 
 def test_captions_are_words_that_follow_the_image(tiny_dir, captioner):
-    vocabulary = set((__import__("pathlib").Path(tiny_dir) / "vocab.txt").read_text().split())
+    vocabulary = set((Path(tiny_dir) / "vocab.txt").read_text().split())
     captions = [captioner.caption(_image(seed)) for seed in (1, 2, 3)]
     assert all(caption and set(caption.split()) <= vocabulary for caption in captions), captions
     assert len(set(captions)) > 1, captions  # random weights, but not blind to the picture
