@@ -20,9 +20,10 @@ from truthloop import events as ev
 from truthloop.config import (
     CAPTION_MODES, DEFAULT_RUNS_DIR, DEVICES, FEED_MODES, INTERROGATOR_OPTIONS, INTERROGATORS,
     OPTION_FIELDS, PRESETS, PREVIEWS, SCHEDULERS, SEED_MODES, SEED_NEGATIVE_PROMPT, ConfigError,
-    RunConfig, apply_demo, apply_pair_defaults, apply_preset,
+    LoopConfig, RunConfig, apply_demo, apply_pair_defaults, apply_preset,
 )
 from truthloop.families import CAPTIONERS, DEFAULT_INSTRUCTION, GENERATORS
+from truthloop.lookback import report_command
 from truthloop.text import clip, count, visible
 
 SAMPLE_IMAGE = Path(__file__).parent / "data" / "sample.png"
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lookback_commands(sub)
     _add_fork_compare_commands(sub)
     _add_sweep_commands(sub)
+    report_command.add_parser(sub)
     for name, command in sub.choices.items():
         config = RunConfig()
         if name == "demo":
@@ -277,6 +279,18 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     loop.add_argument("--max-iters", type=int)
     loop.add_argument("--confirm-iters", type=int,
                       help="after the first repeat, keep going N iterations to confirm the cycle")
+    loop.add_argument("--converge", choices=LoopConfig.CONVERGE_CRITERIA,
+                      help="exact: a compared prompt repeats word for word; text / image: a near "
+                           "repeat (CLIP cosine >= --near-threshold to an earlier iteration, "
+                           "--near-window in a row)")
+    loop.add_argument("--near-threshold", type=float, metavar="COSINE",
+                      help="--converge text|image: the cosine that makes a near repeat")
+    loop.add_argument("--near-window", type=int, metavar="N",
+                      help="--converge text|image: near repeats in a row that end the run")
+    loop.add_argument("--control", choices=[c for c in LoopConfig.CONTROLS if c],
+                      help="a control run: generator-only redraws the start prompt with a new "
+                           "seed each iteration; captioner-only captions the start image again; "
+                           "both run to --max-iters")
 
 
 def config_from_args(args: argparse.Namespace, demo: bool = False) -> RunConfig:
@@ -698,7 +712,7 @@ def cmd_sweep_or_atlas(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "resume": cmd_resume, "view": cmd_view,
-            "tiny": cmd_tiny, "models": cmd_models, "runs": cmd_lookback, "export": cmd_lookback,
+            "tiny": cmd_tiny, "models": cmd_models, "report": report_command.cmd_report, "runs": cmd_lookback, "export": cmd_lookback,
             "sweep": cmd_sweep_or_atlas, "atlas": cmd_sweep_or_atlas,
             "fork": cmd_fork, "compare": cmd_compare}
 

@@ -82,7 +82,9 @@ GENERATORS: dict[str, GeneratorFamily] = {family.name: family for family in (
     ),
     GeneratorFamily(
         "sdxl", "Stable Diffusion XL", "StableDiffusionXLPipeline",
-        defaults={"steps": 50, "guidance": 5.0, "width": None, "height": None},
+        # The model card's plain call: no negative prompt (--negative-prompt gives one).
+        defaults={"steps": 50, "guidance": 5.0, "width": None, "height": None,
+                  "negative_prompt": ""},
         takes_negative_prompt=True, swaps_scheduler=True, fast_paths=False,
         licence="OpenRAIL++-M", download_gb=13.9, memory_gb=11.0,
         about="1024x1024; the generator of Hintze et al. 2025 and The Telephone Game's baseline",

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from truthloop.config import (
-    CAPTION_MODES, FEED_MODES, SCHEDULERS, SEED_MODES, ConfigError, RunConfig, pair_settings,
+    CAPTION_MODES, FEED_MODES, SCHEDULERS, SEED_MODES, ConfigError, LoopConfig, RunConfig,
+    pair_settings,
 )
 from truthloop.families import CAPTIONERS, GENERATORS
 from truthloop.text import count
@@ -44,10 +45,17 @@ GRID_FIELDS: dict[str, tuple[str, str, Any]] = {
     # except the options the sweep's command line gave.
     "generator": ("models", "generator", str),
     "captioner": ("models", "captioner", str),
+    # The studies' controls beside the loop (control=none,generator-only,captioner-only) and the
+    # convergence criterion.
+    "control": ("loop", "control", str),
+    "converge": ("loop", "converge", str),
 }
+# Grid spellings of values that have none on the command line.
+_GRID_ALIASES = {"control": {"none": ""}}
 _CHOICES = {"feed": FEED_MODES, "seed-mode": SEED_MODES, "mode": CAPTION_MODES,
             "scheduler": SCHEDULERS, "generator": tuple(GENERATORS),
-            "captioner": tuple(CAPTIONERS)}
+            "captioner": tuple(CAPTIONERS), "control": ("none", *filter(None, LoopConfig.CONTROLS)),
+            "converge": LoopConfig.CONVERGE_CRITERIA}
 
 
 class SpecError(ValueError):
@@ -103,6 +111,7 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             if name in _CHOICES and typed not in _CHOICES[name]:
                 raise SpecError(f"--grid {name}: unknown {value!r}; choose from "
                                 f"{', '.join(_CHOICES[name])}")
+            typed = _GRID_ALIASES.get(name, {}).get(typed, typed)
             if typed not in parsed:
                 parsed.append(typed)
         grid[name] = parsed
@@ -218,7 +227,8 @@ def trajectories(spec: dict[str, Any]) -> list[Trajectory]:
                     config["input_image"] = start["image"]
                 else:
                     config["start_prompt"] = start["prompt"]
-                tail = "".join(f"-{_short(n)}{v}" for n, v in settings.items())
+                tail = "".join(f"-{_short(n)}{v if v != '' else 'none'}"
+                               for n, v in settings.items())
                 name = f"{number:05d}-{stem}-s{seed}{tail}"
                 out.append(Trajectory(number, name, start, seed, settings, config))
                 number += 1
@@ -228,7 +238,7 @@ def trajectories(spec: dict[str, Any]) -> list[Trajectory]:
 def _short(name: str) -> str:
     return {"clauses": "c", "feed": "feed-", "seed-mode": "", "mode": "m-", "steps": "st",
             "guidance": "g", "scheduler": "", "chunk-size": "cs", "generator": "",
-            "captioner": ""}[name]
+            "captioner": "", "control": "ctl-", "converge": "cv-"}[name]
 
 
 # -- sweep.json ---------------------------------------------------------------------------------
