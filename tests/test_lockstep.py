@@ -219,6 +219,11 @@ def test_a_tiny_batch_repeats_itself_and_resumes(tmp_path, tiny_interrogator, ca
         assert one[:2] == two[:2]  # records and images
         info = json.loads((tmp_path / "one" / f"s{seed}" / "run.json").read_text())
         assert info["batch"]["size"] == 3
+        # The drift measures' text side is served in batches too (one call for the batch).
+        assert all(r.text_start is not None for r in read_run(tmp_path / "one" / f"s{seed}")
+                   .records)
+    assert "text" in {kind for kind, _ in first.models.batch_sizes} or any(
+        tick.kind == "text" for tick in first.ticks)
     run_dir = tmp_path / "one" / "s2"
     assert main(["resume", str(run_dir), "--headless", "--max-iters", "3"]) == 0
     view = read_run(run_dir)

@@ -34,9 +34,9 @@ from truthloop.config import RunConfig
 from truthloop.loop import Backends, LoopControl, LoopFailed, StopRequested, TruthLoop
 from truthloop.store import RUN_FILE, RunDirError, read_records, update_run_info
 
-PAINT, CAPTION, FEATURES = "paint", "caption", "features"
+PAINT, CAPTION, FEATURES, TEXT = "paint", "caption", "features", "text"
 # Served in this order within a tick (any fixed order is deterministic).
-KINDS = (FEATURES, CAPTION, PAINT)
+KINDS = (FEATURES, TEXT, CAPTION, PAINT)
 
 
 class Stream(Protocol):
@@ -257,7 +257,7 @@ class Lockstep:
         stream = models.stream(config)
         painter = _SlotPainter(self, slot, stream)
         captioner = _SlotCaptioner(self, slot)
-        embedder = _SlotEmbedder(self, slot) if models.has_embedder else None
+        embedder = _SlotEmbedder(self, slot, models) if models.has_embedder else None
         return Backends(captioner=captioner, painter=painter, embedder=embedder,
                         device=models.device, details=models.details, loaded=models.loaded)
 
@@ -338,6 +338,14 @@ class Lockstep:
                 out = self.models.paint(prompts, streams, on_step,
                                         self.size if self.pad else None)
                 self.images += len(group)
+            elif kind == TEXT:
+                # Each trajectory asks for a few prompts' features: one call for all of them.
+                asked = [s.request[1][0] for s in group]
+                found = self.models.text_features([p for prompts in asked for p in prompts])
+                out, at = [], 0
+                for prompts in asked:
+                    out.append(found[at:at + len(prompts)])
+                    at += len(prompts)
             else:
                 images = [s.request[1][0] for s in group]
                 out = (self.models.caption if kind == CAPTION else self.models.features)(images)
@@ -375,11 +383,17 @@ class _SlotCaptioner:
 
 
 class _SlotEmbedder:
-    def __init__(self, engine: Lockstep, slot: _Slot):
+    def __init__(self, engine: Lockstep, slot: _Slot, models: Any):
         self.engine, self.slot = engine, slot
+        if callable(getattr(models, "text_features", None)):
+            # The drift measures' text side (loop.text_encoder looks for this attribute).
+            self.text_features = self._text_features
 
     def features(self, image: Any) -> Any:
         return self.engine._request(self.slot, FEATURES, (image,))
+
+    def _text_features(self, prompts: list[str]) -> Any:
+        return self.engine._request(self.slot, TEXT, (list(prompts),))
 
 
 def _read_info(run_dir: Path) -> dict[str, Any]:

@@ -229,6 +229,9 @@ class BatchedBackends:
                                      map=self.map)
         return self._blip
 
+    def text_features(self, prompts: list[str]) -> list[Any]:
+        return self.backends.embedder.text_features(prompts)
+
     def features(self, images: list[Any]) -> list[Any]:
         embedder = self.backends.embedder
         if self.exact or embedder.fast is None:
