@@ -7,7 +7,7 @@ a fresh box (each torch.compile there costs 50-150 s):
     python bench/bench_hardware.py --part fp8         # --batch 16 + FP8 vs the single-run default
     python bench/bench_hardware.py --part iteration   # seed stack vs truthloop --compile, PNG save apart
     python bench/bench_hardware.py --part flops       # FLOPs of the UNet step and VAE decode (meta device)
-    python bench/bench_hardware.py --part all --tiny  # CPU dry run of every part on the tiny models
+    python bench/bench_hardware.py --part all --tiny  # CPU dry run of every part, tiny models (~3 min)
 
 Every part prints its rows as they are measured (a timeout still leaves numbers), then a table,
 and writes the numbers as JSON (--json). A part stops starting new work once --budget-s seconds
@@ -339,6 +339,9 @@ class PeakBench:
         if attention == "cudnn":
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
+            if DEVICE != "cuda":
+                raise RuntimeError("cuDNN attention needs a CUDA GPU")
+
             plain = call
 
             def call(sample, timestep, text):  # noqa: F811
@@ -428,13 +431,14 @@ class PeakBench:
 
 KERNEL_KINDS = (  # (kind, substrings of a lowercased kernel name); the first match wins
     ("attention", ("flash", "fmha", "attention", "sdpa", "softmax")),
-    ("fp8 scaling", ("amax", "float8", "e4m3", "quantize")),
-    ("norm", ("norm", "welford")),
     ("conv layout", ("nchwtonhwc", "nhwctonchw")),
     ("conv", ("conv", "fprop", "implicit_gemm", "winograd", "dgrad")),
+    # float8 GEMMs too (their names carry e4m3): before the FP8 scaling's casts
     ("gemm", ("gemm", "nvjet", "cutlass", "matmul", "scaled_mm", "xmma", "wgmma", "triton_tem",
-              "addmm", "aten::mm", "aten::bmm", "linear")),
-    ("copies", ("memcpy", "memset", "copy_")),
+              "aten::addmm", "aten::mm", "aten::bmm", "aten::linear")),
+    ("norm", ("norm", "welford")),  # a norm fused with an activation's amax counts here
+    ("fp8 scaling", ("amax", "float8", "e4m3", "quantize")),
+    ("copies", ("memcpy", "memset", "aten::copy_")),
 )
 
 
@@ -517,51 +521,65 @@ def part_peak(args, budget: Budget) -> None:
         ["variant", "B", "ms / UNet call", "TFLOP/s", "% dense fp16 peak", "s / image (UNet)",
          "s / image (drawing)", "drawing % peak", "1st call s", "peak GiB", "note"])
     RESULTS["peak"] = []
-    if budget.allows(20, "the VAE decode (eager)"):
-        bench.vae(compiled=False)
-    for size, name in jobs:
-        if size == "profile":
-            profile_part(args, bench, name, budget)
-            if any(PEAK_VARIANTS[v][1] for v in chosen) and budget.allows(
-                    max(args.compile_estimate_s / 3, 30), "the VAE decode (compiled)"):
-                _guarded(lambda: bench.vae(compiled=True), "VAE decode compiled")
-            continue
-        if not budget.allows(bench.estimate(name, size), f"{name} at batch {size}"):
-            report.add(PEAK_LABELS[name], size, note="skipped: time budget")
-            continue
-        log(f"{name} at batch {size} ...")
-        try:
-            result = bench.measure(name, size)
-        except Exception as error:  # noqa: BLE001 - one variant's failure must not end the call
-            message = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-            RESULTS["peak"].append({"variant": name, "size": size, "error": message})
-            report.add(PEAK_LABELS[name], size, note=f"FAILED {message}")
-            continue
-        compiled = PEAK_VARIANTS[name][1]
+
+    def cells(result: dict) -> list:
+        """A measured variant's row, its drawing columns with the VAE decode known by now."""
+        compiled = PEAK_VARIANTS[result["variant"]][1]
         vae = bench.vae_seconds.get("compiled" if compiled else "eager",
                                     bench.vae_seconds.get("eager"))
         if vae is not None:
             result["drawing_s_per_image"] = result["unet_s_per_image"] + vae
             result["drawing_tflops"] = flops["per_image"] / result["drawing_s_per_image"] / 1e12
-        RESULTS["peak"].append(result)
-        share = f"{100 * result['tflops'] / peak:.1f}%" if peak else "-"
+            result["vae_decode_s"] = vae
         drawing = result.get("drawing_s_per_image")
-        drawing_share = f"{100 * result['drawing_tflops'] / peak:.1f}%" if peak and drawing \
-            else "-"
         notes = []
         if result["graph_failures"]:
             notes.append(f"graph capture FAILED: {result['graph_failures']}")
         if not result["finite"]:
             notes.append("non-finite output (random weights)")
-        if PEAK_VARIANTS[name][0].startswith("fp8"):
-            notes.append(f"{bench.fp8[PEAK_VARIANTS[name][0]]['layers']} layers in float8")
-        report.add(PEAK_LABELS[name], size, f"{result['call_s'] * 1000:.1f}",
-                   f"{result['tflops']:.0f}", share, f"{result['unet_s_per_image']:.3f}",
-                   f"{drawing:.3f}" if drawing else "-", drawing_share,
-                   f"{result['first_call_s']:.1f}", f"{result['peak_gib']:.1f}",
-                   "; ".join(notes))
-    RESULTS["vae_decode_s"] = bench.vae_seconds
-    RESULTS["fp8_layers"] = bench.fp8
+        kind = PEAK_VARIANTS[result["variant"]][0]
+        if kind.startswith("fp8"):
+            notes.append(f"{bench.fp8[kind]['layers']} layers in float8")
+        return [PEAK_LABELS[result["variant"]], result["size"], f"{result['call_s'] * 1000:.1f}",
+                f"{result['tflops']:.0f}",
+                f"{100 * result['tflops'] / peak:.1f}%" if peak else "-",
+                f"{result['unet_s_per_image']:.3f}", f"{drawing:.3f}" if drawing else "-",
+                f"{100 * result['drawing_tflops'] / peak:.1f}%" if peak and drawing else "-",
+                f"{result['first_call_s']:.1f}", f"{result['peak_gib']:.1f}", "; ".join(notes)]
+
+    if budget.allows(20, "the VAE decode (eager)"):
+        _guarded(lambda: bench.vae(compiled=False), "VAE decode eager")
+    try:
+        for size, name in jobs:
+            if size == "profile":
+                profile_part(args, bench, name, budget)
+                if any(PEAK_VARIANTS[v][1] for v in chosen) and budget.allows(
+                        max(args.compile_estimate_s / 3, 30), "the VAE decode (compiled)"):
+                    _guarded(lambda: bench.vae(compiled=True), "VAE decode compiled")
+                continue
+            if not budget.allows(bench.estimate(name, size), f"{name} at batch {size}"):
+                RESULTS["peak"].append({"variant": name, "size": size, "skipped": "time budget"})
+                report.add(PEAK_LABELS[name], size, note="skipped: time budget")
+                continue
+            log(f"{name} at batch {size} ...")
+            try:
+                result = bench.measure(name, size)
+            except Exception as error:  # noqa: BLE001 - one variant's failure must not end it
+                message = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                RESULTS["peak"].append({"variant": name, "size": size, "error": message})
+                report.add(PEAK_LABELS[name], size, note=f"FAILED {message}")
+                continue
+            RESULTS["peak"].append(result)
+            report.add(*cells(result))
+    finally:
+        # The drawing columns again, with the compiled VAE decode measured after the first rows.
+        report.rows = [cells(r) if "call_s" in r else
+                       [PEAK_LABELS[r["variant"]], str(r["size"])] + [""] * 8 +
+                       [f"FAILED {r['error']}" if "error" in r else f"skipped: {r['skipped']}"]
+                       for r in RESULTS["peak"]]
+        report.rows = [[str(c) for c in row] for row in report.rows]
+        RESULTS["vae_decode_s"] = bench.vae_seconds
+        RESULTS["fp8_layers"] = bench.fp8
 
 
 def profile_part(args, bench: PeakBench, size: int, budget: Budget) -> None:
@@ -677,13 +695,15 @@ def part_fp8(args, budget: Budget) -> None:
     size = args.batch
     granularities = [g.strip() for g in args.fp8_granularity.split(",") if g.strip()]
 
-    def variant(label, size_, exact, compile_=False, unet="fp16", estimate=None):
+    compiled_walls: list[float] = []  # wall time of each compiled variant so far
+
+    def variant(label, size_, exact, compile_=False, unet="fp16"):
         iterations = args.reference_iterations if label == "single default" \
             else args.iterations
         count = args.trajectories if exact else max(args.trajectories, size_)
-        need = estimate if estimate is not None else (
-            (args.compile_estimate_s if compile_ else 0) + count * iterations *
-            (1.6 if exact else 0.9))
+        need = count * iterations * (1.6 if exact else 0.9)
+        if compile_:  # a compile (the first also compiles the VAE decoder), then the images
+            need = 1.1 * compiled_walls[-1] if compiled_walls else args.compile_estimate_s + need
         if not budget.allows(need, label):
             return None
         configs = []
@@ -698,6 +718,8 @@ def part_fp8(args, budget: Budget) -> None:
         except Exception as error:  # noqa: BLE001 - the next variants still run
             log(f"{label} FAILED: {type(error).__name__}: {error}")
             return None
+        if compile_ and not exact:
+            compiled_walls.append(result["wall_s"])
         if label != "single default":
             result["vs_single_default"] = compare(bench_batch.RESULTS["variants"]["single default"],
                                                   result)
@@ -944,6 +966,18 @@ def part_iteration(args, budget: Budget) -> None:
                            f"rest {breakdown['rest']:.3f}", f"paint {breakdown['paint']:.3f}")
 
 
+# Options left out take these: the full-size defaults, or a CPU dry run's small ones (--tiny).
+DEFAULTS = {
+    "full": dict(sizes="16,32", calls=10, compile_backend="inductor", batch=16, trajectories=16,
+                 reference_iterations=3, seed_iterations=4),
+    "tiny": dict(sizes="2,3", calls=2, compile_backend="aot_eager", batch=3, trajectories=3,
+                 reference_iterations=2, seed_iterations=3),
+    "fp8": dict(iterations=4, skip=2), "tiny fp8": dict(iterations=3, skip=1),
+    "iteration": dict(iterations=6, skip=3), "tiny iteration": dict(iterations=5, skip=2),
+    "peak": {}, "tiny peak": {}, "flops": {}, "tiny flops": {},
+}
+
+
 def main() -> None:
     import signal
 
@@ -960,29 +994,29 @@ def main() -> None:
                         help="start no new work that would end after this many seconds")
     parser.add_argument("--compile-estimate-s", type=float, default=150.0,
                         help="what one cold torch.compile of the UNet is assumed to take")
-    parser.add_argument("--compile-backend", default="inductor",
-                        help="torch.compile backend of the peak part (aot_eager: a quick dry run)")
+    parser.add_argument("--compile-backend",
+                        help="torch.compile backend of the peak part (inductor; --tiny: aot_eager)")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps an image takes")
     # peak
-    parser.add_argument("--sizes", default="16,32", help="peak: images per batch")
+    parser.add_argument("--sizes", help="peak: images per batch (16,32)")
     parser.add_argument("--variants", default="",
                         help=f"peak: comma list of {', '.join(PEAK_VARIANTS)} (default: "
                              f"{', '.join(CORE)}; --extras adds {', '.join(EXTRAS)})")
     parser.add_argument("--extras", action="store_true", help="peak: also channels-last and "
                                                               "per-tensor FP8 (more compiles)")
-    parser.add_argument("--calls", type=int, default=10, help="peak: timed UNet calls each")
+    parser.add_argument("--calls", type=int, help="peak: timed UNet calls each (10)")
     parser.add_argument("--profile", default="eager,compiled,fp8-compiled",
                         help="peak: variants profiled at the first size")
     parser.add_argument("--peak-tflops", type=float,
                         help="the card's dense fp16 peak (default: from its name)")
     # fp8
-    parser.add_argument("--batch", type=int, default=16, help="fp8: the lockstep batch size")
-    parser.add_argument("--trajectories", type=int, default=16)
-    parser.add_argument("--iterations", type=int, default=None,
+    parser.add_argument("--batch", type=int, help="fp8: the lockstep batch size (16)")
+    parser.add_argument("--trajectories", type=int, help="fp8: trajectories (16)")
+    parser.add_argument("--iterations", type=int,
                         help="images per trajectory (fp8: 4) / per truthloop run (iteration: 6)")
-    parser.add_argument("--reference-iterations", type=int, default=3,
-                        help="fp8: images per trajectory of the single-run default")
-    parser.add_argument("--skip", type=int, default=None,
+    parser.add_argument("--reference-iterations", type=int,
+                        help="fp8: images per trajectory of the single-run default (3)")
+    parser.add_argument("--skip", type=int,
                         help="fp8: drawing batches not timed (2); iteration: iterations not in "
                              "the median (3)")
     parser.add_argument("--fp8-granularity", default="row", help="fp8: row, tensor or row,tensor")
@@ -991,7 +1025,7 @@ def main() -> None:
     parser.add_argument("--fp8-single", action="store_true",
                         help="fp8: also a single run (exact batch 1) compiled with FP8")
     # iteration
-    parser.add_argument("--seed-iterations", type=int, default=4)
+    parser.add_argument("--seed-iterations", type=int, help="iteration: the seed stack's (4)")
     parser.add_argument("--no-compile", action="store_true",
                         help="iteration: leave out the --compile run")
     args = parser.parse_args()
@@ -1004,10 +1038,12 @@ def main() -> None:
         for part in parts:
             log(f"part {part}")
             part_args = argparse.Namespace(**vars(args))
-            if part_args.iterations is None:
-                part_args.iterations = 4 if part == "fp8" else 6
-            if part_args.skip is None:
-                part_args.skip = 2 if part == "fp8" else 3
+            defaults = dict(DEFAULTS["tiny" if args.tiny else "full"])
+            defaults.update(DEFAULTS[("tiny " if args.tiny else "") + part])
+            for name, value in defaults.items():
+                if getattr(part_args, name) is None:
+                    setattr(part_args, name, value)
+            RESULTS.setdefault("part_args", {})[part] = vars(part_args)
             {"flops": part_flops, "peak": part_peak, "fp8": part_fp8,
              "iteration": part_iteration}[part](part_args, budget)
     finally:
