@@ -990,7 +990,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the numbers here")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny checkpoints on the CPU (a dry run of the code, not a speed)")
-    parser.add_argument("--budget-s", type=float, default=540.0,
+    parser.add_argument("--budget-s", type=float, default=520.0,
                         help="start no new work that would end after this many seconds")
     parser.add_argument("--compile-estimate-s", type=float, default=150.0,
                         help="what one cold torch.compile of the UNet is assumed to take")

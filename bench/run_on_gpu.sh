@@ -25,6 +25,11 @@ fi
 if [ "$1" = hardware ]; then  # FP8, the UNet's share of peak, the compiled iteration (bench/bench_hardware.py, issue 24)
     # torchao only here: installed, diffusers imports it in every process (+3.5 s, warnings).
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/fp8/*.whl
+    if [ "${2:-}" = tests ]; then  # hardware tests: tests/test_fp8.py with torchao (its GPU test too)
+        TRUTHLOOP_TEST_CACHE=/tmp/tlcache python3 -m pytest -q -rs -p no:cacheprovider -o addopts= \
+            tests/test_fp8.py "${@:3}" 2>&1 | tee "$out/hardware-tests.log"
+        exit "${PIPESTATUS[0]}"
+    fi
     python3 bench/bench_hardware.py --json "$out/hardware.json" "${@:2}" 2>&1 | tee "$out/hardware.log"
     exit "${PIPESTATUS[0]}"
 fi
