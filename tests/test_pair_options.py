@@ -126,3 +126,17 @@ def test_the_status_line_names_a_pair_other_than_the_seed_one():
     line = StatusBar.second_line(StatusInfo(pair=pair_label(config), device="cuda",
                                             run_dir="/runs/a", sec_per_iter=2.5), 100)
     assert line == "/runs/a  ·  sdxl + llava-1.5  ·  2.50 s/it  ·  device cuda"
+
+
+def test_fp8_is_opt_in_recorded_and_refused_where_it_cannot_work(capsys):
+    assert RunConfig().generate.fp8 is False  # never on by default: it changes images
+    assert config_for("--fp8").generate.fp8 is True
+    for argv, says in ((["--fp8", "--generator", "sdxl"], "--fp8 is truthloop's fast path"),
+                       (["--fp8", "--low-vram"], "--fp8 and --low-vram do not go together")):
+        assert run_main(["run", "--prompt", "x", "--models", "tiny", *argv]) == 2
+        assert says in capsys.readouterr().err
+    # On this CPU machine a run asking for it stops in one line naming why.
+    code = run_main(["run", "--prompt", "x", "--models", "tiny", "--device", "cpu", "--fp8",
+                     "--headless", "--max-iters", "1", "--out", "/tmp/tl-fp8-refused"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err

@@ -268,6 +268,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                           help="torch.compile the UNet and VAE (CUDA; pays off on long runs)")
     generate.add_argument("--no-compile", dest="compile", action="store_false",
                           help="eager kernels, nothing compiled")
+    generate.add_argument("--fp8", action="store_true", default=None,
+                          help="float8 UNet linear layers (torchao; Ada/Hopper GPUs): faster "
+                               "drawing, other images; recorded in run.json")
     generate.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                           default=None, help="launch every kernel eagerly instead of replaying "
                           "CUDA graphs; same numbers either way (for debugging)")

@@ -110,6 +110,9 @@ class GenerateConfig:
     # torch.compile the UNet and the VAE decoder (CUDA only). Faster per image after a one-time
     # compile (cached across processes); not bit-equal to eager, so a run records which it used.
     compile: bool = False
+    # float8 UNet linear layers on Ada/Hopper GPUs (torchao, ml/fp8.py): faster drawing, but other
+    # images, so other attractors: opt-in, recorded, and never changed on resume.
+    fp8: bool = False
 
 
 @dataclass
@@ -161,7 +164,7 @@ OPTION_FIELDS = {
     "width": ("generate", "width"), "height": ("generate", "height"),
     "scheduler": ("generate", "scheduler"), "negative_prompt": ("generate", "negative_prompt"),
     "seed": ("generate", "seed"), "seed_mode": ("generate", "seed_mode"),
-    "compile": ("generate", "compile"),
+    "compile": ("generate", "compile"), "fp8": ("generate", "fp8"),
     "clauses": ("loop", "clauses"), "feed": ("loop", "feed"), "max_iters": ("loop", "max_iters"),
     "confirm_iters": ("loop", "confirm_iters"),
     "converge": ("loop", "converge"), "near_threshold": ("loop", "near_threshold"),
@@ -245,6 +248,8 @@ class RunConfig:
         for name, size in (("width", g.width), ("height", g.height)):
             if size is not None and (size <= 0 or size % 8):
                 raise ConfigError(f"--{name} must be a positive multiple of 8, not {size}")
+        if g.fp8 and self.models.low_vram:
+            raise ConfigError("--fp8 and --low-vram do not go together; choose one")
         if g.compile and self.models.low_vram:
             # Offloading swaps the UNet's weights in around every call; the compiled (and
             # graphed) forward would bypass that.
@@ -266,6 +271,9 @@ def check_pair(config: "RunConfig") -> None:
     generator, captioner = GENERATORS[m.generator], CAPTIONERS[m.captioner]
     if g.compile and not generator.fast_paths:
         raise ConfigError(f"--compile is truthloop's fast path for the sd generator; "
+                          f"{generator.name} runs through diffusers' own pipeline")
+    if g.fp8 and not generator.fast_paths:
+        raise ConfigError(f"--fp8 is truthloop's fast path for the sd generator; "
                           f"{generator.name} runs through diffusers' own pipeline")
     if g.scheduler != "default" and not generator.swaps_scheduler:
         raise ConfigError(f"--scheduler: {generator.name} is a flow-matching model trained for "

@@ -77,13 +77,17 @@ def _load_seed_pair(config: RunConfig, emit: EventSink) -> Backends:
     # UNet's weights around each call, so no graphs there (the same numbers either way).
     cuda_graphs = config.models.cuda_graphs and not config.models.low_vram
     captioner = Captioner(interrogator, config.caption, cuda_graphs=cuda_graphs)
+    painter = Painter(models.pipe, config.generate, models.device, cuda_graphs=cuda_graphs)
+    details = {"generator": config.models.generator, "captioner": config.models.captioner,
+               "clip_name": models.clip_name, "dtype": str(models.dtype)}
+    if painter.fp8 is not None:
+        details["fp8"] = painter.fp8.to_dict()  # which layers run in float8, and how scaled
     return Backends(
         captioner=captioner,
-        painter=Painter(models.pipe, config.generate, models.device, cuda_graphs=cuda_graphs),
+        painter=painter,
         embedder=ClipEmbedder(interrogator, captioner.fast),
         device=models.device,
-        details={"generator": config.models.generator, "captioner": config.models.captioner,
-                 "clip_name": models.clip_name, "dtype": str(models.dtype)},
+        details=details,
         loaded=models.loaded,
     )
 

@@ -62,6 +62,13 @@ class Painter:
         self.preview: Callable[[int, int, int, bytes], None] | None = None
         self.preview_every = 5
         self.graphed_unet = None
+        self.fp8 = None  # truthloop.ml.fp8.Fp8Summary once --fp8 has converted the UNet
+        if config.fp8:
+            from truthloop.ml.fp8 import convert_unet_to_fp8
+
+            # Before the graph wrapper and torch.compile below: they must see the float8
+            # weights. Raises Fp8Unavailable (one line) on a CPU, a pre-Ada GPU, without torchao.
+            self.fp8 = convert_unet_to_fp8(pipe.unet)
         if device == "cuda" and (cuda_graphs or config.compile) \
                 and not _has_offload_hooks(pipe.unet):
             from truthloop.ml.cudagraph import GraphedUNet

@@ -52,6 +52,8 @@ class BatchWorker(TrajectoryWorker):
             if config.generate.compile and not _cuda_here(config):
                 # torch.compile serves the CUDA path only: a new run records what it will do.
                 config.generate.compile = False
+            if config.generate.fp8 and not _cuda_here(config):
+                config.generate.fp8 = False  # likewise float8, which needs an Ada/Hopper GPU
         for number, (job, config) in enumerate(zip(jobs, configs)):
             run_dir = Path(job["run_dir"])
             if (run_dir / RUN_FILE).exists():
