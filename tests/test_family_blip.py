@@ -3,54 +3,24 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+from family_helpers import assert_a_missing_directory_is_one_line, caption_config
+from family_helpers import captioner_fixtures, noise_image, three_captions
 
-
-def _image(seed: int) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
-def _family_config(**changes):
-    """The CaptionConfig a run of the blip family starts with (families.py's defaults)."""
-    from truthloop.config import RunConfig, apply_pair_defaults
-
-    config = RunConfig()
-    config.models.captioner = "blip"
-    apply_pair_defaults(config)
-    return dataclasses.replace(config.caption, **changes)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(truthloop_cache):
-    from truthloop.ml.tiny import tiny_family_model
-
-    return tiny_family_model("captioner", "blip")
-
-
-@pytest.fixture(scope="module")
-def captioner(tiny_dir):
-    from truthloop.ml.families.captioning import load_captioner
-
-    captioner, record = load_captioner("blip", tiny_dir, "cpu", _family_config())
-    return captioner
+tiny_dir, captioner = captioner_fixtures("blip")
 
 
 def test_the_caption_is_the_model_cards_plain_generate(tiny_dir, captioner):
     import torch
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    max_new_tokens = _family_config().caption_max_length
+    max_new_tokens = caption_config("blip").caption_max_length
     assert max_new_tokens == 32
     processor = BlipProcessor.from_pretrained(tiny_dir)
     model = BlipForConditionalGeneration.from_pretrained(tiny_dir)
     for seed in (1, 2):
-        image = _image(seed)
+        image = noise_image(seed)
         inputs = processor(image, return_tensors="pt")
         with torch.no_grad():
             out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
@@ -60,28 +30,19 @@ def test_the_caption_is_the_model_cards_plain_generate(tiny_dir, captioner):
 
 def test_captions_are_words_that_follow_the_image(tiny_dir, captioner):
     vocabulary = set((Path(tiny_dir) / "vocab.txt").read_text().split())
-    captions = [captioner.caption(_image(seed)) for seed in (1, 2, 3)]
-    assert all(caption and set(caption.split()) <= vocabulary for caption in captions), captions
+    captions = three_captions(captioner, vocabulary)
     assert len(set(captions)) > 1, captions  # random weights, but not blind to the picture
-    assert captioner.caption(_image(1)) == captions[0]  # greedy: the same image, the same words
 
 
 def test_the_length_limit_is_max_new_tokens(captioner):
     from truthloop.ml.families import blip
 
-    short = blip.caption(captioner.model, captioner.processor, _image(1), "", 3)
+    short = blip.caption(captioner.model, captioner.processor, noise_image(1), "", 3)
     assert 1 <= len(short.split()) <= 3
 
 
 def test_a_missing_directory_is_one_line(tmp_path):
-    from truthloop.ml.families.captioning import load_captioner
-    from truthloop.ml.models import ModelUnavailable
-
-    missing = str(tmp_path / "no-such-blip")
-    with pytest.raises(ModelUnavailable) as error:
-        load_captioner("blip", missing, "cpu", _family_config())
-    message = str(error.value)
-    assert missing in message and "no such directory" in message and "\n" not in message
+    assert_a_missing_directory_is_one_line("captioner", "blip", tmp_path)
 
 
 def test_full_size_is_blip_large():

@@ -4,93 +4,39 @@ is FLUX.2 [klein] 4B's."""
 
 from __future__ import annotations
 
-import dataclasses
+from family_helpers import PROMPT, assert_a_missing_directory_is_one_line
+from family_helpers import assert_the_image_follows_prompt_and_seed, assert_the_same_picture
+from family_helpers import generate_config, generator_fixtures, paint, stop_at_step_two
 
-import numpy as np
-import pytest
-
-PROMPT = "a red dog sitting in a field"
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(truthloop_cache):
-    from truthloop.ml.tiny import tiny_family_model
-
-    return tiny_family_model("generator", "flux2-klein")
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_dir):
-    from truthloop.ml.families.painting import load_generator
-
-    return load_generator("flux2-klein", tiny_dir, "cpu")
-
-
-def _family_config(**changes):
-    """The GenerateConfig a run of the flux2-klein family starts with (families.py's defaults)."""
-    from truthloop.config import RunConfig, apply_pair_defaults
-
-    config = RunConfig()
-    config.models.generator = "flux2-klein"
-    apply_pair_defaults(config)
-    return dataclasses.replace(config.generate, **changes)
+tiny_dir, loaded = generator_fixtures("flux2-klein")
 
 
 def test_the_loops_image_is_the_pipelines_plain_call(tiny_dir, loaded):
     import torch
     from diffusers import Flux2KleinPipeline
 
-    from truthloop.ml.families.painting import FamilyPainter
-
     pipe, _ = loaded
-    config = _family_config()
+    config = generate_config("flux2-klein")
     assert (config.steps, config.guidance, config.width, config.height) == (4, 1.0, None, None)
-    image = FamilyPainter(pipe, "flux2-klein", config, "cpu").paint(PROMPT, lambda s, t: None)
+    image = paint(pipe, "flux2-klein", config)
 
     plain = Flux2KleinPipeline.from_pretrained(tiny_dir)
     # The model card's call; the pipeline's first positional argument is a reference image.
     expected = plain(prompt=PROMPT, num_inference_steps=4, guidance_scale=1.0,
                      generator=torch.Generator("cpu").manual_seed(config.seed)).images[0]
     # No size given: the pipeline's default, 128 latent cells a side at the tiny VAE's scale 1.
-    assert image.size == expected.size == (128, 128)
-    assert np.array_equal(np.asarray(image), np.asarray(expected))
-    assert np.asarray(image).std() > 5  # a picture, not a flat colour
+    assert_the_same_picture(image, expected, (128, 128))
 
 
 def test_the_tiny_image_depends_on_the_prompt_and_the_seed(loaded):
-    from truthloop.ml.families.painting import FamilyPainter
-
     pipe, _ = loaded
-
-    def draw(prompt, seed):
-        config = _family_config(width=64, height=64, seed=seed)
-        painter = FamilyPainter(pipe, "flux2-klein", config, "cpu")
-        return np.asarray(painter.paint(prompt, lambda s, t: None)).astype(int)
-
-    first = draw(PROMPT, 1)
-    assert first.shape == (64, 64, 3)
-    assert not np.array_equal(first, draw("an old train at night", 1))
-    assert not np.array_equal(first, draw(PROMPT, 2))
-    assert np.array_equal(first, draw(PROMPT, 1))
+    assert_the_image_follows_prompt_and_seed(pipe, "flux2-klein", side=64)
 
 
 def test_a_stop_inside_denoising_abandons_the_image(loaded):
-    from truthloop.loop import StopRequested
-    from truthloop.ml.families.painting import FamilyPainter
-
     pipe, _ = loaded
-    painter = FamilyPainter(pipe, "flux2-klein", _family_config(width=64, height=64), "cpu")
-    previews, steps = [], []
-    painter.preview = lambda *shown: previews.append(shown)
-    painter.preview_every = 1
-
-    def on_step(step, total):
-        steps.append((step, total))
-        if step == 2:
-            raise StopRequested()
-
-    with pytest.raises(StopRequested):
-        painter.paint(PROMPT, on_step)
+    config = generate_config("flux2-klein", width=64, height=64)
+    steps, previews = stop_at_step_two(pipe, "flux2-klein", config)
     assert steps == [(1, 4), (2, 4)]
     # FLUX.2's packed latents have no cheap preview (flux2_klein.latent_rgb says why).
     assert previews == []
@@ -99,16 +45,9 @@ def test_a_stop_inside_denoising_abandons_the_image(loaded):
 def test_loads_from_a_directory_and_a_missing_one_is_one_line(tmp_path, loaded):
     from diffusers import Flux2KleinPipeline
 
-    from truthloop.ml.families.painting import load_generator
-    from truthloop.ml.models import ModelUnavailable
-
     pipe, record = loaded
     assert isinstance(pipe, Flux2KleinPipeline) and pipe.config.is_distilled
-    missing = str(tmp_path / "no-such-klein")
-    with pytest.raises(ModelUnavailable) as error:
-        load_generator("flux2-klein", missing, "cpu")
-    message = str(error.value)
-    assert missing in message and "no such directory" in message and "\n" not in message
+    assert_a_missing_directory_is_one_line("generator", "flux2-klein", tmp_path)
 
 
 def test_the_prompt_reaches_the_text_encoder_as_the_pipeline_sends_it(loaded):

@@ -3,41 +3,10 @@ call gives (chat template with the image and the instruction, greedy `generate`,
 
 from __future__ import annotations
 
-import dataclasses
+from family_helpers import assert_a_missing_directory_is_one_line, caption_config
+from family_helpers import captioner_fixtures, noise_image, three_captions
 
-import numpy as np
-import pytest
-from PIL import Image
-
-
-def _image(seed: int) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
-def _family_config(**changes):
-    """The CaptionConfig a run of the llava-1.5 family starts with (families.py's defaults)."""
-    from truthloop.config import RunConfig, apply_pair_defaults
-
-    config = RunConfig()
-    config.models.captioner = "llava-1.5"
-    apply_pair_defaults(config)
-    return dataclasses.replace(config.caption, **changes)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(truthloop_cache):
-    from truthloop.ml.tiny import tiny_family_model
-
-    return tiny_family_model("captioner", "llava-1.5")
-
-
-@pytest.fixture(scope="module")
-def captioner(tiny_dir):
-    from truthloop.ml.families.captioning import load_captioner
-
-    captioner, record = load_captioner("llava-1.5", tiny_dir, "cpu", _family_config())
-    return captioner
+tiny_dir, captioner = captioner_fixtures("llava-1.5")
 
 
 def test_the_caption_is_the_model_cards_plain_call(tiny_dir, captioner):
@@ -46,7 +15,7 @@ def test_the_caption_is_the_model_cards_plain_call(tiny_dir, captioner):
 
     from truthloop.families import DEFAULT_INSTRUCTION
 
-    config = _family_config()
+    config = caption_config("llava-1.5")
     assert (config.instruction, config.caption_max_length) == (DEFAULT_INSTRUCTION, 77)
     processor = AutoProcessor.from_pretrained(tiny_dir)
     model = LlavaForConditionalGeneration.from_pretrained(tiny_dir)
@@ -57,7 +26,7 @@ def test_the_caption_is_the_model_cards_plain_call(tiny_dir, captioner):
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     assert prompt == f"USER: <image>\n{config.instruction} ASSISTANT:"
     for seed in (1, 2):
-        image = _image(seed)
+        image = noise_image(seed)
         inputs = processor(images=image, text=prompt, return_tensors="pt")
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=77, do_sample=False)
@@ -70,27 +39,17 @@ def test_captions_are_words_that_follow_the_image_and_the_instruction(captioner)
     from truthloop.ml.families import llava
     from truthloop.ml.tiny import _TINY_WORDS
 
-    captions = [captioner.caption(_image(seed)) for seed in (1, 2, 3)]
-    assert all(caption and set(caption.split()) <= set(_TINY_WORDS) for caption in captions), \
-        captions
+    captions = three_captions(captioner, set(_TINY_WORDS))
     assert len(set(captions)) == 3, captions
-    assert captioner.caption(_image(1)) == captions[0]  # greedy: same image, same words
-    asked_otherwise = llava.caption(captioner.model, captioner.processor, _image(1),
+    asked_otherwise = llava.caption(captioner.model, captioner.processor, noise_image(1),
                                     "What is in the picture?", 77)
     assert asked_otherwise != captions[0]
-    assert len(llava.caption(captioner.model, captioner.processor, _image(1),
+    assert len(llava.caption(captioner.model, captioner.processor, noise_image(1),
                              captioner.config.instruction, 5).split()) == 5
 
 
 def test_a_missing_directory_is_one_line(tmp_path):
-    from truthloop.ml.families.captioning import load_captioner
-    from truthloop.ml.models import ModelUnavailable
-
-    missing = str(tmp_path / "no-such-llava")
-    with pytest.raises(ModelUnavailable) as error:
-        load_captioner("llava-1.5", missing, "cpu", _family_config())
-    message = str(error.value)
-    assert missing in message and "no such directory" in message and "\n" not in message
+    assert_a_missing_directory_is_one_line("captioner", "llava-1.5", tmp_path)
 
 
 def test_full_size_is_llava_1_5_7b():
@@ -108,6 +67,6 @@ def test_full_size_is_llava_1_5_7b():
         [{"role": "user", "content": [{"type": "image"},
                                       {"type": "text", "text": "Describe this image."}]}],
         add_generation_prompt=True)
-    inputs = processor(images=_image(1), text=prompt, return_tensors="pt")
+    inputs = processor(images=noise_image(1), text=prompt, return_tensors="pt")
     assert (inputs["input_ids"] == 32000).sum() == 576
     assert tuple(inputs["pixel_values"].shape) == (1, 3, 336, 336)

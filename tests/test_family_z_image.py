@@ -4,100 +4,43 @@ benchmark's architecture is Z-Image-Turbo's."""
 
 from __future__ import annotations
 
-import dataclasses
+from family_helpers import PROMPT, assert_a_missing_directory_is_one_line
+from family_helpers import assert_previews_of_the_two_steps
+from family_helpers import assert_the_image_follows_prompt_and_seed, assert_the_same_picture
+from family_helpers import generate_config, generator_fixtures, paint, stop_at_step_two
 
-import numpy as np
-import pytest
-
-PROMPT = "a red dog sitting in a field"
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(truthloop_cache):
-    from truthloop.ml.tiny import tiny_family_model
-
-    return tiny_family_model("generator", "z-image")
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_dir):
-    from truthloop.ml.families.painting import load_generator
-
-    return load_generator("z-image", tiny_dir, "cpu")
-
-
-def _family_config(**changes):
-    """The GenerateConfig a run of the z-image family starts with (families.py's defaults)."""
-    from truthloop.config import RunConfig, apply_pair_defaults
-
-    config = RunConfig()
-    config.models.generator = "z-image"
-    apply_pair_defaults(config)
-    return dataclasses.replace(config.generate, **changes)
+tiny_dir, loaded = generator_fixtures("z-image")
 
 
 def test_the_loops_image_is_the_pipelines_plain_call(tiny_dir, loaded):
     import torch
     from diffusers import ZImagePipeline
 
-    from truthloop.ml.families.painting import FamilyPainter
-
     pipe, _ = loaded
-    config = _family_config()
+    config = generate_config("z-image")
     # Distilled: no guidance, the model's own size; its step count is families.py's.
     assert (config.guidance, config.width, config.height) == (0.0, None, None)
-    image = FamilyPainter(pipe, "z-image", config, "cpu").paint(PROMPT, lambda s, t: None)
+    image = paint(pipe, "z-image", config)
 
     plain = ZImagePipeline.from_pretrained(tiny_dir)
     expected = plain(PROMPT, num_inference_steps=config.steps, guidance_scale=0.0,
                      generator=torch.Generator("cpu").manual_seed(config.seed)).images[0]
     # No size given: ZImagePipeline draws 1024x1024 whatever the checkpoint.
-    assert image.size == expected.size == (1024, 1024)
-    assert np.array_equal(np.asarray(image), np.asarray(expected))
-    assert np.asarray(image).std() > 5  # a picture, not a flat colour
+    assert_the_same_picture(image, expected, (1024, 1024))
 
 
 def test_the_tiny_image_depends_on_the_prompt_and_the_seed(loaded):
-    from truthloop.ml.families.painting import FamilyPainter
-
     pipe, _ = loaded
-
-    def draw(prompt, seed):
-        config = _family_config(width=128, height=128, seed=seed)
-        painter = FamilyPainter(pipe, "z-image", config, "cpu")
-        return np.asarray(painter.paint(prompt, lambda s, t: None)).astype(int)
-
-    first = draw(PROMPT, 1)
-    assert first.shape == (128, 128, 3)
-    assert not np.array_equal(first, draw("an old train at night", 1))
-    assert not np.array_equal(first, draw(PROMPT, 2))
-    assert np.array_equal(first, draw(PROMPT, 1))
+    assert_the_image_follows_prompt_and_seed(pipe, "z-image", side=128)
 
 
 def test_a_stop_inside_denoising_abandons_the_image_and_the_preview_sees_latents(loaded):
-    from truthloop.loop import StopRequested
-    from truthloop.ml.families.painting import FamilyPainter
-
     pipe, _ = loaded
-    painter = FamilyPainter(pipe, "z-image", _family_config(width=128, height=128), "cpu")
-    previews, steps = [], []
-    painter.preview = lambda step, width, height, rgb: previews.append((step, width, height, rgb))
-    painter.preview_every = 1
-
-    def on_step(step, total):
-        steps.append((step, total))
-        if step == 2:
-            raise StopRequested()
-
-    with pytest.raises(StopRequested):
-        painter.paint(PROMPT, on_step)
-    total = painter.config.steps
-    assert steps == [(1, total), (2, total)]
+    config = generate_config("z-image", width=128, height=128)
+    steps, previews = stop_at_step_two(pipe, "z-image", config)
+    assert steps == [(1, config.steps), (2, config.steps)]
     # One pixel per latent cell: 1/vae_scale_factor of the 128x128 image (1/8 for the real VAE).
-    side = 128 // pipe.vae_scale_factor
-    assert [(step, width, height) for step, width, height, _ in previews] == \
-        [(1, side, side), (2, side, side)]
-    assert all(len(rgb) == side * side * 3 for *_, rgb in previews)
+    assert_previews_of_the_two_steps(previews, side=128 // pipe.vae_scale_factor)
 
 
 def test_the_preview_is_flux_vaes_linear_map():
@@ -117,16 +60,9 @@ def test_the_preview_is_flux_vaes_linear_map():
 def test_loads_from_a_directory_and_a_missing_one_is_one_line(tmp_path, loaded):
     from diffusers import ZImagePipeline
 
-    from truthloop.ml.families.painting import load_generator
-    from truthloop.ml.models import ModelUnavailable
-
     pipe, record = loaded
     assert isinstance(pipe, ZImagePipeline)
-    missing = str(tmp_path / "no-such-z-image")
-    with pytest.raises(ModelUnavailable) as error:
-        load_generator("z-image", missing, "cpu")
-    message = str(error.value)
-    assert missing in message and "no such directory" in message and "\n" not in message
+    assert_a_missing_directory_is_one_line("generator", "z-image", tmp_path)
 
 
 def test_the_prompt_reaches_the_text_encoder_as_the_pipeline_sends_it(loaded):

@@ -43,16 +43,12 @@ class RandomStream:
         self._shared.set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())
 
 
-class Painter:
-    """Draws one image per prompt.
+class SeededPainter:
+    """What every painter (this module's and the families') shares: its settings, its random
+    stream (RandomStream: the run's seed behaviour, its state kept in each record) and the hook a
+    watcher of the denoising sets."""
 
-    reseed: a fresh generator seeded with `seed` for every image (the loop is a pure function).
-    shared: one generator for the whole run, as the seed script does; its state is exposed so a
-            resumed run continues the same random stream.
-    """
-
-    def __init__(self, pipe: Any, config: GenerateConfig, device: str, cuda_graphs: bool = False):
-        self.pipe = pipe
+    def __init__(self, config: GenerateConfig, device: str):
         self.config = config
         self.device = device
         self._stream = RandomStream(config, device)
@@ -61,6 +57,31 @@ class Painter:
         # `preview_every` steps. None (headless): the latents are never touched.
         self.preview: Callable[[int, int, int, bytes], None] | None = None
         self.preview_every = 5
+
+    def rng_state(self) -> str | None:
+        return self._stream.rng_state()
+
+    def set_rng_state(self, state: str | None) -> None:
+        self._stream.set_rng_state(state)
+
+    def start_trajectory(self, config: GenerateConfig) -> None:
+        """Draw the next trajectory with these settings (a sweep worker keeps the models loaded
+        across trajectories of different seeds): a fresh shared generator from its seed."""
+        self.config = config
+        self._stream = RandomStream(config, self.device)
+
+
+class Painter(SeededPainter):
+    """Draws one image per prompt.
+
+    reseed: a fresh generator seeded with `seed` for every image (the loop is a pure function).
+    shared: one generator for the whole run, as the seed script does; its state is exposed so a
+            resumed run continues the same random stream.
+    """
+
+    def __init__(self, pipe: Any, config: GenerateConfig, device: str, cuda_graphs: bool = False):
+        super().__init__(config, device)
+        self.pipe = pipe
         self.graphed_unet = None
         self.fp8 = None  # truthloop.ml.fp8.Fp8Summary once --fp8 has converted the UNet
         if config.fp8:
@@ -87,18 +108,7 @@ class Painter:
         import torch
 
         total = self.config.steps
-
-        def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
-            # Raising here (a stop request) abandons this image; nothing of it was written yet.
-            preview = self.preview
-            if preview is not None and (step + 1) % self.preview_every == 0 and step + 1 < total \
-                    and "latents" in callback_kwargs:
-                from truthloop.ml.latent_preview import latent_rgb
-
-                preview(step + 1, *latent_rgb(callback_kwargs["latents"]))
-            on_step(step + 1, total)
-            return callback_kwargs
-
+        step_end = step_callback(self, total, on_step, _sd_latent_rgb)
         with torch.inference_mode():
             result = self.pipe(
                 prompt,
@@ -112,17 +122,33 @@ class Painter:
             )
         return result.images[0]
 
-    def rng_state(self) -> str | None:
-        return self._stream.rng_state()
 
-    def set_rng_state(self, state: str | None) -> None:
-        self._stream.set_rng_state(state)
+def step_callback(painter: Any, total: int, on_step: Callable[[int, int], None],
+                  latent_rgb: Callable[[Any, Any], tuple[int, int, bytes] | None],
+                  ) -> Callable[[Any, int, Any, dict], dict]:
+    """diffusers' `callback_on_step_end` for one image of `total` steps: `on_step(step, total)`
+    after every step and, while the painter has a `preview`, the latent as RGB every
+    `preview_every` steps but the last (`latent_rgb(pipe, latents)`; None: nothing to show).
+    Both painters (this module's and the families') draw through it."""
 
-    def start_trajectory(self, config: GenerateConfig) -> None:
-        """Draw the next trajectory with these settings (a sweep worker keeps the models loaded
-        across trajectories of different seeds): a fresh shared generator from its seed."""
-        self.config = config
-        self._stream = RandomStream(config, self.device)
+    def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+        # Raising here (a stop request) abandons this image; nothing of it was written yet.
+        preview = painter.preview
+        if preview is not None and (step + 1) % painter.preview_every == 0 \
+                and step + 1 < total and "latents" in callback_kwargs:
+            shown = latent_rgb(pipe, callback_kwargs["latents"])
+            if shown is not None:
+                preview(step + 1, *shown)
+        on_step(step + 1, total)
+        return callback_kwargs
+
+    return step_end
+
+
+def _sd_latent_rgb(pipe: Any, latents: Any) -> tuple[int, int, bytes]:
+    from truthloop.ml.latent_preview import latent_rgb
+
+    return latent_rgb(latents)
 
 
 def _has_offload_hooks(module: Any) -> bool:

@@ -13,6 +13,7 @@ and `painting.py` loads and runs it through the library's own pipeline.
 A captioner family's module (blip, florence2, llava, qwen3_vl) gives
     TINY_VERSION, dtype(device), build_tiny(out)
     load(path, dtype) -> (model, processor)                 from_pretrained, nothing else
+                                                            (captioning.pretrained makes it)
     caption(model, processor, image, instruction, max_new_tokens) -> str   greedy decoding
     full_size(device, dtype) -> (model, processor)          (benchmarks)
 and `captioning.py` loads and runs it.

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from truthloop.ml.families.captioning import pretrained
+
 TINY_VERSION = 1
 
 # BLIP-large's config.json (read 2026-12-06; the repo's config names only what differs from
@@ -41,11 +43,7 @@ def build_tiny(out: Path) -> None:
     _build_blip(out)
 
 
-def load(path: str, dtype: Any) -> tuple[Any, Any]:
-    from transformers import BlipForConditionalGeneration, BlipProcessor
-
-    model = BlipForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    return model, BlipProcessor.from_pretrained(path)
+load = pretrained("BlipForConditionalGeneration", "BlipProcessor")
 
 
 def caption(model: Any, processor: Any, image: Any, instruction: str,
@@ -61,14 +59,11 @@ def _full_vocab(out: Path) -> Path:
     """A BERT vocabulary of BLIP's 30524 ids with the special tokens at their real ids ([PAD] 0,
     [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, [DEC] 30522, [ENC] 30523) and English words
     from CLIP's BPE list (open_clip ships it) in between: any id the decoder emits decodes."""
-    from open_clip.tokenizer import SimpleTokenizer
+    from truthloop.ml.families.building import clip_words
 
     size = 30524
     vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    words = dict.fromkeys(token[:-4] for token in SimpleTokenizer().encoder
-                          if token.endswith("</w>") and token[:-4].isascii()
-                          and token[:-4].isalpha())
-    vocab += list(words)[: size - 2 - len(vocab)]
+    vocab += clip_words()[: size - 2 - len(vocab)]
     vocab += [f"[unused{i}]" for i in range(99, 99 + size - 2 - len(vocab))]
     vocab += ["[DEC]", "[ENC]"]
     path = out / "vocab.txt"
@@ -82,15 +77,14 @@ def full_size(device: str, dtype: Any) -> tuple[Any, Any]:
     the decoder's output layer, tied to its input embedding, a second time)."""
     import tempfile
 
-    import torch
     from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration,
                               BlipImageProcessor, BlipProcessor)
 
+    from truthloop.ml.families.building import made_then_cast
+
     config = BlipConfig(vision_config=_VISION, text_config=_TEXT, projection_dim=512,
                         image_text_hidden_size=256)
-    with torch.device(device):
-        model = BlipForConditionalGeneration(config)
-    model = model.to(dtype=dtype).eval()
+    model = made_then_cast(BlipForConditionalGeneration, config, device, dtype)
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = BertTokenizer(str(_full_vocab(Path(scratch))), do_lower_case=True,
                                   bos_token="[DEC]")

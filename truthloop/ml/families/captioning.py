@@ -30,6 +30,19 @@ def load_captioner(family: str, spec: str, device: str, config: CaptionConfig,
     return FamilyCaptioner(family, model, processor, config), record
 
 
+def pretrained(model_class: str, processor_class: str) -> Callable[[str, Any], tuple[Any, Any]]:
+    """A captioner family's `load(path, dtype)`: transformers' `model_class` and
+    `processor_class` (names) from_pretrained, nothing else."""
+
+    def load(path: str, dtype: Any) -> tuple[Any, Any]:
+        import transformers
+
+        model = getattr(transformers, model_class).from_pretrained(path, dtype=dtype)
+        return model, getattr(transformers, processor_class).from_pretrained(path)
+
+    return load
+
+
 class FamilyCaptioner:
     """The loop's Captioner for a captioner family."""
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from truthloop.ml.families.captioning import pretrained
+
 TINY_VERSION = 1
 
 # The native checkpoint's configuration. transformers' conversion script
@@ -51,11 +53,7 @@ def dtype(device: str) -> Any:
     return torch.bfloat16 if device == "cuda" else torch.float32
 
 
-def load(path: str, dtype: Any) -> tuple[Any, Any]:
-    from transformers import Florence2ForConditionalGeneration, Florence2Processor
-
-    model = Florence2ForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    return model, Florence2Processor.from_pretrained(path)
+load = pretrained("Florence2ForConditionalGeneration", "Florence2Processor")
 
 
 def caption(model: Any, processor: Any, image: Any, instruction: str,
@@ -82,19 +80,12 @@ def _bart_tokenizer(words: list[str], size: int | None = None) -> Any:
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import AddedToken, BartTokenizer
 
+    from truthloop.ml.families.building import add_word_pieces
+
     vocab: dict[str, int] = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
     for symbol in sorted(ByteLevel.alphabet()):
         vocab.setdefault(symbol, len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in words:
-        prefix = "Ġ"
-        for char in word:
-            if size is not None and len(vocab) >= size:
-                break
-            if prefix + char not in vocab:
-                vocab[prefix + char] = len(vocab)
-                merges.append((prefix, char))
-            prefix += char
+    merges = add_word_pieces(vocab, words, "Ġ", size)
     vocab["<mask>"] = len(vocab)
     tokenizer = BartTokenizer(vocab=vocab, merges=merges)
     added = [*(f"<loc_{n}>" for n in range(1000)), *_TASK_TAGS, "<image>"]
@@ -134,6 +125,7 @@ def build_tiny(out: Path) -> None:
     import torch
     from transformers import Florence2ForConditionalGeneration
 
+    from truthloop.ml.families.building import widen_to_follow_the_image
     from truthloop.ml.tiny import _TINY_WORDS
 
     words = sorted(set(_TINY_WORDS) | set(_QUESTION_WORDS))
@@ -146,14 +138,11 @@ def build_tiny(out: Path) -> None:
                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37,
                 decoder_ffn_dim=37, max_position_embeddings=256)
     model = Florence2ForConditionalGeneration(_config(vision, text, tokenizer))
+    widen_to_follow_the_image(model)
     with torch.no_grad():
-        # Random init puts every logit near zero and greedy decoding would repeat one token:
-        # wider weights make the caption follow the image. The output layer is the input
-        # embedding (tied), so other pieces cannot be silenced; the words' rows are made long
-        # instead, so a word's logit wins: a caption of real words, never empty.
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0.0, 0.2)
+        # The output layer is the input embedding (tied), so other pieces cannot be silenced;
+        # the words' rows are made long instead, so a word's logit wins: a caption of real
+        # words, never empty.
         spoken = tokenizer.convert_tokens_to_ids([f"Ġ{word}" for word in _TINY_WORDS])
         model.get_input_embeddings().weight[spoken] *= 8.0
     model.save_pretrained(out)
@@ -164,15 +153,11 @@ def full_size(device: str, dtype: Any) -> tuple[Any, Any]:
     """Florence-2-large with random weights on `device` (benchmarks): 0.77 B parameters, 577
     image tokens from a 768x768 image. The tokenizer holds 50265 pieces (English words from
     CLIP's BPE list, whole-word like GPT-2's) plus Florence-2's 1025 added tokens."""
-    import torch
-    from open_clip.tokenizer import SimpleTokenizer
     from transformers import Florence2ForConditionalGeneration
 
-    words = list(dict.fromkeys(token[:-4] for token in SimpleTokenizer().encoder
-                               if token.endswith("</w>") and token[:-4].isascii()
-                               and token[:-4].isalpha()))
-    tokenizer = _bart_tokenizer(words, size=50264)
-    with torch.device(device):
-        model = Florence2ForConditionalGeneration(_config(_VISION, _TEXT, tokenizer))
-    model = model.to(dtype=dtype).eval()
+    from truthloop.ml.families.building import clip_words, made_then_cast
+
+    tokenizer = _bart_tokenizer(clip_words(), size=50264)
+    model = made_then_cast(Florence2ForConditionalGeneration, _config(_VISION, _TEXT, tokenizer),
+                           device, dtype)
     return model, _processor(tokenizer, image_size=768, image_seq_length=577)

@@ -5,9 +5,8 @@ into the prompt embedding, 512 padded prompt tokens, 4 steps, no classifier-free
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from truthloop.config import GenerateConfig
 
@@ -41,26 +40,19 @@ def build_tiny(out: Path) -> None:
     pipeline reads hidden states 9, 18 and 27), a one-block VAE, one double and one single
     transformer block. With no size given it draws 128x128 (the pipeline's default is 128 latent
     cells per side times the VAE's scale, 1 here): 4 steps in a second or two on 2 CPU cores."""
-    import torch
     from diffusers import (
         AutoencoderKLFlux2,
         Flux2KleinPipeline,
         Flux2Transformer2DModel,
     )
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
     from truthloop.ml.families import tiny_qwen
+    from truthloop.ml.families.building import widen_to_read_the_prompt
 
     tokenizer = tiny_qwen.build_tokenizer()
-    ids = tiny_qwen.special_ids(tokenizer)
-    hidden = 16
-    text_encoder = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=32,
-        num_hidden_layers=28, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-        max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=ids[tiny_qwen.ENDOFTEXT], eos_token_id=ids[tiny_qwen.IM_END],
-        pad_token_id=ids[tiny_qwen.ENDOFTEXT],
-    ))
+    text_encoder = Qwen3ForCausalLM(tiny_qwen.tiny_text_config(tokenizer, num_hidden_layers=28))
+    hidden = text_encoder.config.hidden_size
     latent_channels = 4
     vae = AutoencoderKLFlux2(
         in_channels=3, out_channels=3,
@@ -75,15 +67,7 @@ def build_tiny(out: Path) -> None:
         attention_head_dim=16, num_attention_heads=1, joint_attention_dim=3 * hidden,
         timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False,
     )
-    # At the libraries' initial scales a random transformer barely reads the prompt (its image is
-    # the decoded noise whatever the words); wider weights make the tiny images depend on the
-    # prompt a little, so a tiny loop has something to go round.
-    with torch.no_grad():
-        for parameter in text_encoder.parameters():
-            parameter.normal_(0.0, 0.5)
-        for parameter in transformer.parameters():
-            if parameter.dim() == 2:
-                parameter.normal_(0.0, 0.3)
+    widen_to_read_the_prompt(text_encoder, transformer)
     pipe = Flux2KleinPipeline(scheduler=_scheduler(), vae=vae, text_encoder=text_encoder,
                               tokenizer=tokenizer, transformer=transformer, is_distilled=True)
     pipe.save_pretrained(out)
@@ -102,7 +86,7 @@ def _scheduler() -> Any:
 # The default checkpoint's architecture, transcribed from its config files:
 # transformer: https://huggingface.co/black-forest-labs/FLUX.2-klein-4B/blob/main/transformer/config.json
 #   (the same numbers as diffusers' scripts/convert_flux2_to_diffusers.py "klein-4b")
-# text encoder: Qwen3-4B, https://huggingface.co/black-forest-labs/FLUX.2-klein-4B/blob/main/text_encoder/config.json
+# text encoder: Qwen3-4B (tiny_qwen.QWEN3_4B)
 # vae: https://huggingface.co/black-forest-labs/FLUX.2-klein-4B/blob/main/vae/config.json
 #   (AutoencoderKLFlux2's defaults: 32 latent channels, 2x2 patches, blocks 128-256-512-512)
 FULL_TRANSFORMER = dict(
@@ -110,12 +94,6 @@ FULL_TRANSFORMER = dict(
     attention_head_dim=128, num_attention_heads=24, joint_attention_dim=7680,
     timestep_guidance_channels=256, mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32),
     rope_theta=2000, eps=1e-6, guidance_embeds=False,
-)
-FULL_TEXT_ENCODER = dict(
-    vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-    num_attention_heads=32, num_key_value_heads=8, head_dim=128, hidden_act="silu",
-    max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000,
-    attention_bias=False, tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151645,
 )
 
 
@@ -127,25 +105,13 @@ def full_size(device: str, dtype: Any) -> Any:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from truthloop.ml.families import tiny_qwen
+    from truthloop.ml.families.building import made_on
 
-    with _made_on(device, dtype):
+    with made_on(device, dtype):
         transformer = Flux2Transformer2DModel(**FULL_TRANSFORMER)
         vae = AutoencoderKLFlux2()
-        text_encoder = Qwen3ForCausalLM(Qwen3Config(**FULL_TEXT_ENCODER))
+        text_encoder = Qwen3ForCausalLM(Qwen3Config(**tiny_qwen.QWEN3_4B))
     return Flux2KleinPipeline(scheduler=_scheduler(), vae=vae, text_encoder=text_encoder.eval(),
                               tokenizer=tiny_qwen.build_tokenizer(), transformer=transformer,
                               is_distilled=True)
 
-
-@contextmanager
-def _made_on(device: str, dtype: Any) -> Iterator[None]:
-    """Parameters created directly on `device` and in `dtype` (no fp32 copy on the way)."""
-    import torch
-
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(previous)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from truthloop.ml.families.captioning import pretrained
+
 TINY_VERSION = 1
 
 # llava-hf/llava-1.5-7b-hf's chat_template.json, as the repository holds it (read 2026-12-06
@@ -52,11 +54,7 @@ def dtype(device: str) -> Any:
     return torch.float16 if device == "cuda" else torch.float32
 
 
-def load(path: str, dtype: Any) -> tuple[Any, Any]:
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
-
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    return model, LlavaProcessor.from_pretrained(path)
+load = pretrained("LlavaForConditionalGeneration", "LlavaProcessor")
 
 
 def caption(model: Any, processor: Any, image: Any, instruction: str,
@@ -80,20 +78,13 @@ def _llama_tokenizer(words: list[str], size: int | None = None) -> Any:
     as the checkpoint adds them (32000 and 32001 in the real one)."""
     from transformers import AddedToken, LlamaTokenizer
 
+    from truthloop.ml.families.building import add_word_pieces
+
     vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2}
     vocab.update({f"<0x{byte:02X}>": 3 + byte for byte in range(256)})
-    merges: list[tuple[str, str]] = []
     for piece in ["▁", *sorted(set("".join(words)))]:
         vocab.setdefault(piece, len(vocab))
-    for word in words:
-        prefix = "▁"
-        for char in word:
-            if size is not None and len(vocab) >= size:
-                break
-            if prefix + char not in vocab:
-                vocab[prefix + char] = len(vocab)
-                merges.append((prefix, char))
-            prefix += char
+    merges = add_word_pieces(vocab, words, "▁", size)
     tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True,
                                add_eos_token=False)
     tokenizer.add_special_tokens({"additional_special_tokens": [
@@ -127,9 +118,9 @@ def _config(vision: dict, text: dict, tokenizer: Any) -> Any:
 def build_tiny(out: Path) -> None:
     """LLaVA-1.5's architecture shrunk: a 2-layer CLIP ViT (32x32 images, 16 patches) whose
     second-to-last layer feeds a 2-layer Llama through the 2-layer GELU projector."""
-    import torch
     from transformers import LlavaForConditionalGeneration
 
+    from truthloop.ml.families.building import only_words_speakable, widen_to_follow_the_image
     from truthloop.ml.tiny import _TINY_WORDS
 
     words = sorted(set(_TINY_WORDS))
@@ -142,17 +133,9 @@ def build_tiny(out: Path) -> None:
                 max_position_embeddings=512,
                 pad_token_id=tokenizer.convert_tokens_to_ids("<pad>"))
     model = LlavaForConditionalGeneration(_config(vision, text, tokenizer))
-    with torch.no_grad():
-        # Random init puts every logit near zero and greedy decoding would repeat one token:
-        # wider weights make the caption follow the image. Only whole words may be said (the
-        # output rows of every other piece, </s> included, are zero, so a word's random logit
-        # beats them): a caption of real words, max_new_tokens long, never empty.
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0.0, 0.2)
-        speakable = torch.zeros(vocab_size, dtype=torch.bool)
-        speakable[tokenizer.convert_tokens_to_ids([f"▁{word}" for word in words])] = True
-        model.lm_head.weight[~speakable] = 0.0
+    widen_to_follow_the_image(model)
+    only_words_speakable(model, vocab_size,
+                         tokenizer.convert_tokens_to_ids([f"▁{word}" for word in words]))
     model.save_pretrained(out)
     _processor(tokenizer, image_size=32, patch_size=8).save_pretrained(out)
 
@@ -162,16 +145,11 @@ def full_size(device: str, dtype: Any) -> tuple[Any, Any]:
     (576 image tokens), Llama-2-7B's shape, 7.06 B parameters. The tokenizer holds 32000
     pieces (English words from CLIP's BPE list, whole-word tokens like Llama's) so prompts and
     captions have about the real token counts."""
-    import torch
-    from open_clip.tokenizer import SimpleTokenizer
     from transformers import LlavaForConditionalGeneration
 
-    words = list(dict.fromkeys(token[:-4] for token in SimpleTokenizer().encoder
-                               if token.endswith("</w>") and token[:-4].isascii()
-                               and token[:-4].isalpha()))
-    tokenizer = _llama_tokenizer(words, size=32000)
-    config = _config(_VISION, _TEXT, tokenizer)
-    with torch.device(device):
-        model = LlavaForConditionalGeneration(config)
-    model = model.to(dtype=dtype).eval()
+    from truthloop.ml.families.building import clip_words, made_then_cast
+
+    tokenizer = _llama_tokenizer(clip_words(), size=32000)
+    model = made_then_cast(LlavaForConditionalGeneration, _config(_VISION, _TEXT, tokenizer),
+                           device, dtype)
     return model, _processor(tokenizer, image_size=336, patch_size=14)

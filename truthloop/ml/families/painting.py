@@ -12,7 +12,7 @@ from typing import Any, Callable
 from truthloop.config import GenerateConfig
 from truthloop.families import GENERATORS
 from truthloop.ml.families import generator_module
-from truthloop.ml.generate import RandomStream
+from truthloop.ml.generate import SeededPainter, step_callback
 
 Progress = Callable[[str], None]
 
@@ -44,18 +44,14 @@ def load_generator(family: str, spec: str, device: str, low_vram: bool = False,
     return pipe, _source(spec, repo, "model_index.json")
 
 
-class FamilyPainter:
+class FamilyPainter(SeededPainter):
     """The loop's Painter for a generator family (same interface as ml.generate.Painter)."""
 
     def __init__(self, pipe: Any, family: str, config: GenerateConfig, device: str):
+        super().__init__(config, device)
         self.pipe = pipe
         self.family = GENERATORS[family]
         self.module = generator_module(family)
-        self.config = config
-        self.device = device
-        self._stream = RandomStream(config, device)
-        self.preview: Callable[[int, int, int, bytes], None] | None = None
-        self.preview_every = 5
 
     def call_arguments(self, prompt: str, generator: Any) -> dict[str, Any]:
         """What the pipeline is called with: the same arguments a plain call would pass."""
@@ -73,31 +69,9 @@ class FamilyPainter:
               generator: Any = None) -> Any:
         import torch
 
-        total = self.config.steps
-
-        def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
-            # Raising here (a stop request) abandons this image; nothing of it was written yet.
-            preview = self.preview
-            if preview is not None and (step + 1) % self.preview_every == 0 \
-                    and step + 1 < total and "latents" in callback_kwargs:
-                shown = self.module.latent_rgb(pipe, callback_kwargs["latents"])
-                if shown is not None:
-                    preview(step + 1, *shown)
-            on_step(step + 1, total)
-            return callback_kwargs
-
+        step_end = step_callback(self, self.config.steps, on_step, self.module.latent_rgb)
         arguments = self.call_arguments(
             prompt, self._stream.generator() if generator is None else generator)
         with torch.inference_mode():
             result = self.pipe(**arguments, callback_on_step_end=step_end)
         return result.images[0]
-
-    def rng_state(self) -> str | None:
-        return self._stream.rng_state()
-
-    def set_rng_state(self, state: str | None) -> None:
-        self._stream.set_rng_state(state)
-
-    def start_trajectory(self, config: GenerateConfig) -> None:
-        self.config = config
-        self._stream = RandomStream(config, self.device)

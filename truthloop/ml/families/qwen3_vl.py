@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from truthloop.ml.families.captioning import pretrained
+
 TINY_VERSION = 1
 
 # The default checkpoint's architecture (read 2026-12-06). Its config.json,
@@ -44,11 +46,7 @@ def dtype(device: str) -> Any:
     return torch.bfloat16 if device == "cuda" else torch.float32
 
 
-def load(path: str, dtype: Any) -> tuple[Any, Any]:
-    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
-
-    model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    return model, AutoProcessor.from_pretrained(path)
+load = pretrained("Qwen3VLForConditionalGeneration", "AutoProcessor")
 
 
 def caption(model: Any, processor: Any, image: Any, instruction: str,
@@ -93,10 +91,10 @@ def build_tiny(out: Path) -> None:
     """Qwen3-VL's architecture shrunk: a 2-block ViT of width 32 on 8-pixel patches (images
     are resized to at most 64x64: 16 merged image tokens), whose patch merger and one deepstack
     merger feed a 2-layer Qwen3 decoder with interleaved multimodal rotary positions."""
-    import torch
     from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
 
     from truthloop.ml.families import tiny_qwen as q
+    from truthloop.ml.families.building import only_words_speakable, widen_to_follow_the_image
 
     tokenizer = q.build_tokenizer(q.VISION_CHAT_TEMPLATE)
     ids = q.special_ids(tokenizer)
@@ -110,17 +108,8 @@ def build_tiny(out: Path) -> None:
                   patch_size=8, out_hidden_size=32, num_position_embeddings=64,
                   deepstack_visual_indexes=[0])
     model = Qwen3VLForConditionalGeneration(_config(text, vision, ids, tie=False))
-    with torch.no_grad():
-        # Random init puts every logit near zero and greedy decoding would repeat one token:
-        # wider weights make the caption follow the image. Only whole words may be said (the
-        # output rows of every other token, the end of turn included, are zero, so a word's
-        # random logit beats them): a caption of real words, max_new_tokens long, never empty.
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0.0, 0.2)
-        speakable = torch.zeros(vocab_size, dtype=torch.bool)
-        speakable[q.word_token_ids(tokenizer)] = True
-        model.lm_head.weight[~speakable] = 0.0
+    widen_to_follow_the_image(model)
+    only_words_speakable(model, vocab_size, q.word_token_ids(tokenizer))
     model.generation_config = GenerationConfig(
         bos_token_id=ids[q.ENDOFTEXT], pad_token_id=ids[q.ENDOFTEXT],
         eos_token_id=[ids[q.IM_END], ids[q.ENDOFTEXT]])
@@ -135,19 +124,14 @@ def full_size(device: str, dtype: Any) -> tuple[Any, Any]:
     (the ViT 0.41 B), tied input and output embeddings. The processor is the checkpoint's
     image processor (so an image gives the real number of image tokens) with the tiny
     tokenizer: the instruction's few tokens differ in count, the image's hundreds do not."""
-    import torch
     from transformers import Qwen3VLForConditionalGeneration
 
     from truthloop.ml.families import tiny_qwen as q
+    from truthloop.ml.families.building import made_on
 
     tokenizer = q.build_tokenizer(q.VISION_CHAT_TEMPLATE)
     ids = q.special_ids(tokenizer)
     config = _config(_TEXT, _VISION, ids, tie=True)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen3VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
+    with made_on(device, dtype):
+        model = Qwen3VLForConditionalGeneration(config)
     return model.eval(), _processor(tokenizer, _IMAGES)

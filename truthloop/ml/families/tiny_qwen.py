@@ -7,6 +7,9 @@ tokens and a chat template that renders what Qwen3's and Qwen3-VL's shipped temp
 the messages truthloop sends (one user turn, a generation prompt; Qwen3's `enable_thinking`).
 Any text tokenizes (unknown words fall back to bytes); the vocabulary's whole words are what a
 tiny captioner may say (see `word_token_ids`).
+
+Beside it, the Qwen3 text encoder both generator families read prompts with: Qwen3-4B's
+configuration (`QWEN3_4B`, full size) and a tiny one over this tokenizer (`tiny_text_config`).
 """
 
 from __future__ import annotations
@@ -107,3 +110,30 @@ def special_ids(tokenizer: Any) -> dict[str, int]:
     """Token ids a model config must agree with (image/video/vision markers, end, padding)."""
     ids = tokenizer.convert_tokens_to_ids
     return {token: ids(token) for token in (*SPECIAL_TOKENS, *THINKING_TOKENS)}
+
+
+# Qwen3-4B, the text encoder of FLUX.2 [klein] 4B and of Z-Image-Turbo, transcribed from their
+# checkpoints' text_encoder/config.json (the same numbers in both):
+# https://huggingface.co/black-forest-labs/FLUX.2-klein-4B/blob/main/text_encoder/config.json
+# https://huggingface.co/smartdigitalnetworks/Z-Image-Turbo/blob/main/text_encoder/config.json
+# (a copy "Duplicate from Tongyi-MAI/Z-Image-Turbo").
+QWEN3_4B = dict(
+    vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+    num_attention_heads=32, num_key_value_heads=8, head_dim=128, hidden_act="silu",
+    max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000,
+    attention_bias=False, tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151645,
+)
+
+
+def tiny_text_config(tokenizer: Any, num_hidden_layers: int) -> Any:
+    """A tiny Qwen3Config over `tokenizer` (build_tokenizer's): width 16, 2 heads of 8, one
+    key/value head, the tokenizer's ids for the start, end and padding of a text."""
+    from transformers import Qwen3Config
+
+    ids = special_ids(tokenizer)
+    return Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+        num_hidden_layers=num_hidden_layers, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=8, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=ids[ENDOFTEXT], eos_token_id=ids[IM_END], pad_token_id=ids[ENDOFTEXT],
+    )

@@ -5,9 +5,8 @@ steps = 8 model evaluations, guidance 0).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from truthloop.config import GenerateConfig
 
@@ -70,22 +69,14 @@ def build_tiny(out: Path) -> None:
     VAE of 4 channels (32x downsampling), a 1+1+1-layer transformer of width 32. The pipeline's
     default size is 1024x1024 whatever the checkpoint, so the tiny VAE is built to decode that in
     under a second on a CPU (its latents are 32x32, 256 image tokens)."""
-    import torch
     from diffusers import AutoencoderKL, ZImagePipeline, ZImageTransformer2DModel
-    from transformers import Qwen3Config, Qwen3Model
+    from transformers import Qwen3Model
 
     from truthloop.ml.families import tiny_qwen
+    from truthloop.ml.families.building import widen_to_read_the_prompt
 
     tokenizer = tiny_qwen.build_tokenizer()
-    ids = tiny_qwen.special_ids(tokenizer)
-    hidden = 16
-    text_encoder = Qwen3Model(Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=32,
-        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-        max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=ids[tiny_qwen.ENDOFTEXT], eos_token_id=ids[tiny_qwen.IM_END],
-        pad_token_id=ids[tiny_qwen.ENDOFTEXT],
-    ))
+    text_encoder = Qwen3Model(tiny_qwen.tiny_text_config(tokenizer, num_hidden_layers=2))
     blocks = 6
     vae = AutoencoderKL(
         in_channels=3, out_channels=3,
@@ -100,17 +91,10 @@ def build_tiny(out: Path) -> None:
     transformer = ZImageTransformer2DModel(
         all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=1,
         n_refiner_layers=1, n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True,
-        cap_feat_dim=hidden, rope_theta=256.0, t_scale=1000.0, axes_dims=[8, 4, 4],
-        axes_lens=[1536, 512, 512],
+        cap_feat_dim=text_encoder.config.hidden_size, rope_theta=256.0, t_scale=1000.0,
+        axes_dims=[8, 4, 4], axes_lens=[1536, 512, 512],
     )
-    with torch.no_grad():
-        # Wider than the libraries' initial scales, so the tiny image depends on the prompt (at
-        # those a random transformer's image is the decoded noise whatever the words).
-        for parameter in text_encoder.parameters():
-            parameter.normal_(0.0, 0.5)
-        for parameter in transformer.parameters():
-            if parameter.dim() == 2:
-                parameter.normal_(0.0, 0.3)
+    widen_to_read_the_prompt(text_encoder, transformer)
     pipe = ZImagePipeline(scheduler=_scheduler(), vae=vae, text_encoder=text_encoder,
                           tokenizer=tokenizer, transformer=transformer)
     pipe.save_pretrained(out)
@@ -126,20 +110,14 @@ def _scheduler() -> Any:
 
 # The default checkpoint's architecture, transcribed from its config files (read in copies
 # "Duplicate from Tongyi-MAI/Z-Image-Turbo" on the hub, e.g.
-# https://huggingface.co/srcphag/Z-Image-Turbo/blob/main/transformer/config.json and
-# https://huggingface.co/smartdigitalnetworks/Z-Image-Turbo/blob/main/text_encoder/config.json;
-# vae: FLUX.1's AutoencoderKL, https://huggingface.co/Floncer/projecteee/blob/main/vae/config.json)
+# https://huggingface.co/srcphag/Z-Image-Turbo/blob/main/transformer/config.json; text encoder:
+# Qwen3-4B, tiny_qwen.QWEN3_4B; vae: FLUX.1's AutoencoderKL,
+# https://huggingface.co/Floncer/projecteee/blob/main/vae/config.json)
 FULL_TRANSFORMER = dict(
     all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30,
     n_refiner_layers=2, n_heads=30, n_kv_heads=30, norm_eps=1e-5, qk_norm=True,
     cap_feat_dim=2560, rope_theta=256.0, t_scale=1000.0, axes_dims=[32, 48, 48],
     axes_lens=[1536, 512, 512],
-)
-FULL_TEXT_ENCODER = dict(
-    vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-    num_attention_heads=32, num_key_value_heads=8, head_dim=128, hidden_act="silu",
-    max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000,
-    attention_bias=False, tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151645,
 )
 FULL_VAE = dict(
     in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
@@ -158,24 +136,12 @@ def full_size(device: str, dtype: Any) -> Any:
     from transformers import Qwen3Config, Qwen3Model
 
     from truthloop.ml.families import tiny_qwen
+    from truthloop.ml.families.building import made_on
 
-    with _made_on(device, dtype):
+    with made_on(device, dtype):
         transformer = ZImageTransformer2DModel(**FULL_TRANSFORMER)
         vae = AutoencoderKL(**FULL_VAE)
-        text_encoder = Qwen3Model(Qwen3Config(**FULL_TEXT_ENCODER))
+        text_encoder = Qwen3Model(Qwen3Config(**tiny_qwen.QWEN3_4B))
     return ZImagePipeline(scheduler=_scheduler(), vae=vae, text_encoder=text_encoder.eval(),
                           tokenizer=tiny_qwen.build_tokenizer(), transformer=transformer)
 
-
-@contextmanager
-def _made_on(device: str, dtype: Any) -> Iterator[None]:
-    """Parameters created directly on `device` and in `dtype` (no fp32 copy on the way)."""
-    import torch
-
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(previous)
