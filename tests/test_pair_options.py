@@ -86,8 +86,10 @@ def test_models_lists_every_family_with_its_licence_and_cache_state(tmp_path, mo
     snapshot = repo / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
     (snapshot / "model_index.json").write_text("{}")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    import huggingface_hub.constants
+
+    # The hub reads HF_HOME once, at import (earlier tests imported it): point it here.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
     assert run_main(["models", "--json"]) == 0
     rows = {row["family"]: row for row in json.loads(capsys.readouterr().out)}
     assert set(GENERATORS) | set(CAPTIONERS) <= set(rows)

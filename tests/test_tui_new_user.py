@@ -249,7 +249,9 @@ async def test_fork_form_of_a_tiny_run_shows_tiny_not_the_real_sd_model(tmp_path
         await pilot.pause()
         text = screen_text(app)
         assert "stable-diffusion" not in text
-        assert "SD model       tiny (random weights, as the parent's)" in text
+        assert "image model    tiny (random weights, as the parent's)" in text
+        # The pair is on the form: a fork may swap the generator or the captioner.
+        assert "generator      sd" in text and "captioner      clip-interrogator" in text
         assert "generator_model" not in app.screen.values()
 
 
