@@ -286,3 +286,53 @@ def test_error_in_a_backend_ends_as_error_summary(tmp_path):
     assert view.summary["status"] == "error"
     assert len(view.records) == 1
     assert (tmp_path / "run" / "error.log").exists()
+
+
+def test_an_images_png_is_written_while_the_next_caption_runs_and_before_its_log_line(
+        tmp_path, monkeypatch):
+    """The save leaves the loop's critical path (issue 24): the next caption starts while the
+    last image is still being written, and a record reaches log.jsonl only once its image is on
+    disk (a reader, or a resume after a kill, never sees a record without its image)."""
+    import threading
+    import time
+
+    from truthloop.store import RunWriter
+
+    events: list[str] = []
+    original_write, original_append = RunWriter.write_image, RunWriter.append_record
+
+    def slow_write(self, index, image):
+        events.append(f"write {index} starts")
+        time.sleep(0.3)
+        name = original_write(self, index, image)
+        events.append(f"write {index} done")
+        return name
+
+    def checked_append(self, record):
+        if record.image:
+            assert (self.path / record.image).exists(), record.image
+        events.append(f"record {record.index}")
+        original_append(self, record)
+
+    monkeypatch.setattr(RunWriter, "write_image", slow_write)
+    monkeypatch.setattr(RunWriter, "append_record", checked_append)
+
+    class NotingCaptioner(FakeCaptioner):
+        def caption(self, image):
+            events.append(f"caption on {threading.current_thread().name}")
+            return super().caption(image)
+
+    script = {"start": "b, x", "b": "c, y", "c": "b, z"}
+    config = make_config(clauses=1)
+    loop = TruthLoop(config, tmp_path / "run", factory(NotingCaptioner(script, start="start, s"),
+                                                       FakePainter()),
+                     input_image=start_image())
+    summary = loop.run()
+    view = read_run(tmp_path / "run")
+    assert summary["status"] == "converged" and view.problems == []
+    assert [r.fed_prompt for r in view.records] == ["start", "b", "c", "b"]
+    # Image 0's write overlaps the caption of iteration 1; its record comes after both.
+    first_write = events.index("write 0 starts")
+    assert events[first_write + 1].startswith("caption on MainThread")
+    assert events.index("record 0") > events.index("write 0 done")
+    assert all(r.timings["save"] >= 0 for r in view.records if r.image)

@@ -27,7 +27,8 @@ from truthloop.text import first_line
 from truthloop.measures import NearRepeats, cosine
 from truthloop.record import Cycle, Record, find_cycle, result_fields
 from truthloop.store import (
-    FORMAT_VERSION, RunDirError, RunWriter, read_run, resume_problem, update_run_info,
+    FORMAT_VERSION, RunDirError, RunWriter, image_name, read_run, resume_problem,
+    update_run_info,
 )
 
 EventSink = Callable[[ev.Event], None]
@@ -187,6 +188,10 @@ class TruthLoop:
         self.records: list[Record] = []
         self.summary: dict[str, Any] = {}
         self._writer: RunWriter | None = None
+        # The drawn image whose PNG is being written (its record, the write's future), and the
+        # one thread that writes them (_settle_image).
+        self._pending_image: tuple[Record, Any] | None = None
+        self._png: Any = None
         self._started = time.time()
         # Time spent paused (LoopControl), so an iteration's timings are the work's, not how long
         # someone kept it paused: the stage clock (`_clock`) stops while paused.
@@ -256,6 +261,8 @@ class TruthLoop:
         try:
             return self._run_opened()
         finally:
+            if self._png is not None:
+                self._png.shutdown(wait=True)
             if self._writer:
                 self._writer.close()
             self.done.set()
@@ -319,6 +326,7 @@ class TruthLoop:
         except KeyboardInterrupt:
             return self._finish("stopped")
         except Exception as error:  # noqa: BLE001 - every failure must end as a readable summary
+            self._settle_image(keep_errors=True)
             message = describe_error(error, self.config)
             self._end_segment("error")
             if self._writer:
@@ -430,13 +438,19 @@ class TruthLoop:
             if index == 0 and cfg.start_prompt is not None:
                 caption, compared, fed = None, cfg.start_prompt, cfg.start_prompt
             elif control == "generator-only" and index > 0:
-                # The control redraws the start prompt and never captions again.
+                # The control redraws the start prompt and never captions again (nothing to
+                # overlap the last image's write with: its record first, as records[0] may be it).
+                t_start += self._settle_image()
                 first = self.records[0]
                 caption, compared, fed = None, first.compared, first.fed_prompt
             else:
                 caption = backends.captioner.caption(current)
                 compared, fed = compared_and_fed(caption, lp.clauses, lp.feed)
             t_caption = self._clock()
+            # The previous iteration's image has been writing meanwhile: its record now. What
+            # that waited is its "save" time, not this iteration's.
+            waited = self._settle_image()
+            t_start, t_caption = t_start + waited, t_caption + waited
             repeat_of = None if control else keys.get(compared)
             self.emit(ev.CaptionReady(index, caption, fed, compared, repeat_of))
             if repeat_of is not None and cycle is None:
@@ -524,7 +538,11 @@ class TruthLoop:
                     cycle = find_cycle([*self.records, record])
                     confirm_until = index + lp.confirm_iters
             t_similarity = self._clock()
-            record.image = self._writer.write_image(index, image)
+            # The PNG is written on another thread while the next caption runs (its encode and
+            # fsync were ~0.1 s of a 1.1 s compiled iteration); its log line follows once the
+            # file is on disk (_settle_image), so a record never names a missing image.
+            record.image = image_name(index)
+            written = self._png_writer().submit(self._writer.write_image, index, image)
             record.rng_state = backends.painter.rng_state()
             record.sim_prev = _round(sim_prev)
             record.sim_start = _round(sim_start)
@@ -538,18 +556,48 @@ class TruthLoop:
             }
             if self._paused_s > paused_before:  # left out of the stages above, said here
                 record.timings["paused"] = round(self._paused_s - paused_before, 4)
-            self._writer.append_record(record)
-            self.records.append(record)
+            self._pending_image = (record, written)
             keys.setdefault(compared, index)
             current, previous_features, prev_text = image, features, text_vector
-            self.emit(ev.IterationDone(replace(record)))
             if cycle is not None and cycle.criterion == "image" and index >= confirm_until:
                 return self._finish("converged", record)  # decided on the image just drawn
             self.control.end_of_iteration()
             index += 1
 
+    def _png_writer(self) -> Any:
+        if self._png is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._png = ThreadPoolExecutor(max_workers=1, thread_name_prefix="truthloop-png")
+        return self._png
+
+    def _settle_image(self, keep_errors: bool = False) -> float:
+        """Wait for the last drawn image's PNG, then append its record and say it is done.
+        Returns the seconds waited (added to that record's save time). A failed write raises,
+        unless `keep_errors` (a run already ending in an error): then its record is left out,
+        as its image is not on disk."""
+        pending, self._pending_image = self._pending_image, None
+        if pending is None:
+            return 0.0
+        record, written = pending
+        began = self._clock()
+        try:
+            written.result()
+        except Exception:
+            if keep_errors:
+                return 0.0
+            raise
+        waited = self._clock() - began
+        record.timings["save"] = round(record.timings["save"] + waited, 4)
+        record.timings["total"] = round(record.timings["total"] + waited, 4)
+        self._writer.append_record(record)
+        self.records.append(record)
+        self.emit(ev.IterationDone(replace(record)))
+        return waited
+
     def _checkpoint(self, index: int) -> None:
         def paused() -> None:
+            self._settle_image()  # a paused run shows (and has written) all it drew
             self._pause_began = time.perf_counter()
             self.emit(ev.Paused(index))
 
@@ -566,6 +614,7 @@ class TruthLoop:
         return time.perf_counter() - self._paused_s
 
     def _finish(self, status: str, last: Record | None = None) -> dict[str, Any]:
+        self._settle_image()
         self.summary.update(result_fields(self.records))
         self.summary.update({
             "status": status,
