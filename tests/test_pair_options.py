@@ -142,3 +142,10 @@ def test_fp8_is_opt_in_recorded_and_refused_where_it_cannot_work(capsys):
                      "--headless", "--max-iters", "1", "--out", "/tmp/tl-fp8-refused"])
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err
+
+
+def test_report_of_a_directory_that_is_no_sweep_is_one_line(tmp_path, capsys):
+    assert run_main(["report", tmp_path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("truthloop: error: ") and "not a sweep directory" in err
+    assert len(err.strip().splitlines()) == 1

@@ -31,16 +31,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from truthloop.lookback.report import ReportError, describe, write_report
+    from truthloop.text import visible
 
     if args.min_cluster_size < 2:
-        print(f"truthloop report: --min-cluster-size must be 2 or more, not "
+        print(f"truthloop: error: --min-cluster-size must be 2 or more, not "
               f"{args.min_cluster_size}", file=sys.stderr)
         return 2
     try:
         report, out = write_report(Path(args.sweep_dir), Path(args.out) if args.out else None,
                                    args.min_cluster_size)
     except ReportError as error:
-        print(f"truthloop report: {error}", file=sys.stderr)
+        print(f"truthloop: error: {visible(str(error))}", file=sys.stderr)
         return 2
     for line in describe(report):
         print(line)
