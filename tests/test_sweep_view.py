@@ -68,3 +68,12 @@ def test_view_of_a_sweep_needs_a_terminal(tmp_path, capsys):
     make_sweep(sweep_dir, ["a1"], [0], run=[])
     assert run_main(["view", str(sweep_dir)]) == 2
     assert_one_clean_error_line(capsys.readouterr().err, "needs a terminal")
+
+
+def test_a_grid_over_pairs_reads_as_the_pair_first():
+    from tui.sweep_view import SweepApp
+
+    row = {"settings": {"generator": "flux2-klein", "captioner": "blip", "clauses": 1,
+                        "control": ""}}
+    assert SweepApp.grid(row) == "flux2-klein + blip clauses=1 control=none"
+    assert SweepApp.grid({"settings": {"clauses": 0}}) == "clauses=0"

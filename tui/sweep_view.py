@@ -164,7 +164,13 @@ class SweepApp(RepliesAreNotKeys, App[int]):
 
     @staticmethod
     def grid(row: dict[str, Any]) -> str:
-        return " ".join(f"{k}={v}" for k, v in row["settings"].items())
+        """The grid point: a pair as `sdxl + llava-1.5` (its names first, since a narrow column
+        keeps the start), then the other settings as name=value."""
+        settings = row["settings"]
+        pair = [str(settings[side]) for side in ("generator", "captioner") if side in settings]
+        rest = [f"{k}={v if v != '' else 'none'}" for k, v in settings.items()
+                if k not in ("generator", "captioner")]
+        return " ".join(([" + ".join(pair)] if pair else []) + rest)
 
     # -- following the directory ------------------------------------------------------------------
     def _stamp(self, number: int) -> tuple:
