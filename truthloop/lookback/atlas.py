@@ -299,7 +299,7 @@ def write_atlas(sweep_dir: Path, out: Path | None = None,
     return atlas, out
 
 
-def _thumb(sweep_dir: Path, relative: str | None, size: int) -> Any:
+def thumbnail(sweep_dir: Path, relative: str | None, size: int) -> Any:
     from PIL import Image
 
     if relative:
@@ -363,7 +363,7 @@ def render_atlas(sweep_dir: Path, atlas: dict[str, Any]) -> tuple[Any, dict[str,
         x = MARGIN + (number % columns) * TILE_WIDTH
         y = motifs_top + (number // columns) * tile_height
         colour = _colour(motif["id"])
-        canvas.paste(_thumb(sweep_dir, motif["medoid_image"], TILE - 8), (x + 4, y + 4))
+        canvas.paste(thumbnail(sweep_dir, motif["medoid_image"], TILE - 8), (x + 4, y + 4))
         draw.rectangle([x + 1, y + 1, x + TILE - 2, y + TILE - 2], outline=colour, width=3)
         label = f"motif {motif['id']} · basin {motif['basin_size']}"
         draw_text(draw, (x + 2, y + TILE + 6), label, font, (0, 0, 0))
@@ -491,7 +491,7 @@ def _draw_map(canvas: Any, draw: Any, atlas: dict[str, Any], box: tuple[int, int
 
 def _data_uri(sweep_dir: Path, relative: str | None, size: int = 192) -> str:
     buffer = io.BytesIO()
-    _thumb(sweep_dir, relative, size).save(buffer, format="PNG")
+    thumbnail(sweep_dir, relative, size).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from truthloop import measures as ms
-from truthloop.lookback.atlas import PALETTE, AtlasError, build_atlas
+from truthloop.lookback.atlas import PALETTE, AtlasError, thumbnail, build_atlas
 from truthloop.lookback.render import _font, _line_height, draw_text, text_length, wrap_text
 from truthloop.lookback.runs import TINY_LABEL
 from truthloop.store import RUN_FILE, atomic_write_bytes, atomic_write_json, read_records
@@ -568,18 +568,6 @@ def draw_rates(report: dict[str, Any], width: int = 980) -> Any | None:
     return canvas
 
 
-def _thumb(sweep_dir: Path, relative: str | None, size: int) -> Any:
-    from PIL import Image
-
-    if relative:
-        try:
-            with Image.open(sweep_dir / relative) as image:
-                return image.convert("RGB").resize((size, size))
-        except OSError:
-            pass
-    return Image.new("RGB", (size, size), (60, 60, 60))
-
-
 SHEET_TILE = 150
 SHEET_COLUMNS = 6
 SHEET_MOST = 36
@@ -624,7 +612,7 @@ def draw_motif_sheet(sweep_dir: Path, report: dict[str, Any], motif: dict[str, A
         relative = next((i for i in images if i.startswith(own)), None)
         if relative is None:
             relative = _member_truth_image(sweep_dir, member) or (images or [None])[0]
-        canvas.paste(_thumb(sweep_dir, relative, SHEET_TILE), (x, y))
+        canvas.paste(thumbnail(sweep_dir, relative, SHEET_TILE), (x, y))
         draw.rectangle([x - 1, y - 1, x + SHEET_TILE, y + SHEET_TILE],
                        outline=colour(motif["id"]), width=2)
         label = f"attractor {attractor['id']} · {member.split('-')[0]}"
