@@ -77,3 +77,18 @@ def test_a_grid_over_pairs_reads_as_the_pair_first():
                         "control": ""}}
     assert SweepApp.grid(row) == "flux2-klein + blip clauses=1 control=none"
     assert SweepApp.grid({"settings": {"clauses": 0}}) == "clauses=0"
+
+
+async def test_the_table_keeps_following_while_help_is_open(tmp_path):
+    """The poll timer and resizes reach the sweep's table under another screen (it raised
+    NoMatches when a poll fired with help open, on a busy machine)."""
+    from tui.screens import HelpScreen
+
+    make_sweep(tmp_path / "sweep", ["h1"], [0], run=[0])
+    app = SweepApp(tmp_path / "sweep", preview="none", poll_interval=3600)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        app.poll()
+        app._fit()
+        assert app.table.row_count == 1

@@ -782,7 +782,9 @@ async def test_the_draw_column_leaves_out_time_spent_paused(tmp_path):
         loop.control.stop()
     logged = read_run(tmp_path / "run").records[1].timings  # what `view` shows later, too
     assert shown == logged
-    assert 0.6 <= logged["paused"] < 0.6 + 0.5 and logged["generate"] < 0.5
+    # The pause lasts from the key to the loop seeing the second key: on a busy 2-core CI
+    # machine that took 1.36 s once; the point is that the drawing's time leaves it out.
+    assert 0.6 <= logged["paused"] < 0.6 + 2.0 and logged["generate"] < 0.5
     assert draw == f"{logged['generate']:.1f}s"
 
 

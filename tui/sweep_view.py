@@ -98,8 +98,14 @@ class SweepApp(RepliesAreNotKeys, App[int]):
         yield table
         yield Footer()
 
+    @property
+    def table(self) -> DataTable:
+        """The sweep's table, on the app's first screen whichever screen is on top (help, a
+        trajectory): the poll timer and resizes use it under any of them."""
+        return self.screen_stack[0].query_one(DataTable)
+
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
+        table = self.table
         for trajectory in self.trajectories:
             self.rows[trajectory.number] = st.trajectory_row(self.sweep_dir, trajectory)
         self.widths = self.column_widths(self.size.width)
@@ -120,7 +126,7 @@ class SweepApp(RepliesAreNotKeys, App[int]):
         self.call_after_refresh(self._fit)
 
     def _fit(self) -> None:
-        table = self.query_one(DataTable)
+        table = self.table
         widths = self.column_widths(table.scrollable_content_region.width or self.size.width)
         if widths == self.widths:
             return
@@ -185,7 +191,7 @@ class SweepApp(RepliesAreNotKeys, App[int]):
         return tuple(stamp)
 
     def poll(self) -> None:
-        table = self.query_one(DataTable)
+        table = self.table
         for trajectory in self.trajectories:
             number = trajectory.number
             stamp = self._stamp(number)
@@ -236,7 +242,7 @@ class SweepApp(RepliesAreNotKeys, App[int]):
 
     # -- actions ----------------------------------------------------------------------------------
     def selected(self) -> int | None:
-        table = self.query_one(DataTable)
+        table = self.table
         if not self.trajectories or table.cursor_row is None:
             return None
         key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key
@@ -259,7 +265,7 @@ class SweepApp(RepliesAreNotKeys, App[int]):
 
     def action_follow(self) -> None:
         """Jump to the first running trajectory (or the last one that moved)."""
-        table = self.query_one(DataTable)
+        table = self.table
         for number, row in self.rows.items():
             if row["state"] == "running":
                 table.move_cursor(row=table.get_row_index(str(number)))
