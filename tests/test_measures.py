@@ -208,11 +208,9 @@ def test_controls_and_near_criteria_are_validated_in_one_line():
 # -- the real CLIP of clip-interrogator -----------------------------------------------------------
 def test_clip_embedder_text_features_share_the_image_space(tiny_interrogator):
     """ClipEmbedder.text_features: clip-interrogator's tokenizer and CLIP text tower, unit length,
-    the same numbers as the atlas's text features through the interrogator."""
+    the same numbers as encoding the prompts through the interrogator's own tokenizer and CLIP."""
     torch = pytest.importorskip("torch")
-    from types import SimpleNamespace
 
-    from truthloop.ml.embedding import text_features
     from truthloop.ml.interrogate import ClipEmbedder
 
     embedder = ClipEmbedder(tiny_interrogator)
@@ -221,8 +219,11 @@ def test_clip_embedder_text_features_share_the_image_space(tiny_interrogator):
     assert len(found) == 2 and len(found[0]) == len(embedder.features(start_image()))
     for row in found:
         assert sum(x * x for x in row) == pytest.approx(1.0, abs=1e-4)
-    again = text_features(SimpleNamespace(ci=tiny_interrogator), prompts)
-    assert torch.allclose(torch.tensor(found), torch.tensor(again), atol=1e-6)
+    with torch.inference_mode():
+        ci = tiny_interrogator
+        again = ci.clip_model.encode_text(ci.tokenize(prompts).to(ci.device)).float()
+        again = again / again.norm(dim=-1, keepdim=True)
+    assert torch.allclose(torch.tensor(found), again, atol=1e-6)
     assert found[0] != found[1]
 
 

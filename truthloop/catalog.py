@@ -13,24 +13,27 @@ _MARKERS = {"generator": ("model_index.json",), "captioner": ("config.json",),
             "clip": ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")}
 
 
-def in_cache(repo: str, kind: str) -> bool:
+def cached_file(repo_id: str, filename: str) -> str | None:
+    """The path of `filename` in the user's hub cache for `repo_id`'s current revision, or None
+    (looks only at the cache; the loaders in ml/models.py ask the same)."""
     from huggingface_hub import try_to_load_from_cache
 
-    return any(isinstance(try_to_load_from_cache(repo, marker), str)
-               for marker in _MARKERS[kind])
+    found = try_to_load_from_cache(repo_id, filename)
+    return found if isinstance(found, str) else None
+
+
+def in_cache(repo: str, kind: str) -> bool:
+    return any(cached_file(repo, marker) is not None for marker in _MARKERS[kind])
 
 
 def catalog() -> list[dict[str, Any]]:
     """One row per family: what `--generator NAME` / `--captioner NAME` loads by default."""
-    rows = []
-    for family in GENERATORS.values():
-        repos = [(family.default_model, "generator")]
-        rows.append(_row("generator", family, repos, family.name == DEFAULT_GENERATOR))
-    for family in CAPTIONERS.values():
-        repo = CAPTION_MODEL_IDS.get(family.default_model, family.default_model)
-        rows.append(_row("captioner", family, [(repo, "captioner")],
-                         family.name == DEFAULT_CAPTIONER))
-    rows.append(_row("clip", CLIP_FAMILY, [(CLIP_HUB_IDS[DEFAULT_CLIP_MODEL], "clip")], True))
+    rows = [_row("generator", family, family.default_model, family.name == DEFAULT_GENERATOR)
+            for family in GENERATORS.values()]
+    rows += [_row("captioner", family, CAPTION_MODEL_IDS.get(family.default_model,
+                                                              family.default_model),
+                  family.name == DEFAULT_CAPTIONER) for family in CAPTIONERS.values()]
+    rows.append(_row("clip", CLIP_FAMILY, CLIP_HUB_IDS[DEFAULT_CLIP_MODEL], True))
     return rows
 
 
@@ -46,15 +49,13 @@ class _Clip:
 CLIP_FAMILY = _Clip()
 
 
-def _row(kind: str, family: Any, repos: list[tuple[str, str]], default: bool) -> dict[str, Any]:
-    cached = [in_cache(repo, marker_kind) for repo, marker_kind in repos]
+def _row(kind: str, family: Any, repo: str, default: bool) -> dict[str, Any]:
+    cached = in_cache(repo, kind)
     return {
         "kind": kind, "family": family.name, "title": family.title, "default": default,
-        "checkpoint": " + ".join(repo for repo, _ in repos), "licence": family.licence,
+        "checkpoint": repo, "licence": family.licence,
         "download_gb": family.download_gb, "memory_gb": family.memory_gb,
-        "cached": all(cached),
-        "download": " && ".join(download_hint(repo) for (repo, _), got in zip(repos, cached)
-                                if not got),
+        "cached": cached, "download": "" if cached else download_hint(repo),
         "about": family.about,
     }
 

@@ -20,7 +20,7 @@ from truthloop import events as ev
 from truthloop.config import (
     CAPTION_MODES, DEFAULT_RUNS_DIR, DEVICES, FEED_MODES, INTERROGATOR_OPTIONS, INTERROGATORS,
     OPTION_FIELDS, PRESETS, PREVIEWS, SCHEDULERS, SEED_MODES, SEED_NEGATIVE_PROMPT, ConfigError,
-    LoopConfig, RunConfig, apply_demo, apply_pair_defaults, apply_preset,
+    LoopConfig, RunConfig, apply_demo, apply_pair_defaults, apply_preset, options_given,
 )
 from truthloop.families import CAPTIONERS, DEFAULT_INSTRUCTION, GENERATORS
 from truthloop.lookback import report_command
@@ -300,7 +300,7 @@ def config_from_args(args: argparse.Namespace, demo: bool = False) -> RunConfig:
     """Defaults, then the demo's, the preset's and the pair's (the --generator and --captioner
     families' checkpoints and settings), then what the user said."""
     config = RunConfig()
-    said = {dest for dest in OPTION_FIELDS if getattr(args, dest, None) is not None}
+    said = options_given(args)
     if demo:
         apply_demo(config)
     if getattr(args, "preset", None):
@@ -715,7 +715,8 @@ def cmd_sweep_or_atlas(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "resume": cmd_resume, "view": cmd_view,
-            "tiny": cmd_tiny, "models": cmd_models, "report": report_command.cmd_report, "runs": cmd_lookback, "export": cmd_lookback,
+            "tiny": cmd_tiny, "models": cmd_models, "report": report_command.cmd_report,
+            "runs": cmd_lookback, "export": cmd_lookback,
             "sweep": cmd_sweep_or_atlas, "atlas": cmd_sweep_or_atlas,
             "fork": cmd_fork, "compare": cmd_compare}
 

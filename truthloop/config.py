@@ -261,6 +261,11 @@ class RunConfig:
             raise ConfigError("give either an input image or --prompt, not both or neither")
 
 
+def options_given(args: Any) -> set[str]:
+    """The OPTION_FIELDS an argparse namespace was given (the CLI keeps their defaults None)."""
+    return {name for name in OPTION_FIELDS if getattr(args, name, None) is not None}
+
+
 # clip-interrogator's own options: a run with another captioner has no use for them.
 INTERROGATOR_OPTIONS = ("mode", "chunk_size", "flavor_intermediate_count", "interrogator")
 
@@ -269,12 +274,10 @@ def check_pair(config: "RunConfig") -> None:
     """Settings the run's generator or captioner family cannot honour; one line each."""
     m, c, g = config.models, config.caption, config.generate
     generator, captioner = GENERATORS[m.generator], CAPTIONERS[m.captioner]
-    if g.compile and not generator.fast_paths:
-        raise ConfigError(f"--compile is truthloop's fast path for the sd generator; "
-                          f"{generator.name} runs through diffusers' own pipeline")
-    if g.fp8 and not generator.fast_paths:
-        raise ConfigError(f"--fp8 is truthloop's fast path for the sd generator; "
-                          f"{generator.name} runs through diffusers' own pipeline")
+    for flag, asked in (("--compile", g.compile), ("--fp8", g.fp8)):
+        if asked and not generator.fast_paths:
+            raise ConfigError(f"{flag} is truthloop's fast path for the sd generator; "
+                              f"{generator.name} runs through diffusers' own pipeline")
     if g.scheduler != "default" and not generator.swaps_scheduler:
         raise ConfigError(f"--scheduler: {generator.name} is a flow-matching model trained for "
                           f"its own sampler; leave --scheduler out")

@@ -16,14 +16,13 @@ Core only: no torch, no Textual. The CLI and the TUI hand it a backend factory.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from truthloop.config import OPTION_FIELDS, ConfigError, RunConfig, apply_pair_defaults
 from truthloop.errors import OneLineError
-from truthloop.store import RUN_FILE, RunDirError, RunView, read_run, run_dir_name
+from truthloop.store import RUN_FILE, RunDirError, RunView, read_run, read_run_info, run_dir_name
 
 # What tells a run's models apart (compare refuses runs of different models unless one is a
 # fork of the other: a fork that changes the model is a deliberate experiment).
@@ -98,9 +97,8 @@ def plan_fork(parent_dir: Path, at: int, options: dict[str, Any] | None = None,
     swapped = tuple(side for side in ("generator", "captioner") if side in changed)
     if swapped:
         # A fork into another family starts with that family's checkpoint and settings, except
-        # what the fork's options say.
-        # What the fork's options change count as said (the TUI's form sends every field, the
-        # parent's values included).
+        # what the fork's options change (not all they give: the TUI's form sends every field,
+        # the parent's values included).
         said = set(changed)
         apply_pair_defaults(config, said, sides=swapped)
         changed.update({name: value for name, value in _models_changed(before, config).items()
@@ -174,7 +172,7 @@ def parent_of(view_or_info: RunView | dict[str, Any], base: Path | None = None) 
 
 def _read_info(path: Path) -> dict[str, Any] | None:
     try:
-        info = json.loads((path / RUN_FILE).read_text(encoding="utf-8"))
+        info = read_run_info(path)
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     return info if isinstance(info, dict) else None

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Protocol
 from truthloop import events as ev
 from truthloop.config import RunConfig
 from truthloop.loop import Backends, LoopControl, LoopFailed, StopRequested, TruthLoop
-from truthloop.store import RUN_FILE, RunDirError, read_records, update_run_info
+from truthloop.store import RunDirError, read_records, read_run_info, update_run_info
 
 PAINT, CAPTION, FEATURES, TEXT = "paint", "caption", "features", "text"
 # Served in this order within a tick (any fixed order is deterministic).
@@ -264,7 +264,7 @@ class Lockstep:
     def _record_setting(self, run_dir: Path) -> None:
         """run.json's "batch": this engine's setting for a new run; a resume under another
         setting is added to "batch_resumed" (from which iteration), the first one kept."""
-        info = _read_info(run_dir)
+        info = read_run_info(run_dir)
         setting = self.setting
         if "batch" not in info:
             update_run_info(run_dir, {"batch": setting})
@@ -394,12 +394,6 @@ class _SlotEmbedder:
 
     def _text_features(self, prompts: list[str]) -> Any:
         return self.engine._request(self.slot, TEXT, (list(prompts),))
-
-
-def _read_info(run_dir: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
 
 
 def throughput(engine: Lockstep, skip_paints: int = 2) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from truthloop.text import first_line
 from truthloop.measures import NearRepeats, cosine
 from truthloop.record import Cycle, Record, find_cycle, result_fields
 from truthloop.store import (
-    FORMAT_VERSION, RunDirError, RunWriter, image_name, read_run, resume_problem,
+    FORMAT_VERSION, RunDirError, RunWriter, image_name, read_run, read_run_info, resume_problem,
     update_run_info,
 )
 
@@ -359,11 +359,8 @@ class TruthLoop:
     def _name_measures(self, backends: Backends) -> None:
         """run.json's "measures": which embedding made the records' similarities, and which of
         them it could make (written once, by the process that first measured)."""
-        info_path = self.run_dir / "run.json"
         try:
-            import json
-
-            if "measures" in json.loads(info_path.read_text(encoding="utf-8")):
+            if "measures" in read_run_info(self.run_dir):
                 return
         except (OSError, ValueError):
             return

@@ -280,11 +280,16 @@ class RunWriter:
             pass
 
 
+def read_run_info(path: Path) -> Any:
+    """run.json of the run directory `path`, parsed (OSError, ValueError when unreadable)."""
+    return json.loads((Path(path) / RUN_FILE).read_text(encoding="utf-8"))
+
+
 def update_run_info(path: Path, fields: dict[str, Any]) -> None:
     """Add top-level fields to run.json (e.g. a sweep's batch setting), rewritten whole and
     renamed into place; the caller holds the run's writer lock. The config is never touched."""
     info_path = Path(path) / RUN_FILE
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info = read_run_info(path)
     if "config" in fields:
         raise ValueError("run.json's config is written once, at creation")
     info.update(fields)

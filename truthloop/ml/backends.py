@@ -48,116 +48,86 @@ def quiet_libraries() -> None:
 
 
 def load_backends(config: RunConfig, emit: EventSink) -> Backends:
-    """The run's pair, loaded. sd + clip-interrogator (the seed article's pair) goes through
-    ml/models.py and its fast paths; any other pair loads each family through its library's
-    own classes (ml/families/) and one CLIP for the drift measures and the atlas."""
+    """The run's pair, loaded: the generator family's painter and the captioner family's
+    captioner, each side on its own (the seed article's sd and clip-interrogator with their fast
+    paths), and the CLIP that makes the drift measures and the atlas for every pair."""
     quiet_libraries()
-    if config.models.generator == DEFAULT_GENERATOR \
-            and config.models.captioner == DEFAULT_CAPTIONER:
-        return _load_seed_pair(config, emit)
-    return _load_family_pair(config, emit)
-
-
-def _load_seed_pair(config: RunConfig, emit: EventSink) -> Backends:
-    from truthloop.ml.generate import Painter
-    from truthloop.ml.interrogate import Captioner, ClipEmbedder, build_interrogator
-    from truthloop.ml.models import load_models
-
-    models = load_models(config.models, config.generate.scheduler,
-                         progress=lambda message: emit(ev.Loading(message)),
-                         notice=lambda message: emit(ev.Notice(message)))
-
-    def report(label: str, done: int | None, total: int | None) -> None:
-        emit(ev.Loading(f"label embeddings: {label}", done, total))
-
-    emit(ev.Loading("preparing label embeddings"))
-    interrogator = build_interrogator(models, config.caption, report)
-    # --low-vram asks for memory over speed: a CUDA graph keeps its buffers for the whole run
-    # (BLIP's decode and best's chain passes hold GBs at full size), and offloading moves the
-    # UNet's weights around each call, so no graphs there (the same numbers either way).
-    cuda_graphs = config.models.cuda_graphs and not config.models.low_vram
-    captioner = Captioner(interrogator, config.caption, cuda_graphs=cuda_graphs)
-    painter = Painter(models.pipe, config.generate, models.device, cuda_graphs=cuda_graphs)
-    details = {"generator": config.models.generator, "captioner": config.models.captioner,
-               "clip_name": models.clip_name, "dtype": str(models.dtype)}
-    if painter.fp8 is not None:
-        details["fp8"] = painter.fp8.to_dict()  # which layers run in float8, and how scaled
-    return Backends(
-        captioner=captioner,
-        painter=painter,
-        embedder=ClipEmbedder(interrogator, captioner.fast),
-        device=models.device,
-        details=details,
-        loaded=models.loaded,
-    )
-
-
-def _load_family_pair(config: RunConfig, emit: EventSink) -> Backends:
-    import torch
-
-    from truthloop.ml.embedding import OpenClipEmbedder
-    from truthloop.ml.models import load_clip, pick_device, resolve, set_determinism
+    from truthloop.ml.models import pick_device, resolve, set_determinism
 
     set_determinism()
     m = resolve(config.models)
-    progress = lambda message: emit(ev.Loading(message))  # noqa: E731
-    notice = lambda message: emit(ev.Notice(message))  # noqa: E731
-    device = pick_device(m.device, notice)
+    device = pick_device(m.device, lambda message: emit(ev.Notice(message)))
     loaded: dict[str, dict[str, str | None]] = {}
-    details: dict[str, str] = {"generator": m.generator, "captioner": m.captioner}
-
-    progress(f"loading image model {m.generator_model} ({m.generator})")
-    if m.generator == DEFAULT_GENERATOR:
-        from truthloop.ml.generate import Painter
-        from truthloop.ml.models import load_pipeline
-
-        dtype = torch.float16 if device == "cuda" else torch.float32
-        pipe, loaded["generator_model"] = load_pipeline(
-            m.generator_model, device, dtype, config.generate.scheduler, m.low_vram, notice)
-        cuda_graphs = m.cuda_graphs and not m.low_vram
-        painter: Any = Painter(pipe, config.generate, device, cuda_graphs=cuda_graphs)
-    else:
-        from truthloop.ml.families.painting import FamilyPainter, load_generator
-
-        pipe, loaded["generator_model"] = load_generator(m.generator, m.generator_model,
-                                                         device, m.low_vram, notice)
-        painter = FamilyPainter(pipe, m.generator, config.generate, device)
-        _swap_scheduler(pipe, config.generate.scheduler)
-    details["generator_dtype"] = str(getattr(pipe, "dtype", ""))
-
-    progress(f"loading caption model {m.caption_model} ({m.captioner})")
-    if m.captioner == DEFAULT_CAPTIONER:
-        captioner, embedder, clip_name = _load_interrogator(config, m, device, loaded, emit)
-    else:
-        from truthloop.ml.families.captioning import load_captioner
-
-        captioner, loaded["caption_model"] = load_captioner(m.captioner, m.caption_model,
-                                                            device, config.caption, notice)
-        details["captioner_dtype"] = str(captioner.model.dtype)
-        progress(f"loading CLIP {m.clip_model} (drift measures)")
-        clip_model, clip_preprocess, clip_name, loaded["clip_model"] = load_clip(m.clip_model,
-                                                                                 device)
-        embedder = OpenClipEmbedder(clip_model, clip_preprocess, clip_name, device)
-    details["clip_name"] = clip_name
+    details: dict[str, Any] = {"generator": m.generator, "captioner": m.captioner}
+    painter = _load_painter(config, m, device, loaded, details, emit)
+    captioner, embedder = _load_captioner(config, m, device, loaded, details, emit)
     return Backends(captioner=captioner, painter=painter, embedder=embedder, device=device,
                     details=details, loaded=loaded)
 
 
-def _load_interrogator(config: RunConfig, m: Any, device: str, loaded: dict,
-                       emit: EventSink) -> tuple[Any, Any, str]:
-    """clip-interrogator (BLIP + CLIP, its fast paths) beside another family's generator."""
+def _load_painter(config: RunConfig, m: Any, device: str, loaded: dict, details: dict,
+                  emit: EventSink) -> Any:
+    from truthloop.ml.models import load_pipeline
+
+    notice = lambda message: emit(ev.Notice(message))  # noqa: E731
+    emit(ev.Loading(f"loading image model {m.generator_model}"))
+    if m.generator != DEFAULT_GENERATOR:
+        from truthloop.ml.families.painting import FamilyPainter, load_generator
+
+        pipe, loaded["generator_model"] = load_generator(
+            m.generator, m.generator_model, device, m.low_vram, notice, config.generate.scheduler)
+        details["dtype"] = str(pipe.dtype)
+        return FamilyPainter(pipe, m.generator, config.generate, device)
+    import torch
+
+    from truthloop.ml.generate import Painter
+
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    pipe, loaded["generator_model"] = load_pipeline(
+        m.generator_model, device, dtype, config.generate.scheduler, m.low_vram, notice)
+    details["dtype"] = str(dtype)
+    # --low-vram asks for memory over speed: a CUDA graph keeps its buffers for the whole run
+    # (BLIP's decode and best's chain passes hold GBs at full size), and offloading moves the
+    # UNet's weights around each call, so no graphs there (the same numbers either way).
+    painter = Painter(pipe, config.generate, device,
+                      cuda_graphs=m.cuda_graphs and not m.low_vram)
+    if painter.fp8 is not None:
+        details["fp8"] = painter.fp8.to_dict()  # which layers run in float8, and how scaled
+    return painter
+
+
+def _load_captioner(config: RunConfig, m: Any, device: str, loaded: dict, details: dict,
+                    emit: EventSink) -> tuple[Any, Any]:
+    """The captioner and the embedder: clip-interrogator's CLIP serves both, and beside any
+    other family the same CLIP is loaded for the embedder alone."""
+    from truthloop.ml.models import load_clip
+
+    emit(ev.Loading(f"loading caption model {m.caption_model}"))
+    if m.captioner != DEFAULT_CAPTIONER:
+        from truthloop.ml.embedding import OpenClipEmbedder
+        from truthloop.ml.families.captioning import load_captioner
+
+        captioner, loaded["caption_model"] = load_captioner(
+            m.captioner, m.caption_model, device, config.caption,
+            lambda message: emit(ev.Notice(message)))
+        details["captioner_dtype"] = str(captioner.model.dtype)
+        emit(ev.Loading(f"loading CLIP {m.clip_model}"))
+        clip_model, preprocess, details["clip_name"], loaded["clip_model"] = load_clip(
+            m.clip_model, device)
+        return captioner, OpenClipEmbedder(clip_model, preprocess, details["clip_name"], device)
     import torch
 
     from truthloop.ml.interrogate import Captioner, ClipEmbedder, build_interrogator
-    from truthloop.ml.models import LoadedModels, load_caption_model, load_clip
+    from truthloop.ml.models import LoadedModels, load_caption_model
 
     dtype = torch.float16 if device == "cuda" else torch.float32
     caption_model, caption_processor, loaded["caption_model"] = load_caption_model(
         m.caption_model, device, dtype)
     emit(ev.Loading(f"loading CLIP {m.clip_model}"))
-    clip_model, clip_preprocess, clip_name, loaded["clip_model"] = load_clip(m.clip_model, device)
-    models = LoadedModels(None, caption_model, caption_processor, clip_model, clip_preprocess,
-                          clip_name, device, dtype, loaded)
+    clip_model, preprocess, details["clip_name"], loaded["clip_model"] = load_clip(
+        m.clip_model, device)
+    models = LoadedModels(None, caption_model, caption_processor, clip_model, preprocess,
+                          details["clip_name"], device, dtype, loaded)
 
     def report(label: str, done: int | None, total: int | None) -> None:
         emit(ev.Loading(f"label embeddings: {label}", done, total))
@@ -166,16 +136,4 @@ def _load_interrogator(config: RunConfig, m: Any, device: str, loaded: dict,
     interrogator = build_interrogator(models, config.caption, report)
     captioner = Captioner(interrogator, config.caption,
                           cuda_graphs=m.cuda_graphs and not m.low_vram)
-    return captioner, ClipEmbedder(interrogator, captioner.fast), clip_name
-
-
-def _swap_scheduler(pipe: Any, scheduler: str) -> None:
-    """--scheduler for the UNet families (config.check_pair refuses it for the others)."""
-    if scheduler == "default":
-        return
-    import diffusers
-
-    from truthloop.config import SCHEDULER_CLASSES
-
-    pipe.scheduler = getattr(diffusers, SCHEDULER_CLASSES[scheduler]).from_config(
-        pipe.scheduler.config)
+    return captioner, ClipEmbedder(interrogator, captioner.fast)

@@ -1,29 +1,24 @@
-"""CLIP text features for a sweep's atlas: the truth prompts' embeddings, from the CLIP model the
-captioner already holds (no second model loaded). The sweep worker calls this; torch stays in ml/.
-"""
+"""CLIP features of images and prompts for the drift measures and the atlas: one computation of
+text features for every embedder, and the embedder of the pairs whose captioner is not
+clip-interrogator (clip-interrogator's CLIP serves its own pair: interrogate.ClipEmbedder)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 
-def text_features(embedder: Any, prompts: list[str]) -> list[list[float]] | None:
-    """CLIP text features of the prompts, unit length: the embedder's own method when it has one,
-    else through the clip-interrogator it wraps (its tokenizer and CLIP model); None when it has
-    neither."""
-    own = getattr(embedder, "text_features", None)
-    if own is not None:
-        return own(prompts)
-    ci = getattr(embedder, "ci", None)
-    if ci is None:
-        return None
+def unit_text_features(model: Any, tokenize: Any, device: str,
+                       prompts: list[str]) -> list[list[float]]:
+    """Unit-length CLIP text features of the prompts, in the images' space: `tokenize` (the CLIP's
+    own tokenizer) and `model`'s text tower. Every embedder's text side (ClipEmbedder's through
+    clip-interrogator, OpenClipEmbedder's)."""
     import torch
 
     with torch.inference_mode():
-        tokens = ci.tokenize(prompts).to(ci.device)
-        features = ci.clip_model.encode_text(tokens).float()
-        features = features / features.norm(dim=-1, keepdim=True)
-    return features.cpu().tolist()
+        tokens = tokenize(list(prompts)).to(device)
+        found = model.encode_text(tokens).float()
+        found = found / found.norm(dim=-1, keepdim=True)
+    return found.cpu().tolist()
 
 
 class OpenClipEmbedder:
@@ -51,10 +46,4 @@ class OpenClipEmbedder:
         return found[0].cpu().tolist()
 
     def text_features(self, prompts: list[str]) -> list[list[float]]:
-        import torch
-
-        with torch.inference_mode():
-            tokens = self.tokenize(prompts).to(self.device)
-            found = self.model.encode_text(tokens).float()
-            found = found / found.norm(dim=-1, keepdim=True)
-        return found.cpu().tolist()
+        return unit_text_features(self.model, self.tokenize, self.device, prompts)

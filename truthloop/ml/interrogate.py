@@ -125,10 +125,6 @@ class ClipEmbedder:
         """Unit-length CLIP text features of the prompts, in the images' space: clip-interrogator's
         tokenizer and CLIP text tower, as it encodes its label candidates (the drift measures of
         text and caption-image, and --converge text)."""
-        import torch
+        from truthloop.ml.embedding import unit_text_features
 
-        with torch.inference_mode():
-            tokens = self.ci.tokenize(list(prompts)).to(self.ci.device)
-            found = self.ci.clip_model.encode_text(tokens).float()
-            found = found / found.norm(dim=-1, keepdim=True)
-        return found.cpu().tolist()
+        return unit_text_features(self.ci.clip_model, self.ci.tokenize, self.ci.device, prompts)

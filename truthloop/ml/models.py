@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from truthloop.catalog import cached_file
 from truthloop.config import SCHEDULER_CLASSES, ModelConfig
 from truthloop.errors import OneLineError
 from truthloop.events import DEVICE_FALLBACK
@@ -101,8 +102,8 @@ def load_models(config: ModelConfig, scheduler: str = "default",
     dtype = torch.float16 if device == "cuda" else torch.float32
     loaded: dict[str, dict[str, str | None]] = {}
     progress(f"loading image model {config.generator_model}")
-    pipe, loaded["generator_model"] = load_pipeline(config.generator_model, device, dtype, scheduler,
-                                             config.low_vram, notice)
+    pipe, loaded["generator_model"] = load_pipeline(config.generator_model, device, dtype,
+                                                    scheduler, config.low_vram, notice)
     progress(f"loading caption model {config.caption_model}")
     caption_model, caption_processor, loaded["caption_model"] = load_caption_model(
         config.caption_model, device, dtype)
@@ -117,21 +118,13 @@ def _is_local(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or os.path.exists(spec)
 
 
-def _cached_file(repo_id: str, filename: str) -> str | None:
-    """The path of `filename` in the user's hub cache for `repo_id`'s current revision, or None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, filename)
-    return found if isinstance(found, str) else None
-
-
 def _hub_source(kind: str, spec: str, marker: str, notice: Progress) -> str:
     """The repository to load for `spec`: a withdrawn id becomes its mirror, unless the user's
     hub cache still holds the withdrawn one (then that copy is used, and nothing is fetched)."""
     mirror = mirror_of(spec)
     if mirror is None:
         return spec
-    if _cached_file(spec, marker) is not None:
+    if cached_file(spec, marker) is not None:
         notice(f"{kind} {spec} was withdrawn from the Hugging Face hub; "
                f"using the copy in your hub cache")
         return spec
@@ -145,7 +138,7 @@ def _source(spec: str, repo: str | None, marker: str) -> dict[str, str | None]:
     if repo is None:
         return {"requested": spec, "repo": None, "revision": None,
                 "path": str(Path(spec).expanduser().resolve())}
-    cached = _cached_file(repo, marker)
+    cached = cached_file(repo, marker)
     # A cached file lives at .../models--org--name/snapshots/<commit>/<marker>.
     revision = Path(cached).parent.name if cached else None
     return {"requested": spec, "repo": repo, "revision": revision,
@@ -175,19 +168,25 @@ def _from_pretrained(kind: str, spec: str, load: Callable[[str], Any]) -> Any:
 
 def load_pipeline(spec: str, device: str, dtype: Any, scheduler: str = "default",
                   low_vram: bool = False, notice: Progress = lambda message: None,
+                  pipeline: str = "StableDiffusionPipeline",
                   ) -> tuple[Any, dict[str, str | None]]:
+    """A diffusers `pipeline` (class name; every generator family's, families.py) from a hub id
+    or a local directory, in `dtype`, on `device` (or offloaded), with `scheduler` swapped in."""
     import diffusers
-    from diffusers import StableDiffusionPipeline
+
+    pipeline_class = getattr(diffusers, pipeline)
+    # Stable Diffusion 1.x/2.x checkpoints name a safety checker truthloop never loads.
+    extra = ({"safety_checker": None, "requires_safety_checker": False}
+             if pipeline == "StableDiffusionPipeline" else {})
 
     def load(source: str) -> Any:
-        return StableDiffusionPipeline.from_pretrained(
-            source, dtype=dtype, safety_checker=None, requires_safety_checker=False
-        )
+        return pipeline_class.from_pretrained(source, dtype=dtype, **extra)
 
     repo = None if _is_local(spec) else _hub_source("image model", spec, "model_index.json",
                                                     notice)
     pipe = _from_pretrained("image model", repo or spec, load)
-    loaded_dtype = getattr(pipe.unet, "dtype", dtype)
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    loaded_dtype = getattr(denoiser, "dtype", dtype)
     if loaded_dtype != dtype:
         # diffusers 0.30-0.36 ignored `dtype=` (it wanted torch_dtype=): fp32 on CUDA is twice
         # the memory and slower, and it is not what the run says it used.
@@ -273,7 +272,7 @@ def load_clip(spec: str, device: str) -> tuple[Any, Any, str, dict[str, str | No
         hub_repo = _clip_hub_repo(arch, pretrained)
         source = {"requested": spec, "repo": hub_repo, "revision": None, "path": None}
         for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-            if hub_repo and _cached_file(hub_repo, name):
+            if hub_repo and cached_file(hub_repo, name):
                 source = _source(spec, hub_repo, name)
                 break
     return model, preprocess, f"{arch}/{tag}", source

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from truthloop.config import ConfigError, RunConfig
+from truthloop.config import ConfigError, RunConfig, options_given
 from truthloop.store import atomic_write_json
 from truthloop.sweep import missing_extras
 from truthloop.families import CAPTIONERS, GENERATORS
@@ -92,9 +92,6 @@ def build_spec(args: argparse.Namespace, config: RunConfig,
     prompts = read_prompts(args.prompts) if args.prompts else []
     if args.images and not images and not prompts:
         raise SpecError("none of the --images could be read; nothing to run")
-    from truthloop.config import OPTION_FIELDS
-
-    said = {dest for dest in OPTION_FIELDS if getattr(args, dest, None) is not None}
     if args.batch > 1:
         slow = sorted({f"{side} {name}" for side, table in (("generator", GENERATORS),
                                                             ("captioner", CAPTIONERS))
@@ -104,7 +101,8 @@ def build_spec(args: argparse.Namespace, config: RunConfig,
             raise SpecError(f"--batch is truthloop's lockstep fast path for the sd + "
                             f"clip-interrogator pair; {', '.join(slow)} draws or captions one "
                             f"trajectory at a time: leave out --batch")
-    return make_spec(config, images, prompts, seeds, grid, backend=args.backend, said=said)
+    return make_spec(config, images, prompts, seeds, grid, backend=args.backend,
+                     said=options_given(args))
 
 
 def cmd_sweep(args: argparse.Namespace, config: RunConfig) -> int:

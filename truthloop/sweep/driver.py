@@ -291,10 +291,13 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
     # A worker keeps its models while the pair stays the same: a grid over generators or
     # captioners runs one pair's trajectories together (in order within each), so a worker
     # loads a pair once rather than at every change of grid point.
-    pairs = {t.number: (t.config["models"]["generator"], t.config["models"]["captioner"])
-             for t in todo}
-    first_seen = {pair: index for index, pair in reversed(list(enumerate(pairs.values())))}
-    todo.sort(key=lambda t: first_seen[pairs[t.number]])
+    def pair(t: Trajectory) -> tuple[str, str]:
+        return t.config["models"]["generator"], t.config["models"]["captioner"]
+
+    order: dict[tuple[str, str], int] = {}
+    for t in todo:
+        order.setdefault(pair(t), len(order))
+    todo.sort(key=lambda t: order[pair(t)])  # stable: each pair's own order is kept
     started = start_ray(address, num_gpus)
     local = started and not address
     progress = Progress(len(trajectories), len(trajectories) - len(todo))

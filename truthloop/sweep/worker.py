@@ -19,7 +19,7 @@ from typing import Any, Callable
 from truthloop.config import ConfigError, RunConfig
 from truthloop.images import BadImage, load_input_image
 from truthloop.lockstep import model_key
-from truthloop.loop import Backends, LoopFailed, TruthLoop
+from truthloop.loop import Backends, LoopFailed, TruthLoop, text_encoder
 from truthloop.store import (
     RUN_FILE, RunDirError, RunLocked, atomic_write_json, read_records, read_run,
 )
@@ -136,10 +136,9 @@ class TrajectoryWorker:
                 with Image.open(run_dir / name) as image:
                     image_vectors.append(list(embedder.features(image.convert("RGB"))))
             prompts = summary.get("truth_prompts") or []
-            if prompts:
-                from truthloop.ml.embedding import text_features
-
-                text_vectors = text_features(embedder, prompts) or []
+            encode = text_encoder(embedder)
+            if prompts and encode is not None:
+                text_vectors = encode(prompts)
         records = read_records(run_dir)
         cycle = summary.get("cycle") or {}
         start, length = cycle.get("start", 0), cycle.get("length", 0)

@@ -18,30 +18,14 @@ Progress = Callable[[str], None]
 
 
 def load_generator(family: str, spec: str, device: str, low_vram: bool = False,
-                   notice: Progress = lambda message: None,
+                   notice: Progress = lambda message: None, scheduler: str = "default",
                    ) -> tuple[Any, dict[str, str | None]]:
-    """The family's pipeline from a hub id or a local directory (models.py's one loading path:
-    the hub cache, withdrawn ids' mirrors, one-line errors)."""
-    import diffusers
+    """The family's pipeline from a hub id or a local directory, in the family's dtype, through
+    models.py's one loading path (the hub cache, withdrawn ids' mirrors, one-line errors)."""
+    from truthloop.ml.models import load_pipeline
 
-    from truthloop.ml.models import _from_pretrained, _hub_source, _is_local, _source
-
-    module = generator_module(family)
-    pipeline_class = getattr(diffusers, GENERATORS[family].pipeline)
-    dtype = module.dtype(device)
-
-    def load(source: str) -> Any:
-        return pipeline_class.from_pretrained(source, dtype=dtype)
-
-    repo = None if _is_local(spec) else _hub_source("image model", spec, "model_index.json",
-                                                    notice)
-    pipe = _from_pretrained("image model", repo or spec, load)
-    pipe.set_progress_bar_config(disable=True)
-    if low_vram and device == "cuda":
-        pipe.enable_model_cpu_offload()
-    else:
-        pipe = pipe.to(device)
-    return pipe, _source(spec, repo, "model_index.json")
+    return load_pipeline(spec, device, generator_module(family).dtype(device), scheduler,
+                         low_vram, notice, pipeline=GENERATORS[family].pipeline)
 
 
 class FamilyPainter(SeededPainter):
