@@ -257,7 +257,21 @@ PEAK_VARIANTS = {
     "cl-compiled": ("channels-last", True, False, None),
     "cl-compiled-graph": ("channels-last", True, True, None),
     "fp8t-compiled-graph": ("fp8-tensor", True, True, None),
+    "tuned-compiled-graph": ("tuned", True, True, None),
+    "autotune-compiled-graph": ("autotune", True, True, None),
 }
+# UNet kinds compiled with inductor options of their own (the inductor backend only).
+# "tuned": diffusers' recipe for a compiled SD UNet (its "accelerate inference of text-to-image
+# diffusion models" guide): channels-last weights, fused q/k/v projections, 1x1 convolutions as
+# matmuls, coordinate-descent tuning of the generated kernels, no epilogue fusion.
+# "autotune": inductor's max-autotune (Triton GEMM and convolution templates against cuBLAS and
+# cuDNN, the fastest kept per shape), on today's UNet; its own graphs come from our wrapper.
+COMPILE_OPTIONS = {
+    "tuned": {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
+              "coordinate_descent_check_all_directions": True, "epilogue_fusion": False},
+    "autotune": {"max_autotune": True, "triton.cudagraphs": False},
+}
+CHANNELS_LAST = {"channels-last", "tuned"}
 PEAK_LABELS = {
     "eager": "eager (fp16, SDPA flash)",
     "eager-graph": "eager + CUDA graph (truthloop's default)",
@@ -270,10 +284,13 @@ PEAK_LABELS = {
     "cl-compiled": "channels-last, torch.compile",
     "cl-compiled-graph": "channels-last, torch.compile + CUDA graph",
     "fp8t-compiled-graph": "FP8 per-tensor, torch.compile + CUDA graph",
+    "tuned-compiled-graph": "tuned (channels-last, fused qkv, inductor flags) + graph",
+    "autotune-compiled-graph": "torch.compile max-autotune + CUDA graph",
 }
 CORE = ["eager", "eager-graph", "compiled", "compiled-graph", "fp8-compiled",
         "fp8-compiled-graph", "fp8-eager", "eager-cudnn"]
-EXTRAS = ["cl-compiled", "cl-compiled-graph", "fp8t-compiled-graph"]
+EXTRAS = ["cl-compiled", "cl-compiled-graph", "fp8t-compiled-graph", "tuned-compiled-graph",
+          "autotune-compiled-graph"]
 
 
 class PeakBench:
@@ -296,8 +313,12 @@ class PeakBench:
         if kind not in self.unets:
             base = self.unets["fp16"]
             unet = copy.deepcopy(base)
-            if kind == "channels-last":
+            if kind in CHANNELS_LAST:
                 unet.to(memory_format=torch.channels_last)
+            if kind == "tuned":
+                unet.fuse_qkv_projections()
+            elif kind in CHANNELS_LAST or kind == "autotune":
+                pass
             else:
                 self.fp8[kind] = to_fp8(unet, kind.split("-")[1], self.args.tiny)
                 log(f"{kind}: {self.fp8[kind]}")
@@ -310,8 +331,11 @@ class PeakBench:
             return unet.forward
         if kind not in self.compiled:
             # As truthloop's compile_pipeline compiles it: the UNet's forward, bound.
+            options = COMPILE_OPTIONS.get(kind) if self.args.compile_backend == "inductor" \
+                else None
             self.compiled[kind] = torch.compile(unet.__class__.forward.__get__(unet),
-                                                backend=self.args.compile_backend)
+                                                backend=self.args.compile_backend,
+                                                options=options)
         return self.compiled[kind]
 
     def inputs(self, rows: int, channels_last: bool):
@@ -366,7 +390,7 @@ class PeakBench:
             torch.cuda.empty_cache()
         reset_peak()
         call = self.caller(name)
-        sample, timestep, text = self.inputs(rows, kind == "channels-last")
+        sample, timestep, text = self.inputs(rows, kind in CHANNELS_LAST)
         with torch.inference_mode():
             sync()
             start = time.perf_counter()
@@ -512,10 +536,14 @@ def part_peak(args, budget: Budget) -> None:
     unknown = [v for v in chosen if v not in PEAK_VARIANTS]
     if unknown:
         raise SystemExit(f"unknown --variants {unknown}; choose from {list(PEAK_VARIANTS)}")
-    core = [v for v in chosen if v in CORE]
-    extras = [v for v in chosen if v not in CORE]
-    jobs = [(sizes[0], v) for v in core] + [("profile", sizes[0])] \
-        + [(s, v) for s in sizes[1:] for v in core] + [(s, v) for s in sizes for v in extras]
+    if args.variants:  # the order given: every variant at the first size, then the profile
+        jobs = [(sizes[0], v) for v in chosen] + [("profile", sizes[0])] \
+            + [(s, v) for s in sizes[1:] for v in chosen]
+    else:
+        core = [v for v in chosen if v in CORE]
+        extras = [v for v in chosen if v not in CORE]
+        jobs = [(sizes[0], v) for v in core] + [("profile", sizes[0])] \
+            + [(s, v) for s in sizes[1:] for v in core] + [(s, v) for s in sizes for v in extras]
     report = Report(
         f"the SD2-768 UNet at batch B (CFG: 2B rows), {args.steps} steps — {machine()}",
         ["variant", "B", "ms / UNet call", "TFLOP/s", "% dense fp16 peak", "s / image (UNet)",
@@ -598,7 +626,7 @@ def profile_part(args, bench: PeakBench, size: int, budget: Budget) -> None:
             continue
         try:
             profile = profile_kernels(bench.caller(name, graphs=False),
-                                      bench.inputs(2 * size, kind == "channels-last"))
+                                      bench.inputs(2 * size, kind in CHANNELS_LAST))
         except Exception as error:  # noqa: BLE001
             report.add(PEAK_LABELS[name], f"FAILED {type(error).__name__}: {error}"[:200])
             continue
