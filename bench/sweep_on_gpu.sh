@@ -4,6 +4,8 @@
 # (the slim Ray wheel: ../shared/tools/slim_ray_wheel.py). Usage, from the repository root:
 #   bench/sweep_on_gpu.sh setup          # wheels, full-size checkpoints, label embeddings
 #   bench/sweep_on_gpu.sh run GPUS NAME  # one sweep on GPUS GPUs; its summary in $OUT/NAME.json
+#   bench/sweep_on_gpu.sh run GPUS NAME 16   # the same with --batch 16 (compiled) over 32
+#                                            # trajectories: two batches on 1 GPU, one each on 2
 set -euo pipefail
 export PYTHONPATH=/tmp/site:$PWD TRUTHLOOP_CACHE=/tmp/tlcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 out=${OUT:-/tmp}
@@ -23,15 +25,21 @@ print(build_all(Path('$models')))"
 fi
 gpus=$2
 name=$3
+batch=${4:-}
+# Batched: 32 trajectories (8 prompts x seeds 0-3), so 1 and 2 GPUs run the same sweep with
+# every batch full.
+seeds=0-1
+[ -n "$batch" ] && seeds=0-3
 printf '%s\n' "a man looking at his phone" "a golf course at dawn" "a bowl of fruit on a table" \
     "a red bicycle by a wall" "a lighthouse in a storm" "a cat asleep on a sofa" \
     "a crowded market street" "an astronaut on a horse" > "$prompts"
 start=$(date +%s.%N)
-python3 -m truthloop.cli sweep "/tmp/sweeps/$name" --prompts "$prompts" --seeds 0-1 \
+python3 -m truthloop.cli sweep "/tmp/sweeps/$name" --prompts "$prompts" --seeds "$seeds" \
     --sd-model "$models/sd2" --caption-model "$models/blip-large" \
     --clip-model "ViT-L-14/$models/vit-l-14/open_clip_model.safetensors" \
     $( [ "$name" = warm ] && echo "--max-iters 1" || echo "--max-iters 12 --confirm-iters 6" ) \
     --gpus "$gpus" --workers "$gpus" $( [ "$name" = warm ] && echo --no-atlas ) \
+    $( [ -n "$batch" ] && echo "--batch $batch" ) \
     2>&1 | tee "$out/$name.log"
 end=$(date +%s.%N)
 python3 - "$name" "$gpus" "$start" "$end" "$out" <<'EOF'
