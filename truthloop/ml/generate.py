@@ -84,6 +84,7 @@ class Painter(SeededPainter):
         self.pipe = pipe
         self.graphed_unet = None
         self.fp8 = None  # truthloop.ml.fp8.Fp8Summary once --fp8 has converted the UNet
+        self._negative: tuple[str | None, Any] | None = None  # (negative prompt, embeddings)
         if config.fp8:
             from truthloop.ml.fp8 import convert_unet_to_fp8
 
@@ -110,9 +111,10 @@ class Painter(SeededPainter):
         total = self.config.steps
         step_end = step_callback(self, total, on_step, _sd_latent_rgb)
         with torch.inference_mode():
+            positive, negative = self._prompt_embeds(prompt)
             result = self.pipe(
-                prompt,
-                negative_prompt=self.config.negative_prompt or None,
+                prompt_embeds=positive,
+                negative_prompt_embeds=negative,
                 num_inference_steps=total,
                 guidance_scale=self.config.guidance,
                 width=self.config.width,
@@ -121,6 +123,27 @@ class Painter(SeededPainter):
                 callback_on_step_end=step_end,
             )
         return result.images[0]
+
+    def _prompt_embeds(self, prompt: str) -> tuple[Any, Any]:
+        """The prompt's text embeddings, and the negative prompt's, encoded once per run.
+
+        diffusers' encode_prompt encodes the prompt and the negative prompt in two calls of the
+        text encoder at batch 1, so the negative's embeddings from an earlier image are the very
+        tensor it would compute again (images stay bit-equal to a plain pipeline call); one
+        text-encoder call an image is left (on an H100, the two took 53-68 ms of a 1.06 s
+        compiled iteration)."""
+        pipe = self.pipe
+        device = pipe._execution_device
+        guidance = self.config.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
+        text = self.config.negative_prompt or None
+        if guidance and (self._negative is None or self._negative[0] != text):
+            # Both through diffusers' own path once (it truncates a long negative prompt
+            # without the warning a prompt gets).
+            positive, negative = pipe.encode_prompt(prompt, device, 1, True, negative_prompt=text)
+            self._negative = (text, negative)
+            return positive, negative
+        positive = pipe.encode_prompt(prompt, device, 1, False)[0]
+        return positive, self._negative[1] if guidance else None
 
 
 def step_callback(painter: Any, total: int, on_step: Callable[[int, int], None],
