@@ -263,8 +263,9 @@ PEAK_VARIANTS = {
 }
 # UNet kinds compiled with inductor options of their own (the inductor backend only).
 # "tuned": diffusers' recipe for a compiled SD UNet (its "accelerate inference of text-to-image
-# diffusion models" guide): channels-last weights, fused q/k/v projections, 1x1 convolutions as
-# matmuls, coordinate-descent tuning of the generated kernels, no epilogue fusion.
+# diffusion models" tutorial, since removed from diffusers' docs): channels-last weights, fused
+# q/k/v projections, 1x1 convolutions as matmuls, no epilogue fusion; "tuned-cd" adds its
+# coordinate-descent tuning of the generated kernels.
 # "autotune": inductor's max-autotune (Triton GEMM and convolution templates against cuBLAS and
 # cuDNN, the fastest kept per shape), on today's UNet; its own graphs come from our wrapper.
 COMPILE_OPTIONS = {
@@ -323,9 +324,7 @@ class PeakBench:
                 unet.to(memory_format=torch.channels_last)
             if kind.startswith("tuned"):
                 unet.fuse_qkv_projections()
-            elif kind in CHANNELS_LAST or kind == "autotune":
-                pass
-            else:
+            if kind.startswith("fp8"):
                 self.fp8[kind] = to_fp8(unet, kind.split("-")[1], self.args.tiny)
                 log(f"{kind}: {self.fp8[kind]}")
             self.unets[kind] = unet
@@ -542,14 +541,11 @@ def part_peak(args, budget: Budget) -> None:
     unknown = [v for v in chosen if v not in PEAK_VARIANTS]
     if unknown:
         raise SystemExit(f"unknown --variants {unknown}; choose from {list(PEAK_VARIANTS)}")
-    if args.variants:  # the order given: every variant at the first size, then the profile
-        jobs = [(sizes[0], v) for v in chosen] + [("profile", sizes[0])] \
-            + [(s, v) for s in sizes[1:] for v in chosen]
-    else:
-        core = [v for v in chosen if v in CORE]
-        extras = [v for v in chosen if v not in CORE]
-        jobs = [(sizes[0], v) for v in core] + [("profile", sizes[0])] \
-            + [(s, v) for s in sizes[1:] for v in core] + [(s, v) for s in sizes for v in extras]
+    # Named variants run in the order given; by default the core ones, and the extras last.
+    core = chosen if args.variants else [v for v in chosen if v in CORE]
+    extras = [v for v in chosen if v not in core]
+    jobs = [(sizes[0], v) for v in core] + [("profile", sizes[0])] \
+        + [(s, v) for s in sizes[1:] for v in core] + [(s, v) for s in sizes for v in extras]
     report = Report(
         f"the SD2-768 UNet at batch B (CFG: 2B rows), {args.steps} steps — {machine()}",
         ["variant", "B", "ms / UNet call", "TFLOP/s", "% dense fp16 peak", "s / image (UNet)",

@@ -251,7 +251,7 @@ def test_batched_models_reuse_work_with_the_same_numbers(tiny_interrogator):
     with torch.inference_mode():
         embeds, uncond = pipe.encode_prompt("a red bicycle", "cpu", 1, True,
                                             negative_prompt=SEED_NEGATIVE_PROMPT)
-        assert torch.equal(batched._negative_embeds(pipe, "cpu"), uncond)
+        assert torch.equal(single.painter.negative_embeds(cfg.generate), uncond)
         assert torch.equal(pipe.encode_prompt("a red bicycle", "cpu", 1, False)[0], embeds)
 
     images = [fakes.start_image(), *(single.painter.paint(p, lambda s, t: None)

@@ -53,7 +53,6 @@ class BatchedBackends:
         self.has_embedder = backends.embedder is not None
         self.painter = backends.painter
         self.captioner = backends.captioner
-        self._negative: Any = None  # the negative prompt's embeddings (_negative_embeds)
         self._blip = None
         if config.generate.compile and not exact:
             # A batch of another size would otherwise recompile the UNet into one dynamic-shape
@@ -98,7 +97,6 @@ class BatchedBackends:
         count = len(prompts)
         rows = max(count, pad_to or 0)
         self.batch_sizes.append(("paint", rows))
-        guidance = generate.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
         device = pipe._execution_device
         with torch.inference_mode():
             # Each prompt alone at batch 1, as a single run encodes it. encode_prompt encodes a
@@ -108,7 +106,10 @@ class BatchedBackends:
                 positive += [positive[-1]] * (rows - count)
                 generators = generators + [torch.Generator(generators[0].device).manual_seed(0)
                                            for _ in range(rows - count)]
-            negative = torch.cat([self._negative_embeds(pipe, device)] * rows) if guidance else None
+            # Every trajectory of a batch has this batch's settings, so one negative prompt.
+            negative = self.painter.negative_embeds(generate)
+            if negative is not None:
+                negative = torch.cat([negative] * rows)
             total = generate.steps
 
             def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
@@ -132,13 +133,6 @@ class BatchedBackends:
             finally:
                 vae.use_slicing = slicing
         return list(result.images[:count])
-
-    def _negative_embeds(self, pipe: Any, device: Any) -> Any:
-        # Every trajectory of a batch has this batch's settings, so one negative prompt.
-        if self._negative is None:
-            text = self.config.generate.negative_prompt or ""
-            self._negative = pipe.encode_prompt(text, device, 1, False)[0]
-        return self._negative
 
     # -- captions --------------------------------------------------------------------------------
     def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
