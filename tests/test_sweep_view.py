@@ -92,3 +92,15 @@ async def test_the_table_keeps_following_while_help_is_open(tmp_path):
         app.poll()
         app._fit()
         assert app.table.row_count == 1
+
+
+async def test_a_poll_or_resize_due_while_the_view_closes_does_nothing(tmp_path):
+    """Textual removes the screens before it stops the app's timers: a tick or a deferred fit
+    that comes then must not look for the table (NoMatches, in a busy CI run, on quitting)."""
+    make_sweep(tmp_path / "sweep", ["h1"], [0], run=[0])
+    app = SweepApp(tmp_path / "sweep", preview="none", poll_interval=3600)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+    assert not app.screen_stack  # closed: no screen, no table
+    app.poll()
+    app._fit()

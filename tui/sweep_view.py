@@ -126,6 +126,8 @@ class SweepApp(RepliesAreNotKeys, App[int]):
         self.call_after_refresh(self._fit)
 
     def _fit(self) -> None:
+        if not self.is_running:  # a resize's deferred fit, reached while closing (as poll)
+            return
         table = self.table
         widths = self.column_widths(table.scrollable_content_region.width or self.size.width)
         if widths == self.widths:
@@ -191,6 +193,10 @@ class SweepApp(RepliesAreNotKeys, App[int]):
         return tuple(stamp)
 
     def poll(self) -> None:
+        if not self.is_running:
+            # Closing: Textual removes the screens before it stops the app's timers, so a last
+            # tick can come with the table gone (NoMatches in a busy CI run).
+            return
         table = self.table
         for trajectory in self.trajectories:
             number = trajectory.number
