@@ -83,9 +83,10 @@ def test_runs_and_exports_show_the_models_loaded(tmp_path, capsys):
     summary_path.write_text(json.dumps(summary))
     row = list_runs(run_dir)[0]
     assert row["models_loaded"]["caption_model"] == "Salesforce/blip-image-captioning-large@353689b8"
-    assert models_label(row) == "tiny (random): sd / blip-image-captioning-large@353689b8 / clip"
+    assert models_label(row) == ("sd + clip-interrogator (tiny random: sd / "
+                                 "blip-image-captioning-large@353689b8 / clip)")
     assert main(["runs", str(run_dir)]) == 0
-    assert "tiny (random): sd" in capsys.readouterr().out  # the table's models column
+    assert "sd + clip-interrogator (tiny" in capsys.readouterr().out  # the table's models column
     page = export(run_dir, ["html"])[0]["path"].read_text(encoding="utf-8")
     assert "/c/tiny-v3/sd" in page and "Salesforce/blip-image-captioning-large@353689b8" in page
 

@@ -461,9 +461,11 @@ def _add_lookback_commands(sub: Any) -> None:
     runs = sub.add_parser(
         "runs", help="a table of the runs in a directory "
                      f"(default: $TRUTHLOOP_RUNS_DIR if set, else ./{DEFAULT_RUNS_DIR})",
-        description="One row per run directory in DIR (or DIR itself, if it is a run): its "
-                    "start, status, images drawn, cycle, truth prompt, work time, models, "
-                    "seed mode and clauses. A fork's start is its parent and iteration.")
+        description="One row per run directory in DIR (a sweep directory's runs, or DIR "
+                    "itself, if it is a run): its start, status, images drawn, cycle, truth "
+                    "prompt, work time, models, seed mode and clauses; one line each, the truth "
+                    "cut to fit, the least needed columns left out in a narrow terminal. A "
+                    "fork's start is its parent and iteration.")
     runs.add_argument("dir", nargs="?", default=None, metavar="DIR",
                       help=f"default: $TRUTHLOOP_RUNS_DIR if set, else ./{DEFAULT_RUNS_DIR}")
     runs.add_argument("--json", action="store_true", help="JSON instead of a table")
@@ -521,7 +523,7 @@ def cmd_lookback(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from truthloop.lookback.runs import list_runs, runs_table
+    from truthloop.lookback.runs import list_runs, runs_folder, runs_table
     from truthloop.paths import runs_dir
 
     if args.dir is None:
@@ -532,12 +534,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
 
+    # A terminal's own width, or COLUMNS where it is set; 160 into a pipe or a file.
     console = Console(highlight=False, markup=False, emoji=False,
-                      width=None if os.isatty(1) else 160)
+                      width=None if os.isatty(1) or os.environ.get("COLUMNS", "").isdigit()
+                      else 160)
+    folder = runs_folder(args.dir)
     if not rows:
-        console.print(f"no runs in {visible(args.dir)}")
+        console.print(f"no runs in {visible(str(folder))}")
         return 0
-    console.print(runs_table(rows, title=f"{count(len(rows), 'run')} in {args.dir}"))
+    console.print(runs_table(rows, title=f"{count(len(rows), 'run')} in {folder}",
+                             width=console.width))
     return 0
 
 

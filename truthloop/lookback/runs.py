@@ -133,18 +133,39 @@ def _short(label: str) -> str:
     return path.parent.name if path.suffix else path.name
 
 
-def models_label(row: dict[str, Any]) -> str:
+def _configured_short(key: str, model_id: str) -> str:
+    """A configured (not yet loaded) model id, short: `org/name` -> `name`, a path -> its
+    folder's name; open_clip's `ARCH/PRETRAINED` stays whole (its last part alone says little)."""
+    if key == "clip_model" and not model_id.startswith(("/", "~", ".")):
+        return model_id
+    return _short(model_id)
+
+
+def checkpoints_label(row: dict[str, Any]) -> str:
+    """The checkpoints a run loaded (summary.json's models_loaded, short: `name@rev` or a
+    folder's name), else the ones its config names: `stable-diffusion-2@1a2b3c4d / ...`; ""
+    for a tiny run that has not loaded its models yet."""
     loaded = row.get("models_loaded")
-    pair = (row.get("generator", DEFAULT_GENERATOR), row.get("captioner", DEFAULT_CAPTIONER))
-    if row.get("models") == "tiny" and pair != (DEFAULT_GENERATOR, DEFAULT_CAPTIONER):
-        return f"tiny (random): {pair[0]} + {pair[1]}"
     if loaded:
-        names = " / ".join(_short(loaded[key]) for key in MODEL_KEYS if key in loaded)
-        return f"tiny (random): {names}" if row.get("models") == "tiny" else names
+        return " / ".join(_short(loaded[key]) for key in MODEL_KEYS if key in loaded)
     if row.get("models") == "tiny":
-        return "tiny (random)"
-    parts = [Path(str(row[key])).name for key in MODEL_KEYS if row.get(key)]
-    return " / ".join(parts) or "?"
+        return ""  # the config keeps the real ids; the tiny ones were never named there
+    return " / ".join(_configured_short(key, str(row[key])) for key in MODEL_KEYS
+                      if row.get(key))
+
+
+def models_label(row: dict[str, Any], checkpoints: bool = True) -> str:
+    """The pair as the user chose it, generator + captioner family (`sd + clip-interrogator`),
+    `(tiny)` for the random-weight models, then with `checkpoints` what was loaded:
+    `sd + clip-interrogator (tiny random: sd / blip / clip)`,
+    `sdxl + blip (stable-diffusion-xl-base-1.0@462165f0 / blip-image-captioning-large@...)`."""
+    pair = (f"{row.get('generator') or DEFAULT_GENERATOR} + "
+            f"{row.get('captioner') or DEFAULT_CAPTIONER}")
+    tiny = row.get("models") == "tiny"
+    details = checkpoints_label(row) if checkpoints else ""
+    if tiny:
+        return f"{pair} (tiny random: {details})" if details else f"{pair} (tiny)"
+    return f"{pair} ({details})" if details else pair
 
 
 def wall_seconds(summary: dict[str, Any], status: str) -> float | None:
@@ -200,8 +221,19 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def runs_folder(directory: Path | str) -> Path:
+    """Where the runs of `directory` are: a sweep directory keeps them in SWEEP_DIR/runs/."""
+    from truthloop.sweep.spec import RUNS_DIR, is_sweep_dir
+
+    directory = Path(directory)
+    if is_sweep_dir(directory) and (directory / RUNS_DIR).is_dir():
+        return directory / RUNS_DIR
+    return directory
+
+
 def list_runs(directory: Path | str) -> list[dict[str, Any]]:
-    """Rows for every run directory in `directory` (or for `directory` itself if it is a run)."""
+    """Rows for every run directory in `directory` (a sweep directory's runs/, or `directory`
+    itself if it is a run)."""
     from truthloop.store import RUN_FILE, RunDirError, read_run
 
     directory = Path(directory)
@@ -211,6 +243,7 @@ def list_runs(directory: Path | str) -> list[dict[str, Any]]:
     if (directory / RUN_FILE).exists():
         candidates = [directory]
     else:
+        directory = runs_folder(directory)
         try:
             # Hidden entries are a writer's half-created run directories (store.RunWriter).
             candidates = sorted(child for child in directory.iterdir()
@@ -231,54 +264,116 @@ def list_runs(directory: Path | str) -> list[dict[str, Any]]:
     return rows
 
 
-def runs_table(rows: list[dict[str, Any]], title: str | None = None) -> Any:
-    """A Rich Table; every cell is a Text built from visible() text (captions are untrusted)."""
-    from rich.table import Table
-    from rich.text import Text
+# The table's columns, in order, with how each is justified. Every row is one line (a table of
+# runs is read down its rows): the truth prompt takes the width that is left and ends in "…".
+COLUMNS = (("run", "left"), ("start", "left"), ("status", "left"), ("iters", "right"),
+           ("cycle", "right"), ("truth prompt", "left"), ("work / wall", "right"),
+           ("models", "left"), ("seed", "left"), ("clauses", "right"))
+# What a narrow terminal leaves out, first to last: the settings most runs of a folder share
+# (clauses, seed mode: run.json and --json keep them), the start (a run's name already carries
+# its start image's or prompt's name), the times, and last the models, which tell the runs of
+# different pairs apart. Before any column goes, the models column drops its checkpoints and
+# keeps the pair. Run, status, iterations, cycle and the truth always stay.
+LEAVE_OUT_ORDER = ("clauses", "seed", "start", "work / wall", "models")
+TRUTH_MIN_WIDTH = 24  # the truth is the point of a run: columns go before it gets narrower
+START_MAX_WIDTH = 72  # `fork of PARENT #K` with the longest run name (store.run_dir_name)
+TRUTH_MAX_CHARS = 120  # the truth's length in a table of no given width
+TIME_CAPTION = ("work: the iterations' own time (no model loading, no pauses); "
+                "wall: start to end of each process that ran it")
+STATUS_STYLES = {"converged": "green", "running": "cyan", "stopped": "yellow",
+                 "interrupted": "yellow", "error": "red", "unreadable": "red",
+                 "max_iters": "magenta"}
 
-    table = Table(title=Text(visible(title)) if title else None, title_justify="left",
-                  caption=Text("work: the iterations' own time (no model loading, no pauses); "
-                               "wall: start to end of each process that ran it"),
-                  caption_justify="left", collapse_padding=True)
-    # A run's name is one word: never wrapped mid-name (the truth prompt gives way instead).
-    longest = max((len(visible(str(row.get("run") or ""))) for row in rows), default=3)
-    table.add_column("run", no_wrap=True, min_width=min(longest, 64), overflow="ellipsis")
-    # A fork's start names its parent run: room for that name in one piece.
-    widest = max((len(word) for row in rows for word in (start_label(row) or "").split()),
-                 default=5)
-    table.add_column("start", overflow="fold", min_width=min(widest, 40), max_width=40)
-    table.add_column("status")
-    table.add_column("iters", justify="right")
-    table.add_column("cycle", justify="right")
-    table.add_column("truth prompt", overflow="fold", min_width=12)
-    table.add_column("work / wall", justify="right")
-    table.add_column("models", overflow="fold", max_width=24)
-    table.add_column("seed", overflow="fold")
-    table.add_column("clauses", justify="right")
-    styles = {"converged": "green", "running": "cyan", "stopped": "yellow",
-              "interrupted": "yellow", "error": "red", "unreadable": "red", "max_iters": "magenta"}
+
+def _row_cells(row: dict[str, Any], checkpoints: bool) -> dict[str, Any]:
+    """One row's cells by column; each a Text of visible() text (captions are untrusted)."""
+    from rich.text import Text
 
     def cell(value: Any, style: str = "") -> Any:
         return Text(visible("-" if value is None else str(value)), style=style)
 
-    for row in rows:
-        status = row.get("status", "unknown")
-        if row.get("problems") and status != "unreadable":
-            status = f"{status} (damaged)"
-        start = start_label(row)
-        truth = row.get("truth_prompts")
-        truth_text = clip(" | ".join(str(p) for p in truth), 120) if truth else None
-        if status == "unreadable":
-            truth_text = clip("; ".join(row.get("problems") or []), 120)
-        cycle = row.get("cycle_length")
-        if cycle is not None:
-            cycle = f"{cycle} @{row.get('cycle_start')}"
-        table.add_row(
-            cell(row.get("run")), cell(start), cell(status, styles.get(row.get("status"), "")),
-            cell(row.get("iterations")), cell(cycle), cell(truth_text),
-            cell(f"{format_duration(row.get('duration_s'))} / {format_duration(row.get('wall_s'))}"
-                 if "duration_s" in row else None),
-            cell(models_label(row) if "models" in row else None), cell(row.get("seed_mode")),
-            cell(row.get("clauses")),
-        )
-    return table
+    status = row.get("status", "unknown")
+    if row.get("problems") and status != "unreadable":
+        status = f"{status} (damaged)"
+    truth = row.get("truth_prompts")
+    truth_text = " | ".join(str(p) for p in truth) if truth else None
+    if status == "unreadable":
+        truth_text = "; ".join(row.get("problems") or [])
+    cycle = row.get("cycle_length")
+    if cycle is not None:
+        cycle = f"{cycle} @{row.get('cycle_start')}"
+    times = (f"{format_duration(row.get('duration_s'))} / {format_duration(row.get('wall_s'))}"
+             if "duration_s" in row else None)
+    return {
+        "run": cell(row.get("run")), "start": cell(start_label(row)),
+        "status": cell(status, STATUS_STYLES.get(row.get("status"), "")),
+        "iters": cell(row.get("iterations")), "cycle": cell(cycle),
+        "truth prompt": cell(truth_text), "work / wall": cell(times),
+        "models": cell(models_label(row, checkpoints) if "models" in row else None),
+        "seed": cell(row.get("seed_mode")), "clauses": cell(row.get("clauses")),
+    }
+
+
+def runs_table(rows: list[dict[str, Any]], title: str | None = None,
+               width: int | None = None) -> Any:
+    """A Rich Table of runs, one line per run; every cell is a Text (captions are untrusted).
+
+    `width`: the terminal's columns. The table then fits them: the truth prompt is cut to the
+    width left (with an ellipsis), and where it would get narrower than TRUTH_MIN_WIDTH the
+    models lose their checkpoints, then whole columns go in LEAVE_OUT_ORDER; the caption says
+    which. Without a width every column is there and the truth is cut at TRUTH_MAX_CHARS.
+    """
+    import io
+
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    def natural(name: str, cells: list[dict[str, Any]]) -> int:
+        return max([len(name)] + [cells_row[name].cell_len for cells_row in cells])
+
+    def build(names: list[str], cells: list[dict[str, Any]], widths: dict[str, int],
+              caption: str | None) -> Any:
+        table = Table(title=Text(visible(title)) if title else None, title_justify="left",
+                      caption=Text(caption) if caption else None, caption_justify="left",
+                      collapse_padding=True, pad_edge=False)
+        for name, justify in COLUMNS:
+            if name in names:
+                table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis",
+                                 width=widths[name])
+        for cells_row in cells:
+            table.add_row(*(cells_row[name] for name in names))
+        return table
+
+    every = [name for name, _ in COLUMNS]
+    # (columns shown, models with their checkpoints), from everything down to the essentials.
+    layouts = [(every, True), (every, False)] + [
+        ([name for name in every if name not in LEAVE_OUT_ORDER[:n]], False)
+        for n in range(1, len(LEAVE_OUT_ORDER) + 1)]
+    if width is None:
+        layouts = layouts[:1]
+    measurer = Console(file=io.StringIO(), width=100_000)
+    for names, checkpoints in layouts:
+        cells = [_row_cells(row, checkpoints) for row in rows]
+        widths = {name: natural(name, cells) for name in names}
+        widths["start"] = min(widths.get("start", 0), START_MAX_WIDTH)
+        truth = widths["truth prompt"]
+        if width is None:
+            widths["truth prompt"] = min(truth, TRUTH_MAX_CHARS)
+            break
+        widths["truth prompt"] = 1
+        others = Measurement.get(measurer, measurer.options,
+                                 build(names, cells, widths, None)).maximum - 1
+        room = width - others
+        if room >= min(truth, TRUTH_MIN_WIDTH):
+            break
+    widths["truth prompt"] = min(truth, TRUTH_MAX_CHARS) if width is None \
+        else max(1, min(truth, room))
+    left_out = [name for name in every if name not in names]
+    caption = TIME_CAPTION if "work / wall" in names else None
+    if left_out:
+        note = (f"left out to fit {width} columns: {', '.join(left_out)} "
+                f"(a wider terminal or --json shows them)")
+        caption = f"{caption}\n{note}" if caption else note
+    return build(names, cells, widths, caption)
