@@ -1,11 +1,15 @@
 """Exports a person can share (issue 15): the HTML page works after its folder is moved, the GIF
 and the contact sheet start with the start image, the drift plot names its axis and its zoom and
-comes with its series as CSV, and the models shown are the ones loaded."""
+comes with its series as CSV, and the models shown are the ones loaded. Issue 30: the page writes
+no image bytes (hard links, else the run's own images by relative path); --self-contained copies
+them only where links cannot be made."""
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 from urllib.parse import unquote
@@ -34,6 +38,87 @@ def test_html_page_works_after_moving_its_folder(tmp_path):
         assert not src.startswith(("/", "file:", "http", "..")), src
         with Image.open(moved / unquote(src)) as image:
             image.load()
+
+
+def _page_images(page: Path) -> list[Path]:
+    parser = PageParser()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return [page.parent / unquote(src) for src in parser.images if not src.startswith("data:")]
+
+
+def _run_images(run_dir: Path) -> list[Path]:
+    return [run_dir / "input.png"] + sorted((run_dir / "images").glob("*.png"))
+
+
+def _no_hard_links(monkeypatch):
+    """A file system that cannot hard-link (another device, FAT, some network shares)."""
+    def link(source, target, *args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", link)
+
+
+def _png_files(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.suffix == ".png" and path.is_file()]
+
+
+def test_html_page_writes_no_image_bytes(tmp_path, capsys):
+    run_dir = make_run(tmp_path)
+    assert main(["export", str(run_dir), "--html"]) == 0
+    assert "4 images hard-linked in index_files/" in capsys.readouterr().out
+    shown = _page_images(run_dir / "exports" / "index.html")
+    assert len(shown) == 4
+    for image, original in zip(shown, _run_images(run_dir)):
+        assert os.path.samefile(image, original)  # the run's own file: no bytes written
+        assert image.is_relative_to(run_dir / "exports")  # and it goes where the page goes
+
+
+def test_without_hard_links_the_page_shows_the_runs_own_images(tmp_path, monkeypatch, capsys):
+    run_dir = make_run(tmp_path)
+    _no_hard_links(monkeypatch)
+    out = tmp_path / "pages" / "this run"
+    assert main(["export", str(run_dir), "--html", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "4 images shown from the run by relative path" in said
+    assert _png_files(out) == []  # no copy anywhere
+    assert not (out / "index_files").exists()
+    parser = PageParser()
+    parser.feed((out / "index.html").read_text(encoding="utf-8"))
+    files = [src for src in parser.images if not src.startswith("data:")]
+    assert all(src.startswith("../../run/") for src in files), files  # relative: the page
+    for image, original in zip(_page_images(out / "index.html"), _run_images(run_dir)):
+        assert os.path.samefile(image, original)  # works where it is
+
+
+def test_self_contained_copies_only_what_cannot_be_linked(tmp_path, monkeypatch, capsys):
+    run_dir = make_run(tmp_path)
+    assert main(["export", str(run_dir), "--html", "--self-contained"]) == 0
+    assert "4 images hard-linked" in capsys.readouterr().out  # linked where it can be
+    linked = _page_images(run_dir / "exports" / "index.html")
+    assert all(os.path.samefile(a, b) for a, b in zip(linked, _run_images(run_dir)))
+    _no_hard_links(monkeypatch)
+    out = tmp_path / "sent"
+    assert main(["export", str(run_dir), "--html", "--out", str(out), "--self-contained",
+                 "--json"]) == 0
+    page = json.loads(capsys.readouterr().out)["files"][0]
+    assert page["images"] == {"linked": 0, "referenced": 0, "copied": 4}
+    copies = _page_images(out / "index.html")
+    for image, original in zip(copies, _run_images(run_dir)):
+        assert image.parent == out / "index_files"
+        assert not os.path.samefile(image, original)
+        assert image.read_bytes() == original.read_bytes()
+    shutil.rmtree(run_dir)  # the copies stand alone
+    for image in copies:
+        with Image.open(image) as opened:
+            opened.load()
+
+
+def test_self_contained_without_a_page_is_one_clear_line(tmp_path, capsys):
+    run_dir = make_run(tmp_path)
+    assert main(["export", str(run_dir), "--self-contained"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "--self-contained" in err and "--html" in err
+    assert not (run_dir / "exports").exists()  # nothing written
 
 
 def test_gif_and_sheet_begin_with_the_start_image(tmp_path):

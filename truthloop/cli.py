@@ -483,7 +483,9 @@ def _add_lookback_commands(sub: Any) -> None:
     kinds.add_argument("--drift", action="store_true",
                        help="PNG plot of similarity to start / previous image")
     kinds.add_argument("--html", action="store_true",
-                       help="one HTML page of the run (open it in a browser)")
+                       help="one HTML page of the run (open it in a browser); its images are "
+                            "hard links to the run's beside it, or where the file system "
+                            "cannot link, the run's own by relative path")
     kinds.add_argument("--all", action="store_true", help="every kind (mp4 if an encoder exists)")
     export_parser.add_argument("--out", metavar="DIR", help="where to write (default "
                                "RUN_DIR/exports/)")
@@ -493,6 +495,9 @@ def _add_lookback_commands(sub: Any) -> None:
                                help="frames and tiles without the prompt text")
     export_parser.add_argument("--cycle-only", action="store_true",
                                help="the contact sheet shows only the truth cycle")
+    export_parser.add_argument("--self-contained", action="store_true",
+                               help="the page's folder works on its own (moved, sent): its "
+                                    "images are copied where they cannot be hard-linked")
     export_parser.add_argument("--size", type=int, help="image side in pixels on frames/tiles")
     export_parser.add_argument("--columns", type=int, help="contact sheet columns")
     export_parser.add_argument("--json", action="store_true",
@@ -564,7 +569,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         kinds = list(DEFAULT_KINDS)
     started = time.perf_counter()
     results = export(args.run_dir, kinds, out=args.out, fps=args.fps, captions=args.captions,
-                     cycle_only=args.cycle_only, size=args.size, columns=args.columns)
+                     cycle_only=args.cycle_only, size=args.size, columns=args.columns,
+                     self_contained=args.self_contained)
     if args.json:
         files = [{key: str(value) if isinstance(value, Path) else value
                   for key, value in result.items()} | {"bytes": Path(result["path"]).stat().st_size}
@@ -586,11 +592,26 @@ def cmd_export(args: argparse.Namespace) -> int:
         elif "points" in result:
             details = f"{count(result['points'], 'point')}; series in {result['csv'].name}"
         elif "iterations" in result:
-            details = f"{count(result['iterations'], 'iteration')}; open file://{path.resolve()}"
+            details = (f"{count(result['iterations'], 'iteration')}; {_page_images(result)}; "
+                       f"open file://{path.resolve()}")
         size_kb = path.stat().st_size / 1024
         print(f"wrote {visible(str(path))} ({details}, {size_kb:.0f} KB)")
     print(f"exported in {time.perf_counter() - started:.1f}s")
     return 0
+
+
+def _page_images(result: dict[str, Any]) -> str:
+    """Where the page's images are, for the line that says it was written."""
+    ways = result.get("images") or {}
+    said = []
+    if ways.get("linked"):
+        said.append(f"{count(ways['linked'], 'image')} hard-linked in index_files/")
+    if ways.get("copied"):
+        said.append(f"{count(ways['copied'], 'image')} copied into index_files/")
+    if ways.get("referenced"):
+        said.append(f"{count(ways['referenced'], 'image')} shown from the run by relative path "
+                    f"(no hard links here; --self-contained copies them)")
+    return ", ".join(said) or "no images"
 
 
 # -- fork and compare ------------------------------------------------------------------------------

@@ -30,8 +30,12 @@ FILE_NAMES = {"gif": "trajectory.gif", "mp4": "trajectory.mp4", "sheet": "sheet.
 
 def export(run_dir: Path | str, kinds: Iterable[str] = DEFAULT_KINDS, out: Path | str | None = None,
            fps: float = 2.0, captions: bool = True, cycle_only: bool = False,
-           size: int | None = None, columns: int | None = None) -> list[dict[str, Any]]:
+           size: int | None = None, columns: int | None = None,
+           self_contained: bool = False) -> list[dict[str, Any]]:
     """Write the asked exports of a run; returns one dict per file (its "path" and layout info).
+
+    The page's images are hard links beside it, else the run's own by relative path;
+    `self_contained` copies them beside it where links cannot be made (html.place_images).
 
     Raises ExportError (one line) for a missing / damaged run, nothing to export, no encoder.
     """
@@ -47,6 +51,9 @@ def export(run_dir: Path | str, kinds: Iterable[str] = DEFAULT_KINDS, out: Path 
         raise ExportError("--size must be between 16 and 2048 pixels")
     if columns is not None and columns < 1:
         raise ExportError("--columns must be at least 1")
+    if self_contained and "html" not in kinds:
+        raise ExportError("--self-contained is about the HTML page's images: add --html "
+                          "(or --all)")
     encoder = None
     if "mp4" in kinds:
         encoder = find_encoder()
@@ -75,7 +82,7 @@ def export(run_dir: Path | str, kinds: Iterable[str] = DEFAULT_KINDS, out: Path 
         elif kind == "drift":
             result = write_drift(view, out_dir / FILE_NAMES["drift"])
         else:
-            result = write_html(view, out_dir / FILE_NAMES["html"])
+            result = write_html(view, out_dir / FILE_NAMES["html"], self_contained)
         results.append({"kind": kind, **result})
     return results
 

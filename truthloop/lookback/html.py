@@ -44,46 +44,77 @@ def diff_html(old: str | None, new: str | None) -> str:
     return "".join(out)
 
 
-# The page's images live beside it in this folder (as a browser's "save page" does), so the
-# exports folder can be copied or moved anywhere and still shows them.
+# The page's images: hard links in this folder beside it where the file system allows (no image
+# bytes written; the exports folder can then be moved or sent on its own, the run's images are
+# never rewritten in place); else references to the run's own images by relative path, so the
+# page works where it is. Copies only for --self-contained, where links cannot be made.
 FILES_DIR = "index_files"
 START_FILE = "start.png"
 
 
-def _file_url(name: str) -> str:
+def _url(path: str) -> str:
     from urllib.parse import quote
 
-    return quote(f"{FILES_DIR}/{name}", safe="/")
+    return quote(path, safe="/")
 
 
-def _place_beside(source: Path, target: Path) -> None:
-    """`source` at `target`: a hard link when they share a file system (the run's images are
-    never rewritten in place, so nothing doubles on disk), else a copy."""
-    import shutil
-
+def _link_beside(source: Path, target: Path) -> bool:
+    """A hard link to `source` at `target`; False where the file system cannot make one (another
+    device, a file system without hard links, too many links)."""
     if target.exists():
         if os.path.samefile(source, target):
-            return
-        target.unlink()
+            return True
+        target.unlink()  # an earlier export's file of this name: the page's own folder
     try:
         os.link(source, target)
     except OSError:
-        shutil.copyfile(source, target)
+        return False
+    return True
 
 
-def _copy_images(view: Any, out_dir: Path) -> None:
+def _reference(source: Path, out_dir: Path) -> str:
+    """`source` as seen from a page in `out_dir`: a relative URL, or a file: URL where there is
+    no relative path (another drive on Windows)."""
+    try:
+        return _url(Path(os.path.relpath(source.resolve(), out_dir.resolve())).as_posix())
+    except ValueError:
+        return source.resolve().as_uri()
+
+
+def place_images(view: Any, out_dir: Path, self_contained: bool = False
+                 ) -> tuple[dict[str, str], dict[str, int]]:
+    """Where the page finds each image: {run image path: src} (the start image under "start"),
+    and how many were linked, referenced in the run and copied."""
+    import shutil
+
     from truthloop.lookback.runs import ExportError
 
     folder = out_dir / FILES_DIR
+    made_folder = not folder.exists()
+    images = []
+    if view.input_path is not None:
+        images.append(("start", view.input_path, START_FILE))
+    images.extend((str(view.image_path(record)), view.image_path(record), Path(record.image).name)
+                  for record in image_records(view))
+    sources: dict[str, str] = {}
+    ways = {"linked": 0, "referenced": 0, "copied": 0}
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        if view.input_path is not None:
-            _place_beside(view.input_path, folder / START_FILE)
-        for record in image_records(view):
-            _place_beside(view.image_path(record), folder / Path(record.image).name)
+        for key, source, name in images:
+            if _link_beside(source, folder / name):
+                sources[key], way = _url(f"{FILES_DIR}/{name}"), "linked"
+            elif self_contained:
+                shutil.copyfile(source, folder / name)
+                sources[key], way = _url(f"{FILES_DIR}/{name}"), "copied"
+            else:
+                sources[key], way = _reference(source, out_dir), "referenced"
+            ways[way] += 1
+        if made_folder and not any(folder.iterdir()):
+            folder.rmdir()  # nothing could be linked: the page points into the run
     except OSError as error:
         raise ExportError(f"cannot write the page's images into {folder}: "
                           f"{error.strerror or error}") from None
+    return sources, ways
 
 
 PAGE_CSS = """
@@ -110,9 +141,10 @@ img.drift { max-width: 100%; background: #fff; border-radius: 4px; }
 """
 
 
-def page_html(view: Any, out_dir: Path) -> str:
-    """The HTML of one run: start, every iteration (image from FILES_DIR beside the page, fed
-    prompt diffed against the previous one, full caption, similarities), the truth, the drift plot."""
+def page_html(view: Any, sources: dict[str, str]) -> str:
+    """The HTML of one run: start, every iteration (its image from `sources`, place_images's
+    URLs; fed prompt diffed against the previous one, full caption, similarities), the truth,
+    the drift plot."""
     row = summarize(view)
     cycle = find_cycle(view.records)
     records = view.records
@@ -158,7 +190,7 @@ def page_html(view: Any, out_dir: Path) -> str:
 
     parts.append('<h2>Trajectory</h2><div class="grid">')
     if view.input_path is not None:
-        parts.append(f'<figure id="start"><img src="{_file_url(START_FILE)}" '
+        parts.append(f'<figure id="start"><img src="{sources["start"]}" '
                      f'alt="start image"><figcaption><span class="idx">start</span> '
                      f"{_esc(row.get('start_image') or '')}</figcaption></figure>")
     previous: str | None = None
@@ -188,7 +220,7 @@ def page_html(view: Any, out_dir: Path) -> str:
         if sims:
             body.append(f'<p class="sims">similarity {_esc(", ".join(sims))}</p>')
         if record.image:
-            src = _file_url(Path(record.image).name)
+            src = sources[str(view.image_path(record))]
             img = f'<img src="{src}" alt="iteration {_esc(index)}" loading="lazy">'
         else:
             classes.append("text-only")
@@ -205,8 +237,11 @@ def page_html(view: Any, out_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def write_html(view: Any, path: Path) -> dict[str, Any]:
+def write_html(view: Any, path: Path, self_contained: bool = False) -> dict[str, Any]:
+    """index.html at `path`; "images" says how many images were hard-linked beside it, referenced
+    in the run by relative path, and copied (only with `self_contained`)."""
     need_images(view)
-    _copy_images(view, path.parent)
-    write_file(path, page_html(view, path.parent).encode("utf-8"))
-    return {"path": path, "iterations": len(image_records(view)), "records": len(view.records)}
+    sources, ways = place_images(view, path.parent, self_contained)
+    write_file(path, page_html(view, sources).encode("utf-8"))
+    return {"path": path, "iterations": len(image_records(view)), "records": len(view.records),
+            "images": ways}
