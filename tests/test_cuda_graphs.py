@@ -208,3 +208,28 @@ def test_batched_captions_reuse_the_graphed_features_with_the_same_numbers(truth
         assert BatchedBackends(single, cfg, rank_threads=1).caption(
             [i.copy() for i in images]) == captions
         assert threaded.caption([i.copy() for i in images]) == captions
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux2-klein", "z-image"])
+def test_a_familys_graphed_denoiser_paints_the_eager_image(family, truthloop_cache):
+    """Issue 29: each generator family's denoiser steps replayed from CUDA graphs draw the plain
+    pipeline's pixels (the first image eager, the second captures, the third replays)."""
+    from family_helpers import PROMPT, generate_config
+    from truthloop.ml.families.painting import FamilyPainter, load_generator
+    from truthloop.ml.tiny import tiny_family_model
+
+    pipe, _ = load_generator(family, tiny_family_model("generator", family), "cuda")
+    config = generate_config(family, steps=3, width=128, height=128)
+    eager = np.asarray(FamilyPainter(pipe, family, config, "cuda").paint(PROMPT,
+                                                                         lambda s, t: None))
+    graphed = FamilyPainter(pipe, family, config, "cuda", cuda_graphs=True)
+    try:
+        images = [np.asarray(graphed.paint(PROMPT, lambda s, t: None)) for _ in range(3)]
+    finally:
+        graphed.graphed.uninstall()
+    print(f"{family}: {graphed.graphed.replays} replays; capture failures "
+          f"{list(graphed.graphed.failures.values())[:1]}")
+    for image in images:
+        assert np.array_equal(image, eager)
+    if family == "sdxl":  # the UNet's step is one fixed-shape call: it must replay
+        assert graphed.graphed.replays >= config.steps

@@ -77,7 +77,8 @@ def _load_painter(config: RunConfig, m: Any, device: str, loaded: dict, details:
         pipe, loaded["generator_model"] = load_generator(
             m.generator, m.generator_model, device, m.low_vram, notice, config.generate.scheduler)
         details["dtype"] = str(pipe.dtype)
-        return FamilyPainter(pipe, m.generator, config.generate, device)
+        return FamilyPainter(pipe, m.generator, config.generate, device,
+                             cuda_graphs=m.cuda_graphs and not m.low_vram)
     import torch
 
     from truthloop.ml.generate import Painter
@@ -111,18 +112,25 @@ def _load_captioner(config: RunConfig, m: Any, device: str, loaded: dict, detail
             m.captioner, m.caption_model, device, config.caption,
             lambda message: emit(ev.Notice(message)))
         details["captioner_dtype"] = str(captioner.model.dtype)
+        details["decoding"] = captioner.decoding
         emit(ev.Loading(f"loading CLIP {m.clip_model}"))
         clip_model, preprocess, details["clip_name"], loaded["clip_model"] = load_clip(
             m.clip_model, device)
         return captioner, OpenClipEmbedder(clip_model, preprocess, details["clip_name"], device)
     import torch
 
+    from truthloop.ml.families.captioning import decode_greedily, generation_origin
     from truthloop.ml.interrogate import Captioner, ClipEmbedder, build_interrogator
     from truthloop.ml.models import LoadedModels, load_caption_model
 
     dtype = torch.float16 if device == "cuda" else torch.float32
     caption_model, caption_processor, loaded["caption_model"] = load_caption_model(
         m.caption_model, device, dtype)
+    # clip-interrogator's BLIP decodes as every captioner does: its checkpoint's settings,
+    # sampling off (BLIP's ask for none, so this changes no caption).
+    details["decoding"] = decode_greedily(
+        caption_model, config.caption.caption_max_length,
+        generation_origin(caption_model, loaded["caption_model"].get("path")))
     emit(ev.Loading(f"loading CLIP {m.clip_model}"))
     clip_model, preprocess, details["clip_name"], loaded["clip_model"] = load_clip(
         m.clip_model, device)

@@ -206,3 +206,112 @@ class GraphedUNet:
 
             return UNet2DConditionOutput(sample=out)
         return (out,)
+
+
+class GraphedForward:
+    """A CUDA-graphed ``forward`` for any denoiser a diffusers pipeline calls once per step (the
+    SDXL UNet, the FLUX.2 and Z-Image transformers): the same kernels as eager, replayed.
+
+    Each call's arguments are split into their CUDA tensors (lists and dicts of them included,
+    e.g. SDXL's `added_cond_kwargs`, Z-Image's per-image latent lists) and the rest (None, flags,
+    numbers, strings), which must be hashable: one `CudaGraphed` per such structure, so a flag
+    that changes gets its own graph and a Python number that changes every step (a timestep
+    passed as a float) never replays a stale one (a new structure each time: eager). Only calls
+    with `return_dict=False` (the pipelines' own) are graphed; anything else, or anything
+    unhashable, runs the original forward. A forward that syncs with the host mid-way (a
+    data-dependent shape) cannot be captured and stays eager (CudaGraphed keeps why).
+    """
+
+    def __init__(self, module: Any):
+        self.module = module
+        self.original = module.forward
+        self._graphs: dict[Any, CudaGraphed] = {}
+        self.enabled = True
+
+    @classmethod
+    def on(cls, module: Any) -> "GraphedForward":
+        """The one installed on this module (installing it first if need be)."""
+        existing = module.__dict__.get("_truthloop_graphed_forward")
+        if existing is None:
+            existing = cls(module)
+            module.__dict__["_truthloop_graphed_forward"] = existing
+        module.forward = existing.forward
+        return existing
+
+    def uninstall(self) -> None:
+        if self.module.__dict__.get("forward") == self.forward:
+            del self.module.forward
+
+    @property
+    def replays(self) -> int:
+        return sum(graph.replays for graph in self._graphs.values())
+
+    @property
+    def failures(self) -> dict:
+        return {key: why for graph in self._graphs.values() for key, why in graph.failures.items()}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.enabled or kwargs.get("return_dict", True) or torch.is_grad_enabled():
+            return self.original(*args, **kwargs)
+        tensors: list[torch.Tensor] = []
+        try:
+            structure = _split((args, tuple(sorted(kwargs.items()))), tensors)
+            hash(structure)
+        except TypeError:  # an argument that is neither a tensor nor hashable
+            return self.original(*args, **kwargs)
+        graphed = self._graphs.get(structure)
+        if graphed is None:
+            shapes: dict[str, Any] = {}
+
+            def call(*flat: torch.Tensor, _structure=structure, _out=shapes) -> tuple:
+                call_args, items = _join(_structure, iter(flat))
+                outputs: list[torch.Tensor] = []
+                # The output's own structure (a tuple holding a list of tensors, for Z-Image),
+                # the same at every call of this input structure.
+                _out["structure"] = _split(self.original(*call_args, **dict(items)), outputs)
+                return tuple(outputs)
+
+            graphed = self._graphs[structure] = CudaGraphed(call, name="denoiser")
+            graphed.output = shapes
+        out = graphed(*tensors)
+        return _join(graphed.output["structure"], iter(out if isinstance(out, tuple) else (out,)))
+
+
+class _Slot:
+    """Where a tensor sat in a call's arguments (its place in the flat tensor list)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<tensor>"
+
+
+_SLOT = _Slot()
+
+
+def _split(value: Any, tensors: list) -> Any:
+    """`value` with every tensor replaced by a slot (appended to `tensors`); containers become
+    tuples tagged with their kind, so the result is hashable when everything else is."""
+    if isinstance(value, torch.Tensor):
+        tensors.append(value)
+        return _SLOT
+    if isinstance(value, dict):
+        return ("dict", tuple((k, _split(v, tensors)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("list", tuple(_split(v, tensors) for v in value))
+    if isinstance(value, tuple):
+        return ("tuple", tuple(_split(v, tensors) for v in value))
+    return ("value", value)
+
+
+def _join(structure: Any, tensors: Any) -> Any:
+    """The inverse of `_split`: the arguments again, with these tensors in the slots."""
+    if structure is _SLOT:
+        return next(tensors)
+    kind, inner = structure
+    if kind == "value":
+        return inner
+    if kind == "dict":
+        return {k: _join(v, tensors) for k, v in inner}
+    parts = [_join(v, tensors) for v in inner]
+    return parts if kind == "list" else tuple(parts)

@@ -1,7 +1,7 @@
 """Prompt -> image for the generator families beyond sd, through diffusers' own pipeline.
 
-No fast paths here (no CUDA graphs, no compile): each family's pipeline is called plainly, with
-the run's seed behaviour (ml.generate.RandomStream), a stop/pause check after every denoising
+Each family's pipeline is called plainly, its denoiser's steps replayed from CUDA graphs on a GPU
+(ml.cudagraph.GraphedForward: the same kernels, so the same pixels), with the run's seed behaviour (ml.generate.RandomStream), a stop/pause check after every denoising
 step (diffusers' callback_on_step_end) and the family's cheap latent preview where it has one.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Callable
 from truthloop.config import GenerateConfig
 from truthloop.families import GENERATORS
 from truthloop.ml.families import generator_module
-from truthloop.ml.generate import SeededPainter, step_callback
+from truthloop.ml.generate import SeededPainter, _has_offload_hooks, step_callback
 
 Progress = Callable[[str], None]
 
@@ -28,14 +28,28 @@ def load_generator(family: str, spec: str, device: str, low_vram: bool = False,
                          low_vram, notice, pipeline=GENERATORS[family].pipeline)
 
 
+def denoiser(pipe: Any) -> Any:
+    """The model a pipeline calls at every step: SDXL's UNet, or FLUX.2's / Z-Image's
+    transformer."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+
+
 class FamilyPainter(SeededPainter):
     """The loop's Painter for a generator family (same interface as ml.generate.Painter)."""
 
-    def __init__(self, pipe: Any, family: str, config: GenerateConfig, device: str):
+    def __init__(self, pipe: Any, family: str, config: GenerateConfig, device: str,
+                 cuda_graphs: bool = False):
         super().__init__(config, device)
         self.pipe = pipe
         self.family = GENERATORS[family]
         self.module = generator_module(family)
+        self.graphed = None
+        if device == "cuda" and cuda_graphs and not _has_offload_hooks(denoiser(pipe)):
+            from truthloop.ml.cudagraph import GraphedForward
+
+            # The denoiser's steps replayed from CUDA graphs: the same kernels as eager, so the
+            # same pixels as the plain pipeline call, without a launch per kernel per step.
+            self.graphed = GraphedForward.on(denoiser(pipe))
 
     def call_arguments(self, prompt: str, generator: Any) -> dict[str, Any]:
         """What the pipeline is called with: the same arguments a plain call would pass."""

@@ -1,0 +1,289 @@
+"""The generator families at batch 1, and where SDXL's time goes (issue 29, items 1 and 2).
+
+For each family (full-size architecture, random weights, its defaults; or `--tiny`: the tiny
+checkpoints on the CPU, a dry run of every row), in one process, one image after another:
+
+- `plain`: the library's own pipeline call, as a model card writes it (no callback);
+- `loop eager`: the loop's FamilyPainter as a run called it until now (a stop/preview callback
+  after every step);
+- `loop graphs`: the same with the denoiser's steps replayed from CUDA graphs (the new default on
+  a GPU; the same kernels, so the same pixels: the table says whether they were);
+- `plain, cudnn autotune`: the plain call without the determinism settings a run makes (cuDNN's
+  benchmark mode on, its deterministic mode off), to see what they cost.
+
+Then, for SDXL: the stages of one eager image (prompt encoding, 50 UNet steps, the VAE decode in
+fp32 as `force_upcast` makes it and, for comparison, in fp16), and a torch.profiler trace of one
+eager loop image: GPU kernel time against wall time, kernel time by kind, and the host calls that
+wait for the GPU (synchronizations, device-to-host copies) per step.
+
+    python3 bench/bench_generators.py [--families sdxl,flux2-klein,z-image] [--repeats 2] [--json F]
+    python3 bench/bench_generators.py --tiny      # CPU dry run, tiny checkpoints, ~1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PROMPT = "a photograph of an astronaut riding a horse on a beach at sunset"
+DEVICE = "cpu"
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
+              "aten::_local_scalar_dense", "aten::item")
+
+
+def sync() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(call, repeats: int) -> tuple[float, list[float], object]:
+    """(first call's seconds, the next `repeats` calls' seconds, the last result)."""
+    start = time.perf_counter()
+    result = call()
+    sync()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = call()
+        sync()
+        times.append(time.perf_counter() - start)
+    return first, times, result
+
+
+def build(family: str, tiny: bool):
+    from truthloop.ml.families import generator_module
+
+    module = generator_module(family)
+    if tiny:
+        from truthloop.ml.families.painting import load_generator
+        from truthloop.ml.tiny import tiny_family_model
+
+        return load_generator(family, tiny_family_model("generator", family), DEVICE)[0]
+    pipe = module.full_size(DEVICE, module.dtype(DEVICE))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def config_for(family: str, tiny: bool):
+    import dataclasses
+
+    from truthloop.config import RunConfig, apply_pair_defaults
+
+    config = RunConfig(start_prompt=PROMPT)
+    config.models.generator = family
+    apply_pair_defaults(config)
+    if tiny:
+        return dataclasses.replace(config.generate, steps=2, width=64, height=64)
+    return config.generate
+
+
+def determinism(on: bool) -> None:
+    import torch
+
+    from truthloop.ml.models import set_determinism
+
+    if on:
+        set_determinism()
+    else:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.deterministic = False
+
+
+def family_rows(family: str, args) -> tuple[list[dict], object, object]:
+    import numpy as np
+    import torch
+
+    from truthloop.ml.families.painting import FamilyPainter
+
+    pipe = build(family, args.tiny)
+    config = config_for(family, args.tiny)
+    eager = FamilyPainter(pipe, family, config, DEVICE)
+    rows, images = [], {}
+
+    def row(name: str, call, note: str = "") -> None:
+        first, times, image = timed(call, args.repeats)
+        images[name] = np.asarray(image)
+        rows.append({"family": family, "path": name, "first_s": round(first, 3),
+                     "s_per_image": round(statistics.median(times), 3),
+                     "all_s": [round(t, 3) for t in times], "note": note})
+        print(json.dumps(rows[-1]), flush=True)
+
+    determinism(True)
+
+    def plain():
+        with torch.inference_mode():
+            return pipe(**eager.call_arguments(PROMPT, eager._stream.generator())).images[0]
+
+    row("plain", plain)
+    row("loop eager", lambda: eager.paint(PROMPT, lambda step, total: None))
+    graphed = FamilyPainter(pipe, family, config, DEVICE, cuda_graphs=True)
+    row("loop graphs", lambda: graphed.paint(PROMPT, lambda step, total: None))
+    if graphed.graphed is not None:
+        same = bool(np.array_equal(images["loop graphs"], images["loop eager"]))
+        failures = list(graphed.graphed.failures.values())
+        rows[-1]["note"] = (f"{graphed.graphed.replays} replays; same pixels as eager: {same}"
+                            + (f"; capture failed: {failures[0][:120]}" if failures else ""))
+        graphed.graphed.uninstall()
+    else:
+        rows[-1]["note"] = "no graphs on this device (the eager path)"
+    determinism(False)
+    row("plain, cudnn autotune", plain, "cudnn.benchmark on, deterministic off")
+    determinism(True)
+    return rows, pipe, eager
+
+
+def sdxl_stages(pipe, painter, args) -> list[dict]:
+    """One eager SDXL image in its stages: the prompt, the denoising loop, the VAE decode."""
+    import torch
+
+    out = []
+
+    def stage(name: str, call) -> object:
+        first, times, result = timed(call, args.repeats)
+        out.append({"stage": name, "s": round(statistics.median(times), 4)})
+        print(json.dumps(out[-1]), flush=True)
+        return result
+
+    arguments = painter.call_arguments(PROMPT, None)
+    with torch.inference_mode():
+        stage("prompt encoding (both text encoders, with guidance)",
+              lambda: pipe.encode_prompt(PROMPT, device=DEVICE, num_images_per_prompt=1,
+                                         do_classifier_free_guidance=True))
+
+        def latents():
+            arguments["generator"] = painter._stream.generator()
+            return pipe(**arguments, output_type="latent").images
+
+        latent = stage("denoising loop, output_type=latent (incl. prompt encoding)", latents)
+        vae = pipe.vae
+        scaled = latent / vae.config.scaling_factor
+
+        def decode(dtype):
+            def call():
+                vae.to(dtype)
+                return vae.decode(scaled.to(dtype), return_dict=False)[0]
+            return call
+
+        stage("VAE decode in fp32 (force_upcast, as the pipeline does)", decode(torch.float32))
+        stage(f"VAE decode in {pipe.unet.dtype}", decode(pipe.unet.dtype))
+        vae.to(pipe.unet.dtype)
+    return out
+
+
+def profile_one(painter, steps: int) -> dict:
+    """One loop image under torch.profiler: where the GPU's time went, and whether it waited."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench_hardware import kernel_kind
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    painter.paint(PROMPT, lambda step, total: None)
+    sync()
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        painter.paint(PROMPT, lambda step, total: None)
+        sync()
+    wall = time.perf_counter() - start
+    kernels: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type == DeviceType.CUDA:
+            kernels[event.name] = kernels.get(event.name, 0.0) + event.time_range.elapsed_us()
+    host = {name: 0 for name in SYNC_CALLS}
+    launches = 0
+    for event in prof.events():
+        if event.device_type != DeviceType.CUDA:
+            if event.name in host:
+                host[event.name] += 1
+            if event.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"):
+                launches += 1
+    busy = sum(kernels.values()) / 1e6
+    kinds: dict[str, float] = {}
+    for name, micros in kernels.items():
+        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + micros / 1e6
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:10]
+    return {"wall_s": round(wall, 3), "gpu_kernel_s": round(busy, 3),
+            "gpu_busy_share": round(busy / wall, 3) if wall else None,
+            "by_kind_s": {k: round(v, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "kernel_launches": launches, "launches_per_step": round(launches / steps, 1),
+            "host_waits": host, "host_waits_per_step": {k: round(v / steps, 2)
+                                                        for k, v in host.items() if v},
+            "top_kernels": [{"name": n[:110], "kind": kernel_kind(n), "s": round(v / 1e6, 4)}
+                            for n, v in top]}
+
+
+def main() -> int:
+    global DEVICE
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--families", default="sdxl,flux2-klein,z-image")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="tiny checkpoints on the CPU")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    import torch
+
+    from truthloop.ml.backends import quiet_libraries
+
+    quiet_libraries()
+    DEVICE = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
+    if DEVICE == "cpu" and not args.tiny:
+        print("no GPU here: pass --tiny for the CPU dry run", file=sys.stderr)
+        return 2
+    import diffusers
+
+    gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (tiny checkpoints)"
+    result: dict = {"device": gpu, "torch": torch.__version__, "diffusers": diffusers.__version__,
+                    "date": time.strftime("%Y-%m-%d"), "rows": [], "sdxl_stages": [],
+                    "profile": {}}
+    print(f"# {gpu}; torch {torch.__version__}, diffusers {diffusers.__version__}", flush=True)
+    for family in [f for f in args.families.split(",") if f]:
+        try:
+            rows, pipe, painter = family_rows(family, args)
+            result["rows"] += rows
+            if family == "sdxl":
+                result["sdxl_stages"] = sdxl_stages(pipe, painter, args)
+            if not args.no_profile:
+                result["profile"][family] = profile_one(painter, painter.config.steps)
+                print(json.dumps({family: result["profile"][family]}), flush=True)
+            del pipe, painter
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
+        except Exception as error:  # one family failing must not hide the others' figures
+            result["rows"].append({"family": family, "error": f"{type(error).__name__}: "
+                                                              f"{error}"[:300]})
+            print(json.dumps(result["rows"][-1]), flush=True)
+    print()
+    print(f"{'family':<12} {'path':<24} {'first s':>8} {'s/image':>8}  note")
+    for row in result["rows"]:
+        if "error" in row:
+            print(f"{row['family']:<12} error: {row['error'][:90]}")
+            continue
+        print(f"{row['family']:<12} {row['path']:<24} {row['first_s']:>8.2f} "
+              f"{row['s_per_image']:>8.3f}  {row['note']}")
+    for stage in result["sdxl_stages"]:
+        print(f"sdxl stage: {stage['stage']:<62} {stage['s']:>8.4f} s")
+    for family, prof in result["profile"].items():
+        print(f"{family} profile: wall {prof['wall_s']} s, GPU kernels {prof['gpu_kernel_s']} s "
+              f"(busy {prof['gpu_busy_share']}), {prof['launches_per_step']} launches/step, "
+              f"host waits/step {prof['host_waits_per_step']}")
+        print(f"   by kind: {prof['by_kind_s']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
