@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a benchmark part (or the GPU-only tests) on the lent GPU box: its image lacks diffusers,
 # open_clip, clip-interrogator and pytest, which travel as wheels in .whl/ (docs/benchmark.md).
-# Usage: bench/run_on_gpu.sh base|compile|best|lowvram|batch|tui|families|hardware [bench options] | bench/run_on_gpu.sh tests
+# Usage: bench/run_on_gpu.sh base|compile|best|lowvram|batch|tui|families|generators|hardware [bench options] | bench/run_on_gpu.sh tests
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD TRUTHLOOP_CACHE=/tmp/tlcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -20,6 +20,10 @@ if [ "$1" = tui ]; then  # the terminal app in a pty beside headless runs (bench
 fi
 if [ "$1" = families ]; then  # every model family at full size (bench/bench_families.py, issue 22)
     python3 bench/bench_families.py --json "$out/families.json" "${@:2}" 2>&1 | tee "$out/families.log"
+    exit "${PIPESTATUS[0]}"
+fi
+if [ "$1" = generators ]; then  # the generator families at batch 1 and SDXL's profile (bench/bench_generators.py, issue 29)
+    python3 bench/bench_generators.py --json "$out/generators.json" "${@:2}" 2>&1 | tee "$out/generators.log"
     exit "${PIPESTATUS[0]}"
 fi
 if [ "$1" = hardware ]; then  # FP8, the UNet's share of peak, the compiled iteration (bench/bench_hardware.py, issue 24)
