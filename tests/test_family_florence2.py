@@ -1,6 +1,6 @@
 """The florence-2 captioner family: truthloop's caption is the answer transformers' documented
-Florence-2 call gives (task token as the text, `generate`, decode with the special tokens,
-`post_process_generation`), greedy."""
+Florence-2 call gives (task token as the text, `generate` with 3 beams, decode with the special
+tokens, `post_process_generation`), decoded as the checkpoint's generation config says."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ tiny_dir, captioner = captioner_fixtures("florence-2")
 
 
 def _documented_call(tiny_dir, image, task_prompt, max_new_tokens):
-    """transformers' model_doc/florence2.md usage, with greedy decoding in place of its
-    num_beams=3 (the loop's captions are greedy)."""
+    """transformers' model_doc/florence2.md usage (num_beams=3; the rest of the decoding is the
+    checkpoint's generation config)."""
     import torch
     from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
@@ -20,8 +20,7 @@ def _documented_call(tiny_dir, image, task_prompt, max_new_tokens):
     processor = AutoProcessor.from_pretrained(tiny_dir)
     inputs = processor(text=task_prompt, images=image, return_tensors="pt")
     with torch.no_grad():
-        generated_ids = model.generate(**inputs, max_new_tokens=max_new_tokens,
-                                       do_sample=False, num_beams=1)
+        generated_ids = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=3)
     generated_text = processor.batch_decode(generated_ids, skip_special_tokens=False)[0]
     parsed = processor.post_process_generation(generated_text, task=task_prompt,
                                                image_size=image.size)
@@ -35,6 +34,31 @@ def test_the_caption_is_the_documented_call(tiny_dir, captioner):
         image = noise_image(seed)
         assert captioner.caption(image) == _documented_call(tiny_dir, image,
                                                             "<DETAILED_CAPTION>", 77)
+
+
+def test_it_decodes_with_the_checkpoints_beam_search_and_says_so(tiny_dir, captioner):
+    """The tiny checkpoint ships the real one's generation config (3 beams, no repeated 3-gram);
+    the captioner keeps it, says so, and its caption is not the one-beam greedy one."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    shipped = json.loads((Path(tiny_dir) / "generation_config.json").read_text())
+    assert (shipped["num_beams"], shipped["no_repeat_ngram_size"]) == (3, 3)
+    assert captioner.decoding == {
+        "num_beams": 3, "no_repeat_ngram_size": 3, "repetition_penalty": 1.0,
+        "length_penalty": 1.0, "early_stopping": True, "max_new_tokens": 77,
+        "do_sample": False, "from": "generation_config.json", "sampling_dropped": {}}
+    processor, model = captioner.processor, captioner.model
+    inputs = processor(text="<DETAILED_CAPTION>", images=noise_image(1), return_tensors="pt")
+    with torch.no_grad():
+        one_beam = model.generate(**inputs, max_new_tokens=77, num_beams=1,
+                                  no_repeat_ngram_size=0)
+    greedy = processor.post_process_generation(
+        processor.batch_decode(one_beam, skip_special_tokens=False)[0],
+        task="<DETAILED_CAPTION>", image_size=noise_image(1).size)["<DETAILED_CAPTION>"]
+    assert captioner.caption(noise_image(1)) != " ".join(greedy.split())
 
 
 def test_captions_are_words_that_follow_the_image_and_the_task(tiny_dir, captioner):

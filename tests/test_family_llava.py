@@ -35,6 +35,20 @@ def test_the_caption_is_the_model_cards_plain_call(tiny_dir, captioner):
         assert captioner.caption(image) == expected
 
 
+def test_it_decodes_as_the_checkpoint_says_one_beam_no_sampling(tiny_dir, captioner):
+    """The checkpoint's generation_config.json (the real one's too) names only token ids: generate
+    takes its defaults, one beam and no sampling, and the captioner says so."""
+    import json
+    from pathlib import Path
+
+    shipped = json.loads((Path(tiny_dir) / "generation_config.json").read_text())
+    assert not {"num_beams", "do_sample", "temperature", "top_k", "top_p"} & set(shipped)
+    assert captioner.decoding == {
+        "num_beams": 1, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0,
+        "length_penalty": 1.0, "early_stopping": False, "max_new_tokens": 77,
+        "do_sample": False, "from": "generation_config.json", "sampling_dropped": {}}
+
+
 def test_captions_are_words_that_follow_the_image_and_the_instruction(captioner):
     from truthloop.ml.families import llava
     from truthloop.ml.tiny import _TINY_WORDS

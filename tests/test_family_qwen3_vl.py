@@ -39,6 +39,43 @@ def test_the_caption_is_the_model_cards_plain_call(tiny_dir, captioner):
         assert captioner.caption(image) == " ".join(output_text[0].split())
 
 
+def test_the_checkpoints_sampling_is_turned_off_and_said_so(tiny_dir, captioner):
+    """The tiny checkpoint samples as the real one's generation config asks (do_sample, top_k,
+    top_p, temperature): its plain call gives other words under another torch seed. The
+    captioner decodes greedily instead (the same caption every time) and says what it dropped."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    shipped = json.loads((Path(tiny_dir) / "generation_config.json").read_text())
+    assert shipped["do_sample"] is True
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_dir)
+    processor = AutoProcessor.from_pretrained(tiny_dir)
+    messages = [{"role": "user", "content": [
+        {"type": "image", "image": noise_image(1)},
+        {"type": "text", "text": captioner.config.instruction}]}]
+    inputs = processor.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                           return_dict=True, return_tensors="pt")
+    sampled = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            sampled.append(model.generate(**inputs, max_new_tokens=20).tolist())
+    assert sampled[0] != sampled[1]
+    assert captioner.decoding == {
+        "num_beams": 1, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0,
+        "length_penalty": 1.0, "early_stopping": False, "max_new_tokens": 77,
+        "do_sample": False, "from": "generation_config.json",
+        "sampling_dropped": {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8}}
+    captions = set()
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        captions.add(captioner.caption(noise_image(1)))
+    assert len(captions) == 1
+
+
 def test_the_model_sees_the_image_then_the_instruction_in_qwens_chat_format(captioner):
     processor = captioner.processor
     instruction = captioner.config.instruction

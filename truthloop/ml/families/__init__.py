@@ -14,7 +14,9 @@ A captioner family's module (blip, florence2, llava, qwen3_vl) gives
     TINY_VERSION, dtype(device), build_tiny(out)
     load(path, dtype) -> (model, processor)                 from_pretrained, nothing else
                                                             (captioning.pretrained makes it)
-    caption(model, processor, image, instruction, max_new_tokens) -> str   greedy decoding
+    caption(model, processor, image, instruction, max_new_tokens) -> str   decoded as the
+                                            model's generation config says (the checkpoint's;
+                                            captioning.FamilyCaptioner turns sampling off)
     full_size(device, dtype) -> (model, processor)          (benchmarks)
 and `captioning.py` loads and runs it.
 

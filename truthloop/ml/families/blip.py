@@ -1,4 +1,5 @@
-"""BLIP alone: BlipForConditionalGeneration's unconditional caption (no text prompt), greedy.
+"""BLIP alone: BlipForConditionalGeneration's unconditional caption (no text prompt), greedy (its
+text decoder's generation config asks for one beam and no sampling).
 
 clip-interrogator's caption is this caption plus CLIP-ranked flavor phrases; this family stops at
 the caption. The model card's plain usage: `processor(image, return_tensors="pt")`, `generate`,
@@ -48,10 +49,9 @@ load = pretrained("BlipForConditionalGeneration", "BlipProcessor")
 
 def caption(model: Any, processor: Any, image: Any, instruction: str,
             max_new_tokens: int) -> str:
-    """The unconditional caption (BLIP takes no instruction), greedy."""
+    """The unconditional caption (BLIP takes no instruction), as the model card calls it."""
     inputs = processor(images=image, return_tensors="pt").to(model.device, model.dtype)
-    tokens = model.generate(**inputs, do_sample=False, num_beams=1,
-                            max_new_tokens=max_new_tokens)
+    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
     return processor.decode(tokens[0], skip_special_tokens=True)
 
 

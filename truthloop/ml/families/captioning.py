@@ -1,6 +1,8 @@
 """Image -> caption for the captioner families beyond clip-interrogator: the model's processor
-(its chat template, for the vision-language ones) and `generate` with greedy decoding, so a
-caption is a function of the image and the instruction (the loop's fixed points need that)."""
+(its chat template, for the vision-language ones) and `generate` with the checkpoint's own
+generation config (generation_config.json: Florence-2's beam search, for one) with sampling
+turned off, so a caption is a function of the image and the instruction (the loop's fixed points
+need that). What the decoding came to is `FamilyCaptioner.decoding`, recorded in run.json."""
 
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def load_captioner(family: str, spec: str, device: str, config: CaptionConfig,
     model = model.to(device)
     repo = None if _is_local(source) else source
     record = _source(source, repo, "config.json") | {"requested": spec}
-    return FamilyCaptioner(family, model, processor, config), record
+    origin = generation_origin(model, record.get("path"))
+    return FamilyCaptioner(family, model, processor, config, origin), record
 
 
 def pretrained(model_class: str, processor_class: str) -> Callable[[str, Any], tuple[Any, Any]]:
@@ -43,15 +46,66 @@ def pretrained(model_class: str, processor_class: str) -> Callable[[str, Any], t
     return load
 
 
-class FamilyCaptioner:
-    """The loop's Captioner for a captioner family."""
+# The generation settings that draw tokens at random (generate reads them only when do_sample
+# is on): dropped, so that the same image and instruction always give the same caption.
+SAMPLING_SETTINGS = ("temperature", "top_k", "top_p", "min_p", "top_h", "typical_p",
+                     "epsilon_cutoff", "eta_cutoff")
+# The settings that choose a greedy or beam-search caption's tokens, as run.json records them,
+# with what generate uses where the checkpoint leaves one unset (transformers' defaults,
+# GenerationConfig._get_default_generation_params).
+DECODING_DEFAULTS = {"num_beams": 1, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0,
+                     "length_penalty": 1.0, "early_stopping": False}
 
-    def __init__(self, family: str, model: Any, processor: Any, config: CaptionConfig):
+
+def decoder(model: Any) -> Any:
+    """The model whose `generate` makes the caption's tokens, reading its own generation config:
+    BLIP hands the decode to its text decoder (whose config comes from config.json's
+    text_config), every other family decodes in the model itself."""
+    return getattr(model, "text_decoder", None) or model
+
+
+def generation_origin(model: Any, checkpoint_dir: str | None) -> str:
+    """Where `model`'s decoding settings were read: the checkpoint's generation_config.json, or,
+    where it ships none (or, as BLIP, decodes elsewhere), transformers' reading of config.json."""
+    from pathlib import Path
+
+    if decoder(model) is model and checkpoint_dir \
+            and (Path(checkpoint_dir) / "generation_config.json").is_file():
+        return "generation_config.json"
+    return "config.json"
+
+
+def decode_greedily(model: Any, max_new_tokens: int, origin: str) -> dict[str, Any]:
+    """Turn sampling off in the generation config `generate` reads (the checkpoint's own, kept
+    otherwise: beams, n-gram blocking, penalties) and return the decoding as run.json records
+    it: those settings, max_new_tokens, do_sample false, where they came from, and the sampling
+    the checkpoint asked for that was dropped (none where it did not sample: its temperature and
+    the like were never read)."""
+    generation = decoder(model).generation_config
+    dropped = {name: getattr(generation, name) for name in ("do_sample", *SAMPLING_SETTINGS)
+               if getattr(generation, name, None) is not None} if generation.do_sample else {}
+    generation.do_sample = False
+    for name in SAMPLING_SETTINGS:
+        if hasattr(generation, name):
+            setattr(generation, name, None)
+    settings = {name: default if getattr(generation, name, None) is None
+                else getattr(generation, name) for name, default in DECODING_DEFAULTS.items()}
+    return {**settings, "max_new_tokens": max_new_tokens, "do_sample": False, "from": origin,
+            "sampling_dropped": dropped}
+
+
+class FamilyCaptioner:
+    """The loop's Captioner for a captioner family: the checkpoint's own decoding, greedy in
+    place of sampling (`decoding` says what it came to)."""
+
+    def __init__(self, family: str, model: Any, processor: Any, config: CaptionConfig,
+                 origin: str = "the model's generation_config"):
         self.family = family
         self.module = captioner_module(family)
         self.model = model
         self.processor = processor
         self.config = config
+        self.decoding = decode_greedily(model, config.caption_max_length, origin)
 
     def caption(self, image: Any) -> str:
         import torch

@@ -2,7 +2,9 @@
 (the native port, in transformers since 2025-08: no remote code). The instruction is a task token
 (<CAPTION>, <DETAILED_CAPTION>, <MORE_DETAILED_CAPTION>) that the processor expands into its
 question; the answer goes through the processor's post_process_generation, as the library's
-documented usage does (https://huggingface.co/docs/transformers/model_doc/florence2)."""
+documented usage does (https://huggingface.co/docs/transformers/model_doc/florence2). Decoding is
+the checkpoint's: beam search with 3 beams and no repeated 3-gram (GENERATION below), as the
+documented call (num_beams=3) and Microsoft's card (num_beams=3, do_sample=False) decode."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 from truthloop.ml.families.captioning import pretrained
 
-TINY_VERSION = 1
+TINY_VERSION = 2
 
 # The native checkpoint's configuration. transformers' conversion script
 # (src/transformers/models/florence2/convert_florence2_original_pytorch_to_hf.py) keeps Microsoft's
@@ -32,6 +34,15 @@ _TEXT = dict(model_type="bart", vocab_size=51328, d_model=1024, encoder_layers=1
              encoder_ffn_dim=4096, decoder_ffn_dim=4096, max_position_embeddings=1024,
              activation_function="gelu", scale_embedding=False, bos_token_id=0, pad_token_id=1,
              eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2)
+# The native checkpoint's generation_config.json: transformers' conversion keeps Microsoft's text
+# config, whose generation settings save_pretrained writes out (3 beams, no repeated 3-gram, early
+# stopping, BART's forced <s> and </s>). Read 2026-12-07 as Microsoft's config.json text_config
+# gives them and as fine-tunes saved from the checkpoints ship them (e.g.
+# https://huggingface.co/yuairchen/Flo1/blob/main/generation_config.json); transformers' Florence-2
+# page calls generate with num_beams=3, Microsoft's card with num_beams=3 and do_sample=False.
+GENERATION = dict(num_beams=3, no_repeat_ngram_size=3, early_stopping=True, bos_token_id=0,
+                  pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
+                  forced_bos_token_id=0, forced_eos_token_id=2)
 # The words of Florence2Processor's caption questions ("Describe in detail what is shown in
 # the image."): the tiny tokenizer reads them as words.
 _QUESTION_WORDS = "what does the image describe in detail is shown with a paragraph".split()
@@ -58,12 +69,12 @@ load = pretrained("Florence2ForConditionalGeneration", "Florence2Processor")
 
 def caption(model: Any, processor: Any, image: Any, instruction: str,
             max_new_tokens: int) -> str:
-    """The documented call with the task token as the text, greedy; the processor's
-    post-processing turns the decoded answer into the caption."""
+    """The documented call with the task token as the text, decoded as the checkpoint's
+    generation config says (3 beams); the processor's post-processing turns the decoded answer
+    into the caption."""
     inputs = processor(text=instruction, images=image, return_tensors="pt").to(model.device,
                                                                                model.dtype)
-    tokens = model.generate(**inputs, do_sample=False, num_beams=1,
-                            max_new_tokens=max_new_tokens)
+    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
     text = processor.batch_decode(tokens, skip_special_tokens=False)[0]
     answer = processor.post_process_generation(text, task=instruction,
                                                image_size=(image.width, image.height))
@@ -119,9 +130,16 @@ def _config(vision: dict, text: dict, tokenizer: Any) -> Any:
                            image_token_id=tokenizer.image_token_id, tie_word_embeddings=True)
 
 
+def _generation_config() -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig(**GENERATION)
+
+
 def build_tiny(out: Path) -> None:
     """Florence-2's architecture shrunk: a 2-stage DaViT on 32x32 images (4x4 patches + 1 pooled
-    = 17 image tokens) and a 2 + 2 layer BART of width 32, tied embeddings as the real one."""
+    = 17 image tokens) and a 2 + 2 layer BART of width 32, tied embeddings and the generation
+    config (beam search) as the real one."""
     import torch
     from transformers import Florence2ForConditionalGeneration
 
@@ -145,6 +163,7 @@ def build_tiny(out: Path) -> None:
         # words, never empty.
         spoken = tokenizer.convert_tokens_to_ids([f"Ġ{word}" for word in _TINY_WORDS])
         model.get_input_embeddings().weight[spoken] *= 8.0
+    model.generation_config = _generation_config()
     model.save_pretrained(out)
     _processor(tokenizer, image_size=32, image_seq_length=17).save_pretrained(out)
 
@@ -160,4 +179,5 @@ def full_size(device: str, dtype: Any) -> tuple[Any, Any]:
     tokenizer = _bart_tokenizer(clip_words(), size=50264)
     model = made_then_cast(Florence2ForConditionalGeneration, _config(_VISION, _TEXT, tokenizer),
                            device, dtype)
+    model.generation_config = _generation_config()  # its captions cost 3 beams, as the real ones
     return model, _processor(tokenizer, image_size=768, image_seq_length=577)

@@ -1,6 +1,7 @@
 """LLaVA-1.5 through transformers' LlavaForConditionalGeneration and LlavaProcessor (a CLIP
 image processor, a Llama tokenizer and the checkpoint's chat template, which makes
-"USER: <image>\\n{instruction} ASSISTANT:"), asked the run's instruction, greedy."""
+"USER: <image>\\n{instruction} ASSISTANT:"), asked the run's instruction, greedy (the checkpoint's
+generation_config.json names only bos, eos and pad ids: one beam, no sampling)."""
 
 from __future__ import annotations
 
@@ -60,14 +61,14 @@ load = pretrained("LlavaForConditionalGeneration", "LlavaProcessor")
 def caption(model: Any, processor: Any, image: Any, instruction: str,
             max_new_tokens: int) -> str:
     """The model card's call: the chat template with the image and the instruction as the user
-    turn, `generate` greedy; only the new tokens are decoded (the card decodes the prompt too)."""
+    turn, `generate` greedy (the card passes do_sample=False); only the new tokens are decoded
+    (the card decodes the prompt too)."""
     conversation = [{"role": "user", "content": [
         {"type": "image"}, {"type": "text", "text": instruction}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device,
                                                                           model.dtype)
-    tokens = model.generate(**inputs, do_sample=False, num_beams=1,
-                            max_new_tokens=max_new_tokens)
+    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
     return processor.decode(tokens[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 

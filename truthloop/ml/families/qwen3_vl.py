@@ -1,7 +1,8 @@
 """Qwen3-VL through transformers' Qwen3VLForConditionalGeneration and Qwen3VLProcessor (a
 dynamic-resolution image processor, a video processor, the Qwen tokenizer and the checkpoint's
 chat template: "<|im_start|>user\\n<|vision_start|><|image_pad|>...<|vision_end|>{instruction}
-<|im_end|>\\n<|im_start|>assistant\\n"), asked the run's instruction, greedy."""
+<|im_end|>\\n<|im_start|>assistant\\n"), asked the run's instruction, greedy: the checkpoint's
+generation config samples (GENERATION below), and FamilyCaptioner turns that off."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from truthloop.ml.families.captioning import pretrained
 
-TINY_VERSION = 1
+TINY_VERSION = 2
 
 # The default checkpoint's architecture (read 2026-12-06). Its config.json,
 # https://huggingface.co/Qwen/Qwen3-VL-2B-Instruct/blob/main/config.json, is behind the hub;
@@ -32,6 +33,12 @@ _VISION = dict(
     num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17],
     hidden_act="gelu_pytorch_tanh",
 )
+# The sampling the checkpoint's generation_config.json asks for (do_sample true, top_k, top_p,
+# temperature): the values of the model card's "Generation Hyperparameters" for VL (the card's
+# call passes none of them, so generate samples with these). The file itself was not readable
+# from here on 2026-12-07; truthloop decodes greedily whatever it says (FamilyCaptioner), and the
+# tiny checkpoint carries these so its tests go through the same turning-off.
+SAMPLING = dict(do_sample=True, top_k=20, top_p=0.8, temperature=0.7, repetition_penalty=1.0)
 # preprocessor_config.json (Qwen2VLImageProcessorFast): 16-pixel patches merged 2x2, between
 # 256x256 and 4096x4096 pixels in all, mean and std 0.5.
 _IMAGES = dict(patch_size=16, temporal_patch_size=2, merge_size=2,
@@ -52,14 +59,14 @@ load = pretrained("Qwen3VLForConditionalGeneration", "AutoProcessor")
 def caption(model: Any, processor: Any, image: Any, instruction: str,
             max_new_tokens: int) -> str:
     """The model card's call: the image and the instruction as the user turn through the chat
-    template, `generate` greedy, only the new tokens decoded without special tokens."""
+    template, `generate` (greedy once FamilyCaptioner has turned the checkpoint's sampling
+    off), only the new tokens decoded without special tokens."""
     messages = [{"role": "user", "content": [
         {"type": "image", "image": image}, {"type": "text", "text": instruction}]}]
     inputs = processor.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
                                            return_dict=True, return_tensors="pt")
     inputs = inputs.to(model.device)
-    tokens = model.generate(**inputs, do_sample=False, num_beams=1,
-                            max_new_tokens=max_new_tokens)
+    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
     new = tokens[:, inputs["input_ids"].shape[1]:]
     return processor.batch_decode(new, skip_special_tokens=True,
                                   clean_up_tokenization_spaces=False)[0]
@@ -73,6 +80,15 @@ def _processor(tokenizer: Any, images: dict[str, Any]) -> Any:
     return Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**images),
                             video_processor=Qwen3VLVideoProcessor(**images),
                             tokenizer=tokenizer, chat_template=tiny_qwen.VISION_CHAT_TEMPLATE)
+
+
+def _generation_config(ids: dict[str, int]) -> Any:
+    from transformers import GenerationConfig
+
+    from truthloop.ml.families import tiny_qwen as q
+
+    return GenerationConfig(bos_token_id=ids[q.ENDOFTEXT], pad_token_id=ids[q.ENDOFTEXT],
+                            eos_token_id=[ids[q.IM_END], ids[q.ENDOFTEXT]], **SAMPLING)
 
 
 def _config(text: dict, vision: dict, ids: dict[str, int], tie: bool) -> Any:
@@ -90,8 +106,9 @@ def _config(text: dict, vision: dict, ids: dict[str, int], tie: bool) -> Any:
 def build_tiny(out: Path) -> None:
     """Qwen3-VL's architecture shrunk: a 2-block ViT of width 32 on 8-pixel patches (images
     are resized to at most 64x64: 16 merged image tokens), whose patch merger and one deepstack
-    merger feed a 2-layer Qwen3 decoder with interleaved multimodal rotary positions."""
-    from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
+    merger feed a 2-layer Qwen3 decoder with interleaved multimodal rotary positions; its
+    generation config samples, as the real one's."""
+    from transformers import Qwen3VLForConditionalGeneration
 
     from truthloop.ml.families import tiny_qwen as q
     from truthloop.ml.families.building import only_words_speakable, widen_to_follow_the_image
@@ -110,9 +127,7 @@ def build_tiny(out: Path) -> None:
     model = Qwen3VLForConditionalGeneration(_config(text, vision, ids, tie=False))
     widen_to_follow_the_image(model)
     only_words_speakable(model, vocab_size, q.word_token_ids(tokenizer))
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids[q.ENDOFTEXT], pad_token_id=ids[q.ENDOFTEXT],
-        eos_token_id=[ids[q.IM_END], ids[q.ENDOFTEXT]])
+    model.generation_config = _generation_config(ids)
     model.save_pretrained(out)
     tiny_images = dict(_IMAGES, patch_size=8,
                        size={"shortest_edge": 32 * 32, "longest_edge": 64 * 64})
@@ -134,4 +149,5 @@ def full_size(device: str, dtype: Any) -> tuple[Any, Any]:
     config = _config(_TEXT, _VISION, ids, tie=True)
     with made_on(device, dtype):
         model = Qwen3VLForConditionalGeneration(config)
+    model.generation_config = _generation_config(ids)
     return model.eval(), _processor(tokenizer, _IMAGES)
