@@ -13,8 +13,8 @@ from fakes import DriftDesign, SeedablePainter, start_image
 from truthloop.config import RunConfig
 from truthloop.loop import TruthLoop
 from truthloop.measures import (
-    MEASURES, NearRepeats, curve, fit_decay, group_near, linear_slope, mean_step, quantile,
-    series,
+    MEASURES, RATE_MAX, RATE_MIN, SUDDEN_RATE, NearRepeats, curve, fit_decay, fit_decays,
+    group_near, linear_slope, mean_step, quantile, series,
 )
 from truthloop.record import Record
 from truthloop.store import read_run
@@ -102,6 +102,115 @@ def test_fit_of_pooled_runs_is_the_fit_of_their_points(tmp_path):
     pooled = fit_decay([p for run in runs for p in run])
     assert pooled.rate == pytest.approx(0.2, rel=1e-3) and pooled.points == 87
     assert pooled.rmse == pytest.approx(math.sqrt(2 * 0.01 ** 2 / 3), rel=1e-3)
+
+
+def former_fit(points, start=1.0):
+    """The fit as measures.fit_decay computed it in pure Python, one point at a time (the
+    reference its numpy form must reproduce): (rate, floor, rmse, points), or None."""
+    by_generation = {}
+    for g, s in points:
+        if g > 0 and math.isfinite(s):
+            by_generation.setdefault(float(g), []).append(float(s))
+    count = sum(len(v) for v in by_generation.values())
+    if count < 2:
+        return None
+    groups = [(g, sum(v) / len(v), len(v)) for g, v in sorted(by_generation.items())]
+    within = sum(sum((s - mean) ** 2 for s in by_generation[g]) for g, mean, _ in groups)
+
+    def floor_for(rate):
+        num = den = 0.0
+        decays = [math.exp(-rate * g) for g, _, _ in groups]
+        for (g, mean, n), e in zip(groups, decays):
+            num += n * (mean - start * e) * (1.0 - e)
+            den += n * (1.0 - e) ** 2
+        floor = min(start, max(-1.0, num / den if den > 0 else start))
+        return floor, sum(n * (mean - (floor + (start - floor) * e)) ** 2
+                          for (g, mean, n), e in zip(groups, decays))
+
+    def error(log_rate):
+        return floor_for(math.exp(log_rate))[1]
+
+    grid = [math.log(RATE_MIN) + math.log(RATE_MAX / RATE_MIN) * i / 240 for i in range(241)]
+    errors = [error(x) for x in grid]
+    best = min(range(len(grid)), key=lambda i: (errors[i], i))
+    lo, hi = grid[max(0, best - 1)], grid[min(240, best + 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = error(a), error(b)
+    for _ in range(80):
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = error(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = error(b)
+    log_rate = (lo + hi) / 2
+    if errors[best] < error(log_rate):
+        log_rate = grid[best]
+    rate = math.exp(log_rate)
+    floor, sse = floor_for(rate)
+    if abs(start - floor) < 1e-3:
+        rate, floor = 0.0, start
+        sse = sum(n * (mean - start) ** 2 for _, mean, n in groups)
+    return rate, floor, math.sqrt(max(0.0, sse + within) / count), count
+
+
+def test_the_fits_of_many_runs_at_once_are_the_former_one_at_a_time_fits():
+    """fit_decays (numpy, every run's fit searched at once) gives what the pure-Python fit
+    gave, run by run, within float rounding: runs of every length, noisy or exact, fast and
+    slow, flat, all gone at once, a straight fall, too few points, a caption-image start."""
+    import random
+
+    rng = random.Random(7)
+    sets, starts = [], []
+    for number in range(160):
+        rate = math.exp(rng.uniform(math.log(2e-3), math.log(20)))
+        floor = rng.uniform(-0.2, 0.9)
+        start = 1.0 if number % 4 else rng.uniform(0.2, 0.4)
+        noise = rng.choice([0.0, 0.002, 0.02])
+        last = rng.randint(2, 120)
+        sets.append([(g, floor + (start - floor) * math.exp(-rate * g) + rng.gauss(0, noise))
+                     for g in range(0, last)])
+        starts.append(start)
+    sets += [[(g, 1.0) for g in range(1, 10)], [(g, 0.3) for g in range(1, 8)],
+             [(g, 1.0 - 0.2 * g) for g in range(1, 8)], [(0, 1.0), (1, 0.9)], [],
+             [(g, 0.9) for g in (3, 3, 3)], [(1, 0.9), (1, 0.8), (2, float("nan")), (2, 0.7)]]
+    starts += [1.0] * 7
+    fits = fit_decays(sets, starts)
+    checked = 0
+    for points, start, fit in zip(sets, starts, fits):
+        former = former_fit(points, start)
+        if former is None:
+            assert fit is None
+            continue
+        rate, floor, rmse, count = former
+        generations = {g for g, v in points if g > 0 and math.isfinite(v)}
+        if len(generations) == 1:
+            # One generation: every (rate, floor) through its mean fits it exactly; both fits
+            # are among them.
+            (g,) = generations
+            assert fit.predict(g) == pytest.approx(floor + (start - floor) * math.exp(-rate * g))
+            assert fit.rmse == pytest.approx(rmse, abs=1e-12)
+            continue
+        if rate >= SUDDEN_RATE:
+            # Past ln 1000 per generation exp(-rate) is under 1e-3 and the squared error is flat
+            # to float rounding (a 1e-15 difference moves the search): both say "fell within
+            # one generation", with the same floor and error, and the rate is not reported.
+            assert fit.within_one_generation and fit.rate >= SUDDEN_RATE
+        else:
+            # A short run of a slow fall trades rate against floor along a valley whose floor
+            # is flat to ~1e-15 (summing in another order moves the search's stop a little):
+            # rate and floor agree to 1e-5, the error they leave to 1e-9.
+            assert fit.rate == pytest.approx(rate, rel=1e-5, abs=1e-12)
+        assert fit.floor == pytest.approx(floor, rel=1e-5, abs=1e-5)
+        assert fit.rmse == pytest.approx(rmse, rel=1e-9, abs=1e-12)
+        assert fit.points == count and fit.start == start
+        checked += 1
+    assert checked >= 160
+    # One set at a time is the same fit as in a batch.
+    assert fit_decay(sets[0], starts[0]) == fits[0]
 
 
 def test_fit_edge_cases():

@@ -10,7 +10,8 @@ pairs, each to the start and to the previous iteration:
 (Mollah et al. 2025, "The Telephone Game": within each modality and across them, to the start.)
 This module holds what those numbers become: series over generations, a drift rate fitted to
 them, their spread across runs, and the near-repeat test of `--converge text|image`. It imports
-only the standard library (numpy lazily, where present, to compare a vector with many).
+only the standard library at import time; numpy lazily, where it pays (comparing a vector with
+many, fitting the drift of every run of a sweep at once).
 
 Generations: generation 0 is the start, where every within-modality similarity is 1 by
 definition. A run from an image starts at the input image, so iteration i's image is generation
@@ -227,22 +228,39 @@ SUDDEN_RATE = math.log(1000)  # exp(-rate) < 1/1000: gone by generation 1
 FLAT = 1e-3  # a fitted fall (start - floor) smaller than this is no drift
 
 
-def _floor_for(groups: Sequence[tuple[float, float, int]], rate: float, start: float
-               ) -> tuple[float, float]:
-    """For a fixed rate the model is linear in the floor: its least-squares value (kept within
-    [-1, start], where a cosine floor can be) and the squared error it leaves, over the points
-    summed by generation ((generation, mean, count): the error of a point is its error from its
-    generation's mean plus that mean's, and the first part does not depend on the fit)."""
-    num = den = 0.0
-    decays = [math.exp(-rate * g) for g, _, _ in groups]
-    for (g, mean, n), e in zip(groups, decays):
-        num += n * (mean - start * e) * (1.0 - e)
-        den += n * (1.0 - e) ** 2
-    floor = num / den if den > 0 else start
-    floor = min(start, max(-1.0, floor))
-    error = sum(n * (mean - (floor + (start - floor) * e)) ** 2
-                for (g, mean, n), e in zip(groups, decays))
-    return floor, error
+GRID_STEPS = 240      # the log grid of rates the search starts from (241 rates)
+GOLDEN_STEPS = 80     # golden-section steps between the best grid rate's neighbours
+
+
+def _summed(points: Sequence[tuple[float, float]]) -> tuple[list[tuple[float, float, int]],
+                                                           float, int]:
+    """The points of generation > 0 summed by generation: ((generation, mean, count) in order,
+    the squared error of the points from their generation's mean, the number of points). A
+    point's squared error from the model is its error from its generation's mean plus that
+    mean's, and the first part does not depend on the fit."""
+    by_generation: dict[float, list[float]] = {}
+    for g, s in points:
+        if g > 0 and math.isfinite(s):
+            by_generation.setdefault(float(g), []).append(float(s))
+    groups = [(g, sum(v) / len(v), len(v)) for g, v in sorted(by_generation.items())]
+    within = sum(sum((s - mean) ** 2 for s in by_generation[g]) for g, mean, _ in groups)
+    return groups, within, sum(n for _, _, n in groups)
+
+
+def _floors_and_errors(np: Any, g: Any, mean: Any, n: Any, start: Any, rate: Any
+                       ) -> tuple[Any, Any]:
+    """For fixed rates (one per fit) the model is linear in the floor: its least-squares value
+    (kept within [-1, start], where a cosine floor can be) and the squared error it leaves,
+    for every fit at once. g, mean, n: (fits, generations), summed by generation (`_summed`;
+    a padding column has n = 0); start, rate: (fits,)."""
+    decay = np.exp(-rate[:, None] * g)
+    rest = 1.0 - decay
+    num = (n * (mean - start[:, None] * decay) * rest).sum(axis=1)
+    den = (n * rest * rest).sum(axis=1)
+    floor = np.divide(num, den, out=start.copy(), where=den > 0)
+    floor = np.minimum(start, np.maximum(-1.0, floor))
+    model = floor[:, None] + (start - floor)[:, None] * decay
+    return floor, (n * (mean - model) ** 2).sum(axis=1)
 
 
 def fit_decay(points: Sequence[tuple[float, float]], start: float = 1.0) -> DecayFit | None:
@@ -253,47 +271,66 @@ def fit_decay(points: Sequence[tuple[float, float]], start: float = 1.0) -> Deca
     The rate is searched on a log grid from 1e-4 to 50 per generation and refined by golden
     section between the grid neighbours of the best; the floor has a closed form for each rate.
     Deterministic: the same points always give the same fit."""
-    by_generation: dict[float, list[float]] = {}
-    for g, s in points:
-        if g > 0 and math.isfinite(s):
-            by_generation.setdefault(float(g), []).append(float(s))
-    count = sum(len(values) for values in by_generation.values())
-    if count < 2:
-        return None
-    groups = [(g, sum(v) / len(v), len(v)) for g, v in sorted(by_generation.items())]
-    within = sum(sum((s - mean) ** 2 for s in by_generation[g]) for g, mean, _ in groups)
+    return fit_decays([points], start)[0]
 
-    def error(log_rate: float) -> float:
-        return _floor_for(groups, math.exp(log_rate), start)[1]
 
-    steps = 240
-    grid = [math.log(RATE_MIN) + math.log(RATE_MAX / RATE_MIN) * i / steps
-            for i in range(steps + 1)]
-    errors = [error(x) for x in grid]
-    best = min(range(len(grid)), key=lambda i: (errors[i], i))
-    lo, hi = grid[max(0, best - 1)], grid[min(steps, best + 1)]
+def fit_decays(point_sets: Sequence[Sequence[tuple[float, float]]],
+               start: float | Sequence[float] = 1.0) -> list[DecayFit | None]:
+    """`fit_decay` of each set of points (one run's series each, say), all searched at once
+    with numpy: every step of the grid and of the golden section is one array operation over
+    every fit. `start`: one for all, or one per set."""
+    import numpy as np
+
+    starts = [float(start)] * len(point_sets) if isinstance(start, (int, float)) \
+        else [float(s) for s in start]
+    summed = [_summed(points) for points in point_sets]
+    usable = [i for i, (_, _, count) in enumerate(summed) if count >= 2]
+    out: list[DecayFit | None] = [None] * len(point_sets)
+    if not usable:
+        return out
+    width = max(len(summed[i][0]) for i in usable)
+    g, mean, n = (np.zeros((len(usable), width)) for _ in range(3))
+    for row, i in enumerate(usable):
+        groups = summed[i][0]
+        g[row, :len(groups)] = [x for x, _, _ in groups]
+        mean[row, :len(groups)] = [x for _, x, _ in groups]
+        n[row, :len(groups)] = [x for _, _, x in groups]
+    first = np.asarray([starts[i] for i in usable])
+
+    def error(log_rate: Any) -> Any:
+        return _floors_and_errors(np, g, mean, n, first, np.exp(log_rate))[1]
+
+    grid = np.log(RATE_MIN) + np.log(RATE_MAX / RATE_MIN) * np.arange(GRID_STEPS + 1) \
+        / GRID_STEPS
+    errors = np.stack([error(np.full(len(usable), x)) for x in grid], axis=1)
+    best = np.argmin(errors, axis=1)  # the first of equals
+    lo = grid[np.maximum(0, best - 1)]
+    hi = grid[np.minimum(GRID_STEPS, best + 1)]
     ratio = (math.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = error(a), error(b)
-    for _ in range(80):
-        if fa <= fb:
-            hi, b, fb = b, a, fa
-            a = hi - ratio * (hi - lo)
-            fa = error(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = error(b)
+    for _ in range(GOLDEN_STEPS):
+        left = fa <= fb  # the minimum lies in [lo, b]: b becomes a, a new a is probed
+        lo, hi = np.where(left, lo, a), np.where(left, b, hi)
+        probe = np.where(left, hi - ratio * (hi - lo), lo + ratio * (hi - lo))
+        found = error(probe)
+        a, b = np.where(left, probe, b), np.where(left, a, probe)
+        fa, fb = np.where(left, found, fb), np.where(left, fa, found)
     log_rate = (lo + hi) / 2
-    if errors[best] < error(log_rate):
-        log_rate = grid[best]
-    rate = math.exp(log_rate)
-    floor, sse = _floor_for(groups, rate, start)
-    if abs(start - floor) < FLAT:  # no fall to speak of: its rate would be noise
-        rate, floor = 0.0, start
-        sse = sum(n * (mean - start) ** 2 for _, mean, n in groups)
-    return DecayFit(rate=rate, floor=floor, start=start,
-                    rmse=math.sqrt(max(0.0, sse + within) / count), points=count)
+    grid_best = grid[best]
+    log_rate = np.where(errors[np.arange(len(usable)), best] < error(log_rate), grid_best,
+                        log_rate)
+    rate = np.exp(log_rate)
+    floor, sse = _floors_and_errors(np, g, mean, n, first, rate)
+    for row, i in enumerate(usable):
+        groups, within, count = summed[i]
+        fit_rate, fit_floor, fit_sse = float(rate[row]), float(floor[row]), float(sse[row])
+        if abs(starts[i] - fit_floor) < FLAT:  # no fall to speak of: its rate would be noise
+            fit_rate, fit_floor = 0.0, starts[i]
+            fit_sse = sum(k * (m - starts[i]) ** 2 for _, m, k in groups)
+        out[i] = DecayFit(rate=fit_rate, floor=fit_floor, start=starts[i],
+                          rmse=math.sqrt(max(0.0, fit_sse + within) / count), points=count)
+    return out
 
 
 def linear_slope(points: Sequence[tuple[float, float]]) -> float | None:
