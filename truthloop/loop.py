@@ -318,7 +318,11 @@ class TruthLoop:
             self.summary["device"] = self._segment["device"] = backends.device
             if backends.loaded is not None:
                 self.summary["models_loaded"] = self._segment["models_loaded"] = backends.loaded
+            decoding = (backends.details or {}).get("decoding")
+            if decoding is not None:
+                self._segment["decoding"] = decoding
             self.emit(ev.Ready(backends.device, time.perf_counter() - load_start))
+            self._record_loaded(backends)
             self._name_measures(backends)
             return self._iterate(backends)
         except StopRequested:
@@ -355,6 +359,22 @@ class TruthLoop:
             done = last.index >= cycle.found_at + self.config.loop.confirm_iters
             return last if done else None
         return last if last.image is None else None
+
+    def _record_loaded(self, backends: Backends) -> None:
+        """run.json's "models_loaded" (where each model was loaded from: under --models tiny, the
+        tiny checkpoints' directories, which the config's model ids are not) and "decoding" (the
+        captioner's, as the checkpoint's generation config made it): written once, by the first
+        process to load the models. A resumed segment's own are in summary.json's segments."""
+        try:
+            info = read_run_info(self.run_dir)
+        except (OSError, ValueError):
+            return
+        fields = {"models_loaded": backends.loaded,
+                  "decoding": (backends.details or {}).get("decoding")}
+        fields = {name: value for name, value in fields.items()
+                  if value is not None and name not in info}
+        if fields:
+            update_run_info(self.run_dir, fields)
 
     def _name_measures(self, backends: Backends) -> None:
         """run.json's "measures": which embedding made the records' similarities, and which of
