@@ -2,18 +2,25 @@
 
 `truthloop report SWEEP_DIR` writes SWEEP_DIR/report/ (or --out):
 
-    report.html    one self-contained page: every figure inlined, every caption escaped
-    report.json    every number on the page
+    report.html    one page, every caption escaped: the charts and a thumbnail of every motif
+                   inlined (it stands alone); the contact sheets referenced (files beside it:
+                   a sweep of 70 motifs made a 31 MB page with them inlined)
+    report.json    every number on the page, and "skipped": what could not be read
     figures/       curves-image.png, curves-text.png, curves-cross.png (similarity to the start
                    over generations: median and interquartile band per group, and the fitted
-                   drift), convergence.png, basins.png, rates.png, motif-N.png (contact sheets)
+                   drift), convergence.png, basins.png, rates.png, and motif-N.png (contact
+                   sheets) of the MOTIF_SHEETS biggest motifs
     tables/        groups.csv, curves.csv, runs.csv, series.csv, attractors.csv
 
 Groups are the sweep's grid points (a generator/captioner pair is a grid point of those two
-names); with two or more grid names, each name=value is also summed over the others
-("marginals"). Attractors and motifs are the atlas's (lookback/atlas.py), near-repeat runs
-grouped by their own criterion. The drift measures, the generations they are counted in and the
-fitted model are truthloop/measures.py's; docs/study-measures.md says why that model.
+names, labelled `generator + captioner` in full); with two or more grid names, each name=value
+is also summed over the others ("marginals"). Every figure's title names the pairs its runs
+used. Files of the sweep that cannot be read in full (a torn or bad log line, a log emptier
+than summary.json says, a damaged run.json, summary.json or embedding.json) are skipped and
+each named in "skipped" (report_command prints them as notes and exits 1). Attractors and motifs
+are the atlas's (lookback/atlas.py), near-repeat runs grouped by their own criterion. The drift
+measures, the generations they are counted in and the fitted model are truthloop/measures.py's;
+docs/study-measures.md says why that model.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from truthloop import measures as ms
 from truthloop.lookback.atlas import PALETTE, AtlasError, thumbnail, build_atlas
 from truthloop.lookback.render import _font, _line_height, draw_text, text_length, wrap_text
 from truthloop.lookback.runs import TINY_LABEL
-from truthloop.store import RUN_FILE, atomic_write_bytes, atomic_write_json, read_records
+from truthloop.store import (
+    LOG_FILE, RUN_FILE, SUMMARY_FILE, atomic_write_bytes, atomic_write_json, read_records,
+)
 from truthloop.sweep import state as st
 from truthloop.sweep.spec import SpecError, read_spec, trajectories
 from truthloop.text import count, html_text, visible
@@ -47,40 +56,107 @@ class ReportError(Exception):
 
 
 # -- the numbers ---------------------------------------------------------------------------------
-def group_label(settings: dict[str, Any]) -> str:
-    """`guidance=3.0 · steps=20`; `all runs` for a sweep without a grid."""
-    return " · ".join(f"{name}={value}" for name, value in settings.items()) or "all runs"
+def pair_label(config: dict[str, Any]) -> str:
+    """`sd + blip`: the generator and the captioner a run's config names."""
+    models = config.get("models") or {}
+    return f"{models.get('generator') or '?'} + {models.get('captioner') or '?'}"
 
 
-def _run_info(run_dir: Path) -> dict[str, Any]:
+def pairs_label(pairs: list[str]) -> str:
+    """The pairs of several runs in one name: `sd + blip`, `sd + blip/florence-2`."""
+    sides = [sorted({p.split(" + ", 1)[i] for p in pairs}) for i in (0, 1)]
+    return " + ".join("/".join(side) for side in sides)
+
+
+def group_label(settings: dict[str, Any], pair: str | None = None) -> str:
+    """`guidance=3.0 · steps=20`; `all runs` for a sweep without a grid. A grid over the
+    generator or the captioner names the whole pair first (`sd + blip · guidance=3.0`): a
+    captioner alone does not say what drew the images."""
+    rest = settings
+    if pair and ("generator" in settings or "captioner" in settings):
+        rest = {k: v for k, v in settings.items() if k not in ("generator", "captioner")}
+        return " · ".join([pair, *(f"{name}={value}" for name, value in rest.items())])
+    return " · ".join(f"{name}={value}" for name, value in rest.items()) or "all runs"
+
+
+def _run_info(run_dir: Path, notes: list[str]) -> dict[str, Any]:
+    path = run_dir / RUN_FILE
     try:
-        info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return {}
-    return info if isinstance(info, dict) else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        info = None
+    if not isinstance(info, dict):
+        notes.append(f"{path} is not valid JSON (ignored: this run's embedding is not named)")
+        return {}
+    return info
 
 
-def read_runs(sweep_dir: Path, trajs: list[Any], atlas: dict[str, Any]) -> list[dict[str, Any]]:
+def _run_records(run_dir: Path, state: str, summary: dict[str, Any] | None,
+                 notes: list[str]) -> list[Any]:
+    """The run's records, and a note for each thing in its log that the report cannot use: a
+    torn last line (but for a run still being written, whose writer may be mid-append), a
+    line that is not a record, a log emptier than summary.json says."""
+    log = run_dir / LOG_FILE
+    problems: list[str] = []
+    records = read_records(run_dir, problems)
+    for problem in problems:
+        if state == "running" and "last line is incomplete" in problem:
+            continue
+        notes.append(problem.replace("(ignored)", "(skipped)"))
+    written = (summary or {}).get("records")
+    if not problems and isinstance(written, int) and len(records) < written:
+        if not log.exists() or log.stat().st_size == 0:
+            what = "missing" if not log.exists() else "empty"
+            notes.append(f"{log} is {what}, but summary.json counts {count(written, 'record')} "
+                         "(this run has no curves)")
+        else:
+            notes.append(f"{log} holds {len(records)} of the {written} records summary.json "
+                         "counts (the rest are missing from the curves)")
+    elif not records and log.exists() and state in st.DONE:
+        notes.append(f"{log} is empty, but the run is {state} (this run has no curves)")
+    return records
+
+
+def read_runs(sweep_dir: Path, trajs: list[Any], atlas: dict[str, Any],
+              notes: list[str] | None = None) -> list[dict[str, Any]]:
     """One entry per trajectory: its group, state, convergence, attractor and motif, and its
-    similarity-to-start series per measure."""
+    similarity-to-start series per measure. `notes` gets one line per file the report could
+    not read in full (what was skipped, and what that costs)."""
+    notes = [] if notes is None else notes
     attractor_of = {m: a["id"] for a in atlas["attractors"] for m in a["members"]}
     motif_of = {m: a.get("motif") for a in atlas["attractors"] for m in a["members"]}
+    embedded = {point["trajectory"] for point in atlas["map"]}  # the atlas read their vectors
     rows = st.table(sweep_dir, trajs)
     runs = []
     for trajectory, row in zip(trajs, rows):
         run_dir = trajectory.run_dir(sweep_dir)
-        summary = st.read_summary(run_dir) or {}
-        records = read_records(run_dir) if run_dir.is_dir() else []
-        info = _run_info(run_dir)
+        summary, records, info = None, [], {}
+        if row["state"] == "damaged":  # the sweep's table calls it so (a damaged run.json)
+            notes.append(f"{run_dir}: {row.get('message') or 'damaged'} (skipped: the run "
+                         "counts as damaged, none of its records are used)")
+        elif run_dir.is_dir():
+            summary = st.read_summary(run_dir)
+            if summary is None and (run_dir / SUMMARY_FILE).exists():
+                notes.append(f"{run_dir / SUMMARY_FILE} is not valid JSON (skipped: this run "
+                             f"reads as {row['state']})")
+            records = _run_records(run_dir, row["state"], summary, notes)
+            info = _run_info(run_dir, notes)
+        summary = summary or {}
         image_start = "image" in trajectory.start
         converged = row["state"] == "converged"
+        if converged and trajectory.name not in embedded \
+                and (run_dir / st.EMBEDDING_FILE).exists():
+            notes.append(f"{run_dir / st.EMBEDDING_FILE} holds no readable embedding (skipped: "
+                         "this run's truth is not placed among the motifs by its own)")
         cycle = summary.get("cycle") or {}
-        series = {name: ms.series(records, name, image_start) for name in ms.MEASURES}
+        pair = pair_label(trajectory.config)
         runs.append({
             "name": trajectory.name, "number": trajectory.number, "start": trajectory.label,
             "seed": trajectory.seed, "settings": dict(trajectory.settings),
-            "group": group_label(trajectory.settings), "state": row["state"],
-            "converged": converged,
+            "pair": pair, "group": group_label(trajectory.settings, pair),
+            "state": row["state"], "converged": converged,
             # images drawn before the run stopped (summary.json's "iterations")
             "iterations": summary.get("iterations", row["iterations"]),
             "found_at": cycle.get("found_at") if converged else None,
@@ -89,15 +165,15 @@ def read_runs(sweep_dir: Path, trajs: list[Any], atlas: dict[str, Any]) -> list[
             "attractor": attractor_of.get(trajectory.name),
             "motif": motif_of.get(trajectory.name),
             "embedding": (info.get("measures") or {}).get("embedding"),
-            "series": series,
-            "rates": {name: _rate(series[name], name) for name in ("image", "text")},
+            "series": {name: ms.series(records, name, image_start) for name in ms.MEASURES},
         })
+    # Each run's own drift rate: every run's fit searched at once (measures.fit_decays).
+    rates = {name: ms.fit_decays([run["series"][name] for run in runs], start=1.0)
+             for name in ("image", "text")}
+    for number, run in enumerate(runs):
+        run["rates"] = {name: None if rates[name][number] is None else rates[name][number].rate
+                        for name in rates}
     return runs
-
-
-def _rate(points: list[tuple[int, float]], measure: str) -> float | None:
-    fit = ms.fit_decay(points, start=1.0) if ms.MEASURES[measure].anchored else None
-    return None if fit is None else fit.rate
 
 
 def _spread(values: list[float]) -> dict[str, Any] | None:
@@ -128,10 +204,12 @@ def _fit(runs: list[dict[str, Any]], measure: str) -> dict[str, Any] | None:
 def group_stats(label: str, settings: dict[str, Any], runs: list[dict[str, Any]],
                 kind: str = "grid point") -> dict[str, Any]:
     converged = [r for r in runs if r["converged"]]
+    pairs = sorted({r["pair"] for r in runs})
     basins = Counter(r["attractor"] for r in converged if r["attractor"] is not None)
     motif_basins = Counter(r["motif"] for r in converged if r["motif"] is not None)
     stats: dict[str, Any] = {
-        "group": label, "kind": kind, "settings": settings, "runs": len(runs),
+        "group": label, "kind": kind, "settings": settings, "pairs": pairs,
+        "runs": len(runs),
         "states": dict(sorted(Counter(r["state"] for r in runs).items())),
         "converged": len(converged),
         "converged_share": len(converged) / len(runs) if runs else None,
@@ -180,7 +258,8 @@ def build_report(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
     except AtlasError as error:
         raise ReportError(str(error)) from None
     trajs = trajectories(spec)
-    runs = read_runs(sweep_dir, trajs, atlas)
+    notes: list[str] = []
+    runs = read_runs(sweep_dir, trajs, atlas, notes)
     names = list(spec.get("grid") or {})
     groups: dict[str, list[dict[str, Any]]] = {}
     settings_of: dict[str, dict[str, Any]] = {}
@@ -192,8 +271,10 @@ def build_report(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
         for name in names:
             for value in spec["grid"][name]:
                 members = [r for r in runs if r["settings"].get(name) == value]
-                marginals.append(group_stats(f"{name}={value}", {name: value}, members,
-                                             "marginal"))
+                label = f"{name}={value}"
+                if name in ("generator", "captioner") and members:
+                    label = pairs_label([r["pair"] for r in members])
+                marginals.append(group_stats(label, {name: value}, members, "marginal"))
     embeddings = sorted({r["embedding"] for r in runs if r["embedding"]})
     config = spec.get("config") or {}
     return {
@@ -204,6 +285,8 @@ def build_report(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
                  for k in ("converge", "near_threshold", "near_window", "control",
                            "max_iters", "clauses")},
         "embeddings": embeddings,
+        # every generator + captioner pair the runs used (a grid or not: titles name them)
+        "pairs": sorted({r["pair"] for r in runs}),
         "trajectories": len(runs),
         "converged": sum(1 for r in runs if r["converged"]),
         "groups": [group_stats(label, settings_of[label], members)
@@ -216,6 +299,8 @@ def build_report(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
         "motifs": atlas["motifs"],
         "clustering": atlas["clustering"],
         "runs": [{k: v for k, v in r.items() if k != "series"} for r in runs],
+        # what could not be read in full, one line each (the page and stderr list them)
+        "skipped": notes,
         "_series": {r["name"]: r["series"] for r in runs},  # for the figures and series.csv
     }
 
@@ -258,6 +343,12 @@ def _header(draw: Any, width: int, title: str, lines: list[tuple[str, tuple[int,
     return y + 8
 
 
+def _titled(report: dict[str, Any], title: str) -> str:
+    """A figure's title with the pair(s) that made its runs, generator and captioner both."""
+    pairs = report.get("pairs") or []
+    return f"{title} ({pairs_label(pairs)})" if pairs else title
+
+
 def _tiny_lines(report: dict[str, Any]) -> list[tuple[str, tuple[int, int, int]]]:
     if report.get("models") == "tiny":
         return [(TINY_LABEL + ": these numbers say nothing about real models", TINY_COLOUR)]
@@ -285,19 +376,21 @@ def draw_curves(report: dict[str, Any], measure: str, width: int = 980, height: 
     canvas = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(canvas)
     embedding = ", ".join(report["embeddings"]) or "the run's embedder"
-    top = _header(draw, width, f"{FIGURE_LABELS[measure]}: similarity to the start over "
-                  "generations", [
+    generations = [p["generation"] for g in groups for p in g["curves"][measure]]
+    values = [v for g in groups for p in g["curves"][measure]
+              for v in (p["q25"], p["median"], p["q75"])]
+    x0, x1 = 0, max(1, max(generations))
+    y0, y1 = zoomed_range(min(values), max(values))
+    title = _titled(report, f"{FIGURE_LABELS[measure]}: similarity to the start over "
+                            "generations")
+    top = _header(draw, width, title, [
         (f"cosine of {embedding} embeddings; line: median over the runs that reached the "
          f"generation, band: 25th-75th percentile, dashed: fitted {FIT_MODEL}", GREY),
+        (f"y axis zoomed to the data: {y0:.2f} to {y1:.2f}", GREY),
         *_tiny_lines(report)])
     font, small = _font(12), _font(11)
     legend_width = 300
     left, right, bottom = 70, width - legend_width - 10, height - 50
-    generations = [p["generation"] for g in groups for p in g["curves"][measure]]
-    values = [v for g in groups for p in g["curves"][measure] for v in (p["q25"], p["q75"])]
-    x0, x1 = 0, max(1, max(generations))
-    y0 = min(0.0, math.floor(min(values) * 10) / 10)
-    y1 = 1.0 if max(values) <= 1.0 else math.ceil(max(values) * 10) / 10
 
     def px(g: float) -> float:
         return left + (g - x0) / (x1 - x0) * (right - left)
@@ -367,7 +460,23 @@ def draw_curves(report: dict[str, Any], measure: str, width: int = 980, height: 
     if len(legend) > 12:
         draw_text(draw, (legend_x, y), f"+ {count(len(legend) - 12, 'group')} more "
                   "(report.html lists all)", small, GREY)
-    return canvas, {"groups": shown, "x": (x0, x1), "y": (y0, y1)}
+    return canvas, {"title": title, "groups": shown, "x": (x0, x1), "y": (y0, y1)}
+
+
+def zoomed_range(lo: float, hi: float) -> tuple[float, float]:
+    """An axis from `lo` to `hi` widened to the round ticks around them: data that lie within
+    0.92-1 are drawn over the whole height, not as flat lines at the top of 0-1. Similarities
+    are cosines: never past -1 or 1."""
+    top = hi
+    if hi - lo < 0.01:  # flat: a little room around it
+        lo, hi = lo - 0.005, hi + 0.005
+    ticks = _ticks(lo, hi)
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else (hi - lo)
+    y0 = max(-1.0, math.floor(lo / step + 1e-9) * step)
+    y1 = math.ceil(hi / step - 1e-9) * step
+    if top <= 1.0:
+        y1 = min(1.0, y1)
+    return round(y0, 10), round(y1, 10)
 
 
 def fit_text(fit: dict[str, Any] | None) -> str:
@@ -395,7 +504,7 @@ def draw_convergence(report: dict[str, Any], width: int = 980) -> Any:
     height = 150 + row * len(groups)
     canvas = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(canvas)
-    top = _header(draw, width, "Convergence per group", [
+    top = _header(draw, width, _titled(report, "Convergence per group"), [
         ("left: share of runs that converged (k of n); right: images drawn before converging "
          "(box 25th-75th percentile, tick median, whiskers min-max)", GREY),
         *_tiny_lines(report)])
@@ -446,84 +555,145 @@ def draw_convergence(report: dict[str, Any], width: int = 980) -> Any:
     return canvas
 
 
-def draw_basins(report: dict[str, Any], width: int = 980) -> Any:
-    """Per group: its converged runs as one bar cut into attractor basins (biggest first),
-    coloured by motif; the counts beside it."""
+BASIN_ROWS = 60     # motifs drawn one bar each in basins.png; the rest share the last bar
+BASIN_MIN_PX = 3    # the narrowest segment drawn: one run must stay visible at any scale
+
+
+def draw_basins(report: dict[str, Any], width: int = 980) -> tuple[Any, dict[str, Any]]:
+    """The motifs, biggest basin first, one bar each: the runs that converged into it, split by
+    group (a colour per group: groups are few, motifs many), labelled on the axis with the
+    motif's number and representative prompt; no motif colours to tell apart. A segment is at
+    least BASIN_MIN_PX wide. Past BASIN_ROWS motifs, one last bar sums the rest."""
     from PIL import Image, ImageDraw
 
     groups = report["groups"]
-    motif_of = {a["id"]: a.get("motif") for a in report["attractors"]}
+    motifs = report["motifs"]
+    colour_of = {g["group"]: colour(number) for number, g in enumerate(groups)}
+    # runs per motif and group
+    per: dict[int, Counter] = {}
+    for run in report["runs"]:
+        if run["converged"] and run["motif"] is not None:
+            per.setdefault(run["motif"], Counter())[run["group"]] += 1
+    rows: list[tuple[str, Counter, str]] = []
+    for motif in motifs[:BASIN_ROWS]:
+        label = f"motif {motif['id']}: {visible(motif.get('representative_prompt') or '')}"
+        rows.append((label, per.get(motif["id"], Counter()),
+                     f"{count(motif['basin_size'], 'run')} · "
+                     f"{count(len(motif['attractors']), 'attractor')}"))
+    rest = motifs[BASIN_ROWS:]
+    if rest:
+        summed: Counter = Counter()
+        for motif in rest:
+            summed.update(per.get(motif["id"], Counter()))
+        rows.append((f"{count(len(rest), 'other motif')}, of {count(rest[0]['basin_size'], 'run')} "
+                     "or fewer each", summed,
+                     f"{count(sum(m['basin_size'] for m in rest), 'run')} in all"))
     font, small = _font(12), _font(11)
-    row = 34
-    motifs = sorted({m for m in motif_of.values() if m is not None})
-    legend_rows = math.ceil(len(motifs[:30]) / 6) if motifs else 0
-    height = 150 + row * len(groups) + 20 * legend_rows
+    row = 18
+    not_converged = sum(1 for r in report["runs"] if not r["converged"])
+    lines = [(f"each bar: the runs that converged into one motif (biggest first), split by "
+              f"group; {count(not_converged, 'run')} did not converge (convergence.png)", GREY),
+             *_tiny_lines(report)]
+    title = _titled(report, "Motif basins")
+    legend_rows = math.ceil(len(groups) / 3) if len(groups) > 1 else 0
+    header = _header(ImageDraw.Draw(Image.new("RGB", (width, 10), WHITE)), width, title, lines)
+    height = header + legend_rows * 18 + 6 + row * max(1, len(rows)) + 50
     canvas = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(canvas)
-    top = _header(draw, width, "Attractor basins per group", [
-        ("each bar: the group's converged runs, cut into the attractors they reached (biggest "
-         "basin first; a segment's number is its basin), coloured by motif", GREY),
-        *_tiny_lines(report)])
-    label_width, bar_left, bar_right = 250, 270, 700
-    most = max([g["runs"] for g in groups], default=1) or 1
-    for number, group in enumerate(groups):
+    top = _header(draw, width, title, lines)
+    layout: dict[str, Any] = {"title": title, "rows": [], "legend": []}
+    if len(groups) > 1:  # the groups' colours
+        for number, group in enumerate(groups):
+            x = 16 + (number % 3) * 315
+            y = top + (number // 3) * 18
+            draw.rectangle([x, y + 2, x + 12, y + 12], fill=colour_of[group["group"]])
+            text = _legend_label(group["group"], small, 290)
+            draw_text(draw, (x + 18, y), text, small, BLACK)
+            layout["legend"].append(text)
+        top += legend_rows * 18 + 6
+    if not rows:
+        draw_text(draw, (16, top + 4), "No run converged: no motifs.", font, GREY)
+        return canvas, layout
+    label_width, bar_left, bar_right = 330, 350, width - 150
+    most = max(sum(c.values()) for _, c, _ in rows) or 1
+    scale = (bar_right - bar_left) / most
+    axis_y = top + row * len(rows) + 4
+    for v in _ticks(0, most, 8):
+        if v != int(v):
+            continue
+        x = bar_left + v * scale
+        draw.line([x, top - 2, x, axis_y], fill=LIGHT)
+        text = str(int(v))
+        draw_text(draw, (x - text_length(small, text) / 2, axis_y + 4), text, small, GREY)
+    draw_text(draw, (bar_left, axis_y + 20), "runs that converged into the motif", font, GREY)
+    for number, (label, counts, note) in enumerate(rows):
         y = top + number * row
-        draw_text(draw, (16, y + 8), _legend_label(group["group"], font, label_width), font,
-                  BLACK)
+        text = _legend_label(label, small, label_width)
+        draw_text(draw, (16, y + 2), text, small, BLACK)
         x = bar_left
-        scale = (bar_right - bar_left) / most
-        for attractor, basin in sorted(group["basin_of"].items(), key=lambda kv: -kv[1]):
-            motif = motif_of.get(int(attractor))
-            end = x + basin * scale
-            draw.rectangle([x, y + 6, end - 1, y + row - 8],
-                           fill=colour(motif if motif is not None else 0), outline=WHITE)
-            text = str(basin)
-            if text_length(small, text) + 4 < end - x:
-                draw_text(draw, ((x + end) / 2 - text_length(small, text) / 2, y + 9), text,
-                          small, WHITE)
+        segments = []
+        for group in groups:  # in the legend's order
+            runs = counts.get(group["group"], 0)
+            if not runs:
+                continue
+            end = x + max(BASIN_MIN_PX, runs * scale)
+            draw.rectangle([x, y + 3, end - 1, y + row - 3], fill=colour_of[group["group"]])
+            segments.append((group["group"], runs, round(end - x, 1)))
             x = end
-        unconverged = group["runs"] - group["converged"]
-        if unconverged:
-            draw.rectangle([x, y + 6, x + unconverged * scale - 1, y + row - 8],
-                           outline=(170, 170, 170))
-        note = (f"{count(group['attractors'], 'attractor')} in "
-                f"{count(group['motifs'], 'motif')}; {unconverged} not converged")
-        draw_text(draw, (bar_right + 12, y + 9), note, small, BLACK)
-    y = top + row * len(groups) + 8
-    draw_text(draw, (16, y), "motif colours (grey outline: runs that did not converge):", small,
-              GREY)
-    y += 18
-    for i, motif in enumerate(motifs[:30]):
-        x = 16 + (i % 6) * 150
-        yy = y + (i // 6) * 20
-        draw.rectangle([x, yy + 2, x + 12, yy + 12], fill=colour(motif))
-        draw_text(draw, (x + 18, yy), f"motif {motif}", small, BLACK)
-    return canvas
+        draw_text(draw, (x + 6, y + 2), note, small, GREY)
+        layout["rows"].append({"label": text, "segments": segments, "note": note})
+    return canvas, layout
 
 
-def draw_rates(report: dict[str, Any], width: int = 980) -> Any | None:
-    """Fitted drift rates per group, image and text side by side: the group's fit to all its
-    runs (dot) and the spread of the runs' own fits (whiskers: 25th–75th percentile)."""
+def rate_box(values: list[float]) -> dict[str, Any] | None:
+    """A box plot of positive rates on a log scale, as matplotlib draws one: box 25th-75th
+    percentile, median, whiskers out to the furthest value within 1.5 interquartile ranges of
+    the box (on the log scale), every value beyond them a flier of its own. Every value is
+    inside the whiskers or a flier, so no mark sits outside its whisker unexplained."""
+    values = sorted(v for v in values if v > 0)
+    if not values:
+        return None
+    q25, median, q75 = (ms.quantile(values, q) for q in (0.25, 0.5, 0.75))
+    spread = math.log10(q75) - math.log10(q25)
+    low_fence = 10 ** (math.log10(q25) - 1.5 * spread)
+    high_fence = 10 ** (math.log10(q75) + 1.5 * spread)
+    inside = [v for v in values if low_fence <= v <= high_fence]
+    # A whisker never ends inside the box (matplotlib's rule too): the quartiles interpolate
+    # between values, so the nearest value inside the fences can lie past them.
+    low, high = min([q25, *inside]), max([q75, *inside])
+    return {"q25": q25, "median": median, "q75": q75, "low": low, "high": high,
+            "fliers": [v for v in values if v < low_fence or v > high_fence], "n": len(values)}
+
+
+def draw_rates(report: dict[str, Any], width: int = 980) -> tuple[Any, dict[str, Any]] | None:
+    """Fitted drift rates per group, image and text side by side: a box plot of the runs' own
+    fits (`rate_box`) and, as a diamond, the one fit to all the group's points pooled (longer
+    runs weigh more in it, so it need not sit in the box)."""
     from PIL import Image, ImageDraw
 
     groups = report["groups"]
     if not any(g["fits"][m] for g in groups for m in ("image", "text")):
         return None
+    run_rates = {(g["group"], m): [r["rates"][m] for r in report["runs"]
+                                   if r["group"] == g["group"] and r["rates"][m] is not None]
+                 for g in groups for m in ("image", "text")}
     font, small = _font(12), _font(11)
     row = 30
-    height = 170 + row * len(groups)
+    height = 190 + row * len(groups)
     canvas = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(canvas)
-    top = _header(draw, width, "Drift rate per group (per generation)", [
-        (f"rate of the fitted {FIT_MODEL}, on a log scale; dot: one fit to all the group's "
-         "runs, whiskers: 25th-75th percentile of the runs' own fits. Higher: the start is "
-         "forgotten faster", GREY), *_tiny_lines(report)])
+    title = _titled(report, "Drift rate per group (per generation)")
+    top = _header(draw, width, title, [
+        (f"rate of the fitted {FIT_MODEL}, on a log scale. Box: the runs' own fits (25th-75th "
+         "percentile, line: median; whiskers: the furthest run within 1.5 box lengths; "
+         "circles: runs beyond). Diamond: one fit to all the group's points pooled. Higher: "
+         "the start is forgotten faster", GREY), *_tiny_lines(report)])
     label_width = 250
     panels = [("image", 280, 590), ("text", 670, width - 30)]
+    layout: dict[str, Any] = {"title": title, "boxes": {}, "pooled": {}}
     for measure, lo_x, hi_x in panels:
         rates = [g["fits"][measure]["rate"] for g in groups if g["fits"][measure]]
-        rates += [v for g in groups if g["run_rates"][measure]
-                  for v in (g["run_rates"][measure]["q25"], g["run_rates"][measure]["q75"])]
+        rates += [v for g in groups for v in run_rates[(g["group"], measure)]]
         rates = [r for r in rates if r > 0]  # a log scale: "no drift" is said in words
         low = 10 ** math.floor(math.log10(max(min(rates, default=0.01), ms.RATE_MIN)))
         high = 10 ** math.ceil(math.log10(max(max(rates, default=1.0), low * 10)))
@@ -546,31 +716,55 @@ def draw_rates(report: dict[str, Any], width: int = 980) -> Any | None:
                   GREY)
         for number, group in enumerate(groups):
             y = top + 18 + number * row + row / 2
-            spread = group["run_rates"][measure]
-            if spread:
-                draw.line([rx(spread["q25"]), y, rx(spread["q75"]), y], fill=GREY, width=2)
-                for end in (spread["q25"], spread["q75"]):
-                    draw.line([rx(end), y - 5, rx(end), y + 5], fill=GREY)
+            values = run_rates[(group["group"], measure)]
+            box = rate_box(values)
+            layout["boxes"][(group["group"], measure)] = box
+            if box:
+                draw.line([rx(box["low"]), y, rx(box["q25"]), y], fill=GREY, width=1)
+                draw.line([rx(box["q75"]), y, rx(box["high"]), y], fill=GREY, width=1)
+                for end in (box["low"], box["high"]):
+                    draw.line([rx(end), y - 4, rx(end), y + 4], fill=GREY)
+                draw.rectangle([rx(box["q25"]), y - 7, max(rx(box["q75"]), rx(box["q25"]) + 2),
+                                y + 7], fill=colour(number), outline=BLACK)
+                draw.line([rx(box["median"]), y - 9, rx(box["median"]), y + 9], fill=BLACK,
+                          width=2)
+                for flier in box["fliers"]:
+                    draw.ellipse([rx(flier) - 3, y - 3, rx(flier) + 3, y + 3], outline=GREY)
+            still = sum(1 for v in values if v == 0)
             fit = group["fits"][measure]
-            if fit and fit["no_drift"]:  # said on a white ground, over the whiskers
-                box = text_length(small, "no drift (group fit)")
-                draw.rectangle([lo_x + 2, y - 8, lo_x + 8 + box, y + 7], fill=WHITE,
+            layout["pooled"][(group["group"], measure)] = \
+                None if not fit or fit["no_drift"] else fit["rate"]
+            if fit and fit["no_drift"]:  # said on a white ground, over the box
+                note = "no drift (pooled fit)"
+                box_width = text_length(small, note)
+                draw.rectangle([lo_x + 2, y - 8, lo_x + 8 + box_width, y + 7], fill=WHITE,
                                outline=(170, 170, 170))
-                draw_text(draw, (lo_x + 5, y - 7), "no drift (group fit)", small, GREY)
+                draw_text(draw, (lo_x + 5, y - 7), note, small, GREY)
             elif fit:
                 x = rx(fit["rate"])
-                draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=colour(number), outline=BLACK)
-                if fit["within_one_generation"]:  # the rate is a lower bound
-                    draw_text(draw, (x + 9, y - 7), "all within 1 generation", small, GREY)
+                # hollow, so the median line under it shows
+                draw.polygon([(x, y - 7), (x + 7, y), (x, y + 7), (x - 7, y)], outline=BLACK,
+                             width=2)
+                if fit["within_one_generation"]:  # the rate is a lower bound: said past the box
+                    note = "all within 1 generation"
+                    at = max(x, rx(box["high"]) if box else x) + 9
+                    if at + text_length(small, note) > hi_x + 20:  # no room: before the box
+                        at = min(x, rx(box["low"]) if box else x) - 9 - text_length(small, note)
+                    draw_text(draw, (at, y - 7), note, small, GREY)
+            if still:
+                draw_text(draw, (hi_x - text_length(small, f"{still} no drift"), y - 15),
+                          f"{still} no drift", small, GREY)
     for number, group in enumerate(groups):
         y = top + 18 + number * row + 7
         draw_text(draw, (16, y), _legend_label(group["group"], font, label_width), font, BLACK)
-    return canvas
+    return canvas, layout
 
 
 SHEET_TILE = 150
 SHEET_COLUMNS = 6
 SHEET_MOST = 36
+MOTIF_SHEETS = 12   # contact sheets drawn: the biggest basins; every motif is in the page's table
+THUMB = 64          # the page's inlined thumbnail of each motif's medoid (JPEG)
 
 
 def draw_motif_sheet(sweep_dir: Path, report: dict[str, Any], motif: dict[str, Any]) -> Any:
@@ -598,10 +792,13 @@ def draw_motif_sheet(sweep_dir: Path, report: dict[str, Any], motif: dict[str, A
         *_tiny_lines(report)]
     if len(tiles) > len(shown):
         header_lines.append((f"the first {len(shown)} of {len(tiles)} runs", GREY))
-    top = _header(ImageDraw.Draw(probe), width, f"Motif {motif['id']}", header_lines)
+    pair_of = {r["name"]: r["pair"] for r in report["runs"]}
+    pairs = sorted({pair_of[member] for _, member in tiles if member in pair_of})
+    title = f"Motif {motif['id']}" + (f" ({pairs_label(pairs)})" if pairs else "")
+    top = _header(ImageDraw.Draw(probe), width, title, header_lines)
     canvas = Image.new("RGB", (width, top + rows * tile_height + 12), WHITE)
     draw = ImageDraw.Draw(canvas)
-    _header(draw, width, f"Motif {motif['id']}", header_lines)
+    _header(draw, width, title, header_lines)
     for number, (attractor, member) in enumerate(shown):
         x = 16 + (number % columns) * (SHEET_TILE + 12)
         y = top + (number // columns) * tile_height
@@ -629,9 +826,18 @@ def _member_truth_image(sweep_dir: Path, member: str) -> str | None:
     return f"runs/{member}/{images[0]}" if images else None
 
 
-def png_bytes(image: Any) -> bytes:
+def png_bytes(image: Any, optimize: bool = True) -> bytes:
+    """optimize: worth it for a chart's flat colours; a contact sheet's photos gain ~0.3% for
+    half again the time."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    image.save(buffer, format="PNG", optimize=optimize)
+    return buffer.getvalue()
+
+
+def jpeg_bytes(image: Any) -> bytes:
+    """A photo-like thumbnail for the page: a few kilobytes where a PNG takes ten times that."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
     return buffer.getvalue()
 
 
@@ -751,9 +957,38 @@ def _group_table(groups: list[dict[str, Any]]) -> str:
     return head + "".join(rows) + "</table>"
 
 
-def html_page(report: dict[str, Any], figures: dict[str, bytes]) -> str:
+def _motif_table(report: dict[str, Any], thumbnails: dict[int, bytes],
+                 figures: dict[str, bytes]) -> str:
+    """Every motif, biggest first: an inlined thumbnail of its medoid truth image, its basin,
+    attractors, the pairs whose runs reached it, its representative prompt, and its contact
+    sheet where one was drawn."""
+    e = html_text
+    pair_of = {r["name"]: r["pair"] for r in report["runs"]}
+    members = {a["id"]: a["members"] for a in report["attractors"]}
+    rows = ["<table><tr><th>motif</th><th>medoid</th><th>basin</th><th>attractors</th>"
+            "<th>pairs</th><th>representative prompt</th></tr>"]
+    for motif in report["motifs"]:
+        pairs = sorted({pair_of[m] for a in motif["attractors"] for m in members.get(a, [])
+                        if m in pair_of})
+        thumb = thumbnails.get(motif["id"])
+        image = (f"<img alt='medoid of motif {e(motif['id'])}' width='{THUMB}' "
+                 f"height='{THUMB}' src='data:image/jpeg;base64,"
+                 f"{base64.b64encode(thumb).decode()}'>" if thumb else "–")
+        name = f"motif-{motif['id']}.png"
+        link = f" <a href='#motif-{e(motif['id'])}'>sheet</a>" if name in figures else ""
+        rows.append(f"<tr><td>{e(motif['id'])}{link}</td><td>{image}</td>"
+                    f"<td>{e(motif['basin_size'])}</td><td>{e(len(motif['attractors']))}</td>"
+                    f"<td>{e(', '.join(pairs) or '–')}</td>"
+                    f"<td>{e(motif.get('representative_prompt') or '')}</td></tr>")
+    return "".join(rows) + "</table>"
+
+
+def html_page(report: dict[str, Any], figures: dict[str, bytes],
+              thumbnails: dict[int, bytes] | None = None) -> str:
     """The page: every text through text.html_text (captions are untrusted: never markup,
-    control characters shown as \\xNN), every figure inlined."""
+    control characters shown as \\xNN); the charts and a thumbnail of every motif inlined, the
+    contact sheets referenced (files in figures/ beside it: at study scale, inlined, they made
+    the page tens of megabytes)."""
     e = html_text
     loop = report["loop"]
     criterion = loop.get("converge") or "exact"
@@ -762,7 +997,8 @@ def html_page(report: dict[str, Any], figures: dict[str, bytes]) -> str:
             f"iteration, {loop.get('near_window')} in a row) or exact ones")
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{e('truthloop study report: ' + Path(report['sweep']).name)}</title>",
+        f"<title>{e('truthloop study report: ' + Path(report['sweep']).name)}"
+        f"{e(' (' + pairs_label(report['pairs']) + ')' if report.get('pairs') else '')}</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:72em;color:#222}"
         "table{border-collapse:collapse;margin:1em 0}td,th{padding:3px 8px;text-align:left;"
         "vertical-align:top;border-bottom:1px solid #ddd}th{background:#f4f4f4}"
@@ -775,6 +1011,13 @@ def html_page(report: dict[str, Any], figures: dict[str, bytes]) -> str:
         f"{e(count(len(report['attractors']), 'attractor'))} in "
         f"{e(count(len(report['motifs']), 'motif'))}.</p>",
     ]
+    if report.get("pairs"):
+        parts.append(f"<p>Generator + captioner: <b>{e(', '.join(report['pairs']))}</b></p>")
+    skipped = report.get("skipped") or []
+    if skipped:
+        parts.append("<p class='warn'><b>Some of the sweep's files could not be read in "
+                     f"full</b> ({e(count(len(skipped), 'note'))}): the numbers below leave out "
+                     "what they held. <a href='#skipped'>What was skipped</a>.</p>")
     if loop.get("control"):
         parts.append(f"<p>Control runs: <b>{e(loop['control'])}</b> (they never converge; "
                      "their curves are the baseline drift of one model alone).</p>")
@@ -809,14 +1052,16 @@ def html_page(report: dict[str, Any], figures: dict[str, bytes]) -> str:
         parts.append(_group_table(report["marginals"]))
     captions = {
         "convergence.png": "Share of runs that converged, and images drawn before they did.",
-        "basins.png": "Attractor basins per group, coloured by motif.",
+        "basins.png": "Motif basins, biggest first: the runs that converged into each motif, "
+                      "split by group.",
         "curves-image.png": "Image ↔ image similarity to the start over generations.",
         "curves-text.png": "Text ↔ text similarity to the start over generations.",
         "curves-cross.png": "Caption ↔ image: each caption vs the start image.",
-        "rates.png": "Fitted drift rates per group.",
+        "rates.png": "Fitted drift rates per group: the runs' own fits (box plot) and the "
+                     "group's pooled fit (diamond).",
     }
     parts.append("<h2>Figures</h2>")
-    for name, caption in captions.items():
+    for name, caption in captions.items():  # the charts are inlined (the contact sheets not)
         if name in figures:
             parts.append(f"<figure><img alt='{e(caption)}' src='{_data_uri(figures[name])}'>"
                          f"<figcaption>{e(caption)} <a href='figures/{e(name)}'>"
@@ -824,13 +1069,20 @@ def html_page(report: dict[str, Any], figures: dict[str, bytes]) -> str:
     parts.append("<h2>Motifs</h2>")
     if not report["motifs"]:
         parts.append("<p>No run converged: no motifs.</p>")
-    for motif in report["motifs"]:
+    else:
+        parts.append(_motif_table(report, thumbnails or {}, figures))
+    sheets = [m for m in report["motifs"] if f"motif-{m['id']}.png" in figures]
+    if sheets:
+        parts.append(f"<h3>Contact sheets of the {e(count(len(sheets), 'biggest motif'))}</h3>"
+                     "<p>Each run's truth image; the sheets are files beside this page "
+                     "(figures/), not inlined.</p>")
+    for motif in sheets:
         name = f"motif-{motif['id']}.png"
-        if name in figures:
-            caption = (f"Motif {motif['id']}: basin {motif['basin_size']}; "
-                       f"{motif.get('representative_prompt') or ''}")
-            parts.append(f"<figure><img alt='{e(caption)}' src='{_data_uri(figures[name])}'>"
-                         f"<figcaption>{e(caption)}</figcaption></figure>")
+        caption = (f"Motif {motif['id']}: basin {motif['basin_size']}; "
+                   f"{motif.get('representative_prompt') or ''}")
+        parts.append(f"<figure id='motif-{e(motif['id'])}'><img loading='lazy' "
+                     f"alt='{e(caption)}' src='figures/{e(name)}'>"
+                     f"<figcaption>{e(caption)}</figcaption></figure>")
     parts.append("<h2>Attractors</h2><table><tr><th>#</th><th>kind</th><th>criterion</th>"
                  "<th>basin</th><th>motif</th><th>prompts</th></tr>")
     for a in report["attractors"]:
@@ -842,7 +1094,14 @@ def html_page(report: dict[str, Any], figures: dict[str, bytes]) -> str:
         parts.append(f"<tr><td>{e(a['id'])}</td><td>{e(a['kind'])} ({e(a['length'])})</td>"
                      f"<td>{e(a.get('criterion') or 'exact')}</td><td>{e(a['basin_size'])}</td>"
                      f"<td>{e(a.get('motif'))}</td><td>{prompts}</td></tr>")
-    parts.append("</table><h2>Files</h2><p>")
+    parts.append("</table>")
+    if skipped:
+        parts.append("<h2 id='skipped'>What was skipped</h2><p>Files of the sweep that could "
+                     "not be read in full, and what the report left out for each (also printed "
+                     "on stderr by <code>truthloop report</code>):</p><ul>")
+        parts.extend(f"<li>{e(note)}</li>" for note in skipped)
+        parts.append("</ul>")
+    parts.append("<h2>Files</h2><p>")
     parts.append(" · ".join(f"<a href='tables/{e(n)}'>{e(n)}</a>" for n in (
         "groups.csv", "curves.csv", "runs.csv", "series.csv", "attractors.csv")))
     parts.append(" · <a href='report.json'>report.json</a></p></body></html>\n")
@@ -860,23 +1119,31 @@ def write_report(sweep_dir: Path, out: Path | None = None, min_cluster_size: int
         if drawn is not None:
             figures[f"curves-{measure}.png"] = png_bytes(drawn[0])
     figures["convergence.png"] = png_bytes(draw_convergence(report))
-    figures["basins.png"] = png_bytes(draw_basins(report))
+    figures["basins.png"] = png_bytes(draw_basins(report)[0])
     rates = draw_rates(report)
     if rates is not None:
-        figures["rates.png"] = png_bytes(rates)
-    for motif in report["motifs"]:
-        figures[f"motif-{motif['id']}.png"] = png_bytes(draw_motif_sheet(sweep_dir, report,
-                                                                         motif))
+        figures["rates.png"] = png_bytes(rates[0])
+    for motif in report["motifs"][:MOTIF_SHEETS]:
+        figures[f"motif-{motif['id']}.png"] = png_bytes(
+            draw_motif_sheet(sweep_dir, report, motif), optimize=False)
+    thumbnails = {motif["id"]: jpeg_bytes(thumbnail(sweep_dir, motif.get("medoid_image"),
+                                                    THUMB))
+                  for motif in report["motifs"]}
     saved = {k: v for k, v in report.items() if k != "_series"}
     try:
         (out / "figures").mkdir(parents=True, exist_ok=True)
         (out / "tables").mkdir(parents=True, exist_ok=True)
+        # An earlier report's contact sheets that this one does not draw would pass for its own.
+        for stale in (out / "figures").glob("motif-*.png"):
+            if stale.name not in figures:
+                stale.unlink(missing_ok=True)
         for name, data in figures.items():
             atomic_write_bytes(out / "figures" / name, data)
         for name, data in tables(report).items():
             atomic_write_bytes(out / "tables" / name, data)
         atomic_write_json(out / "report.json", saved)
-        atomic_write_bytes(out / "report.html", html_page(report, figures).encode())
+        atomic_write_bytes(out / "report.html",
+                           html_page(report, figures, thumbnails).encode())
     except OSError as error:
         raise ReportError(f"cannot write the report into {out}: "
                           f"{error.strerror or error}") from None
