@@ -31,10 +31,12 @@ def test_the_caption_is_the_model_cards_plain_generate(tiny_dir, captioner):
 def test_it_decodes_as_its_text_decoder_says(captioner):
     """BLIP's generate decodes in its text decoder, whose generation config comes from
     config.json's text_config: one beam, no sampling, and the captioner says so."""
-    assert captioner.decoding == {
+    expected = {
         "num_beams": 1, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0,
         "length_penalty": 1.0, "early_stopping": False, "max_new_tokens": 32,
         "do_sample": False, "from": "config.json", "sampling_dropped": {}}
+    # (FamilyCaptioner may add how it runs the decode, e.g. a static cache.)
+    assert {name: captioner.decoding.get(name) for name in expected} == expected
 
 
 def test_captions_are_words_that_follow_the_image(tiny_dir, captioner):

@@ -46,10 +46,12 @@ def test_it_decodes_with_the_checkpoints_beam_search_and_says_so(tiny_dir, capti
 
     shipped = json.loads((Path(tiny_dir) / "generation_config.json").read_text())
     assert (shipped["num_beams"], shipped["no_repeat_ngram_size"]) == (3, 3)
-    assert captioner.decoding == {
+    expected = {
         "num_beams": 3, "no_repeat_ngram_size": 3, "repetition_penalty": 1.0,
         "length_penalty": 1.0, "early_stopping": True, "max_new_tokens": 77,
         "do_sample": False, "from": "generation_config.json", "sampling_dropped": {}}
+    # (FamilyCaptioner may add how it runs the decode, e.g. a static cache.)
+    assert {name: captioner.decoding.get(name) for name in expected} == expected
     processor, model = captioner.processor, captioner.model
     inputs = processor(text="<DETAILED_CAPTION>", images=noise_image(1), return_tensors="pt")
     with torch.no_grad():

@@ -43,10 +43,12 @@ def test_it_decodes_as_the_checkpoint_says_one_beam_no_sampling(tiny_dir, captio
 
     shipped = json.loads((Path(tiny_dir) / "generation_config.json").read_text())
     assert not {"num_beams", "do_sample", "temperature", "top_k", "top_p"} & set(shipped)
-    assert captioner.decoding == {
+    expected = {
         "num_beams": 1, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0,
         "length_penalty": 1.0, "early_stopping": False, "max_new_tokens": 77,
         "do_sample": False, "from": "generation_config.json", "sampling_dropped": {}}
+    # (FamilyCaptioner may add how it runs the decode, e.g. a static cache.)
+    assert {name: captioner.decoding.get(name) for name in expected} == expected
 
 
 def test_captions_are_words_that_follow_the_image_and_the_instruction(captioner):

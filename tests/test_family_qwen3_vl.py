@@ -64,11 +64,13 @@ def test_the_checkpoints_sampling_is_turned_off_and_said_so(tiny_dir, captioner)
         with torch.no_grad():
             sampled.append(model.generate(**inputs, max_new_tokens=20).tolist())
     assert sampled[0] != sampled[1]
-    assert captioner.decoding == {
+    expected = {
         "num_beams": 1, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0,
         "length_penalty": 1.0, "early_stopping": False, "max_new_tokens": 77,
         "do_sample": False, "from": "generation_config.json",
         "sampling_dropped": {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8}}
+    # (FamilyCaptioner may add how it runs the decode, e.g. a static cache.)
+    assert {name: captioner.decoding.get(name) for name in expected} == expected
     captions = set()
     for seed in (0, 1):
         torch.manual_seed(seed)
