@@ -63,6 +63,49 @@ async def test_table_follows_the_sweep_and_enter_opens_a_trajectory(tmp_path):
     assert app.return_code == 0
 
 
+def screen_text(app) -> str:
+    """The whole screen as the user sees it, as text."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(),
+                      color_system=None, record=True, legacy_windows=False, force_terminal=True)
+    console.print(app.screen._compositor.render_update(
+        full=True, screen_stack=app._background_screens))
+    return console.export_text(styles=False)
+
+
+@pytest.mark.parametrize("size", [(120, 30), (80, 24)], ids=["120x30", "80x24"])
+async def test_a_damaged_run_reads_as_damaged_and_opening_it_says_why(tmp_path, size):
+    """A run.json cut short (its summary still says converged): the row says damaged and why,
+    and its run view says what is wrong, pointing at no error.log (there is none)."""
+    sweep_dir = tmp_path / "sweep"
+    trajs = make_sweep(sweep_dir, ["h1", "a1"], [0], run=[0, 1])
+    run_dir = trajs[1].run_dir(sweep_dir)
+    with open(run_dir / "run.json", "r+b") as handle:
+        handle.truncate(200)
+    app = SweepApp(sweep_dir, preview="none", poll_interval=0.05)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        assert [cell(app, n, "state") for n in range(2)] == ["converged", "damaged"]
+        lines = screen_text(app).splitlines()
+        assert "(1 converged, 1 damaged)" in lines[0]
+        row = next(line for line in lines[2:] if "damaged" in line)
+        assert "fixed" not in row and "run.json is" in row, row  # why, in its one line
+        said = " ".join(cell(app, 1, column) for column in ("caption", "truth"))
+        if size == (120, 30):
+            assert said.startswith("run.json is not valid: Expecting"), said
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ViewScreen)
+                       and app.screen.state == "error")
+        text = " ".join(line.strip() for line in screen_text(app).splitlines())
+        assert "run.json is not valid: Expecting" in text, text
+        assert "error.log" not in text and "resume" not in text
+        if size == (120, 30):  # (at 80x24 the banner's four rows end inside the long path)
+            assert "run directory left as it was" in text
+
+
 def test_view_of_a_sweep_needs_a_terminal(tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
     make_sweep(sweep_dir, ["a1"], [0], run=[])

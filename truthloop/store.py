@@ -383,13 +383,10 @@ def read_records(path: Path, problems: list[str] | None = None) -> list[Record]:
     return records
 
 
-def read_run(path: Path) -> RunView:
-    """Read a run directory; raises RunDirError only when it is not a run directory at all."""
-    path = Path(path)
-    if not path.is_dir():
-        raise RunDirError(f"{path}: no such run directory")
-    problems: list[str] = []
-    info_path = path / RUN_FILE
+def read_valid_run_info(path: Path) -> dict[str, Any]:
+    """run.json of the run directory `path`, as read_run needs it (an object with a `config`
+    object); RunDirError, one line naming the file, when it is missing or damaged."""
+    info_path = Path(path) / RUN_FILE
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
         if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
@@ -398,6 +395,16 @@ def read_run(path: Path) -> RunView:
         raise RunDirError(f"{path} is not a truthloop run directory (no {RUN_FILE})") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise RunDirError(f"{info_path} is not valid: {error}") from None
+    return info
+
+
+def read_run(path: Path) -> RunView:
+    """Read a run directory; raises RunDirError only when it is not a run directory at all."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"{path}: no such run directory")
+    problems: list[str] = []
+    info = read_valid_run_info(path)
     written = info.get("format", 1)
     if not isinstance(written, int) or written > FORMAT_VERSION:
         raise RunDirError(f"{path} was written by a newer truthloop (run format {written}; this "

@@ -30,10 +30,11 @@ from tui.screens import HelpScreen, ViewScreen
 from tui.screens.modals import HELP_ROWS
 from tui.terminal import RepliesAreNotKeys
 from tui.widgets.image import resolve_preview
+from tui.widgets.status import middle, short_path
 
 STATE_STYLE = {"converged": "bold green", "running": "bold cyan", "error": "bold red",
-               "interrupted": "yellow", "stopped": "yellow", "max_iters": "magenta",
-               "pending": "dim"}
+               "damaged": "bold white on red", "interrupted": "yellow", "stopped": "yellow",
+               "max_iters": "magenta", "pending": "dim"}
 COLUMNS = (("#", "number"), ("start", "start"), ("seed", "seed"), ("grid", "grid"),
            ("state", "state"), ("it", "it"), ("caption now", "caption"), ("truth", "truth"))
 
@@ -48,6 +49,16 @@ SWEEP_HELP = [
 ]
 # A trajectory's run view inside the sweep: q and escape go back to the table.
 BACK_HELP = ("q / escape", "back to the sweep's table")
+
+
+def split_at_word(text: str, width: int) -> tuple[str, str]:
+    """`text` as two cells: the words that fit in `width`, then the rest."""
+    if len(text) <= width:
+        return text, ""
+    cut = text.rfind(" ", 0, width + 1)
+    if cut <= 0:
+        cut = width
+    return text[:cut], text[cut:].lstrip()
 
 
 class TrajectoryScreen(ViewScreen):
@@ -124,6 +135,8 @@ class SweepApp(RepliesAreNotKeys, App[int]):
     def on_resize(self) -> None:
         # Once the new layout is drawn: the columns fit the table's width again.
         self.call_after_refresh(self._fit)
+        if self.is_running and self.widths:  # mounted (the header and the rows are there)
+            self._update_header()
 
     def _fit(self) -> None:
         if not self.is_running:  # a resize's deferred fit, reached while closing (as poll)
@@ -218,9 +231,17 @@ class SweepApp(RepliesAreNotKeys, App[int]):
         for row in self.rows.values():
             counts[row["state"]] = counts.get(row["state"], 0) + 1
         parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        self.query_one("#sweep-header", Static).update(Text(
-            f"{visible(str(self.sweep_dir))}: {len(self.rows)} trajectories ({parts})"
-            "  ·  enter: open  ·  q: quit"))
+        said = f": {len(self.rows)} trajectories ({parts})"
+        keys = "  ·  enter: open  ·  q: quit"
+        # The counts whole: on a narrow screen the keys go first (the footer has them), then the
+        # sweep's path is shortened in the middle (its name kept).
+        width = self.size.width - 2
+        where = short_path(visible(str(self.sweep_dir)))
+        if len(where) + len(said) + len(keys) > width:
+            keys = ""
+        where = middle(where, max(12, width - len(said) - len(keys)))
+        header = self.screen_stack[0].query_one("#sweep-header", Static)
+        header.update(Text(where + said + keys))
 
     widths: dict[str, int] = {}
 
@@ -235,6 +256,11 @@ class SweepApp(RepliesAreNotKeys, App[int]):
             truth = f"{kind}: {row.get('truth') or ''}"
         elif row["state"] == "error":
             truth = row.get("message") or ""
+        caption = visible(row.get("caption") or "")
+        if row["state"] == "damaged":
+            # Nothing of it can be trusted: why takes the caption's place, and the truth's.
+            caption, truth = split_at_word(visible(row.get("message") or ""),
+                                           widths.get("caption", 40))
         return [
             Text(str(row["number"]), justify="right"),
             Text(clip(visible(row["start"]), widths.get("start", 24))),
@@ -242,7 +268,7 @@ class SweepApp(RepliesAreNotKeys, App[int]):
             Text(clip(visible(grid), widths.get("grid", 24))),
             Text(row["state"], style=STATE_STYLE.get(row["state"], "")),
             Text(str(row["iterations"]), justify="right"),
-            Text(clip(visible(row.get("caption") or ""), widths.get("caption", 40))),
+            Text(clip(caption, widths.get("caption", 40))),
             Text(clip(visible(truth), widths.get("truth", 40))),
         ]
 

@@ -253,7 +253,7 @@ def describe(row: dict[str, Any]) -> str:
         # One line: the truth clipped (the whole of it is in the run directory and the atlas).
         return (f"{head}: {kind} after {count(row['iterations'], 'image')}: "
                 f"{clip(visible(row['truth']), 100)}")
-    if row["state"] == "error":
+    if row["state"] in ("error", "damaged"):
         return f"{head}: {visible(row.get('message') or '')}"
     return f"{head}: {count(row['iterations'], 'image')}"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from truthloop.store import (
-    LOG_FILE, RUN_FILE, SUMMARY_FILE, atomic_write_bytes, json_bytes, run_status,
+    LOG_FILE, RUN_FILE, SUMMARY_FILE, RunDirError, atomic_write_bytes, json_bytes,
+    read_valid_run_info, run_status,
 )
 from truthloop.sweep.spec import TABLE_FILE, Trajectory
 
@@ -61,6 +62,14 @@ def trajectory_row(sweep_dir: Path, trajectory: Trajectory) -> dict[str, Any]:
         "embedded": False,
     }
     if not (run_dir / RUN_FILE).exists():
+        return row
+    try:
+        read_valid_run_info(run_dir)
+    except RunDirError as error:
+        # Damaged (a truncated run.json): whatever its summary says, the run cannot be opened,
+        # resumed or trusted. Said as the run view says it, less the sweep's own path.
+        row["state"] = "damaged"
+        row["message"] = str(error).replace(f"{run_dir}/", "")
         return row
     summary = read_summary(run_dir) or {}
     # No summary yet beside a run.json: a run being created (or killed while it was).

@@ -47,8 +47,11 @@ def banner_text(state: str, summary: dict[str, Any] | None, error_message: str |
     elif state == "error":
         text.append(" ✖ ERROR ", "bold reverse")
         text.append("  " + (error_message or "the run failed"), "bold")
-        text.append(f"\n run directory kept: {visible(run_dir)}"
-                    f"  (details in error.log; resume with truthloop resume)")
+        if summary.get("status") == "error":  # the loop failed and wrote down how
+            text.append(f"\n run directory kept: {visible(run_dir)}"
+                        f"  (details in error.log; resume with truthloop resume)")
+        else:  # nothing was recorded: a run directory that cannot be read, or held by another
+            text.append(f"\n run directory left as it was: {visible(run_dir)}")
     elif state == "stopped":
         done = summary.get("iterations", records)
         text.append(" ■ STOPPED ", "bold reverse")
