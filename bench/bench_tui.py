@@ -13,6 +13,8 @@ thread and function.
     python bench/bench_tui.py --fullsize /tmp/fullsize --configs 120x40:halfcell,80x24:halfcell
     # on a CPU, the tiny models
     python bench/bench_tui.py --tiny --iterations 8 --configs 120x40:halfcell
+    python bench/bench_tui.py --tiny --pair sdxl,llava-1.5 --steps 4 --iterations 2 --skip 1 \
+        --configs 120x40:halfcell                          # another pair (issue 29)
 
 Prints a table and, with --json, writes every number. The app's CPU share is its process's CPU time
 over the timed iterations' wall time (the engine's child process not included).
@@ -61,13 +63,24 @@ def run_command(work: Path, models: list[str], iterations: int, run_dir: Path) -
 
 def model_options(args: argparse.Namespace) -> list[str]:
     if args.tiny:
-        return ["--models", "tiny", "--mode", "fast", "--steps", str(args.steps or 40)]
+        pair = args.pair.split(",") if args.pair else []
+        return ["--models", "tiny", "--steps", str(args.steps or 40)] + (
+            ["--generator", pair[0], "--captioner", pair[1], "--width", "64", "--height", "64"]
+            if pair else ["--mode", "fast"])
     sys.path.insert(0, str(ROOT / "bench"))
     from fullsize import build_all
 
     paths = build_all(Path(args.fullsize))
     options = ["--sd-model", paths["sd"], "--caption-model", paths["blip"],
                "--clip-model", paths["clip"]]
+    if args.pair:  # another pair's full-size checkpoints, loaded from disk like real ones
+        from fullsize import build_family
+
+        generator, captioner = args.pair.split(",")
+        options = ["--generator", generator, "--captioner", captioner,
+                   "--generator-model", build_family(Path(args.fullsize), "generator", generator),
+                   "--caption-model", build_family(Path(args.fullsize), "captioner", captioner),
+                   "--clip-model", paths["clip"]]
     return options + (["--steps", str(args.steps)] if args.steps else [])
 
 
@@ -369,6 +382,8 @@ def main() -> None:
     parser.add_argument("--fullsize", default="/tmp/fullsize",
                         help="where bench/fullsize.py builds the full-size random weights")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--pair", default="", help="GENERATOR,CAPTIONER at full size (e.g. "
+                        "sdxl,llava-1.5; default: the seed pair)")
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations per run")
     parser.add_argument("--skip", type=int, default=3, help="first iterations not timed")
     parser.add_argument("--configs", default="120x40:halfcell,80x24:halfcell",

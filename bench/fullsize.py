@@ -36,6 +36,35 @@ def build_all(root: Path, log=print) -> dict[str, str]:
     return paths
 
 
+def build_family(root: Path, role: str, family: str, log=print) -> str:
+    """A generator or captioner family's full-size architecture with random weights, written
+    with the library's own save_pretrained to ROOT/FAMILY (once), for runs that load it from
+    disk as a real checkpoint is loaded (`--generator-model DIR`, `--caption-model DIR`)."""
+    out = Path(root) / family
+    if (out / "COMPLETE").exists():
+        return str(out)
+    import torch
+
+    from truthloop.ml.families import captioner_module, generator_module
+
+    start = time.perf_counter()
+    device = _init_device()
+    if role == "generator":
+        module = generator_module(family)
+        module.full_size(device, module.dtype("cuda")).save_pretrained(out)
+    else:
+        module = captioner_module(family)
+        model, processor = module.full_size(device, module.dtype("cuda"))
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+    del module
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    (out / "COMPLETE").write_text("ok\n")
+    log(f"built {family} in {time.perf_counter() - start:.1f}s")
+    return str(out)
+
+
 def _init_device():
     import torch
 
