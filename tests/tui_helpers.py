@@ -97,6 +97,19 @@ class HoldAt:
                     return
 
 
+def screen_text(app) -> str:
+    """The whole screen as the user sees it (modal screens over the ones below), as text."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(),
+                      color_system=None, record=True, legacy_windows=False, force_terminal=True)
+    console.print(app.screen._compositor.render_update(
+        full=True, screen_stack=app._background_screens))
+    return console.export_text(styles=False)
+
+
 async def wait_for(pilot, condition, timeout: float = 60.0) -> None:
     """Let the app run until `condition()` holds (no fixed sleeps). The timeout only ends a hang:
     a busy 2-core machine may take many seconds for what a quiet one does at once."""

@@ -14,6 +14,8 @@ def visible(text: str | None) -> str:
     """
     if text is None:
         return ""
+    if text.isprintable():  # none of the categories below (the log shows 10,000 of these)
+        return text
     out = []
     for char in text:
         category = unicodedata.category(char)

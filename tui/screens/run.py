@@ -8,6 +8,7 @@ pushed by another screen (a sweep table pushes a `ViewScreen` per trajectory; es
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -174,9 +175,20 @@ class RunScreen(ForkActions, Screen[None]):
 
     def add_record(self, record: Record) -> None:
         """A new or updated record (a finished iteration, or the pending row of one being drawn)."""
-        if not self.history.add(record):
-            return  # a gap: not a record of this run's sequence
-        self.query_one(LogTable).upsert(record)
+        self.add_records([record])
+
+    def add_records(self, records: Iterable[Record]) -> None:
+        """New or updated records in one pass: every row first, then the status, the drift, the
+        cursor and the panes once. Once per record, opening a run of 2,000 iterations took 18 s:
+        each cursor move and each sparkline went over every row so far."""
+        table = self.query_one(LogTable)
+        added = False
+        for record in records:
+            if self.history.add(record):  # False: a gap, not a record of this run's sequence
+                table.upsert(record)
+                added = True
+        if not added:
+            return
         done = self.history.done
         sec_per_iter = self.history.sec_per_iter()
         self.query_one(StatusBar).set(done=len(done),

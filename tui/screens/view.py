@@ -52,8 +52,7 @@ class ViewScreen(RunScreen):
             return
         self.config = view.config
         self.show_max_iters()
-        for record in view.records:
-            self.add_record(record)
+        self.add_records(view.records)
         self._log_stamp = _stamp(self.run_dir / LOG_FILE)
         self._summary_stamp = _mtime(self.run_dir / SUMMARY_FILE)
         self._show_status(view)
@@ -66,8 +65,7 @@ class ViewScreen(RunScreen):
         stamp = _stamp(self.run_dir / LOG_FILE)
         if stamp != self._log_stamp:
             self._log_stamp = stamp
-            for record in read_records(self.run_dir)[len(self.records):]:
-                self.add_record(record)
+            self.add_records(read_records(self.run_dir)[len(self.records):])
         mtime = _mtime(self.run_dir / SUMMARY_FILE)
         if mtime != self._summary_stamp:
             self._summary_stamp = mtime

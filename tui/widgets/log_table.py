@@ -48,20 +48,29 @@ def columns_for(width: int) -> list[tuple[str, str, int]]:
 NOT_DRAWN = {"stopped": "■stop", "error": "✖fail"}
 
 
-def seconds(value: Any, stable: bool) -> Text:
+class Cell(Text):
+    """A cell's text, which Textual does not measure. DataTable measures every cell of each new
+    row for the width of auto-width columns (a console.options and a word split each, 0.2 ms a
+    row: a third of opening a 10,000-iteration run); the log's columns have fixed widths, and a
+    renderable without `__rich_measure__` is given Textual's default width instead."""
+
+    __rich_measure__ = None  # type: ignore[assignment]
+
+
+def seconds(value: Any, stable: bool) -> Cell:
     if stable or not isinstance(value, (int, float)):
-        return Text("–", style="dim", justify="right")
+        return Cell("–", style="dim", justify="right")
     if value >= 600:
-        return Text(f"{value / 60:.0f}m", justify="right")
+        return Cell(f"{value / 60:.0f}m", justify="right")
     if value >= 9.95:
-        return Text(f"{value:.0f}s", justify="right")
-    return Text(f"{value:.1f}s", justify="right")
+        return Cell(f"{value:.0f}s", justify="right")
+    return Cell(f"{value:.1f}s", justify="right")
 
 
-def similarity(value: Any) -> Text:
+def similarity(value: Any) -> Cell:
     if not isinstance(value, (int, float)):
-        return Text("–", style="dim", justify="right")
-    return Text(f"{value:.2f}", justify="right")
+        return Cell("–", style="dim", justify="right")
+    return Cell(f"{value:.2f}", justify="right")
 
 
 class LogTable(DataTable):
@@ -82,31 +91,39 @@ class LogTable(DataTable):
         self.not_drawn: dict[int, str] = {}  # index -> why it was never drawn (see mark_not_drawn)
         self.prompt_width = 30
         self.shown = list(COLUMNS)
+        # Rows are built once the table's width is known (the first `fit`): built at a guessed
+        # width, every row of a long run was built twice as it opened. Until then `upsert`
+        # keeps the record and `show_row` the row the cursor goes to.
+        self.fitted = False
+        self.cursor_target = 0
 
     def on_mount(self) -> None:
         for key, label, width in self.shown:
             self.add_column(label, key=key, width=width or self.prompt_width)
 
-    def cells(self, record: Record) -> dict[str, Text]:
+    def cells(self, record: Record) -> dict[str, Cell]:
         timings = record.timings
         pending = record.pending
-        prompt = clip(visible(record.fed_prompt or ""), self.prompt_width)
+        # Only what fits is made visible (an escape only lengthens it): a caption of the
+        # reference captioner is 300 characters long, its column a fraction of that.
+        width = self.prompt_width
+        prompt = clip(visible((record.fed_prompt or "")[:width + 1]), width)
         repeat = record.repeat_of
         ended = self.not_drawn.get(record.index) if pending else None
         if ended is not None:
-            mark = Text(NOT_DRAWN.get(ended, "■" + ended[:4]), style="bold magenta")
+            mark = Cell(NOT_DRAWN.get(ended, "■" + ended[:4]), style="bold magenta")
         elif repeat is not None:
-            mark = Text(f"↺#{repeat}", style="bold yellow")
+            mark = Cell(f"↺#{repeat}", style="bold yellow")
         elif pending:
-            mark = Text("…", style="dim")
+            mark = Cell("…", style="dim")
         else:
-            mark = Text("")
+            mark = Cell("")
         return {
-            "index": Text(str(record.index), justify="right"),
+            "index": Cell(str(record.index), justify="right"),
             "caption": seconds(timings.get("caption"), self.stable),
-            "draw": (Text("–" if ended else "…", style="dim", justify="right") if pending
+            "draw": (Cell("–" if ended else "…", style="dim", justify="right") if pending
                      else seconds(timings.get("generate"), self.stable)),
-            "prompt": Text(prompt, style="bold yellow" if repeat is not None else ""),
+            "prompt": Cell(prompt, style="bold yellow" if repeat is not None else ""),
             "sim_prev": similarity(record.sim_prev),
             "sim_start": similarity(record.sim_start),
             "repeat": mark,
@@ -115,7 +132,10 @@ class LogTable(DataTable):
     def upsert(self, record: Record) -> bool:
         """Add or update the row of `record`; True when a row was added."""
         index = record.index
+        added = index not in self.records
         self.records[index] = record
+        if not self.fitted:
+            return added  # its row is built by the first fit
         cells = self.cells(record)
         try:
             self.get_row_index(str(index))
@@ -141,23 +161,29 @@ class LogTable(DataTable):
 
     def remove(self, index: int) -> None:
         """Drop the row of iteration `index` (one that never reached the log)."""
-        if self.records.pop(index, None) is not None:
+        if self.records.pop(index, None) is not None and self.fitted:
             self.remove_row(str(index))
 
     def show_row(self, index: int) -> None:
         """Move the cursor to iteration `index` (no animation; nothing when already there)."""
-        if 0 <= index < self.row_count and self.cursor_row != index:
+        if not self.fitted:
+            if 0 <= index < len(self.records):
+                self.cursor_target = index
+        elif 0 <= index < self.row_count and self.cursor_row != index:
             self.move_cursor(row=index, animate=False)
 
     def fit(self, width: int) -> None:
         """Give the prompt column what the other columns leave of `width` (rebuilds the rows)."""
         shown = columns_for(width)
         prompt_width = max(10, width - fixed_width(shown))
-        if (prompt_width == self.prompt_width and shown == self.shown) or not self.columns:
+        if not self.columns:
             return
+        if self.fitted and prompt_width == self.prompt_width and shown == self.shown:
+            return
+        cursor = self.cursor_row if self.fitted else self.cursor_target
+        self.fitted = True
         self.prompt_width = prompt_width
         self.shown = shown
-        cursor = self.cursor_row
         with self.prevent(DataTable.RowHighlighted):
             self.clear(columns=True)
             for key, label, col_width in shown:
