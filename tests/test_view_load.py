@@ -1,5 +1,6 @@
-"""`truthloop view` of a long run (issue 30, item 4): opening it does the work of the panes once,
-not once per iteration (a 2,000-iteration run took 18 s before its newest row showed).
+"""`truthloop view` of a long run (issue 30, items 4 and 5): opening it does the work of the panes
+once, not once per iteration (a 2,000-iteration run took 18 s before its newest row showed), and
+home / end go to the first / the newest iteration (the log table's own end key shadowed it).
 
 The work is counted, never timed: how often the sparkline is recomputed, the cursor moved, the
 panes refreshed and a row built while N records load."""
@@ -120,3 +121,36 @@ async def test_a_run_that_grows_by_several_records_at_once_is_followed_in_one_pa
         assert prompt(29) in text and "(browsing)" not in text
         # One poll, one sparkline (two if a poll read the append half-written), not ten.
         assert counts["Drift.show_records"] - before <= 2
+
+
+async def test_end_follows_the_newest_iteration_and_home_goes_to_the_first(tmp_path):
+    run_dir = long_run(tmp_path / "run", 100)
+    app = TruthLoopApp(run_dir=run_dir, preview="halfcell", stable=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        table = app.query_one(LogTable)
+        await wait_for(pilot, lambda: table.row_count == 100 and table.cursor_row == 99)
+        await pilot.press(*["up"] * 5)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "#94  (browsing)" in text and prompt(94) in text
+        await pilot.press("end")  # was the log table's own key: it scrolled sideways, nothing
+        await pilot.pause()
+        text = screen_text(app)
+        assert "(browsing)" not in text and "#99" in text
+        assert app.run_screen.current_index == 99 and table.cursor_row == 99
+        await pilot.press("home")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "#0  (browsing)" in text and "a cat sitting on a mat" in text
+        assert app.run_screen.current_index == 0 and table.cursor_row == 0
+        await pilot.press("end")
+        await pilot.pause()
+        assert "(browsing)" not in screen_text(app) and table.cursor_row == 99
+        await pilot.press("question_mark")
+        await pilot.pause()
+        help_text = screen_text(app)
+        lines = [line.strip(" │") for line in help_text.splitlines()]
+        assert any(line.startswith("home ") and line.endswith(" the first iteration")
+                   for line in lines)
+        assert any(line.startswith("end ") and line.endswith(" follow the newest iteration again")
+                   for line in lines)

@@ -20,6 +20,7 @@ HELP_ROWS = [
     ("p", "live preview of the image being drawn: on / off", ("toggle_preview",), ("live",)),
     ("← → ↑ ↓", "browse the iterations (at the newest, the log follows new ones)",
      ("browse",), ("live", "view")),
+    ("home", "the first iteration", ("first",), ("live", "view")),
     ("end", "follow the newest iteration again", ("follow",), ("live", "view")),
     ("b", "diff base: previous iteration ↔ start", ("toggle_base",), ("live", "view")),
     ("B", "diff base: pin the selected iteration", ("pin_base",), ("live", "view")),

@@ -44,7 +44,9 @@ TALL = 32  # below this height (`-short`): a one-row drift, a shorter caption pa
 BROWSE_BINDINGS = [
     Binding("left", "browse(-1)", "Older", priority=True, show=False),
     Binding("right", "browse(1)", "Newer", priority=True, show=False),
-    Binding("end", "follow", "Follow", show=False),
+    # Before the log table's own home / end (DataTable's: scroll sideways, which it never does).
+    Binding("home", "first", "First", priority=True, show=False),
+    Binding("end", "follow", "Follow", priority=True, show=False),
     Binding("b", "toggle_base", "Base", tooltip="Diff base: previous iteration ↔ start"),
     Binding("B", "pin_base", "Pin base", show=False),
     Binding("c", "copy_path", "Path", tooltip="Show and copy the image's file path"),
@@ -317,6 +319,9 @@ class RunScreen(ForkActions, Screen[None]):
         index = max(0, min(self.history.newest, index + delta))
         self._select(index)
         self.query_one(LogTable).show_row(index)
+
+    def action_first(self) -> None:
+        self.go_to(0)
 
     def action_follow(self) -> None:
         if self.records:
