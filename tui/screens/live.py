@@ -115,11 +115,19 @@ class LiveScreen(RunScreen):
 
     @on(m.Notice)
     def _notice(self, message: m.Notice) -> None:
+        if message.message.startswith(ev.DEVICE_FALLBACK):
+            # Said on the status line, not in a toast: the CPU is the device for the whole run,
+            # and the status line says the device all along (a toast went away after 15 s, and
+            # at 80x24 it covered the caption panel and the footer's keys meanwhile). Why, where
+            # the line has room: "cpu (auto: this torch is a CPU-only build)".
+            self._device_note = "auto: no usable GPU"
+            why = message.message[len(ev.DEVICE_FALLBACK):].strip().removeprefix("(")
+            why = why.removesuffix(")")
+            self.query_one(StatusBar).set(device=f"cpu ({self._device_note})",
+                                          device_detail=f"cpu (auto: {why})" if why else "")
+            return
         # Plain text: the message can name a user-given id or path.
         self.notify(visible(message.message), markup=False, timeout=15)
-        if message.message.startswith(ev.DEVICE_FALLBACK):
-            # The notification goes away; the status line keeps saying it.
-            self._device_note = "auto: no usable GPU"
 
     @on(m.Ready)
     def _models_ready(self, message: m.Ready) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -48,6 +49,18 @@ LEGEND = [
     ("≈prv ≈st", "image similarity (CLIP cosine) to the previous / the start image"),
 ]
 
+# The drift panel (beside the images), as docs/study-measures.md says it: (what it shows, what).
+DRIFT_HEADING = "the drift panel: CLIP cosine similarity (1 is the same); ≈st, ≈prv: shortened"
+DRIFT_LEGEND = [
+    ("≈start a→b", "to the start: the first iteration's value → the newest one's"),
+    ("≈prev", "to the previous iteration (the newest one's)"),
+    ("img", "each drawn image, to the start image / the previous image"),
+    ("txt", "the compared prompt, to the first iteration's / the previous one"),
+    ("cap", "the caption, to the start image / the image it describes"),
+    ("▁▃▅▇ ≈start img", "the sparkline: img to the start image, one bar per iteration "
+     "(squeezed to fit); beside it its axis, top and bottom, red where it does not start at 0"),
+]
+
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,question_mark,q", "dismiss_help", "Close")]
@@ -55,11 +68,15 @@ class HelpScreen(ModalScreen[None]):
     /* Opaque: a see-through modal redraws the whole screen under it, dimmed, each time it opens
        and each time the run under it changes (80 ms of the app's time per `?` at 120x40) */
     HelpScreen { align: center middle; background: $background; }
-    HelpScreen > Vertical {
-        /* a fixed width: with `auto` the texts inside (1fr wide) had none, the box came up empty */
+    HelpScreen > VerticalScroll {
+        /* a fixed width: with `auto` the texts inside (1fr wide) had none, the box came up empty;
+           the title and "esc closes" on the border stay in sight while the rest scrolls (at
+           80x24 the legend and the drift panel's explanation are below the keys) */
         width: 88; max-width: 100%; height: auto; max-height: 100%;
         border: round $primary; background: $surface; padding: 0 1;
+        border-title-style: bold; border-subtitle-color: $text-muted;
     }
+    HelpScreen #help-drift { margin-top: 1; }
     """
 
     def __init__(self, mode: str | None = None, rows: list[tuple[str, str]] | None = None,
@@ -67,7 +84,7 @@ class HelpScreen(ModalScreen[None]):
         """`mode`: the run screen it explains, "live" (a run) or "view" (a run directory); by
         default the run screen under it says (a live one, or else view: a sweep's run views).
         Another screen (a sweep table) gives its own `rows` (keys, what they do) and `title`;
-        `legend`: the marks of the iteration log and the caption panel."""
+        `legend`: the marks of the iteration log and the caption panel, and the drift panel."""
         super().__init__()
         self.mode = mode
         self._rows = rows
@@ -100,10 +117,21 @@ class HelpScreen(ModalScreen[None]):
                 keys.add_row(Text(mark), what)
         title = self._title or "truthloop — keys" + ("  (view: a run directory, read-only)"
                                                      if self.mode == "view" else "")
-        with Vertical():
-            yield Static(Text(title, style="bold"))
+        with VerticalScroll(id="help-box") as box:
+            box.border_title = Text(title)
+            box.border_subtitle = Text("esc / ? closes · ↑ ↓ scroll")
             yield Static(keys, id="help-keys")
-            yield Static(Text("esc / ? closes", style="dim"))
+            if self.legend:
+                yield Static(self.drift_legend(), id="help-drift")
+
+    @staticmethod
+    def drift_legend() -> Group:
+        drift = Table.grid(padding=(0, 2))
+        drift.add_column(style="bold cyan", no_wrap=True)
+        drift.add_column()
+        for shown, what in DRIFT_LEGEND:
+            drift.add_row(Text(shown), what)
+        return Group(Text(DRIFT_HEADING, style="bold"), drift)
 
     def action_dismiss_help(self) -> None:
         self.dismiss(None)

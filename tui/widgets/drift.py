@@ -1,6 +1,8 @@
 """Drift: a sparkline of each image's similarity to the start image, over iterations.
 
-The sparkline's axis is said beside it (its top and bottom values) and never spans less than
+The sparkline says what it plots beside its axis (`≈start img`, as the label line names the
+same series; `≈st img` or `img` where the panel is narrow). Its axis is said there too (its top
+and bottom values) and never spans less than
 `MIN_SPAN`: zoomed to the values, a change from 0.991 to 0.989 once filled the whole height, a
 cliff. Like drift.png's axis, the range is red when it does not start at 0.
 
@@ -69,8 +71,15 @@ def spark_lines(values: list[float], width: int, height: int, lo: float, hi: flo
     return lines
 
 
+# What the sparkline plots (each drawn image's similarity to the start image), longest first:
+# the first that leaves the bars MIN_BARS columns is said.
+NAMES = ("≈start img", "≈st img", "img")
+MIN_BARS = 8
+
+
 class Spark(Widget):
-    """The bars, and the axis's top and bottom values at the right (on one row: `lo–hi`)."""
+    """The bars; at their right what they plot, and the axis's top and bottom values (on one row:
+    `img 0.88–0.98`; on two, the name beside the top; on three or more, between them)."""
 
     DEFAULT_CSS = "Spark { height: 1fr; color: $success; }"
 
@@ -80,13 +89,20 @@ class Spark(Widget):
         self.values = list(values)
         self.refresh()
 
-    def axis_label(self, lo: float, hi: float) -> list[Text]:
+    def axis_label(self, lo: float, hi: float, name: str = NAMES[0]) -> list[Text]:
         zoomed = lo > 0.0
         style = ZOOMED if zoomed else "dim"
-        if self.size.height <= 1:
-            return [Text(f" {lo:.2f}–{hi:.2f}", style=style)]
-        labels = [Text(f" {hi:.2f}", style=style)]
-        labels += [Text("") for _ in range(self.size.height - 2)]
+        height = max(1, self.size.height)
+        if height == 1:
+            label = Text(f" {name} ", style="bold")
+            label.append(f"{lo:.2f}–{hi:.2f}", style=style)
+            return [label]
+        if height == 2:
+            top = Text(f" {name} ", style="bold")
+            top.append(f"{hi:.2f}", style=style)
+            return [top, Text(f"{lo:.2f}".rjust(len(top.plain)), style=style)]
+        labels = [Text(f" {hi:.2f}", style=style), Text(f" {name}", style="bold")]
+        labels += [Text("") for _ in range(height - 3)]
         labels.append(Text(f" {lo:.2f}", style=style))
         return labels
 
@@ -95,8 +111,11 @@ class Spark(Widget):
         if not self.values or width < 1:
             return Text("")
         lo, hi = axis(self.values)
-        labels = self.axis_label(lo, hi)
-        gutter = max(len(label.plain) for label in labels)
+        for name in NAMES:  # the longest name that leaves the bars their room
+            labels = self.axis_label(lo, hi, name)
+            gutter = max(len(label.plain) for label in labels)
+            if width - gutter >= MIN_BARS:
+                break
         if width - gutter < 4:  # too narrow to say the axis: the bars alone
             labels, gutter = [Text("") for _ in range(height)], 0
         bars = spark_lines(self.values, width - gutter, height, lo, hi)

@@ -39,7 +39,7 @@ class StatusInfo:
     state: str = "loading"
     mode: str = "live"  # live | view
     following: bool = False  # view mode: a writer still holds the run
-    iteration: int | None = None  # index of the iteration in progress (or last done)
+    iteration: int | None = None  # the iteration the loop began last (or the last done)
     done: int = 0  # iterations recorded
     max_iters: int | None = None
     step: int | None = None
@@ -49,6 +49,7 @@ class StatusInfo:
     loading_total: int | None = None
     sec_per_iter: float | None = None
     device: str = ""
+    device_detail: str = ""  # a longer `device` (why it is what it is), said where it fits
     memory: str = ""
     run_dir: str = ""
     pair: str = ""  # "generator + captioner", where not the seed pair
@@ -100,8 +101,9 @@ class StatusBar(Static):
             if info.loading_total:
                 done = info.loading_done or 0
                 text.append(f"  {bar(done, info.loading_total, 12)} {done}/{info.loading_total}")
-        if info.iteration is not None:
-            text.append(f"  iteration #{info.iteration}", "bold")
+        shown = iteration_shown(info)
+        if shown is not None:
+            text.append(f"  iteration #{shown}", "bold")
         if info.iteration is not None or info.done:
             of = f"/{info.max_iters}" if info.max_iters else ""
             text.append(f"  {info.done}{of} done")
@@ -113,21 +115,32 @@ class StatusBar(Static):
 
     @staticmethod
     def second_line(info: StatusInfo, width: int) -> str:
-        """Where the run is and what it runs on, inside `width`: the run directory first,
-        shortened in the middle (its name, at the end, kept) to what the rest leaves it; on a
-        narrow screen the separators and the word "device" go first."""
+        """Where the run is and what it runs on, inside `width`: the run directory first; on a
+        narrow screen the wide separators and the word "device" go before it is shortened in
+        the middle (its name, at the end, kept) to what the rest leaves it."""
         rest = [visible(info.pair)] if info.pair else []
         if info.sec_per_iter is not None:
             rest.append(f"{info.sec_per_iter:.2f} s/it")
-        device = visible(info.device) if info.device else ""
         memory = info.memory
         where = short_path(visible(info.run_dir)) if info.run_dir else ""
-        for separator, label in (("  ·  ", "device "), (" · ", "device "), (" · ", "")):
+        # The first way that leaves the run directory whole; else the first that leaves it
+        # MIN_DIR. The device's longer form (why) only where the run directory stays whole.
+        ways = [("  ·  ", "device ", visible(info.device_detail), True)] \
+            if info.device_detail and info.device else []
+        ways += [(separator, label, visible(info.device), False)
+                 for separator, label in (("  ·  ", "device "), (" · ", "device "), (" · ", ""))]
+        fits = []
+        for separator, label, device, whole_only in ways:
             parts = rest + ([label + device] if device else []) + ([memory] if memory else [])
             others = separator.join(parts)
             room = width - len(others) - (len(separator) if others and where else 0)
-            if not where or room >= min(len(where), MIN_DIR):
+            if not where or room >= len(where):
                 break
+            if not whole_only and room >= min(len(where), MIN_DIR):
+                fits.append((separator, others, room))
+        else:
+            if fits:
+                separator, others, room = fits[0]
         if where:
             where = middle(where, max(MIN_DIR, room))
             return separator.join([where] + ([others] if others else []))
@@ -136,11 +149,38 @@ class StatusBar(Static):
 
 MIN_DIR = 24  # the run directory keeps at least this much of the status line
 
+FINAL_STATES = ("converged", "stopped", "max_iters", "error", "interrupted")
+
+
+def iteration_shown(info: StatusInfo) -> int | None:
+    """The iteration the status line names: the one in progress while the run goes on, the last
+    one done once it is over. The loop's events run ahead of what is done: it begins iteration
+    k+1 (captioning k's image) while k's PNG is still being written, and k is done only once its
+    record is, so until then k is still in progress (its row and image say "drawing"). A view
+    following a run another process writes has no events: the one in progress is the first not
+    yet recorded."""
+    if info.state in FINAL_STATES:
+        return info.iteration
+    if info.mode == "view" and info.following:
+        return info.done
+    if info.iteration is None:
+        return None
+    return min(info.iteration, info.done)
+
 
 def short_path(path: str) -> str:
-    """The run directory as the user knows it: under the home directory, `~/...`."""
+    """The run directory as the user knows it: under the current directory, relative to it
+    (`runs/...`, as the run's own command names it; a fork's directory is made absolute), else
+    under the home directory, `~/...`."""
     import os
 
+    if os.path.isabs(path):
+        try:
+            here = os.getcwd()
+        except OSError:  # the current directory was removed
+            here = ""
+        if here and path.startswith(here.rstrip(os.sep) + os.sep):
+            return path[len(here.rstrip(os.sep)) + 1:]
     home = os.path.expanduser("~")
     if home not in ("", "/") and (path == home or path.startswith(home + os.sep)):
         return "~" + path[len(home):]
