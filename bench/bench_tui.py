@@ -371,9 +371,13 @@ def run_headless(args, models, work: Path, label: str) -> dict:
     run_dir = work / f"headless-{label}"
     shutil.rmtree(run_dir, ignore_errors=True)
     command = run_command(work, models, args.skip + args.iterations, run_dir)
-    code = headless(command, work / f"headless-{label}.log", args.timeout)
-    return {"label": label, "exit_code": code, **stage_medians(run_dir, args.skip,
-                                                              args.iterations)}
+    log = work / f"headless-{label}.log"
+    code = headless(command, log, args.timeout)
+    result = {"label": label, "exit_code": code, **stage_medians(run_dir, args.skip,
+                                                                args.iterations)}
+    if code != 0:  # why, in the result itself: the work folder stays behind on the GPU box
+        result["error"] = log.read_text(errors="replace")[-1500:]
+    return result
 
 
 def main() -> None:
@@ -459,6 +463,9 @@ def print_table(results: dict) -> None:
               f"{keys.get('exit_code', '-'):>5}")
         if r.get("error"):
             print("   error:", r["error"][:200])
+    for h in results["headless"]:
+        if h.get("error"):
+            print(f"headless {h['label']} failed (exit {h['exit_code']}):\n{h['error']}")
 
 
 if __name__ == "__main__":
