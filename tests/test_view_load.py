@@ -154,3 +154,27 @@ async def test_end_follows_the_newest_iteration_and_home_goes_to_the_first(tmp_p
                    for line in lines)
         assert any(line.startswith("end ") and line.endswith(" follow the newest iteration again")
                    for line in lines)
+
+
+async def test_resuming_a_long_run_in_the_app_shows_its_history_in_one_pass(
+        tmp_path, monkeypatch):
+    from truthloop.loop import TruthLoop
+
+    run_dir = tmp_path / "run"
+    factory = make_loop(run_dir, max_iters=2).backend_factory
+    long_run(run_dir, 300)
+    counts: dict[str, int] = {}
+    count_calls(monkeypatch, Drift, "show_records", counts)
+    loop = TruthLoop.for_resume(run_dir, factory, max_iters=301)
+    app = TruthLoopApp(loop=loop, preview="none", stable=True)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            table = app.query_one(LogTable)
+            await wait_for(pilot, lambda: table.row_count >= 300)
+            await wait_for(pilot, lambda: not app.run_screen.loop_active)
+            await pilot.pause()
+            assert table.row_count == 301 and prompt(299) in str(table.get_row_at(299))
+    finally:
+        loop.control.stop()
+    # The 300 earlier records in one pass, then the new iteration's own (it was one per record).
+    assert counts["Drift.show_records"] <= 6

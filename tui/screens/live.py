@@ -100,9 +100,8 @@ class LiveScreen(RunScreen):
     def _run_started(self, message: m.RunStarted) -> None:
         self.config = message.config or self.config
         self.show_max_iters()
-        if message.resumed_at:
-            for record in read_records(self.run_dir):
-                self.add_record(record)
+        if message.resumed_at:  # a resumed run's history in one pass (a long run's too)
+            self.add_records(read_records(self.run_dir))
         self.query_one(StatusBar).set(loading="loading models",
                                       iteration=message.resumed_at or None,
                                       pair=pair_label(self.config))
