@@ -34,6 +34,23 @@ def use_fakes(monkeypatch, captioner=None, painter=None, factory=None):
     return captioner, painter
 
 
+def count_loads(monkeypatch) -> list:
+    """The real CLI path, its checks before loading included, with the model loader replaced: it
+    records each load's config and hands the loop fake backends. An empty list: no model was
+    ever loaded."""
+    import truthloop.ml.backends as backends
+
+    calls: list = []
+
+    def load(config, emit):
+        calls.append(config)
+        return fakes.factory(fakes.FakeCaptioner(SCRIPT, start="step 0"),
+                             fakes.FakePainter())(config, emit)
+
+    monkeypatch.setattr(backends, "load_backends", load)
+    return calls
+
+
 def run_main(argv: list[str]) -> int:
     return cli.main([str(a) for a in argv])
 

@@ -17,7 +17,8 @@ from PIL import Image
 
 import fakes
 from faulthelpers import (
-    SCRIPT, assert_one_clean_error_line, cli_subprocess, fake_start_png, run_main, use_fakes,
+    SCRIPT, assert_one_clean_error_line, cli_subprocess, count_loads, fake_start_png, run_main,
+    use_fakes,
 )
 from truthloop.images import MAX_SIDE, BadImage, load_input_image
 from truthloop.store import read_run
@@ -193,24 +194,155 @@ def test_unwritable_output(tmp_path, name):
         pytest.skip("running as root: a read-only directory does not stop root's writes")
     out, message = cases[name]
     start = fake_start_png(tmp_path / "start.png")
-    done = cli_subprocess(["run", start, "--headless", "--out", out], timeout=60)
+    done = cli_subprocess(["run", start, "--headless", "--out", out, "--models", "tiny"],
+                          timeout=60)
     assert done.returncode == 2, done.stderr
     assert_one_clean_error_line(done.stderr, message)
     if name == "out-in-read-only-dir":
         assert list(out.parent.iterdir()) == []
 
 
-def test_unknown_model_offline(tmp_path):
-    start = fake_start_png(tmp_path / "start.png")
+# -- refused before any model loads (issue 30) -------------------------------------------------
+@pytest.fixture
+def loader(monkeypatch):
+    return count_loads(monkeypatch)  # == [] while no model was ever loaded
+
+
+@pytest.fixture
+def empty_hub(monkeypatch, tmp_path):
+    """An empty Hugging Face cache, offline (the hub reads both once, at import)."""
+    import huggingface_hub.constants
+
+    hub = tmp_path / "hf" / "hub"
+    hub.mkdir(parents=True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return hub
+
+
+def _only_error_line(stderr: str, *needles: str) -> str:
+    """stderr is the one error line and nothing else: no note, no progress of a load begun."""
+    line = assert_one_clean_error_line(stderr, *needles)
+    assert stderr.strip() == line, stderr
+    return line
+
+
+def test_missing_models_are_all_named_before_anything_is_written(tmp_path):
+    """A bad hub id on an offline machine: one line naming it and every other model the run
+    would load that is not here, each with its `hf download`; no run directory; no load begun
+    (the subprocess's stderr has no device note, no progress)."""
+    runs = tmp_path / "runs"
+    done = cli_subprocess(["run", "--prompt", "a cat", "--headless", "--runs-dir", runs,
+                           "--generator-model", "nosuchorg/nosuchmodel"],
+                          env={"HF_HOME": str(tmp_path / "empty-hf")}, timeout=120)
+    assert done.returncode == 2, done.stderr
+    _only_error_line(done.stderr, "image model 'nosuchorg/nosuchmodel'",
+                     "caption model 'blip-large'", "CLIP 'ViT-L-14/openai'",
+                     "are not in the Hugging Face cache", "`hf download nosuchorg/nosuchmodel`",
+                     "`hf download Salesforce/blip-image-captioning-large`",
+                     "`hf download timm/vit_large_patch14_clip_224.openai`")
+    assert not runs.exists()
+
+
+def test_a_missing_local_directory_and_an_id_not_on_the_hub(tmp_path, capsys, loader,
+                                                           empty_hub, monkeypatch):
+    """Each model says what is wrong with it, in the one line: a directory that is not there;
+    an id the hub (reachable here, a stand-in) does not know, while the others download."""
+    import httpx2
+    import huggingface_hub
+    import huggingface_hub.constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    asked = []
+
+    def model_info(self, repo, **kwargs):
+        asked.append(repo)
+        if repo.startswith("nosuchorg/"):
+            request = httpx2.Request("GET", f"https://huggingface.co/api/models/{repo}")
+            raise RepositoryNotFoundError("404", response=httpx2.Response(404, request=request))
+        return object()
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    runs = tmp_path / "runs"
+    assert run_main(["run", "--prompt", "a cat", "--headless", "--runs-dir", runs,
+                     "--generator-model", "nosuchorg/nosuchmodel",
+                     "--caption-model", tmp_path / "no-such-dir"]) == 2
+    line = _only_error_line(capsys.readouterr().err, "no-such-dir': no such directory",
+                            "image model 'nosuchorg/nosuchmodel' is not on the Hugging Face hub")
+    assert "CLIP" not in line  # on the hub: downloadable, so not named
+    assert sorted(asked) == ["nosuchorg/nosuchmodel", "timm/vit_large_patch14_clip_224.openai"]
+    assert not runs.exists() and loader == []
+
+
+def test_models_in_the_hub_cache_pass_the_check(tmp_path, capsys, loader, empty_hub):
+    """The check refuses only what is missing: every default checkpoint in the hub cache (as
+    `hf download` leaves it) and the run goes on to load them."""
+    from truthloop.model_ids import CLIP_HUB_IDS, DEFAULT_CAPTION_MODEL, DEFAULT_CLIP_MODEL
+    from truthloop.model_ids import CAPTION_MODEL_IDS, DEFAULT_SD_MODEL
+
+    for repo, marker in ((DEFAULT_SD_MODEL, "model_index.json"),
+                         (CAPTION_MODEL_IDS[DEFAULT_CAPTION_MODEL], "config.json"),
+                         (CLIP_HUB_IDS[DEFAULT_CLIP_MODEL], "open_clip_model.safetensors")):
+        folder = empty_hub / ("models--" + repo.replace("/", "--"))
+        (folder / "refs").mkdir(parents=True)
+        (folder / "refs" / "main").write_text("0" * 40)
+        (folder / "snapshots" / ("0" * 40)).mkdir(parents=True)
+        (folder / "snapshots" / ("0" * 40) / marker).write_text("{}")
     out = tmp_path / "run"
-    done = cli_subprocess(["run", start, "--headless", "--out", out,
-                           "--sd-model", "someone/nonexistent"],
-                          env={"HF_HUB_OFFLINE": "1"}, timeout=300)
-    assert done.returncode == 1, done.stderr
-    assert_one_clean_error_line(done.stderr, "someone/nonexistent", "hf download")
-    view = read_run(out)  # the run directory says what happened, and reads back
-    assert view.status == "error" and view.problems == [] and view.records == []
-    assert "someone/nonexistent" in view.summary["message"]
+    assert run_main(["run", "--prompt", "a cat", "--headless", "--out", out,
+                     "--max-iters", "2"]) == 0, capsys.readouterr().err
+    assert len(loader) == 1 and len(read_run(out).records) == 2
+
+
+def test_fp8_where_it_cannot_run_is_refused_before_loading(tmp_path, capsys, loader):
+    from truthloop.ml.fp8 import fp8_refusal
+    from truthloop.ml.models import pick_device
+
+    if fp8_refusal(pick_device("auto")) is None:
+        pytest.skip("this machine can draw in float8")
+    runs = tmp_path / "runs"
+    assert run_main(["demo", "--fp8", "--headless", "--max-iters", "4", "--runs-dir", runs]) == 2
+    _only_error_line(capsys.readouterr().err, "--fp8 needs an NVIDIA GPU of compute capability "
+                     "8.9 or newer", "leave --fp8 out")
+    assert not runs.exists() and loader == []
+
+
+@pytest.mark.parametrize("argv, flags", [
+    (["demo", "--clip-model", "ViT-B-32/openai", "--caption-model", "/nonexistent"],
+     "--caption-model and --clip-model choose checkpoints"),
+    (["run", "--prompt", "a cat", "--models", "tiny", "--generator-model", "org/model"],
+     "--generator-model chooses a checkpoint"),
+])
+def test_checkpoints_under_tiny_models_are_refused(tmp_path, capsys, loader, argv, flags):
+    """--models tiny swaps every model: a checkpoint option would be ignored, so it is refused
+    (with --models real it is honoured)."""
+    runs = tmp_path / "runs"
+    assert run_main([*argv, "--headless", "--runs-dir", runs]) == 2
+    _only_error_line(capsys.readouterr().err, flags, "this run's --models is tiny",
+                     "or add --models real")
+    assert not runs.exists() and loader == []
+
+
+def test_resume_past_its_max_iters_says_so_at_once(tmp_path, capsys, loader):
+    """A run at its --max-iters: resume says which flag goes on, before loading anything, and
+    writes nothing; with a higher --max-iters it goes on."""
+    out = tmp_path / "run"
+    assert run_main(["run", "--prompt", "step 0", "--models", "tiny", "--headless", "--out", out,
+                     "--max-iters", "2"]) == 0
+    assert len(loader) == 1
+    files = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    capsys.readouterr()
+    assert run_main(["resume", out, "--headless"]) == 2
+    _only_error_line(capsys.readouterr().err, "already ran to its --max-iters 2 (2 iterations)",
+                     "pass --max-iters with a number above 2")
+    assert run_main(["resume", out, "--headless", "--max-iters", "2"]) == 2
+    _only_error_line(capsys.readouterr().err, "--max-iters 2 is not above the 2 iterations",
+                     "pass a number above 2")
+    assert len(loader) == 1
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == files
+    assert run_main(["resume", out, "--headless", "--max-iters", "3"]) == 0
+    assert len(loader) == 2 and len(read_run(out).records) == 3
 
 
 # -- odd but valid images ----------------------------------------------------------------------

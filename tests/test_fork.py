@@ -142,6 +142,40 @@ def test_default_fork_directory_is_beside_the_parent(tmp_path):
     assert plan.out.name.endswith("-fork2-photo")
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["--captioner", "blip", "--mode", "best"], "--mode is clip-interrogator's; --captioner blip "
+                                                "has no such option"),
+    (["--caption-model", "/nonexistent"], "--caption-model chooses a checkpoint, but this "
+                                          "run's --models is tiny"),
+])
+def test_fork_refuses_what_run_refuses_before_loading(tmp_path, monkeypatch, capsys, argv, says):
+    """`truthloop fork` checks the options given as `run` and `demo` do (its parent here ran the
+    tiny models with clip-interrogator's best mode): one line, exit 2, no fork directory, no
+    model loaded."""
+    from faulthelpers import count_loads, run_main
+
+    loads = count_loads(monkeypatch)
+    make_parent(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert run_main(["fork", tmp_path / "parent", "--at", "1", *argv, "--headless"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("truthloop: error: ") and len(err.strip().splitlines()) == 1, err
+    assert says in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and loads == []
+
+
+def test_a_forms_unchanged_fields_are_not_options_given(tmp_path):
+    """The TUI's form sends every field, the parent's values included: a fork to blip that
+    carries the parent's caption mode is fine; the same mode given on the command line is not."""
+    make_parent(tmp_path)
+    options = {"captioner": "blip", "mode": "best", "seed": 42}  # best, 42: the parent's
+    plan = plan_fork(tmp_path / "parent", 1, options, out=tmp_path / "fork")
+    assert plan.config.models.captioner == "blip"
+    with pytest.raises(ForkError, match="--mode is clip-interrogator's"):
+        plan_fork(tmp_path / "parent", 1, options, out=tmp_path / "fork",
+                  said={"captioner", "mode"})
+
+
 # -- the TUI: `f` forks the selected iteration, `r` lists parent and forks, `C` compares ---------
 @pytest.fixture
 def anyio_backend():

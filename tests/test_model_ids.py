@@ -50,9 +50,9 @@ def test_default_is_the_mirror_and_an_empty_offline_cache_names_it(tmp_path):
     start = fake_start_png(tmp_path / "start.png")
     done = cli_subprocess(["run", start, "--headless", "--out", tmp_path / "run"],
                           env={"HF_HOME": str(tmp_path / "empty-hf")}, timeout=300)
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr  # refused before anything loads or is written
     line = assert_one_clean_error_line(done.stderr, MIRROR, f"hf download {MIRROR}")
-    assert OFFICIAL not in line
+    assert OFFICIAL not in line and not (tmp_path / "run").exists()
 
 
 def test_withdrawn_id_cached_loads_that_copy_and_says_so(tmp_path, tiny_dirs):
@@ -94,27 +94,34 @@ def test_resume_of_a_run_naming_the_withdrawn_id(tmp_path, tiny_dirs):
     start = fake_start_png(tmp_path / "start.png")
     out = tmp_path / "run"
     empty = {"HF_HOME": str(tmp_path / "empty-hf")}
-    # An old run: its run.json names the withdrawn id (it stopped before loading anything).
+    # A run whose run.json names the withdrawn id, made where the mirror was cached...
+    mirrored = tmp_path / "hf-mirror"
+    _hub_cache_with(mirrored, MIRROR, tiny_dirs.generator_model)
     first = cli_subprocess(["run", start, "--headless", "--out", out, "--sd-model", OFFICIAL,
-                            *_real_with_tiny_helpers(tiny_dirs)], env=empty, timeout=300)
-    assert first.returncode == 1
+                            *_real_with_tiny_helpers(tiny_dirs)],
+                           env={"HF_HOME": str(mirrored)}, timeout=300)
+    assert first.returncode == 0, first.stderr
     assert json.loads((out / "run.json").read_text())["config"]["models"]["generator_model"] == OFFICIAL
 
-    again = cli_subprocess(["resume", out, "--headless"], env=empty, timeout=300)
-    assert again.returncode == 1, again.stderr
-    assert f"loading its mirror {MIRROR}" in again.stderr
-    error = [line for line in again.stderr.splitlines() if line.startswith("truthloop: error:")]
-    assert len(error) == 1 and f"hf download {MIRROR}" in error[0], again.stderr
+    # ...resumed for one more iteration where neither is: the mirror is named, with its
+    # download, before anything loads or is written.
+    files = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    again = cli_subprocess(["resume", out, "--headless", "--max-iters", "2"], env=empty,
+                           timeout=300)
+    assert again.returncode == 2, again.stderr
+    line = assert_one_clean_error_line(again.stderr, f"hf download {MIRROR}")
+    assert again.stderr.strip() == line and OFFICIAL in line  # what run.json names, and only it
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == files
 
     hf_home = tmp_path / "hf"
     _hub_cache_with(hf_home, OFFICIAL, tiny_dirs.generator_model)
-    cached = cli_subprocess(["resume", out, "--headless"], env={"HF_HOME": str(hf_home)},
-                            timeout=300)
+    cached = cli_subprocess(["resume", out, "--headless", "--max-iters", "2"],
+                            env={"HF_HOME": str(hf_home)}, timeout=300)
     assert cached.returncode == 0, cached.stderr
     assert "using the copy in your hub cache" in cached.stderr
     view = read_run(out)
     assert view.summary["models_loaded"]["generator_model"]["repo"] == OFFICIAL
-    assert len(view.records) == 1 and view.records[0].image
+    assert len(view.records) == 2 and view.records[1].image
 
 
 # -- the one table ---------------------------------------------------------------------------

@@ -130,18 +130,21 @@ def test_the_status_line_names_a_pair_other_than_the_seed_one():
     assert line == "/runs/a  ·  sdxl + llava-1.5  ·  2.50 s/it  ·  device cuda"
 
 
-def test_fp8_is_opt_in_recorded_and_refused_where_it_cannot_work(capsys):
+def test_fp8_is_opt_in_recorded_and_refused_where_it_cannot_work(capsys, tmp_path):
     assert RunConfig().generate.fp8 is False  # never on by default: it changes images
     assert config_for("--fp8").generate.fp8 is True
     for argv, says in ((["--fp8", "--generator", "sdxl"], "--fp8 is truthloop's fast path"),
                        (["--fp8", "--low-vram"], "--fp8 and --low-vram do not go together")):
         assert run_main(["run", "--prompt", "x", "--models", "tiny", *argv]) == 2
         assert says in capsys.readouterr().err
-    # On this CPU machine a run asking for it stops in one line naming why.
+    # On the CPU a run asking for it is refused in one line naming why, before anything loads
+    # or is written (tests/test_bad_input.py checks that no model loads).
+    out = tmp_path / "fp8-refused"
     code = run_main(["run", "--prompt", "x", "--models", "tiny", "--device", "cpu", "--fp8",
-                     "--headless", "--max-iters", "1", "--out", "/tmp/tl-fp8-refused"])
+                     "--headless", "--max-iters", "1", "--out", out])
     err = capsys.readouterr().err
-    assert code != 0 and "Traceback" not in err
+    assert code == 2 and "this run draws on the cpu: leave --fp8 out" in err
+    assert "Traceback" not in err and not out.exists()
 
 
 def test_report_of_a_directory_that_is_no_sweep_is_one_line(tmp_path, capsys):

@@ -148,6 +148,54 @@ def test_a_grid_value_of_the_wrong_type_is_named_in_plain_words(tmp_path, prompt
     assert not (tmp_path / "s").exists()
 
 
+def test_what_the_workers_could_not_load_is_refused_before_anything_is_written(
+        tmp_path, prompts_file, capsys, monkeypatch, no_ray):
+    """A local sweep of the real models checks them on this machine first, as `run` does:
+    --fp8 on a CPU, a checkpoint under --models tiny, a model not here (every one named, each
+    with its `hf download`, over every pair of the grid). Nothing written, Ray never started."""
+    import huggingface_hub.constants
+
+    from truthloop.ml.fp8 import fp8_refusal
+    from truthloop.ml.models import pick_device
+
+    hub = tmp_path / "hf" / "hub"
+    hub.mkdir(parents=True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    sweep_dir = tmp_path / "s"
+    base = ["sweep", str(sweep_dir), "--prompts", str(prompts_file), "--max-iters", "4"]
+    if fp8_refusal(pick_device("auto")) is not None:
+        assert run_main([*base, "--models", "tiny", "--fp8"]) == 2
+        assert_one_clean_error_line(capsys.readouterr().err, "--fp8 needs an NVIDIA GPU")
+    assert run_main([*base, "--models", "tiny", "--clip-model", "ViT-B-32/openai"]) == 2
+    assert_one_clean_error_line(capsys.readouterr().err, "--clip-model chooses a checkpoint",
+                                "--models is tiny")
+    assert run_main([*base, "--generator-model", "nosuchorg/nosuchmodel",
+                     "--grid", "captioner=clip-interrogator,florence-2"]) == 2
+    assert_one_clean_error_line(capsys.readouterr().err, "'nosuchorg/nosuchmodel'",
+                                "caption model 'blip-large'",
+                                "caption model 'florence-community/Florence-2-large'",
+                                "`hf download timm/vit_large_patch14_clip_224.openai`")
+    assert not sweep_dir.exists() and no_ray == []
+
+
+def test_a_reruns_note_names_what_continues_and_counts_the_rest():
+    from truthloop.sweep.driver import again_note
+
+    def row(number, state, embedded=False):
+        return {"number": number, "run": f"{number:05d}-p-s0", "state": state,
+                "embedded": embedded}
+
+    assert again_note([row(0, "pending"), row(1, "max_iters"), row(2, "converged", True)]) \
+        is None
+    rows = [row(n, "interrupted") for n in range(6)] + [row(6, "error"), row(7, "pending")]
+    assert again_note(rows) == (
+        "7 trajectories started before continue from their run directories (6 interrupted, "
+        "1 after an error): 00000-p-s0, 00001-p-s0, 00002-p-s0, 00003-p-s0, 00004-p-s0 and 2 more")
+    assert again_note([row(3, "stopped")]) == (
+        "1 trajectory started before continues from its run directory (1 stopped): 00003-p-s0")
+
+
 def test_sweep_help_shows_no_placeholders(capsys):
     with pytest.raises(SystemExit) as done:
         run_main(["sweep", "--help"])

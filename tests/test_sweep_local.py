@@ -252,3 +252,41 @@ def test_a_killed_driver_leaves_nothing_running(tmp_path):
             process.kill()
         process.communicate()
     assert not left, left
+
+
+def test_a_rerun_after_a_killed_driver_names_the_trajectories_it_continues(tmp_path):
+    """SIGKILL the driver mid-sweep, then run the same command again: one line on stderr says
+    how many trajectories continue from their run directories and names them (those a worker
+    was drawing when the driver died); the sweep then finishes as an unbroken one would."""
+    import json
+
+    process, sweep_dir = start_sweep(tmp_path, delay=0.3)
+    try:
+        wait_for_paints(tmp_path, process, 3)
+        tree = descendants(process.pid)
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 15
+        while alive(tree) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+    def status(run: Path) -> str:  # no summary yet: killed while its directory was made
+        summary = run / "summary.json"
+        return json.loads(summary.read_text())["status"] if summary.exists() else "running"
+
+    cut = sorted(run.name for run in (sweep_dir / "runs").iterdir() if status(run) == "running")
+    assert cut, "no trajectory was cut off mid-way"
+    again, _ = start_sweep(tmp_path, delay=0.0)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    notes = [line for line in err.splitlines() if "started before" in line]
+    assert len(notes) == 1, err
+    what = "trajectory" if len(cut) == 1 else "trajectories"
+    assert notes[0].startswith(f"{len(cut)} {what} started before continue")
+    assert f"({len(cut)} interrupted)" in notes[0]
+    assert notes[0].endswith(": " + ", ".join(cut[:5]) + (f" and {len(cut) - 5} more"
+                                                             if len(cut) > 5 else ""))
+    assert "sweep: 8 converged, 2 max_iters" in out, out

@@ -18,9 +18,9 @@ from typing import Any, Sequence
 from truthloop import __version__
 from truthloop import events as ev
 from truthloop.config import (
-    CAPTION_MODES, DEFAULT_RUNS_DIR, DEVICES, FEED_MODES, INTERROGATOR_OPTIONS, INTERROGATORS,
-    OPTION_FIELDS, PRESETS, PREVIEWS, SCHEDULERS, SEED_MODES, SEED_NEGATIVE_PROMPT, ConfigError,
-    LoopConfig, RunConfig, apply_demo, apply_pair_defaults, apply_preset, options_given,
+    CAPTION_MODES, DEFAULT_RUNS_DIR, DEVICES, FEED_MODES, INTERROGATORS, OPTION_FIELDS, PRESETS,
+    PREVIEWS, SCHEDULERS, SEED_MODES, SEED_NEGATIVE_PROMPT, ConfigError, LoopConfig, RunConfig,
+    apply_demo, apply_pair_defaults, apply_preset, check_options_given, options_given,
 )
 from truthloop.families import CAPTIONERS, DEFAULT_INSTRUCTION, GENERATORS
 from truthloop.lookback import report_command
@@ -312,23 +312,15 @@ def config_from_args(args: argparse.Namespace, demo: bool = False) -> RunConfig:
         if dest in said:
             setattr(config.models, dest, getattr(args, dest))
     apply_pair_defaults(config, said)
-    check_interrogator_options(config, said)
     for dest, (section, name) in OPTION_FIELDS.items():
         value = getattr(args, dest, None)
         if value is not None:
             setattr(getattr(config, section), name, value)
+    try:
+        check_options_given(config, said)
+    except ConfigError as error:
+        raise UserError(str(error)) from None
     return config
-
-
-def check_interrogator_options(config: RunConfig, said: set[str]) -> None:
-    """clip-interrogator's own options, given for a run with another captioner: one line."""
-    if CAPTIONERS[config.models.captioner].interrogates:
-        return
-    given = [name for name in INTERROGATOR_OPTIONS if name in said]
-    if given:
-        flag = "--" + given[0].replace("_", "-")
-        raise UserError(f"{flag} is clip-interrogator's; --captioner {config.models.captioner} "
-                        f"has no such option")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -398,7 +390,21 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if view.status == "converged" and args.max_iters is None:
         print(f"{visible(args.run_dir)} already converged; nothing to resume")
         return 0
-    return _drive(args, None, Path(args.run_dir), resume=True)
+    return _drive(args, None, Path(args.run_dir), resume=True, iterations=len(view.records))
+
+
+def _refuse_nothing_to_resume(run_dir: Path, iterations: int, max_iters: int,
+                              asked: int | None) -> None:
+    """A resume whose iteration limit the run has already reached would load the models only to
+    stop: say so at once, with the flag that goes on."""
+    if iterations < max_iters:
+        return
+    if asked is None:
+        raise UserError(f"{run_dir} already ran to its --max-iters {max_iters} "
+                        f"({count(iterations, 'iteration')}); to go on, pass --max-iters "
+                        f"with a number above {iterations}")
+    raise UserError(f"--max-iters {asked} is not above the {count(iterations, 'iteration')} "
+                    f"{run_dir} already has; pass a number above {iterations} to go on")
 
 
 def cmd_view(args: argparse.Namespace) -> int:
@@ -659,7 +665,8 @@ def cmd_fork(args: argparse.Namespace) -> int:
     try:
         plan = plan_fork(Path(args.run_dir), args.at, _fork_options(args),
                          out=Path(args.out) if args.out else None,
-                         runs_dir=Path(args.runs_dir) if args.runs_dir else None)
+                         runs_dir=Path(args.runs_dir) if args.runs_dir else None,
+                         said=options_given(args))
     except (ForkError, RunDirError, ConfigError) as error:
         raise UserError(str(error)) from None
     try:
@@ -683,7 +690,9 @@ def _fork_maker() -> Any:
 
         plan = plan_fork(Path(parent_dir), at, options)
         control = LoopControl()
-        return _in_own_process(make_fork_loop(plan, _loading_factory(control), control=control))
+        factory = _loading_factory(control)
+        factory.check(plan.config)  # before the fork's directory is made
+        return _in_own_process(make_fork_loop(plan, factory, control=control))
 
     return make
 
@@ -764,14 +773,28 @@ def _loading_factory(control: Any) -> Any:
 
         return load_backends(config, emit_and_check)
 
+    factory.check = _check_before_loading  # type: ignore[attr-defined]
     return factory
+
+
+def _check_before_loading(config: RunConfig) -> None:
+    """The real backends' refusals that need no model loaded (--fp8 on a CPU, a checkpoint that
+    is not there), as one UserError: run before the run directory is made."""
+    from truthloop.errors import OneLineError
+    from truthloop.ml.models import check_before_loading
+
+    try:
+        check_before_loading([config])
+    except OneLineError as error:
+        raise UserError(str(error)) from None
 
 
 def _drive(args: argparse.Namespace, config: RunConfig | None, run_dir: Path,
            input_image: Any = None, resume: bool = False,
-           run_info: dict[str, Any] | None = None) -> int:
+           run_info: dict[str, Any] | None = None, iterations: int = 0) -> int:
+    """Run (or resume: `iterations`, the run's records so far) a loop headless or in the TUI."""
     from truthloop.loop import LoopControl, TruthLoop
-    from truthloop.store import RunDirError
+    from truthloop.store import RunDirError, is_locked
 
     control = LoopControl()
     factory = _loading_factory(control)
@@ -784,6 +807,15 @@ def _drive(args: argparse.Namespace, config: RunConfig | None, run_dir: Path,
         else:
             loop = TruthLoop(config, run_dir, factory, control=control, input_image=input_image,
                              run_info=run_info)
+        # What can be refused before the run directory is made or reopened, unless another
+        # process writes it (the loop then says so first). Fake backends (tests) check nothing.
+        check = getattr(factory, "check", None)
+        if not is_locked(run_dir):
+            if resume:
+                _refuse_nothing_to_resume(run_dir, iterations, loop.config.loop.max_iters,
+                                          getattr(args, "max_iters", None))
+            if check is not None:
+                check(loop.config)
     except (RunDirError, ConfigError) as error:
         raise UserError(str(error)) from None
 

@@ -268,6 +268,31 @@ def options_given(args: Any) -> set[str]:
 
 # clip-interrogator's own options: a run with another captioner has no use for them.
 INTERROGATOR_OPTIONS = ("mode", "chunk_size", "flavor_intermediate_count", "interrogator")
+# The options that choose a checkpoint: --models tiny swaps every one for a tiny checkpoint.
+MODEL_OPTIONS = ("generator_model", "caption_model", "clip_model")
+
+
+def check_options_given(config: "RunConfig", said: set[str] | frozenset[str]) -> None:
+    """Options the user gave (`said`: OPTION_FIELDS names) that this run would ignore, in one
+    line: clip-interrogator's own with another captioner, a checkpoint under --models tiny."""
+    if not CAPTIONERS[config.models.captioner].interrogates:
+        given = [name for name in INTERROGATOR_OPTIONS if name in said]
+        if given:
+            raise ConfigError(f"{_flag(given[0])} is clip-interrogator's; --captioner "
+                              f"{config.models.captioner} has no such option")
+    if config.models.models == "tiny":
+        given = [name for name in MODEL_OPTIONS if name in said]
+        if given:
+            flags = " and ".join(_flag(name) for name in given)
+            one = len(given) == 1
+            raise ConfigError(f"{flags} {'chooses a checkpoint' if one else 'choose checkpoints'}"
+                              f", but this run's --models is tiny, which swaps every model for "
+                              f"a tiny random-weight one: leave {'it' if one else 'them'} out, "
+                              f"or add --models real")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def check_pair(config: "RunConfig") -> None:

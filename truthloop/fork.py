@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from truthloop.config import OPTION_FIELDS, ConfigError, RunConfig, apply_pair_defaults
+from truthloop.config import (
+    OPTION_FIELDS, ConfigError, RunConfig, apply_pair_defaults, check_options_given,
+)
 from truthloop.errors import OneLineError
 from truthloop.store import RUN_FILE, RunDirError, RunView, read_run, read_run_info, run_dir_name
 
@@ -63,10 +65,14 @@ def drawn_indices(view: RunView) -> list[int]:
 
 
 def plan_fork(parent_dir: Path, at: int, options: dict[str, Any] | None = None,
-              out: Path | None = None, runs_dir: Path | None = None) -> ForkPlan:
+              out: Path | None = None, runs_dir: Path | None = None,
+              said: set[str] | None = None) -> ForkPlan:
     """Check a fork of `parent_dir` at iteration `at` with `options` (OPTION_FIELDS names; None =
     the parent's) and say where it goes. Raises ForkError / RunDirError / ConfigError (one line).
-    `out`: the fork's run directory; default: `runs_dir` (default: beside the parent)."""
+    `out`: the fork's run directory; default: `runs_dir` (default: beside the parent). `said`:
+    the options the user gave, checked as `run` checks them (clip-interrogator's with another
+    captioner, a checkpoint under --models tiny); default: those that differ from the parent's
+    (the TUI's form sends every field, the parent's values included)."""
     parent = read_run(Path(parent_dir))
     try:
         config = RunConfig.from_dict(parent.config)
@@ -94,6 +100,10 @@ def plan_fork(parent_dir: Path, at: int, options: dict[str, Any] | None = None,
         if before[section][field_name] != value:
             changed[name] = value
         setattr(getattr(config, section), field_name, value)
+    try:
+        check_options_given(config, set(changed) if said is None else set(said))
+    except ConfigError as error:
+        raise ForkError(str(error)) from None
     swapped = tuple(side for side in ("generator", "captioner") if side in changed)
     if swapped:
         # A fork into another family starts with that family's checkpoint and settings, except

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from truthloop.catalog import cached_file
-from truthloop.config import SCHEDULER_CLASSES, ModelConfig
+from truthloop.config import SCHEDULER_CLASSES, ModelConfig, RunConfig
 from truthloop.errors import OneLineError
 from truthloop.events import DEVICE_FALLBACK
 from truthloop.model_ids import CAPTION_MODEL_IDS, download_hint, mirror_of
@@ -78,6 +78,140 @@ def pick_device(requested: str, notice: Progress = lambda message: None) -> str:
                f"or the driver is too old")
     notice(f"{DEVICE_FALLBACK} ({why})")
     return "cpu"
+
+
+# -- before loading: is every checkpoint there? -------------------------------------------------
+@dataclass(frozen=True)
+class Wanted:
+    """One checkpoint a run will load, as the loaders below will look for it."""
+
+    kind: str                   # "image model", "caption model", "CLIP"
+    spec: str                   # as the user named it: a hub id, a directory, ARCH/PRETRAINED
+    local: Path | None          # on disk: a directory (CLIP: a checkpoint file)
+    repos: tuple[str, ...]      # hub repositories, any one of which will do (None: not known)
+    markers: tuple[str, ...]    # files whose presence in the hub cache says it was downloaded
+
+
+def wanted_models(config: ModelConfig) -> list[Wanted]:
+    """The checkpoints `load_backends` will load for `config`, without loading any (the tiny
+    ones are built on this machine, so none is wanted from elsewhere)."""
+    from truthloop.families import DEFAULT_CAPTIONER
+    from truthloop.model_ids import CLIP_HUB_IDS
+
+    if config.models == "tiny":
+        return []
+    wanted = []
+    spec = config.generator_model
+    if _is_local(spec):
+        wanted.append(Wanted("image model", spec, Path(spec).expanduser(), (), ()))
+    else:
+        # A withdrawn id: the user's cached copy of it, else its mirror (_hub_source).
+        repos = (spec, mirror_of(spec)) if mirror_of(spec) else (spec,)
+        wanted.append(Wanted("image model", spec, None, repos, ("model_index.json",)))
+    spec = config.caption_model
+    # clip-interrogator's and blip's loaders take blip-large / blip-base for their hub ids.
+    source = CAPTION_MODEL_IDS.get(spec, spec) if config.captioner in (DEFAULT_CAPTIONER, "blip") \
+        else spec
+    wanted.append(Wanted("caption model", spec, Path(source).expanduser(), (), ())
+                  if _is_local(source) else
+                  Wanted("caption model", spec, None, (source,), ("config.json",)))
+    spec = config.clip_model
+    arch, _, pretrained = spec.partition("/")
+    if not pretrained:
+        raise ModelUnavailable(
+            f"CLIP {spec!r}: give ARCH/PRETRAINED, e.g. ViT-L-14/openai or ViT-L-14/path/to/ckpt.pt"
+        )
+    if _is_local(pretrained):
+        wanted.append(Wanted("CLIP", spec, Path(pretrained).expanduser(), (), ()))
+    else:
+        repo = CLIP_HUB_IDS.get(spec) or _clip_hub_repo(arch, pretrained)
+        if repo:  # else a URL open_clip fetches itself, or a name it does not know: it says so
+            wanted.append(Wanted("CLIP", spec, None, (repo,),
+                                 ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")))
+    return wanted
+
+
+def check_models_available(configs: list[ModelConfig]) -> None:
+    """Raise ModelUnavailable, one line naming every checkpoint of `configs` that cannot be
+    loaded here and how to get each, before anything is loaded or written: a local directory
+    (or CLIP checkpoint file) that is not there, a hub id that is neither in the hub cache nor
+    (when the hub can be reached) on the hub. Asks the hub only about ids not in the cache."""
+    wanted: dict[tuple[str, str], Wanted] = {}
+    for config in configs:
+        for item in wanted_models(config):
+            wanted.setdefault((item.kind, item.spec), item)
+    hub = _HubLookup()
+    absent: list[str] = []     # "image model '/x': no such directory", "... is not on the hub"
+    uncached: list[Wanted] = []  # not in the cache, and the hub cannot be asked
+    for item in wanted.values():
+        if item.local is not None:
+            if not (item.local.is_file() if item.kind == "CLIP" else item.local.is_dir()):
+                what = "checkpoint file" if item.kind == "CLIP" else "directory"
+                absent.append(f"{item.kind} {item.spec!r}: no such {what}")
+            continue
+        if any(cached_file(repo, marker) for repo in item.repos for marker in item.markers):
+            continue
+        found = hub.exists(item.repos[-1])
+        if found is None:
+            uncached.append(item)
+        elif not found:
+            absent.append(f"{item.kind} {item.spec!r} is not on the Hugging Face hub (a typo, "
+                          f"or a private repository)")
+    if uncached:
+        names = _and([f"{item.kind} {item.spec!r}" for item in uncached])
+        hints = _and([f"`{download_hint(item.repos[-1])}`" for item in uncached])
+        one = len(uncached) == 1
+        absent.append(f"{names} {'is' if one else 'are'} not in the Hugging Face cache and "
+                      f"cannot be downloaded here: run {hints} on a connected machine (and copy "
+                      f"its HF_HOME cache), or pass {'a local directory' if one else 'local directories'}")
+    if absent:
+        raise ModelUnavailable("; ".join(absent))
+
+
+class _HubLookup:
+    """Whether a repository is on the hub: asked only while the hub answers (HF_HUB_OFFLINE, or
+    one failed connection, and every later question answers None: cannot tell)."""
+
+    def __init__(self) -> None:
+        from huggingface_hub import constants
+
+        self.reachable = not constants.HF_HUB_OFFLINE
+
+    def exists(self, repo: str) -> bool | None:
+        if not self.reachable:
+            return None
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+        try:
+            HfApi().model_info(repo, timeout=10)
+        except GatedRepoError:
+            return True  # there; the download asks for the user's token
+        except RepositoryNotFoundError:
+            return False
+        except Exception:  # noqa: BLE001 - no network, a proxy, the hub down: cannot tell
+            self.reachable = False
+            return None
+        return True
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def check_before_loading(configs: list[RunConfig]) -> None:
+    """What would stop the load of these runs (a run, or a sweep's trajectories) on this
+    machine, found before anything loads or is written, in one line: --fp8 where it cannot run
+    (a CPU, a GPU older than Ada), --device cuda or mps where there is none, and every
+    checkpoint that is neither on disk nor to be had (check_models_available). Imports torch
+    only for --fp8."""
+    for device in sorted({config.models.device for config in configs if config.generate.fp8}):
+        from truthloop.ml.fp8 import Fp8Unavailable, fp8_refusal
+
+        refusal = fp8_refusal(pick_device(device))
+        if refusal:
+            raise Fp8Unavailable(refusal)
+    check_models_available([config.models for config in configs])
 
 
 def set_determinism() -> None:

@@ -22,9 +22,9 @@ from truthloop.lockstep import Job as LockstepJob, Lockstep, model_key
 from truthloop.store import RUN_FILE
 from truthloop.sweep import state as st
 from truthloop.sweep.driver import (
-    POLL, RAY_RESTARTS, Job, NodeLost, Progress, _poll, describe, heal_note, local_node_alive,
-    outcome_row, restart_local_ray, start_note, start_ray, start_workers, stop_ray,
-    too_many_losses,
+    POLL, RAY_RESTARTS, Job, NodeLost, Progress, _poll, again_note, describe, heal_note,
+    local_node_alive, outcome_row, restart_local_ray, start_note, start_ray, start_workers,
+    stop_ray, too_many_losses,
 )
 from truthloop.sweep.spec import Trajectory
 from truthloop.sweep.state import EMBEDDING_FILE, read_summary
@@ -131,6 +131,9 @@ def run_sweep_batched(sweep_dir: Path, trajectories: list[Trajectory], backend: 
                 if todo and restarts == 0:
                     start_note(progress, len(todo), len(trajectories), len(actors), gpus,
                                f", {size} at a time each")
+                    again = again_note(rows)
+                    if again:
+                        progress.note(again)
                 try:
                     _drive_batches(sweep_dir, rows, remaining, actors, size, progress,
                                    reported, local)

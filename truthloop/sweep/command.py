@@ -139,6 +139,11 @@ def cmd_sweep(args: argparse.Namespace, config: RunConfig) -> int:
     if args.batch > 1:
         # Part of the sweep: batches change results, so a rerun must batch as the first run did.
         spec["batch"] = args.batch
+    if not args.address and not args.backend:
+        # Before anything is written, on the machine that will run it: --fp8 on a CPU, a
+        # checkpoint neither here nor to be had (a cluster's workers have their own GPUs and
+        # caches; a test's fake backends load nothing).
+        _check_before_loading(spec)
     if args.address:
         # Before anything is written: a wrong address leaves the directory as it was.
         from truthloop.sweep.driver import SweepError, check_address
@@ -177,6 +182,30 @@ def cmd_sweep(args: argparse.Namespace, config: RunConfig) -> int:
         raise
     finally:
         os.close(lock)
+
+
+def _check_before_loading(spec: dict[str, Any]) -> None:
+    """ml.models.check_before_loading for each pair of models (and device) the sweep runs."""
+    import json
+
+    from truthloop.errors import OneLineError
+    from truthloop.ml.models import check_before_loading
+
+    distinct: dict[str, dict[str, Any]] = {}
+    for trajectory in trajectories(spec):
+        config = trajectory.config
+        key = json.dumps([config["models"], config["generate"].get("fp8")], sort_keys=True)
+        distinct.setdefault(key, config)
+    configs = []
+    for config in distinct.values():
+        try:
+            configs.append(RunConfig.from_dict(config))
+        except ConfigError:
+            continue  # that trajectory's own run says what is wrong with it
+    try:
+        check_before_loading(configs)
+    except OneLineError as error:
+        raise CommandError(str(error)) from None
 
 
 def _check_spec(sweep_dir: Path, spec: dict[str, Any], made: list[Path]) -> None:

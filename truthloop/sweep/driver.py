@@ -313,6 +313,9 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
                         on_started(actors)
                     if todo:
                         start_note(progress, len(todo), len(trajectories), len(actors), gpus)
+                        again = again_note(rows)
+                        if again:
+                            progress.note(again)
                         if gpus and len(todo) >= 2 * len(actors):
                             progress.note("one at a time, each exactly `truthloop run`; with "
                                           "many trajectories, --batch 16 draws ~2.2x the "
@@ -407,6 +410,33 @@ def start_note(progress: Progress, todo: int, total: int, workers: int, gpus: in
     progress.note(f"{todo} of {count(total, 'trajectory', 'trajectories')} to run on "
                   f"{count(workers, 'worker')}{each}"
                   f"{f' ({gpus} GPUs)' if gpus else ' (no GPU)'}")
+
+
+# Why a trajectory that started before is not done, by its state (run_status: "interrupted" is
+# a run whose writer died, as a killed driver's runs are; "running" a run killed while created).
+AGAIN = {"interrupted": "interrupted", "running": "interrupted", "stopped": "stopped",
+         "error": "after an error", "converged": "to embed"}
+NAMED = 5  # the trajectories a rerun's note names; the rest are counted
+
+
+def again_note(rows: list[dict[str, Any]]) -> str | None:
+    """A rerun's one line naming the trajectories that started before (a driver killed, a run
+    stopped or failed) and continue now from their run directories: how many, why, the first
+    few names. None when every trajectory to run is new."""
+    again = [row for row in rows if row["state"] != "pending" and not st.is_done(row)]
+    if not again:
+        return None
+    why: dict[str, int] = {}
+    for row in again:
+        reason = AGAIN.get(row["state"], row["state"])
+        why[reason] = why.get(reason, 0) + 1
+    names = ", ".join(visible(row["run"]) for row in again[:NAMED])
+    more = f" and {len(again) - NAMED} more" if len(again) > NAMED else ""
+    reasons = ", ".join(f"{n} {reason}" for reason, n in why.items())
+    where = "continues from its run directory" if len(again) == 1 else \
+        "continue from their run directories"
+    return (f"{count(len(again), 'trajectory', 'trajectories')} started before {where} "
+            f"({reasons}): {names}{more}")
 
 
 def outcome_row(sweep_dir: Path, trajectory: Trajectory, outcome: dict[str, Any]) -> dict[str, Any]:
