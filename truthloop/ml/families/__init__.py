@@ -17,8 +17,12 @@ A captioner family's module (blip, florence2, llava, qwen3_vl) gives
     caption(model, processor, image, instruction, max_new_tokens) -> str   decoded as the
                                             model's generation config says (the checkpoint's;
                                             captioning.FamilyCaptioner turns sampling off)
+    caption_batch(model, processor, images, instruction, max_new_tokens) -> list[str]   the
+                                            same call for several images in one generate
+                                            (prompts padded on the left)
     full_size(device, dtype) -> (model, processor)          (benchmarks)
-and `captioning.py` loads and runs it.
+and `captioning.py` loads and runs it (`fastdecode.py`: the static KV cache and the graphed
+decode steps it runs `generate` with).
 
 The sd generator and the clip-interrogator captioner keep their own modules (ml/models.py,
 ml/generate.py, ml/interrogate.py and the fast paths).

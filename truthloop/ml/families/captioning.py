@@ -15,8 +15,11 @@ Progress = Callable[[str], None]
 
 
 def load_captioner(family: str, spec: str, device: str, config: CaptionConfig,
-                   notice: Progress = lambda message: None,
-                   ) -> tuple["FamilyCaptioner", dict[str, str | None]]:
+                   notice: Progress = lambda message: None, *, cuda_graphs: bool = True,
+                   compile: bool = False) -> tuple["FamilyCaptioner", dict[str, str | None]]:
+    """The family's model and processor from `spec` on `device`, as a FamilyCaptioner; on CUDA
+    its decode steps replay from CUDA graphs (`cuda_graphs`), compiled first with `compile`
+    (fastdecode.py)."""
     from truthloop.ml.models import _from_pretrained, _is_local, _source
     from truthloop.model_ids import CAPTION_MODEL_IDS
 
@@ -30,7 +33,8 @@ def load_captioner(family: str, spec: str, device: str, config: CaptionConfig,
     repo = None if _is_local(source) else source
     record = _source(source, repo, "config.json") | {"requested": spec}
     origin = generation_origin(model, record.get("path"))
-    return FamilyCaptioner(family, model, processor, config, origin), record
+    return FamilyCaptioner(family, model, processor, config, origin, cuda_graphs=cuda_graphs,
+                           compile=compile), record
 
 
 def pretrained(model_class: str, processor_class: str) -> Callable[[str, Any], tuple[Any, Any]]:
@@ -96,22 +100,52 @@ def decode_greedily(model: Any, max_new_tokens: int, origin: str) -> dict[str, A
 
 class FamilyCaptioner:
     """The loop's Captioner for a captioner family: the checkpoint's own decoding, greedy in
-    place of sampling (`decoding` says what it came to)."""
+    place of sampling (`decoding` says what it came to), through a static KV cache with its
+    decode steps graphed on CUDA (fastdecode.py; `fast=False`: the plain call)."""
 
     def __init__(self, family: str, model: Any, processor: Any, config: CaptionConfig,
-                 origin: str = "the model's generation_config"):
+                 origin: str = "the model's generation_config", *, fast: bool = True,
+                 cuda_graphs: bool = True, compile: bool = False):
+        from truthloop.ml.families.fastdecode import fast_decoding
+
         self.family = family
         self.module = captioner_module(family)
         self.model = model
         self.processor = processor
         self.config = config
         self.decoding = decode_greedily(model, config.caption_max_length, origin)
+        self.fast = fast_decoding(family, model, processor, decoder(model), fast=fast,
+                                  graphs=cuda_graphs, compiled=compile)
+        self.decoding.update(self.fast.describe())
 
     def caption(self, image: Any) -> str:
         import torch
 
+        image = image.convert("RGB")
         with torch.inference_mode():
-            text = self.module.caption(self.model, self.processor, image.convert("RGB"),
-                                       self.config.instruction, self.config.caption_max_length)
-        # The caption becomes the next prompt: one line, no surrounding space.
-        return " ".join(text.split())
+            self.fast.before_generate()
+            text = self.fast.caption(image, self.config.instruction,
+                                     self.config.caption_max_length)
+            if text is None:
+                text = self.module.caption(self.model, self.processor, image,
+                                           self.config.instruction,
+                                           self.config.caption_max_length)
+        return _one_line(text)
+
+    def caption_batch(self, images: list[Any]) -> list[str]:
+        """The captions of `images` from one batched `generate` (prompts padded on the left),
+        each its single caption except where the batch's arithmetic picks another token."""
+        import torch
+
+        with torch.inference_mode():
+            self.fast.before_generate()
+            texts = self.module.caption_batch(self.model, self.processor,
+                                              [image.convert("RGB") for image in images],
+                                              self.config.instruction,
+                                              self.config.caption_max_length)
+        return [_one_line(text) for text in texts]
+
+
+def _one_line(text: str) -> str:
+    # The caption becomes the next prompt: one line, no surrounding space.
+    return " ".join(text.split())

@@ -81,6 +81,19 @@ def caption(model: Any, processor: Any, image: Any, instruction: str,
     return answer[instruction]
 
 
+def caption_batch(model: Any, processor: Any, images: list[Any], instruction: str,
+                  max_new_tokens: int) -> list[str]:
+    """`caption`'s call for several images in one `generate` (each its own beams): the same
+    task question for each, so the encoder's inputs are all one length and nothing pads."""
+    inputs = processor(text=[instruction] * len(images), images=images, return_tensors="pt",
+                       padding=True).to(model.device, model.dtype)
+    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    texts = processor.batch_decode(tokens, skip_special_tokens=False)
+    return [processor.post_process_generation(text, task=instruction,
+                                              image_size=(image.width, image.height))[instruction]
+            for text, image in zip(texts, images)]
+
+
 def _bart_tokenizer(words: list[str], size: int | None = None) -> Any:
     """A BART (byte-level BPE) tokenizer built offline: <s> <pad> </s> <unk>, the 256 byte
     symbols, then "Ġword" pieces reached by merges of their prefixes (a listed word after a

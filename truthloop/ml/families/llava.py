@@ -72,6 +72,21 @@ def caption(model: Any, processor: Any, image: Any, instruction: str,
     return processor.decode(tokens[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def caption_batch(model: Any, processor: Any, images: list[Any], instruction: str,
+                  max_new_tokens: int) -> list[str]:
+    """`caption`'s call for several images in one `generate`: the same prompt for each, padded
+    on the left (where a prompt ends is where its answer starts; LLaVA-1.5's prompts are all
+    one length, 576 image tokens each, so nothing pads in practice)."""
+    conversation = [{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": instruction}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    inputs = processor(images=images, text=[prompt] * len(images), return_tensors="pt",
+                       padding=True, padding_side="left").to(model.device, model.dtype)
+    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    return processor.batch_decode(tokens[:, inputs["input_ids"].shape[1]:],
+                                  skip_special_tokens=True)
+
+
 def _llama_tokenizer(words: list[str], size: int | None = None) -> Any:
     """A Llama-style tokenizer built offline: <unk> <s> </s>, the 256 byte-fallback pieces,
     then "▁word" pieces, each reached by merges of its prefixes (so a listed word is one token,

@@ -72,6 +72,25 @@ def caption(model: Any, processor: Any, image: Any, instruction: str,
                                   clean_up_tokenization_spaces=False)[0]
 
 
+def caption_batch(model: Any, processor: Any, images: list[Any], instruction: str,
+                  max_new_tokens: int) -> list[str]:
+    """`caption`'s call for several images in one `generate`: one conversation each, padded on
+    the left (an image's token count follows its size, so prompts differ in length when the
+    images' sizes do)."""
+    messages = [[{"role": "user", "content": [
+        {"type": "image", "image": image}, {"type": "text", "text": instruction}]}]
+        for image in images]
+    inputs = processor.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                           return_dict=True, return_tensors="pt",
+                                           processor_kwargs={"padding": True,
+                                                             "padding_side": "left"})
+    inputs = inputs.to(model.device)
+    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    new = tokens[:, inputs["input_ids"].shape[1]:]
+    return processor.batch_decode(new, skip_special_tokens=True,
+                                  clean_up_tokenization_spaces=False)
+
+
 def _processor(tokenizer: Any, images: dict[str, Any]) -> Any:
     from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
