@@ -305,6 +305,9 @@ def test_fp8_where_it_cannot_run_is_refused_before_loading(tmp_path, capsys, loa
     assert run_main(["demo", "--fp8", "--headless", "--max-iters", "4", "--runs-dir", runs]) == 2
     _only_error_line(capsys.readouterr().err, "--fp8 needs an NVIDIA GPU of compute capability "
                      "8.9 or newer", "leave --fp8 out")
+    if pick_device("auto") != "cuda":  # likewise a GPU asked for where there is none
+        assert run_main(["demo", "--device", "cuda", "--headless", "--runs-dir", runs]) == 2
+        _only_error_line(capsys.readouterr().err, "--device cuda was asked for but no CUDA GPU")
     assert not runs.exists() and loader == []
 
 

@@ -205,12 +205,15 @@ def check_before_loading(configs: list[RunConfig]) -> None:
     (a CPU, a GPU older than Ada), --device cuda or mps where there is none, and every
     checkpoint that is neither on disk nor to be had (check_models_available). Imports torch
     only for --fp8."""
-    for device in sorted({config.models.device for config in configs if config.generate.fp8}):
-        from truthloop.ml.fp8 import Fp8Unavailable, fp8_refusal
+    for device in sorted({config.models.device for config in configs
+                          if config.generate.fp8 or config.models.device in ("cuda", "mps")}):
+        picked = pick_device(device)  # ModelUnavailable: --device cuda (mps) without one
+        if any(config.generate.fp8 and config.models.device == device for config in configs):
+            from truthloop.ml.fp8 import Fp8Unavailable, fp8_refusal
 
-        refusal = fp8_refusal(pick_device(device))
-        if refusal:
-            raise Fp8Unavailable(refusal)
+            refusal = fp8_refusal(picked)
+            if refusal:
+                raise Fp8Unavailable(refusal)
     check_models_available([config.models for config in configs])
 
 
