@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from truthloop import __version__
+from truthloop import __version__, caption_command
 from truthloop import events as ev
 from truthloop.config import (
     CAPTION_MODES, DEFAULT_RUNS_DIR, DEVICES, FEED_MODES, INTERROGATORS, OPTION_FIELDS, PRESETS,
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fork_compare_commands(sub)
     _add_sweep_commands(sub)
     report_command.add_parser(sub)
+    caption_command.add_parser(sub)
     for name, command in sub.choices.items():
         config = RunConfig()
         if name == "demo":
@@ -750,8 +751,18 @@ def cmd_sweep_or_atlas(args: argparse.Namespace) -> int:
         raise UserError(str(error), code=error.code) from None
 
 
+def cmd_caption(args: argparse.Namespace) -> int:
+    def load(config: RunConfig, emit: Any) -> Any:  # the run's loading path, captioner side
+        from truthloop.ml.backends import load_captioner_side
+
+        return load_captioner_side(config, emit)
+
+    return caption_command.cmd_caption(args, config_from_args, load)
+
+
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "resume": cmd_resume, "view": cmd_view,
             "tiny": cmd_tiny, "models": cmd_models, "report": report_command.cmd_report,
+            "caption": cmd_caption,
             "runs": cmd_lookback, "export": cmd_lookback,
             "sweep": cmd_sweep_or_atlas, "atlas": cmd_sweep_or_atlas,
             "fork": cmd_fork, "compare": cmd_compare}

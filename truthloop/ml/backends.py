@@ -51,18 +51,36 @@ def load_backends(config: RunConfig, emit: EventSink) -> Backends:
     """The run's pair, loaded: the generator family's painter and the captioner family's
     captioner, each side on its own (the seed article's sd and clip-interrogator with their fast
     paths), and the CLIP that makes the drift measures and the atlas for every pair."""
-    quiet_libraries()
-    from truthloop.ml.models import pick_device, resolve, set_determinism
-
-    set_determinism()
-    m = resolve(config.models)
-    device = pick_device(m.device, lambda message: emit(ev.Notice(message)))
+    m, device = _prepare(config, emit)
     loaded: dict[str, dict[str, str | None]] = {}
     details: dict[str, Any] = {"generator": m.generator, "captioner": m.captioner}
     painter = _load_painter(config, m, device, loaded, details, emit)
     captioner, embedder = _load_captioner(config, m, device, loaded, details, emit)
     return Backends(captioner=captioner, painter=painter, embedder=embedder, device=device,
                     details=details, loaded=loaded)
+
+
+def load_captioner_side(config: RunConfig, emit: EventSink) -> tuple[Any, dict[str, Any]]:
+    """The captioner of `load_backends`, alone (`truthloop caption`): the same loading (the tiny
+    swap, the device, the family's checkpoint or clip-interrogator with its CLIP and fast
+    paths), no generator, and beside a family no CLIP, since nothing is measured. Returns the
+    captioner and {"device", "details", "loaded"} as a run records them."""
+    m, device = _prepare(config, emit)
+    loaded: dict[str, dict[str, str | None]] = {}
+    details: dict[str, Any] = {"captioner": m.captioner}
+    captioner, _ = _load_captioner(config, m, device, loaded, details, emit, embedder=False)
+    return captioner, {"device": device, "details": details, "loaded": loaded}
+
+
+def _prepare(config: RunConfig, emit: EventSink) -> tuple[Any, str]:
+    """The libraries quietened, determinism set, the models' ModelConfig (tiny checkpoints
+    swapped in for --models tiny) and the device they go to."""
+    quiet_libraries()
+    from truthloop.ml.models import pick_device, resolve, set_determinism
+
+    set_determinism()
+    m = resolve(config.models)
+    return m, pick_device(m.device, lambda message: emit(ev.Notice(message)))
 
 
 def _load_painter(config: RunConfig, m: Any, device: str, loaded: dict, details: dict,
@@ -98,9 +116,10 @@ def _load_painter(config: RunConfig, m: Any, device: str, loaded: dict, details:
 
 
 def _load_captioner(config: RunConfig, m: Any, device: str, loaded: dict, details: dict,
-                    emit: EventSink) -> tuple[Any, Any]:
+                    emit: EventSink, embedder: bool = True) -> tuple[Any, Any]:
     """The captioner and the embedder: clip-interrogator's CLIP serves both, and beside any
-    other family the same CLIP is loaded for the embedder alone."""
+    other family the same CLIP is loaded for the embedder alone (unless `embedder` is off:
+    then the embedder is None)."""
     from truthloop.ml.models import load_clip
 
     emit(ev.Loading(f"loading caption model {m.caption_model}"))
@@ -113,6 +132,8 @@ def _load_captioner(config: RunConfig, m: Any, device: str, loaded: dict, detail
             lambda message: emit(ev.Notice(message)))
         details["captioner_dtype"] = str(captioner.model.dtype)
         details["decoding"] = captioner.decoding
+        if not embedder:
+            return captioner, None
         emit(ev.Loading(f"loading CLIP {m.clip_model}"))
         clip_model, preprocess, details["clip_name"], loaded["clip_model"] = load_clip(
             m.clip_model, device)
