@@ -67,14 +67,26 @@ def test_what_a_pair_cannot_do_is_one_line(capsys, argv, says):
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 3  # argparse: usage+line
 
 
-def test_a_batched_sweep_of_a_new_family_is_refused_before_anything_is_written(tmp_path, capsys):
+def test_a_batched_sweep_takes_every_pair_and_compiles_only_an_sd_only_sweep(tmp_path, capsys,
+                                                                              monkeypatch):
+    """--batch runs any pair (tests/test_family_batch.py runs one); --compile, which a batch turns
+    on by default, is sd's alone, so a grid with another generator draws eagerly throughout
+    (compile on for its sd trajectories would be refused for its sdxl ones)."""
+    pytest.importorskip("sklearn")
+    import truthloop.sweep.command as command
+
+    monkeypatch.setattr(command, "_run", lambda args, sweep_dir, spec: 0)  # Ray's part
     prompts = tmp_path / "p.txt"
     prompts.write_text("a house\n")
-    code = run_main(["sweep", tmp_path / "s", "--prompts", prompts, "--models", "tiny",
-                     "--batch", "4", "--grid", "generator=sd,sdxl"])
-    err = capsys.readouterr().err
-    assert code != 0 and "--batch is truthloop's lockstep fast path" in err
-    assert "generator sdxl" in err and not (tmp_path / "s").exists()
+    common = ["--prompts", prompts, "--models", "tiny", "--device", "cpu", "--batch", "4"]
+    assert run_main(["sweep", tmp_path / "pairs", *common, "--grid", "generator=sd,sdxl",
+                     "--grid", "captioner=blip,clip-interrogator"]) == 0
+    assert run_main(["sweep", tmp_path / "sd", *common]) == 0
+    capsys.readouterr()
+    pairs = json.loads((tmp_path / "pairs" / "sweep.json").read_text())
+    assert pairs["batch"] == 4 and pairs["config"]["generate"]["compile"] is False
+    sd = json.loads((tmp_path / "sd" / "sweep.json").read_text())
+    assert sd["batch"] == 4 and sd["config"]["generate"]["compile"] is True
 
 
 def test_models_lists_every_family_with_its_licence_and_cache_state(tmp_path, monkeypatch,

@@ -35,7 +35,8 @@ class GeneratorFamily:
     # Whether --scheduler may swap the sampler (the UNet families' samplers are interchangeable;
     # flow-matching models are trained for theirs).
     swaps_scheduler: bool
-    # CUDA graphs, --compile and the lockstep batch (truthloop's own fast paths).
+    # --compile and --fp8, truthloop's own fast paths for the sd UNet (config.check_pair refuses
+    # them elsewhere; `sweep --batch` turns --compile on only where every generator has them).
     fast_paths: bool
     licence: str
     download_gb: float

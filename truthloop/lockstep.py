@@ -17,7 +17,8 @@ kind as one batch call to the batched models, in slot order, and wakes the threa
 - the CPU work between requests (PNG encoding, log lines, fsync) runs in the trajectories' own
   threads, side by side.
 
-No torch here: the models come in as a `BatchModels` (`truthloop.ml.batched`, or fakes in tests).
+No torch here: the models come in as a `BatchModels` (`truthloop.ml.batched` for the seed pair,
+`truthloop.ml.families.batched` for every other pair, or fakes in tests).
 """
 
 from __future__ import annotations

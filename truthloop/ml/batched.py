@@ -1,5 +1,7 @@
-"""The models of a lockstep batch (`truthloop.lockstep`): many trajectories' images drawn in one
-pipeline call, their BLIP captions decoded in one batch, each with its own random stream.
+"""The models of a lockstep batch (`truthloop.lockstep`) for the seed pair (sd +
+clip-interrogator): many trajectories' images drawn in one pipeline call, their BLIP captions
+decoded in one batch, each with its own random stream. Every other pair's batch is
+ml/families/batched.py's, built on this one.
 
 Built on the backends a single run loads (`load_backends`: the same models, CUDA graphs,
 `--compile`), so `exact` (batch 1) calls exactly a single run's code: the same images and prompts
@@ -318,10 +320,19 @@ def _on_stream(stream: Any, after: Any) -> Iterator[None]:
 
 
 def load_batched(config: RunConfig, emit: EventSink, exact: bool = False) -> BatchedBackends:
-    """A lockstep engine's model factory: a single run's backends (`load_backends`), batched."""
+    """A lockstep engine's model factory: a single run's backends (`load_backends`), batched:
+    the seed pair's here, any other pair's by ml.families.batched (which batches an sd or
+    clip-interrogator side as this module does)."""
+    from truthloop.families import DEFAULT_CAPTIONER, DEFAULT_GENERATOR
     from truthloop.ml.backends import load_backends
 
-    return BatchedBackends(load_backends(config, emit), config, exact=exact)
+    backends = load_backends(config, emit)
+    models = config.models
+    if models.generator == DEFAULT_GENERATOR and models.captioner == DEFAULT_CAPTIONER:
+        return BatchedBackends(backends, config, exact=exact)
+    from truthloop.ml.families.batched import FamilyBatchModels
+
+    return FamilyBatchModels(backends, config, exact=exact)
 
 
 def exact_factory(config: RunConfig, emit: EventSink) -> BatchedBackends:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from truthloop.config import ConfigError, RunConfig, options_given
 from truthloop.store import atomic_write_json
 from truthloop.sweep import missing_extras
-from truthloop.families import CAPTIONERS, GENERATORS
+from truthloop.families import GENERATORS
 from truthloop.sweep.spec import (
     GRID_FIELDS, IMAGE_SUFFIXES, LOCK_FILE, SPEC_FILE, SpecError, difference, find_images, make_spec,
     parse_grid, parse_seeds, read_prompts, read_spec, trajectories,
@@ -49,9 +49,10 @@ def add_parsers(sub: Any, add_config_options: Callable[[argparse.ArgumentParser]
     sweep.add_argument("--gpus", type=int, help="GPUs Ray may use on this machine (local only)")
     sweep.add_argument("--batch", type=int, default=1, metavar="N",
                        help="each worker runs N trajectories at a time in lockstep, drawing and "
-                            "captioning them in batches, compiled on GPUs unless --no-compile "
-                            "(16: ~2.2x the images per GPU-second; a trajectory's prompts may "
-                            "differ from its run alone; default 1: exactly `truthloop run`)")
+                            "captioning them in batches, for every pair (sd: compiled on GPUs "
+                            "unless --no-compile; 16: ~2.2x the images per GPU-second); a "
+                            "trajectory's prompts may differ from its run alone; default 1: "
+                            "exactly `truthloop run`")
     sweep.add_argument("--exact", action="store_true",
                        help="one trajectory at a time, each exactly `truthloop run` (--batch 1; "
                             "default)")
@@ -92,17 +93,17 @@ def build_spec(args: argparse.Namespace, config: RunConfig,
     prompts = read_prompts(args.prompts) if args.prompts else []
     if args.images and not images and not prompts:
         raise SpecError("none of the --images could be read; nothing to run")
-    if args.batch > 1:
-        slow = sorted({f"{side} {name}" for side, table in (("generator", GENERATORS),
-                                                            ("captioner", CAPTIONERS))
-                       for name in grid.get(side, [getattr(config.models, side)])
-                       if not table[name].fast_paths})
-        if slow:
-            raise SpecError(f"--batch is truthloop's lockstep fast path for the sd + "
-                            f"clip-interrogator pair; {', '.join(slow)} draws or captions one "
-                            f"trajectory at a time: leave out --batch")
     return make_spec(config, images, prompts, seeds, grid, backend=args.backend,
                      said=options_given(args))
+
+
+def _grid_values(args: argparse.Namespace, name: str, default: Any) -> list[Any]:
+    """The values the sweep's --grid gives `name`, or [default] (a malformed --grid: [default];
+    build_spec says what is wrong with it)."""
+    try:
+        return parse_grid(args.grid).get(name, [default])
+    except SpecError:
+        return [default]
 
 
 def cmd_sweep(args: argparse.Namespace, config: RunConfig) -> int:
@@ -119,9 +120,12 @@ def cmd_sweep(args: argparse.Namespace, config: RunConfig) -> int:
         raise CommandError("--exact runs one trajectory at a time: leave out --batch, or "
                            "leave out --exact")
     if args.batch > 1 and getattr(args, "compile", None) is None \
-            and not config.models.low_vram and GENERATORS[config.models.generator].fast_paths:
+            and not config.models.low_vram and all(
+                GENERATORS[name].fast_paths
+                for name in _grid_values(args, "generator", config.models.generator)):
         # A sweep pays the compile once per worker (~1-2 min) and gains on every image after
-        # (docs/batching.md); workers without a GPU draw eagerly (sweep/batching.py).
+        # (docs/batching.md); workers without a GPU draw eagerly (sweep/batching.py). --compile
+        # is the sd generator's, so a sweep with another family draws eagerly throughout.
         config.generate.compile = True
     # The spec's per-trajectory fields are filled per trajectory; validate the rest now.
     config.start_prompt = "-"
