@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a benchmark part (or the GPU-only tests) on the lent GPU box: its image lacks diffusers,
 # open_clip, clip-interrogator and pytest, which travel as wheels in .whl/ (docs/benchmark.md).
-# Usage: bench/run_on_gpu.sh base|compile|best|lowvram|batch|tui|families|generators|hardware [bench options] | bench/run_on_gpu.sh tests
+# Usage: bench/run_on_gpu.sh base|compile|best|lowvram|batch|tui|families|generators|captioners|hardware [bench options] | bench/run_on_gpu.sh tests
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD TRUTHLOOP_CACHE=/tmp/tlcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 out=${OUT:-/tmp}
 if [ "$1" = tests ]; then
     TRUTHLOOP_TEST_CACHE=/tmp/tlcache python3 -m pytest -q -p no:cacheprovider -o addopts= \
-        tests/test_cuda_graphs.py "${@:2}" 2>&1 | tee "$out/tests.log"
+        tests/test_cuda_graphs.py tests/test_fast_decode.py "${@:2}" 2>&1 | tee "$out/tests.log"
     exit "${PIPESTATUS[0]}"
 fi
 if [ "$1" = tui ]; then  # the terminal app in a pty beside headless runs (bench/bench_tui.py, issue 20)
@@ -20,6 +20,10 @@ if [ "$1" = tui ]; then  # the terminal app in a pty beside headless runs (bench
 fi
 if [ "$1" = families ]; then  # every model family at full size (bench/bench_families.py, issue 22)
     python3 bench/bench_families.py --json "$out/families.json" "${@:2}" 2>&1 | tee "$out/families.log"
+    exit "${PIPESTATUS[0]}"
+fi
+if [ "$1" = captioners ]; then  # the captioner families plain / fast / batched (bench/bench_captioners.py, issue 29)
+    python3 bench/bench_captioners.py --json "$out/captioners.json" "${@:2}" 2>&1 | tee "$out/captioners.log"
     exit "${PIPESTATUS[0]}"
 fi
 if [ "$1" = generators ]; then  # the generator families at batch 1 and SDXL's profile (bench/bench_generators.py, issue 29)

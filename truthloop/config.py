@@ -107,8 +107,9 @@ class GenerateConfig:
     #         of the prompt and a repeated prompt proves a cycle.
     # shared: one generator for the whole run, as in the seed script; its state drifts.
     seed_mode: str = "reseed"
-    # torch.compile the UNet and the VAE decoder (CUDA only). Faster per image after a one-time
-    # compile (cached across processes); not bit-equal to eager, so a run records which it used.
+    # torch.compile the UNet and the VAE decoder, and a captioner family's decode step (CUDA only).
+    # Faster per image after a one-time compile (cached across processes); not bit-equal to
+    # eager, so a run records which it used.
     compile: bool = False
     # float8 UNet linear layers on Ada/Hopper GPUs (torchao, ml/fp8.py): faster drawing, but other
     # images, so other attractors: opt-in, recorded, and never changed on resume.

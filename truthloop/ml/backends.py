@@ -127,9 +127,12 @@ def _load_captioner(config: RunConfig, m: Any, device: str, loaded: dict, detail
         from truthloop.ml.embedding import OpenClipEmbedder
         from truthloop.ml.families.captioning import load_captioner
 
+        # Its decode steps replay from CUDA graphs where the seed pair's graphs are (not with
+        # --low-vram: a graph keeps its buffers); --compile compiles them first.
         captioner, loaded["caption_model"] = load_captioner(
             m.captioner, m.caption_model, device, config.caption,
-            lambda message: emit(ev.Notice(message)))
+            lambda message: emit(ev.Notice(message)),
+            cuda_graphs=m.cuda_graphs and not m.low_vram, compile=config.generate.compile)
         details["captioner_dtype"] = str(captioner.model.dtype)
         details["decoding"] = captioner.decoding
         if not embedder:
