@@ -210,6 +210,8 @@ def test_bad_images_are_named_one_line_each_and_the_rest_captioned(tmp_path, cap
     (["{d}/photos", "--caption-model", "x"], "--caption-model chooses a checkpoint"),
     (["{d}/twins"], "would both be captioned in"),
     (["{d}/photos", "--instruction", "Describe."], "--instruction is for the vision-language"),
+    (["{d}/photos", "--models", "real", "--caption-model", "{d}/no-checkpoint"],
+     "no-checkpoint': no such directory"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_any_model_loads(tmp_path, capsys, monkeypatch,
                                                                  argv, says):
@@ -232,6 +234,20 @@ def test_bad_input_is_one_line_and_exit_2_before_any_model_loads(tmp_path, capsy
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("truthloop: error: ") and says in err
     assert files_under(tmp_path) == before
+
+
+def test_a_local_caption_checkpoint_is_all_it_needs(tmp_path, capsys, monkeypatch):
+    """--models real with the captioner's checkpoint on disk and nothing in the hub cache: no
+    image model (nor, beside a family, a CLIP) is asked for."""
+    from truthloop.ml.tiny import tiny_family_model
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hub-cache"))
+    make_images(tmp_path / "photos", ["a.png", "b/c.png"])
+    code, out, err = run(["caption", str(tmp_path / "photos"), "--models", "real",
+                          "--captioner", "blip", "--caption-model",
+                          tiny_family_model("captioner", "blip")], capsys)
+    assert code == 0, err
+    assert out.startswith("captioned 2 images")
 
 
 def test_a_kill_at_any_moment_then_the_same_command_gives_an_unbroken_runs_files(tmp_path,

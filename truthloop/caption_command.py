@@ -86,12 +86,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def cmd_caption(args: argparse.Namespace, config_from_args: Any, load_captioner: Any) -> int:
     """cli.py hands over its `config_from_args` (the run's options, the family's defaults, its
     checks) and `load_captioner(config, emit) -> (captioner, {"device", ...})`, the captioner
-    side of the run's loading path (ml.backends.load_captioner_side)."""
+    side of the run's loading path (ml.backends.load_captioner_side), whose `check(config)`
+    raises what would stop it before anything loads."""
     from truthloop.caption_folder import (
         CaptionInputError, Progress, caption_all, find_images, open_output, output_format,
         summary,
     )
-    from truthloop.config import ConfigError
 
     try:
         form = output_format(args.format, args.out)
@@ -105,7 +105,10 @@ def cmd_caption(args: argparse.Namespace, config_from_args: Any, load_captioner:
         replace(config, input_image=args.paths[0]).validate()
         images = find_images(args.paths)
         output = open_output(images, form, args.out)
-    except (CaptionInputError, ConfigError) as error:
+        # The loader's refusals that need no model: a checkpoint that is not there, --device
+        # cuda without a GPU.
+        getattr(load_captioner, "check", lambda config: None)(config)
+    except OneLineError as error:  # CaptionInputError, ConfigError, ModelUnavailable
         print(f"truthloop: error: {visible(str(error))}", file=sys.stderr)
         return 2
 
@@ -124,7 +127,7 @@ def cmd_caption(args: argparse.Namespace, config_from_args: Any, load_captioner:
     except KeyboardInterrupt:
         stopped = "truthloop: interrupted"
         code = 130
-    except OneLineError as error:  # a checkpoint that is not there, found as it loads
+    except OneLineError as error:  # a refusal the check before loading could not foresee
         stopped = f"truthloop: error: {visible(str(error))}"
         code = 2
     except Exception as error:  # noqa: BLE001 - the captioner failed (out of memory, ...)

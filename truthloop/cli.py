@@ -758,6 +758,12 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
         return load_captioner_side(config, emit)
 
+    def check(config: RunConfig) -> None:  # its refusals before anything loads (OneLineError)
+        from truthloop.ml.models import check_before_loading
+
+        check_before_loading([config], captioner_alone=True)
+
+    load.check = check  # type: ignore[attr-defined]
     return caption_command.cmd_caption(args, config_from_args, load)
 
 

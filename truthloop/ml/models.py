@@ -92,9 +92,11 @@ class Wanted:
     markers: tuple[str, ...]    # files whose presence in the hub cache says it was downloaded
 
 
-def wanted_models(config: ModelConfig) -> list[Wanted]:
+def wanted_models(config: ModelConfig, captioner_alone: bool = False) -> list[Wanted]:
     """The checkpoints `load_backends` will load for `config`, without loading any (the tiny
-    ones are built on this machine, so none is wanted from elsewhere)."""
+    ones are built on this machine, so none is wanted from elsewhere). `captioner_alone`: those
+    `load_captioner_side` loads (`truthloop caption`): the caption model, and clip-interrogator's
+    CLIP."""
     from truthloop.families import DEFAULT_CAPTIONER
     from truthloop.model_ids import CLIP_HUB_IDS
 
@@ -102,7 +104,9 @@ def wanted_models(config: ModelConfig) -> list[Wanted]:
         return []
     wanted = []
     spec = config.generator_model
-    if _is_local(spec):
+    if captioner_alone:
+        pass  # no image model
+    elif _is_local(spec):
         wanted.append(Wanted("image model", spec, Path(spec).expanduser(), (), ()))
     else:
         # A withdrawn id: the user's cached copy of it, else its mirror (_hub_source).
@@ -115,6 +119,8 @@ def wanted_models(config: ModelConfig) -> list[Wanted]:
     wanted.append(Wanted("caption model", spec, Path(source).expanduser(), (), ())
                   if _is_local(source) else
                   Wanted("caption model", spec, None, (source,), ("config.json",)))
+    if captioner_alone and config.captioner != DEFAULT_CAPTIONER:
+        return wanted
     spec = config.clip_model
     arch, _, pretrained = spec.partition("/")
     if not pretrained:
@@ -131,14 +137,14 @@ def wanted_models(config: ModelConfig) -> list[Wanted]:
     return wanted
 
 
-def check_models_available(configs: list[ModelConfig]) -> None:
+def check_models_available(configs: list[ModelConfig], captioner_alone: bool = False) -> None:
     """Raise ModelUnavailable, one line naming every checkpoint of `configs` that cannot be
     loaded here and how to get each, before anything is loaded or written: a local directory
     (or CLIP checkpoint file) that is not there, a hub id that is neither in the hub cache nor
     (when the hub can be reached) on the hub. Asks the hub only about ids not in the cache."""
     wanted: dict[tuple[str, str], Wanted] = {}
     for config in configs:
-        for item in wanted_models(config):
+        for item in wanted_models(config, captioner_alone):
             wanted.setdefault((item.kind, item.spec), item)
     hub = _HubLookup()
     absent: list[str] = []     # "image model '/x': no such directory", "... is not on the hub"
@@ -199,12 +205,12 @@ def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
-def check_before_loading(configs: list[RunConfig]) -> None:
+def check_before_loading(configs: list[RunConfig], captioner_alone: bool = False) -> None:
     """What would stop the load of these runs (a run, or a sweep's trajectories) on this
     machine, found before anything loads or is written, in one line: --fp8 where it cannot run
     (a CPU, a GPU older than Ada), --device cuda or mps where there is none, and every
     checkpoint that is neither on disk nor to be had (check_models_available). Imports torch
-    only for --fp8."""
+    only for --fp8 and --device. `captioner_alone`: for `truthloop caption` (wanted_models)."""
     for device in sorted({config.models.device for config in configs
                           if config.generate.fp8 or config.models.device in ("cuda", "mps")}):
         picked = pick_device(device)  # ModelUnavailable: --device cuda (mps) without one
@@ -214,7 +220,7 @@ def check_before_loading(configs: list[RunConfig]) -> None:
             refusal = fp8_refusal(picked)
             if refusal:
                 raise Fp8Unavailable(refusal)
-    check_models_available([config.models for config in configs])
+    check_models_available([config.models for config in configs], captioner_alone)
 
 
 def set_determinism() -> None:
