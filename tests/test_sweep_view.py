@@ -8,7 +8,7 @@ import pytest
 from faulthelpers import assert_one_clean_error_line, run_main
 from sweep_fakes import make_sweep
 from truthloop.sweep.worker import TrajectoryWorker
-from tui_helpers import wait_for
+from tui_helpers import screen_text, wait_for
 from tui.screens import ViewScreen
 from tui.sweep_view import SweepApp
 
@@ -63,17 +63,6 @@ async def test_table_follows_the_sweep_and_enter_opens_a_trajectory(tmp_path):
     assert app.return_code == 0
 
 
-def screen_text(app) -> str:
-    """The whole screen as the user sees it, as text."""
-    import io
-
-    from rich.console import Console
-
-    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(),
-                      color_system=None, record=True, legacy_windows=False, force_terminal=True)
-    console.print(app.screen._compositor.render_update(
-        full=True, screen_stack=app._background_screens))
-    return console.export_text(styles=False)
 
 
 @pytest.mark.parametrize("size", [(120, 30), (80, 24)], ids=["120x30", "80x24"])

@@ -13,7 +13,7 @@ import pytest
 from fakes import FakeCaptioner, FakePainter, factory
 from truthloop import events as ev
 from tui.app import TruthLoopApp
-from tui_helpers import SCRIPT, START, HoldAt, make_loop, wait_for
+from tui_helpers import SCRIPT, START, HoldAt, make_loop, screen_text, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -23,17 +23,6 @@ def anyio_backend():
     return "asyncio"
 
 
-def screen_text(app) -> str:
-    """The whole screen as the user sees it (modal screens over the ones below), as text."""
-    import io
-
-    from rich.console import Console
-
-    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(),
-                      color_system=None, record=True, legacy_windows=False, force_terminal=True)
-    console.print(app.screen._compositor.render_update(
-        full=True, screen_stack=app._background_screens))
-    return console.export_text(styles=False)
 
 
 class CaptionerHeldAt(FakeCaptioner):

@@ -144,7 +144,32 @@ class CudaGraphed:
         return nullcontext()
 
 
-class GraphedUNet:
+class _InstalledForward:
+    """A wrapper installed as a module's `forward`, one per module: graphs are per module, and a
+    second wrapper around the first would try to capture a replay. `on(module)` installs it (or
+    finds the one installed), `uninstall()` puts the module's own forward back."""
+
+    _KEY = "_truthloop_installed_forward"
+    module: Any
+
+    @classmethod
+    def on(cls, module: Any):
+        existing = module.__dict__.get(cls._KEY)
+        if existing is None:
+            existing = cls(module)
+            module.__dict__[cls._KEY] = existing
+        module.forward = existing.forward
+        return existing
+
+    def uninstall(self) -> None:
+        if self.module.__dict__.get("forward") == self.forward:
+            del self.module.forward
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+class GraphedUNet(_InstalledForward):
     """Installs a CUDA-graphed ``forward`` on a diffusers UNet for the pipeline's own calls.
 
     Only calls shaped like a text-to-image pipeline's (sample, timestep, encoder_hidden_states on
@@ -156,8 +181,10 @@ class GraphedUNet:
                          "mid_block_additional_residual", "down_intrablock_additional_residuals",
                          "encoder_attention_mask")
 
+    _KEY = "_truthloop_graphed"
+
     def __init__(self, unet: Any):
-        self.unet = unet
+        self.unet = self.module = unet
         self.original = unet.forward
         self.compiled = False
         self.graphed = CudaGraphed(self._plain, name="unet")
@@ -171,21 +198,6 @@ class GraphedUNet:
         enabled = self.graphed.enabled
         self.graphed = CudaGraphed(self._plain, name="unet")  # graphs of the old kernels: gone
         self.graphed.enabled = enabled
-
-    @classmethod
-    def on(cls, unet: Any) -> "GraphedUNet":
-        """The one installed on this UNet (installing it first if need be): graphs are per
-        UNet, and a second wrapper around the first would try to capture a replay."""
-        existing = unet.__dict__.get("_truthloop_graphed")
-        if existing is None:
-            existing = cls(unet)
-            unet.__dict__["_truthloop_graphed"] = existing
-        unet.forward = existing.forward
-        return existing
-
-    def uninstall(self) -> None:
-        if self.unet.__dict__.get("forward") == self.forward:
-            del self.unet.forward
 
     def _plain(self, sample, timestep, encoder_hidden_states):
         return self.original(sample, timestep, encoder_hidden_states=encoder_hidden_states,
@@ -208,7 +220,7 @@ class GraphedUNet:
         return (out,)
 
 
-class GraphedForward:
+class GraphedForward(_InstalledForward):
     """A CUDA-graphed ``forward`` for any denoiser a diffusers pipeline calls once per step (the
     SDXL UNet, the FLUX.2 and Z-Image transformers): the same kernels as eager, replayed.
 
@@ -222,25 +234,13 @@ class GraphedForward:
     data-dependent shape) cannot be captured and stays eager (CudaGraphed keeps why).
     """
 
+    _KEY = "_truthloop_graphed_forward"
+
     def __init__(self, module: Any):
         self.module = module
         self.original = module.forward
         self._graphs: dict[Any, CudaGraphed] = {}
         self.enabled = True
-
-    @classmethod
-    def on(cls, module: Any) -> "GraphedForward":
-        """The one installed on this module (installing it first if need be)."""
-        existing = module.__dict__.get("_truthloop_graphed_forward")
-        if existing is None:
-            existing = cls(module)
-            module.__dict__["_truthloop_graphed_forward"] = existing
-        module.forward = existing.forward
-        return existing
-
-    def uninstall(self) -> None:
-        if self.module.__dict__.get("forward") == self.forward:
-            del self.module.forward
 
     @property
     def replays(self) -> int:
