@@ -40,17 +40,18 @@ def make_parent(run_dir: Path, steps: int = 4) -> Path:
 
 
 def fake_forker(factory=None):
-    """What cli.py hands the TUI, with fakes: (parent, K, options) -> the fork's TruthLoop."""
+    """What cli.py hands the TUI, with fakes: (parent, K, options, prompt=None) -> the fork's
+    TruthLoop (`prompt`: a person's caption in place of K's)."""
 
-    def make(parent_dir, at, options):
-        plan = plan_fork(Path(parent_dir), at, options)
+    def make(parent_dir, at, options, prompt=None):
+        plan = plan_fork(Path(parent_dir), at, options, prompt=prompt)
         return make_fork_loop(plan, factory or seeded_factory(), control=LoopControl())
 
     return make
 
 
-def make_fork(parent: Path, at: int, out: Path, **options) -> Path:
-    plan = plan_fork(parent, at, options, out=out)
+def make_fork(parent: Path, at: int, out: Path, prompt: str | None = None, **options) -> Path:
+    plan = plan_fork(parent, at, options, out=out, prompt=prompt)
     make_fork_loop(plan, seeded_factory()).run()
     return out
 

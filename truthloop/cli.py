@@ -625,13 +625,21 @@ def _page_images(result: dict[str, Any]) -> str:
 # -- fork and compare ------------------------------------------------------------------------------
 def _add_fork_compare_commands(sub: Any) -> None:
     fork = sub.add_parser(
-        "fork", help="a new run from iteration K's image of a run (change any run option)",
+        "fork", help="a new run from iteration K's image of a run (change any run option), or "
+                     "from your caption in place of K's (--prompt)",
         description="A new run that starts from iteration K's image of RUN_DIR (captioned first), "
                     "with RUN_DIR's options and the ones given here; run.json records the parent "
-                    "and K. With the same options (reseed mode) it replays the parent from there.")
+                    "and K. With the same options (reseed mode) it replays the parent from there. "
+                    "With --prompt TEXT, your text takes the place of iteration K's caption: the "
+                    "fork's iteration 0 draws it (cut by --clauses like any caption), marked as "
+                    "yours in its record.")
     fork.add_argument("run_dir", metavar="RUN_DIR")
     fork.add_argument("--at", type=int, required=True, metavar="K",
-                      help="the parent's iteration whose image the fork starts from")
+                      help="the parent's iteration whose image the fork starts from (with "
+                           "--prompt: whose caption your text replaces)")
+    fork.add_argument("--prompt", metavar="TEXT", default=None,
+                      help="your caption in place of iteration K's: the fork draws it first "
+                           "(a person's turn, marked as such)")
     fork.add_argument("--out", help="the fork's run directory (default: beside the parent)")
     fork.add_argument("--runs-dir", help="where the fork's directory goes (default: the "
                       "parent's folder)")
@@ -668,7 +676,7 @@ def cmd_fork(args: argparse.Namespace) -> int:
         plan = plan_fork(Path(args.run_dir), args.at, _fork_options(args),
                          out=Path(args.out) if args.out else None,
                          runs_dir=Path(args.runs_dir) if args.runs_dir else None,
-                         said=options_given(args))
+                         said=options_given(args), prompt=args.prompt)
     except (ForkError, RunDirError, ConfigError) as error:
         raise UserError(str(error)) from None
     try:
@@ -677,20 +685,23 @@ def cmd_fork(args: argparse.Namespace) -> int:
         raise UserError(f"cannot read {plan.image_path}: {error}") from None
     from truthloop.fork import describe_changed
 
-    print(f"fork of {visible(str(plan.parent.path))} at #{plan.at} "
+    yours = ", your prompt in place of its caption" if plan.prompt is not None else ""
+    print(f"fork of {visible(str(plan.parent.path))} at #{plan.at}{yours} "
           f"({visible(describe_changed(plan.changed))})", file=sys.stderr)
     return _drive(args, plan.config, plan.out, input_image=image, run_info=plan.run_info)
 
 
 def _fork_maker() -> Any:
-    """For the TUI's `f`: (parent run, K, options) -> a fork's TruthLoop, not yet run. Raises the
-    core's one-line errors (ForkError, RunDirError, ConfigError) for the form to show."""
+    """For the TUI's `f` and `w`: (parent run, K, options, prompt=None: a person's caption in
+    place of K's) -> a fork's TruthLoop, not yet run. Raises the core's one-line errors
+    (ForkError, RunDirError, ConfigError) for the form to show."""
 
-    def make(parent_dir: Path, at: int, options: dict[str, Any]) -> Any:
+    def make(parent_dir: Path, at: int, options: dict[str, Any],
+             prompt: str | None = None) -> Any:
         from truthloop.fork import make_fork_loop, plan_fork
         from truthloop.loop import LoopControl
 
-        plan = plan_fork(Path(parent_dir), at, options)
+        plan = plan_fork(Path(parent_dir), at, options, prompt=prompt)
         control = LoopControl()
         factory = _loading_factory(control)
         factory.check(plan.config)  # before the fork's directory is made

@@ -3,7 +3,9 @@ same attractor. What `truthloop compare`, its TUI screen and its HTML page all s
 
 Alignment: unrelated runs are aligned by iteration number. A fork is aligned with its parent on the
 parent's timeline: the fork's iteration j captions the image the parent captioned at iteration
-K+1+j, so it sits beside the parent's K+1+j (two forks of one parent: both on the parent's).
+K+1+j, so it sits beside the parent's K+1+j (two forks of one parent: both on the parent's). A
+person's fork (their caption in place of the parent's caption of K) has its iteration j beside
+the parent's K+j: its #0 beside the caption it answers (`fork.Relation.beside`).
 
 Two aligned iterations differ when their captions or fed prompts differ ("caption"), or, with the
 same text, when their images differ pixel for pixel ("image": e.g. another seed draws the same
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from truthloop.errors import OneLineError
-from truthloop.fork import MODEL_FIELDS, parent_of, same_run
+from truthloop.fork import MODEL_FIELDS, Relation, parent_of, same_run
 from truthloop.record import Record, canonical_cycle, cycle_prompts, find_cycle
 from truthloop.store import RunView, read_run
 from truthloop.text import count
@@ -139,14 +141,22 @@ def compare_runs(path_a: Path | RunView, path_b: Path | RunView) -> Comparison:
 def _alignment(a: RunView, b: RunView) -> tuple[int, int, str]:
     pa, pb = parent_of(a), parent_of(b)
     if pb is not None and same_run(pb.path, a.path):
-        return 0, pb.at + 1, f"B is a fork of A at #{pb.at}: B #0 sits beside A #{pb.at + 1}"
+        return 0, pb.beside, (f"B is a fork of A at #{pb.at}{_yours(pb)}: B #0 sits beside "
+                              f"A #{pb.beside}")
     if pa is not None and same_run(pa.path, b.path):
-        return pa.at + 1, 0, f"A is a fork of B at #{pa.at}: A #0 sits beside B #{pa.at + 1}"
+        return pa.beside, 0, (f"A is a fork of B at #{pa.at}{_yours(pa)}: A #0 sits beside "
+                              f"B #{pa.beside}")
     if pa is not None and pb is not None and same_run(pa.path, pb.path):
-        base = min(pa.at, pb.at) + 1
-        return (pa.at + 1 - base, pb.at + 1 - base,
-                f"both are forks of {pa.path.name} (A at #{pa.at}, B at #{pb.at}), aligned on it")
+        base = min(pa.beside, pb.beside)
+        return (pa.beside - base, pb.beside - base,
+                f"both are forks of {pa.path.name} (A at #{pa.at}{_yours(pa)}, B at "
+                f"#{pb.at}{_yours(pb)}), aligned on it")
     return 0, 0, ""
+
+
+def _yours(relation: Relation) -> str:
+    """What a person's fork adds to its relation line."""
+    return ", a person's prompt in place of its caption" if relation.by_person else ""
 
 
 def _check_models(a: RunView, b: RunView) -> None:

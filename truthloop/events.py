@@ -63,6 +63,7 @@ class CaptionReady(Event):
     fed_prompt: str
     compared: str
     repeat_of: int | None
+    author: str | None = None  # record.PERSON: a person wrote this caption (a human turn)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from truthloop.config import (
 from truthloop.errors import OneLineError
 from truthloop.text import first_line
 from truthloop.measures import NearRepeats, cosine
-from truthloop.record import Cycle, Record, find_cycle, result_fields
+from truthloop.record import PERSON, Cycle, Record, find_cycle, result_fields
 from truthloop.store import (
     FORMAT_VERSION, RunDirError, RunWriter, image_name, read_run, read_run_info, resume_problem,
     update_run_info,
@@ -235,6 +235,13 @@ class TruthLoop:
         return loop
 
     @property
+    def first_prompt_by_person(self) -> bool:
+        """A fork whose first prompt a person wrote (run.json's `parent.prompt_by`): its start
+        prompt is their caption, marked as theirs in the record (record.PERSON)."""
+        parent = self.run_info.get("parent")
+        return isinstance(parent, dict) and parent.get("prompt_by") == PERSON
+
+    @property
     def opened(self) -> bool:
         """Whether run() opened the run directory (a UI that quits then waits for `done`)."""
         return self._writer is not None
@@ -279,6 +286,8 @@ class TruthLoop:
                 raise RunDirError(problem)
             if self.input_image is None and view.input_path is not None:
                 self.input_image = _read_rgb(view.input_path)
+            if isinstance(view.info.get("parent"), dict):  # a person's fork says so there
+                self.run_info.setdefault("parent", view.info["parent"])
         else:
             info = {
                 "format": FORMAT_VERSION,
@@ -452,7 +461,13 @@ class TruthLoop:
             self.emit(ev.IterationStarted(index))
             paused_before = self._paused_s
             t_start = self._clock()
-            if index == 0 and cfg.start_prompt is not None:
+            author = None
+            if index == 0 and cfg.start_prompt is not None and self.first_prompt_by_person:
+                # A person's turn (a fork with their prompt): their text stands where the
+                # parent's caption of iteration K stood, cut and fed as every caption is.
+                caption, author = cfg.start_prompt, PERSON
+                compared, fed = compared_and_fed(caption, lp.clauses, lp.feed)
+            elif index == 0 and cfg.start_prompt is not None:
                 caption, compared, fed = None, cfg.start_prompt, cfg.start_prompt
             elif control == "generator-only" and index > 0:
                 # The control redraws the start prompt and never captions again (nothing to
@@ -469,7 +484,7 @@ class TruthLoop:
             waited = self._settle_image()
             t_start, t_caption = t_start + waited, t_caption + waited
             repeat_of = None if control else keys.get(compared)
-            self.emit(ev.CaptionReady(index, caption, fed, compared, repeat_of))
+            self.emit(ev.CaptionReady(index, caption, fed, compared, repeat_of, author))
             if repeat_of is not None and cycle is None:
                 cycle = Cycle(repeat_of, index - repeat_of)
                 confirm_until = index + lp.confirm_iters
@@ -477,16 +492,18 @@ class TruthLoop:
             # The generator-only control draws each image with a new seed (seed + iteration).
             seed = cfg.generate.seed + index if reseeds else cfg.generate.seed
             record = Record(index=index, caption=caption, compared=compared, fed_prompt=fed,
-                            repeat_of=repeat_of, seed=seed)
+                            repeat_of=repeat_of, seed=seed, author=author)
             text_vector = None
             if embed_texts is not None:
-                vectors = embed_texts([compared] if caption is None else [compared, caption])
+                described = caption is not None and author is None  # an image of this run
+                vectors = embed_texts([compared, caption] if described else [compared])
                 text_vector = vectors[0]
                 if start_text is None:
                     start_text = text_vector
                 record.text_start = _round(cosine(text_vector, start_text))
                 record.text_prev = _round(cosine(text_vector, prev_text))
-                if caption is not None:  # the caption against the image it describes
+                if described:  # the caption against the image it describes (a person's
+                    # caption describes the parent's image, none of this run's)
                     record.cross_prev = _round(cosine(vectors[1], previous_features))
                     record.cross_start = _round(cosine(vectors[1], start_features))
             if near is not None and lp.converge == "text":

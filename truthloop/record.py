@@ -10,6 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Who wrote a record's caption: absent (None) = the captioner; PERSON = a person, whose text took
+# the caption's place (a fork's first iteration: `truthloop fork RUN --at K --prompt TEXT`, `w` in
+# the app). Runs written before there were human turns have no author: the model's, every one.
+PERSON = "person"
+
 
 @dataclass
 class Record:
@@ -42,6 +47,8 @@ class Record:
     near_sim: float | None = None
     converged_by: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # PERSON where a person wrote the caption (a human turn); None: the captioner did.
+    author: str | None = None
     # Shown while the image is still being drawn (a live view); never written.
     pending: bool = False
 
@@ -58,6 +65,8 @@ class Record:
             data.update({key: getattr(self, key) for key in self._DRAWN})
         data.update({key: getattr(self, key) for key in self._MEASURED
                      if getattr(self, key) is not None})
+        if self.author is not None:  # absent: the model's (every line of an older run)
+            data["author"] = self.author
         if self.timings:
             data["timings"] = dict(self.timings)
         return data
@@ -101,7 +110,13 @@ class Record:
             if isinstance(data.get("converged_by"), str) else None,
             timings={k: v for k, v in timings.items() if isinstance(v, (int, float))}
             if isinstance(timings, dict) else {},
+            author=data.get("author") if isinstance(data.get("author"), str) else None,
         )
+
+    @property
+    def by_person(self) -> bool:
+        """Whether a person wrote this iteration's caption (a human turn), not the captioner."""
+        return self.author == PERSON
 
     @property
     def total_seconds(self) -> float | None:

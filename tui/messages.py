@@ -71,11 +71,13 @@ class CaptionReady(EngineMessage):
     fed_prompt: str
     compared: str
     repeat_of: int | None
+    author: str | None = None
 
     def pending_record(self) -> Record:
         """The row shown while this iteration's image is being drawn."""
         return Record(index=self.index, caption=self.caption, compared=self.compared,
-                      fed_prompt=self.fed_prompt, repeat_of=self.repeat_of, pending=True)
+                      fed_prompt=self.fed_prompt, repeat_of=self.repeat_of, author=self.author,
+                      pending=True)
 
 
 @dataclass

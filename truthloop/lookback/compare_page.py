@@ -50,7 +50,7 @@ def _data_uri(path: Path) -> str | None:
 def _image_cell(run_dir: Path, record: Record | None) -> str:
     if record is None:
         return '<td class="same">—</td>'
-    label = f"#{record.index}"
+    label = f"#{record.index}" + (" (your prompt)" if record.by_person else "")
     if record.image is None:
         note = f"not drawn (repeats #{record.repeat_of})" if record.repeat_of is not None \
             else "no image"

@@ -207,12 +207,15 @@ def page_html(view: Any, sources: dict[str, str]) -> str:
                 classes.append("repeat")
         if record.repeat_of is not None:
             mark = (mark + " · " if mark else "") + f"repeats #{record.repeat_of}"
+        if record.by_person:  # a human turn is not the model's
+            mark = (mark + " · " if mark else "") + "your prompt"
         fed = record.fed_prompt or ""
         body = [f'<span class="idx">#{_esc(index)}</span>'
                 + (f'<span class="mark">{_esc(mark)}</span>' if mark else ""),
                 f'<p class="prompt">{diff_html(previous, fed)}</p>']
         if record.caption is not None and record.caption != fed:
-            body.append(f'<p class="caption">caption: {_esc(record.caption)}</p>')
+            whose = "your caption" if record.by_person else "caption"
+            body.append(f'<p class="caption">{whose}: {_esc(record.caption)}</p>')
         sims = []
         for key, name in (("sim_start", "to start"), ("sim_prev", "to previous")):
             if isinstance(getattr(record, key), (int, float)):

@@ -136,9 +136,14 @@ def _load(view: Any, record: Record) -> Any:
                           f"({error})") from None
 
 
+YOURS = "(your prompt)"  # beside the index of an iteration a person wrote the caption of
+
+
 def _label(record: Record, cycle: Cycle | None) -> str:
     index = record.index
     label = f"#{index}"
+    if record.by_person:  # a human turn is not the model's
+        label += f"  {YOURS}"
     if cycle is not None:
         start, length = cycle.start, cycle.length
         if start <= index < start + length:

@@ -38,6 +38,7 @@ from truthloop import measures as ms
 from truthloop.lookback.atlas import PALETTE, AtlasError, thumbnail, build_atlas
 from truthloop.lookback.render import _font, _line_height, draw_text, text_length, wrap_text
 from truthloop.lookback.runs import TINY_LABEL
+from truthloop.record import PERSON
 from truthloop.store import (
     LOG_FILE, RUN_FILE, SUMMARY_FILE, atomic_write_bytes, atomic_write_json, read_records,
 )
@@ -299,10 +300,43 @@ def build_report(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
         "motifs": atlas["motifs"],
         "clustering": atlas["clustering"],
         "runs": [{k: v for k, v in r.items() if k != "series"} for r in runs],
+        # runs forked from the sweep's (not trajectories: not in the numbers), with their starts
+        "forks": sweep_forks(sweep_dir, trajs),
         # what could not be read in full, one line each (the page and stderr list them)
         "skipped": notes,
         "_series": {r["name"]: r["series"] for r in runs},  # for the figures and series.csv
     }
+
+
+def sweep_forks(sweep_dir: Path, trajs: list[Any]) -> list[dict[str, Any]]:
+    """The runs beside the sweep's own in its runs folder that are forks (`truthloop fork`, `f`
+    and `w` in the app): not trajectories of the study, so none of the numbers count them; listed
+    with where they start, a person's prompt said as such (a human turn is not the model's)."""
+    from truthloop.fork import parent_of
+    from truthloop.lookback.runs import runs_folder, start_label
+    from truthloop.store import read_run_info
+
+    folder = runs_folder(sweep_dir)
+    own = {trajectory.run_dir(sweep_dir).name for trajectory in trajs}
+    try:
+        children = sorted(child for child in folder.iterdir()
+                          if child.is_dir() and not child.name.startswith(".")
+                          and child.name not in own)
+    except OSError:
+        return []
+    forks = []
+    for child in children:
+        try:
+            info = read_run_info(child)
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        relation = parent_of(info) if isinstance(info, dict) else None
+        if relation is None:
+            continue
+        parent = {"run": relation.path.name, "at": relation.at, "prompt_by": relation.prompt_by}
+        forks.append({"run": child.name, "parent": relation.path.name, "at": relation.at,
+                      "prompt_by": relation.prompt_by, "start": start_label({"parent": parent})})
+    return forks
 
 
 # -- figures (Pillow) ------------------------------------------------------------------------------
@@ -1095,6 +1129,14 @@ def html_page(report: dict[str, Any], figures: dict[str, bytes],
                      f"<td>{e(a.get('criterion') or 'exact')}</td><td>{e(a['basin_size'])}</td>"
                      f"<td>{e(a.get('motif'))}</td><td>{prompts}</td></tr>")
     parts.append("</table>")
+    forks = report.get("forks") or []
+    if forks:
+        parts.append("<h2 id='forks'>Forks beside the runs</h2><p>Runs forked from the sweep's "
+                     "(in its runs folder): not trajectories of the study, so not in the numbers "
+                     "above. Where a person wrote the fork's first caption, it says "
+                     "<b>your prompt</b>: a human turn, not the model's.</p><ul>")
+        parts.extend(f"<li>{e(fork['run'])}: {e(fork['start'])}</li>" for fork in forks)
+        parts.append("</ul>")
     if skipped:
         parts.append("<h2 id='skipped'>What was skipped</h2><p>Files of the sweep that could "
                      "not be read in full, and what the report left out for each (also printed "
@@ -1164,4 +1206,9 @@ def describe(report: dict[str, Any]) -> list[str]:
             + (f" after a median {its['median']:g} images" if its else "")
             + f"; {count(g['attractors'], 'attractor')}"
             + (f"; image drift: {fit_text(image)}" if image else ""))
+    forks = report.get("forks") or []
+    if forks:
+        yours = sum(1 for fork in forks if fork.get("prompt_by") == PERSON)
+        lines.append(f"  beside them: {count(len(forks), 'fork')} of its runs, not counted"
+                     + (f" ({yours} from your prompt)" if yours else ""))
     return lines

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from truthloop.families import DEFAULT_CAPTIONER, DEFAULT_GENERATOR
-from truthloop.record import Record, find_cycle
+from truthloop.record import PERSON, Record, find_cycle
 from truthloop.text import clip, visible
 
 TINY_LABEL = "tiny random-weight models (machinery, not truth)"
@@ -70,9 +70,10 @@ def summarize(view: Any) -> dict[str, Any]:
         "path": str(view.path),
         "start_image": Path(input_image).name if input_image else None,
         "start_prompt": config.get("start_prompt"),
-        # A fork starts from iteration `at` of its parent run (the image it captioned first).
+        # A fork starts from iteration `at` of its parent run (the image it captioned first);
+        # prompt_by "person": from a person's caption in place of that iteration's.
         "parent": {"run": Path(str(parent.get("run"))).name, "path": str(parent.get("run")),
-                   "at": parent.get("at")} if parent else None,
+                   "at": parent.get("at"), "prompt_by": _prompt_by(parent)} if parent else None,
         "status": view.status,
         "iterations": len(images),
         "records": len(view.records),
@@ -100,6 +101,12 @@ def summarize(view: Any) -> dict[str, Any]:
         "finished": summary.get("finished"),
         "problems": list(view.problems),
     }
+
+
+def _prompt_by(parent: dict[str, Any]) -> str | None:
+    """Who wrote a fork's first prompt: PERSON, or None (a fork from an image: the model)."""
+    value = parent.get("prompt_by")
+    return value if isinstance(value, str) else None
 
 
 MODEL_KEYS = ("generator_model", "caption_model", "clip_model")
@@ -197,10 +204,12 @@ def wall_seconds(summary: dict[str, Any], status: str) -> float | None:
 
 
 def start_label(row: dict[str, Any]) -> str | None:
-    """What a run started from: a fork's parent and iteration, an image's name, or a prompt."""
+    """What a run started from: a fork's parent and iteration (and `your prompt` where a person
+    wrote its first caption), an image's name, or a prompt."""
     parent = row.get("parent")
     if parent:
-        return f"fork of {parent.get('run')} #{parent.get('at')}"
+        yours = ", your prompt" if parent.get("prompt_by") == PERSON else ""
+        return f"fork of {parent.get('run')} #{parent.get('at')}{yours}"
     if row.get("start_image"):
         return row["start_image"]
     if row.get("start_prompt") is not None:
@@ -276,7 +285,8 @@ COLUMNS = (("run", "left"), ("start", "left"), ("status", "left"), ("iters", "ri
 # keeps the pair. Run, status, iterations, cycle and the truth always stay.
 LEAVE_OUT_ORDER = ("clauses", "seed", "start", "work / wall", "models")
 TRUTH_MIN_WIDTH = 24  # the truth is the point of a run: columns go before it gets narrower
-START_MAX_WIDTH = 72  # `fork of PARENT #K` with the longest run name (store.run_dir_name)
+# `fork of PARENT #K, your prompt` with the longest run name (store.run_dir_name)
+START_MAX_WIDTH = 86
 TRUTH_MAX_CHARS = 120  # the truth's length in a table of no given width
 TIME_CAPTION = ("work: the iterations' own time (no model loading, no pauses); "
                 "wall: start to end of each process that ran it")

@@ -24,12 +24,16 @@ from truthloop.record import Record
 from truthloop.store import RunDirError
 from truthloop.text import clip, visible
 from tui.widgets.caption import caption_of, diff_text
+from tui.widgets.log_table import YOURS_MARK, YOURS_STYLE
 from tui.widgets.image import ImageView
 
 
 def _caption_cell(record: Record | None, width: int) -> Text:
     if record is None:
         return Text("—", style="dim")
+    if record.by_person:  # a person's caption (a human turn), marked as in the run screens
+        text = Text(YOURS_MARK, style=YOURS_STYLE, no_wrap=True)
+        return text.append(clip(visible(record.fed_prompt), max(1, width - len(YOURS_MARK))))
     return Text(clip(visible(record.fed_prompt), width), no_wrap=True)
 
 
@@ -186,6 +190,8 @@ class CompareScreen(Screen[None]):
         text = Text()
         for name, record in (("A", row.a), ("B", row.b)):
             text.append(f"{name} " + (f"#{record.index} " if record else ""), style="bold")
+            if record is not None and record.by_person:
+                text.append(YOURS_MARK + "yours ", style=YOURS_STYLE)
             caption = caption_of(record)
             text.append(visible(caption) if caption is not None else "—",
                         style="" if record else "dim")

@@ -1,16 +1,19 @@
 """Forking from a run screen, and moving between a run, its parent and its forks.
 
     ForkForm       `f`: a small form of the options a fork may change, filled with the run's own
+    CaptionForm    `w`: the selected iteration's caption to edit (or replace); Enter continues
+                   from it as a fork whose first prompt is yours (a person's turn)
     RelativesList  `r`: the run's parent and forks; Enter opens one (a ViewScreen, escape: back)
-    ForkActions    the run screens' actions for `f`, `r` and `C` (compare with the parent)
+    ForkActions    the run screens' actions for `f`, `w`, `r` and `C` (compare with the parent)
 
-The TUI never loads models itself: the app is handed a `forker` (cli.py's: parent, K, options ->
-a TruthLoop not yet run) and pushes a LiveScreen for the loop it returns. Without one (an app made
-by another program), `f` says so.
+The TUI never loads models itself: the app is handed a `forker` (cli.py's: parent, K, options,
+prompt=None -> a TruthLoop not yet run) and pushes a LiveScreen for the loop it returns. Without
+one (an app made by another program), `f` and `w` say so.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,10 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual import events
+from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Input, OptionList, Static
+from textual.widgets import Input, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
 from truthloop.config import CAPTION_MODES, SEED_MODES
@@ -28,6 +33,7 @@ from truthloop.families import CAPTIONERS, GENERATORS
 from truthloop.fork import describe_changed, forks_of, parent_of
 from truthloop.store import RunDirError, read_run
 from truthloop.text import visible
+from tui.widgets.caption import caption_of
 
 # (option, label, section, field, kind): what the form asks for; kind "int", "str" or a choice.
 FORM_FIELDS = [
@@ -132,6 +138,92 @@ class ForkForm(ModalScreen[dict | None]):
         self.dismiss(None)
 
 
+class CaptionEditor(TextArea):
+    """The caption, wrapped to the box; Enter submits it (a caption is one line), every other key
+    edits as in any text area (paste, arrows, home/end, ctrl+z)."""
+
+    @dataclass
+    class Submitted(Message):
+        text: str
+
+    def action_delete_to_start_of_line(self) -> None:
+        """ctrl+u: everything before the cursor. The caption is one line, wrapped: TextArea's own
+        stops at the start of the wrapped row (it left most of a long caption)."""
+        if self.read_only:
+            return
+        row, column = self.selection.end
+        self._delete_via_keyboard((row, 0), (row, column))
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Submitted(self.text))
+            return
+        await super()._on_key(event)
+
+
+class CaptionForm(ModalScreen[str | None]):
+    """Your caption in place of iteration `at`'s: filled with its caption (or, for a --prompt
+    start's first iteration, the prompt it drew) to edit or replace; Enter continues from it as a
+    fork whose first prompt is yours, Esc cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    CaptionForm { align: center middle; }
+    CaptionForm > Vertical {
+        width: 96; max-width: 100%; height: auto; max-height: 100%;
+        border: round $primary; background: $surface; padding: 0 1;
+    }
+    CaptionForm CaptionEditor { height: 8; margin: 1 0 0 0; }
+    CaptionForm #caption-error { color: $error; height: auto; }
+    """
+
+    def __init__(self, caption: str, at: int, config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.caption = caption
+        self.at = at
+        self.config = config or {}
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(Text(f"your caption in place of #{self.at}'s", style="bold"))
+            yield Static(Text(self.how_drawn(), style="dim"))
+            yield CaptionEditor(self.caption, id="caption-text", soft_wrap=True,
+                                show_line_numbers=False)
+            yield Static("", id="caption-error", markup=False)
+            yield Static(Text("enter: go on from it (a fork) · ctrl+u: clear to the start · "
+                              "esc: cancel", style="dim"))
+
+    def how_drawn(self) -> str:
+        """What the fork does with the text (cut as every caption is, under --clauses N)."""
+        loop = self.config.get("loop", {}) if isinstance(self.config, dict) else {}
+        clauses, feed = loop.get("clauses"), loop.get("feed")
+        said = "a new run draws it first, marked as yours (not the model's), then the loop goes on"
+        if isinstance(clauses, int) and clauses > 0:
+            part = "compared" if feed == "full" else "compared and drawn"
+            first = "first clause (up to a comma) is" if clauses == 1 \
+                else f"first {clauses} clauses (comma separated) are"
+            said += f"; like every caption, only its {first} {part} (--clauses {clauses})"
+        return said
+
+    def on_mount(self) -> None:
+        editor = self.query_one(CaptionEditor)
+        editor.focus()
+        editor.move_cursor(editor.document.end)  # at the end: to add to it, or select and type
+
+    @on(CaptionEditor.Submitted)
+    def _submitted(self, event: CaptionEditor.Submitted) -> None:
+        if not event.text.strip():
+            self.query_one("#caption-error", Static).update(
+                Text("write a caption first (esc cancels)"))
+            return
+        self.dismiss(event.text)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 class RelativesList(ModalScreen[Path | None]):
     """The run's parent and its forks; Enter opens one."""
 
@@ -158,12 +250,14 @@ class RelativesList(ModalScreen[Path | None]):
             relation = None
         if relation is not None:
             self.paths.append(relation.path)
+            yours = ", with your prompt" if relation.by_person else ""
             options.append(Option(Text(f"parent  {visible(relation.path.name)}  (this run "
-                                       f"started from its #{relation.at}; "
+                                       f"started from its #{relation.at}{yours}; "
                                        f"{visible(describe_changed(relation.changed))})")))
         for fork in forks_of(self.run_dir):
             self.paths.append(fork.path)
-            options.append(Option(Text(f"fork    {visible(fork.path.name)}  (from #{fork.at}; "
+            options.append(Option(Text(f"fork    {visible(fork.path.name)}  "
+                                       f"({fork.describe_start()}; "
                                        f"{visible(describe_changed(fork.changed))})")))
         with Vertical():
             yield Static(Text("parent and forks", style="bold"))
@@ -184,8 +278,9 @@ class RelativesList(ModalScreen[Path | None]):
 
 
 class ForkActions:
-    """Mixed into RunScreen: `f` fork the selected iteration, `r` parent and forks, `C` compare
-    with the parent. Uses the screen's run_dir, history, preview and stable."""
+    """Mixed into RunScreen: `f` fork the selected iteration, `w` write its caption and continue
+    from yours, `r` parent and forks, `C` compare with the parent. Uses the screen's run_dir,
+    history, config, preview and stable."""
 
     def _forker(self) -> Any:
         return getattr(self.app, "forker", None)
@@ -208,9 +303,32 @@ class ForkActions:
 
         self.app.push_screen(ForkForm(self.config, index), chosen)
 
-    def start_fork(self, at: int, options: dict[str, Any]) -> None:
+    def action_write_caption(self) -> None:
+        history = self.history
+        index = history.current_index
+        if index is None:
+            self.notify("no caption yet to answer", timeout=3)
+            return
+        record = history.records[index]
+        if record.pending:  # not in log.jsonl: a fork names an iteration of the run on disk
+            self.notify(f"#{index} is not in the run yet (it is being drawn, or the run ended "
+                        f"before it was); w on an iteration in the log", timeout=5, markup=False)
+            return
+        if self._forker() is None or not hasattr(self.app, "open_fork"):
+            self.notify("forking needs the models: use `truthloop fork RUN --at K --prompt "
+                        "TEXT`", timeout=5, markup=False)
+            return
+
+        def written(prompt: str | None, at: int = index) -> None:
+            if prompt is not None:
+                self.start_fork(at, {}, prompt=prompt)
+
+        self.app.push_screen(CaptionForm(caption_of(record) or "", index, self.config), written)
+
+    def start_fork(self, at: int, options: dict[str, Any], prompt: str | None = None) -> None:
+        more = {} if prompt is None else {"prompt": prompt}  # a forker of `f` alone still works
         try:
-            loop = self._forker()(self.run_dir, at, options)
+            loop = self._forker()(self.run_dir, at, options, **more)
         except Exception as error:  # noqa: BLE001 - the core's one-line errors, shown as such
             self.notify(visible(str(error)), title="cannot fork", severity="error",
                         markup=False, timeout=10)

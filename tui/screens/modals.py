@@ -30,6 +30,8 @@ HELP_ROWS = [
      ("live", "view")),
     ("f", "fork: a new run from the selected image (a form for options)",
      ("fork",), ("live", "view")),
+    ("w", "write your own caption here and go on from it as a fork (✎)",
+     ("write_caption",), ("live", "view")),
     ("r", "this run's parent and forks; enter opens one", ("relatives",), ("live", "view")),
     ("C", "compare this fork with its parent, side by side", ("compare_parent",),
      ("live", "view")),
@@ -44,6 +46,7 @@ HELP_ROWS = [
 
 LEGEND = [
     ("↺#i", "this prompt repeats the prompt of iteration i"),
+    ("✎ you", "a caption a person wrote (w), not the model"),
     ("[-old-]", "removed from the base (struck through)"),
     ("{+new+}", "added since the base (bold, underlined)"),
     ("≈prv ≈st", "image similarity (CLIP cosine) to the previous / the start image"),

@@ -53,6 +53,7 @@ BROWSE_BINDINGS = [
     Binding("e", "export", "Export"),
     # tui/screens/fork.py (ForkActions)
     Binding("f", "fork", "Fork", show=False),
+    Binding("w", "write_caption", "Write a caption", show=False),
     Binding("r", "relatives", "Parent/forks", show=False),
     Binding("C", "compare_parent", "Compare with parent", show=False),
 ]
@@ -69,6 +70,8 @@ BROWSE_COMMANDS = [
     ("Export GIF + contact sheet", "Into RUN_DIR/exports/ (e)", "export"),
     ("Fork from this iteration", "A new run from the selected image, with options to change (f)",
      "fork"),
+    ("Write a caption and continue from it", "Edit the selected iteration's caption (or type "
+     "a new one): a fork whose first prompt is yours (w)", "write_caption"),
     ("Parent and forks", "Open this run's parent or one of its forks (r)", "relatives"),
     ("Compare with the parent", "This fork and its parent side by side (C)", "compare_parent"),
 ]

@@ -8,6 +8,7 @@ from textual.widgets import Static
 from truthloop.diff import Segment, caption_diff
 from truthloop.record import Record
 from truthloop.text import visible
+from tui.widgets.log_table import YOURS_MARK, YOURS_STYLE
 
 # How the TUI draws the core diff's marks (the marks' brackets keep it readable without colour).
 REMOVED = "strike red"
@@ -58,6 +59,8 @@ class CaptionPanel(Static):
         fed = record.fed_prompt or ""
         text = Text()
         text.append(f"#{index} caption", style="bold")
+        if record.by_person:  # a human turn is not the model's
+            text.append(f"  {YOURS_MARK}yours, not the model's", style=YOURS_STYLE)
         if caption is None:
             text.append("  (none: this iteration drew the --prompt start)", style="dim")
         diff = None

@@ -46,6 +46,10 @@ def columns_for(width: int) -> list[tuple[str, str, int]]:
 
 # The rep column of an iteration the run ended in before drawing it (5 cells).
 NOT_DRAWN = {"stopped": "■stop", "error": "✖fail"}
+# Before the prompt of an iteration whose caption a person wrote (a human turn: `w`, or `fork
+# --prompt`); its capt column says `you` instead of a captioning time.
+YOURS_MARK = "✎ "
+YOURS_STYLE = "bold cyan"
 
 
 class Cell(Text):
@@ -107,6 +111,9 @@ class LogTable(DataTable):
         # Only what fits is made visible (an escape only lengthens it): a caption of the
         # reference captioner is 300 characters long, its column a fraction of that.
         width = self.prompt_width
+        yours = record.by_person
+        if yours:
+            width = max(1, width - len(YOURS_MARK))
         prompt = clip(visible((record.fed_prompt or "")[:width + 1]), width)
         repeat = record.repeat_of
         ended = self.not_drawn.get(record.index) if pending else None
@@ -118,12 +125,17 @@ class LogTable(DataTable):
             mark = Cell("…", style="dim")
         else:
             mark = Cell("")
+        prompt_cell = Cell()
+        if yours:
+            prompt_cell.append(YOURS_MARK, style=YOURS_STYLE)
+        prompt_cell.append(prompt, style="bold yellow" if repeat is not None else "")
         return {
             "index": Cell(str(record.index), justify="right"),
-            "caption": seconds(timings.get("caption"), self.stable),
+            "caption": (Cell("you", style=YOURS_STYLE, justify="right") if yours
+                        else seconds(timings.get("caption"), self.stable)),
             "draw": (Cell("–" if ended else "…", style="dim", justify="right") if pending
                      else seconds(timings.get("generate"), self.stable)),
-            "prompt": Cell(prompt, style="bold yellow" if repeat is not None else ""),
+            "prompt": prompt_cell,
             "sim_prev": similarity(record.sim_prev),
             "sim_start": similarity(record.sim_start),
             "repeat": mark,
