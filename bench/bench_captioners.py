@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown family {unknown[0]!r} (choose from {', '.join(FAMILIES)})")
     if not args.tiny and not _cuda():
         parser.error("needs a CUDA GPU (or --tiny for the CPU dry run)")
+    if args.compile and args.tiny:
+        parser.error("--compile is a CUDA path: the CPU dry run has no compiled decode step")
     from truthloop.ml.backends import quiet_libraries
     from truthloop.ml.models import set_determinism
 

@@ -39,6 +39,10 @@ from typing import Any
 # The static cache's self-attention layers must be plain StaticLayers: a sliding-window layer
 # keeps a Python int of its length, which a replayed graph would not advance.
 _GRAPHABLE_LAYER = "StaticLayer"
+# Graphs kept per model, the least recently replayed dropped first: each holds a static cache
+# of its own (a run's images share one size, so one graph, or one per batch size, serves it;
+# Qwen3-VL's prompt length follows the image size).
+MAX_GRAPHS = 8
 
 
 def _cache_layers(cache: Any) -> list[Any] | None:
@@ -153,6 +157,10 @@ class DecodeSteps:
                 self.eager_steps += 1
                 return self.forward(**kwargs)
             self._graphs[key] = graph
+            while len(self._graphs) > MAX_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+        else:
+            self._graphs[key] = self._graphs.pop(key)  # the most recently used last
         return self._replay(graph, rest, cache, layers)
 
     def _signature(self, rest: dict, cache: Any, layers: list) -> Any:
