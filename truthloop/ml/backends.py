@@ -127,12 +127,16 @@ def _load_captioner(config: RunConfig, m: Any, device: str, loaded: dict, detail
         from truthloop.ml.embedding import OpenClipEmbedder
         from truthloop.ml.families.captioning import load_captioner
 
-        # Its decode steps replay from CUDA graphs where the seed pair's graphs are (not with
-        # --low-vram: a graph keeps its buffers); --compile compiles them first.
+        # Its decode steps go through a static KV cache; on CUDA they may replay from graphs
+        # (not with --low-vram: a graph keeps its buffers), but only once the GPU tests have
+        # passed (fastdecode.GRAPHED_DECODE_BY_DEFAULT); --compile compiles them first.
+        from truthloop.ml.families.fastdecode import GRAPHED_DECODE_BY_DEFAULT
+
         captioner, loaded["caption_model"] = load_captioner(
             m.captioner, m.caption_model, device, config.caption,
             lambda message: emit(ev.Notice(message)),
-            cuda_graphs=m.cuda_graphs and not m.low_vram, compile=config.generate.compile)
+            cuda_graphs=GRAPHED_DECODE_BY_DEFAULT and m.cuda_graphs and not m.low_vram,
+            compile=config.generate.compile)
         details["captioner_dtype"] = str(captioner.model.dtype)
         details["decoding"] = captioner.decoding
         if not embedder:
