@@ -178,7 +178,7 @@ def tiny_args(out, *extra):
 
 def test_exact_is_truthloop_run_bit_for_bit(tmp_path, tiny_interrogator, capsys):
     from truthloop.cli import main
-    from truthloop.ml.batched import exact_factory
+    from truthloop.ml.batch_factory import exact_factory
 
     assert main(tiny_args(tmp_path / "single", "--seed-mode", "shared")) == 0
     cfg = RunConfig.from_dict(json.loads((tmp_path / "single" / "run.json").read_text())["config"])
@@ -197,7 +197,7 @@ def test_exact_is_truthloop_run_bit_for_bit(tmp_path, tiny_interrogator, capsys)
 
 def test_a_tiny_batch_repeats_itself_and_resumes(tmp_path, tiny_interrogator, capsys):
     from truthloop.cli import main
-    from truthloop.ml.batched import batched_factory
+    from truthloop.ml.batch_factory import batched_factory
 
     def jobs(name):
         out = []

@@ -317,27 +317,3 @@ def _on_stream(stream: Any, after: Any) -> Iterator[None]:
             yield
     finally:
         stream.synchronize()
-
-
-def load_batched(config: RunConfig, emit: EventSink, exact: bool = False) -> BatchedBackends:
-    """A lockstep engine's model factory: a single run's backends (`load_backends`), batched:
-    the seed pair's here, any other pair's by ml.families.batched (which batches an sd or
-    clip-interrogator side as this module does)."""
-    from truthloop.families import DEFAULT_CAPTIONER, DEFAULT_GENERATOR
-    from truthloop.ml.backends import load_backends
-
-    backends = load_backends(config, emit)
-    models = config.models
-    if models.generator == DEFAULT_GENERATOR and models.captioner == DEFAULT_CAPTIONER:
-        return BatchedBackends(backends, config, exact=exact)
-    from truthloop.ml.families.batched import FamilyBatchModels
-
-    return FamilyBatchModels(backends, config, exact=exact)
-
-
-def exact_factory(config: RunConfig, emit: EventSink) -> BatchedBackends:
-    return load_batched(config, emit, exact=True)
-
-
-def batched_factory(config: RunConfig, emit: EventSink) -> BatchedBackends:
-    return load_batched(config, emit, exact=False)

@@ -31,7 +31,7 @@ from truthloop.sweep.state import EMBEDDING_FILE, read_summary
 from truthloop.sweep.worker import TrajectoryWorker, _model_key, resolve_factory
 from truthloop.text import first_line
 
-BATCHED_BACKENDS = "truthloop.ml.batched:batched_factory"
+BATCHED_BACKENDS = "truthloop.ml.batch_factory:batched_factory"
 
 
 class BatchWorker(TrajectoryWorker):
