@@ -64,9 +64,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "ARCH/PRETRAINED or ARCH/path/to/ckpt")
     models.add_argument("--device", choices=DEVICES)
     models.add_argument("--low-vram", action="store_true", default=None,
-                        help="memory over speed: no CUDA graphs (clip-interrogator's); this "
-                             "command never loads an image model, nor a CLIP beside a "
-                             "family captioner")
+                        help="memory over speed: no CUDA graphs (their buffers stay "
+                             "allocated); this command never loads an image model, nor a CLIP "
+                             "beside a family captioner")
     caption = parser.add_argument_group("caption step")
     caption.add_argument("--instruction", help="what a vision-language captioner is asked "
                          "(florence-2: a task token such as <CAPTION>) (default: the family's "
