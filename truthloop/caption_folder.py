@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from truthloop.errors import OneLineError
-from truthloop.text import count, first_line, visible
+from truthloop.text import count, duration, first_line, visible
 
 # The images a folder is searched for, by name (any case). A file named otherwise is not looked
 # at, so a folder's own caption files (and anything else beside the images) never count as bad.
@@ -466,15 +466,6 @@ def _rate_column() -> Any:
             return Text(_rate_text(task.speed or 0.0))
 
     return RateColumn()
-
-
-def duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def summary(tally: Tally, where: str, seconds: float) -> str:

@@ -25,6 +25,7 @@ from truthloop.config import (
 from truthloop.families import CAPTIONERS, DEFAULT_INSTRUCTION, GENERATORS
 from truthloop.lookback import report_command
 from truthloop.text import clip, count, visible
+from truthloop.text import duration as _duration
 
 SAMPLE_IMAGE = Path(__file__).parent / "data" / "sample.png"
 
@@ -1129,15 +1130,6 @@ def _isatty(stream: Any) -> bool:
         return bool(stream is not None and stream.isatty())
     except (ValueError, OSError):  # closed
         return False
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def _option_text(value: Any) -> str:

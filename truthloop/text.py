@@ -57,3 +57,13 @@ def first_line(error: BaseException) -> str:
     """An exception as one line: its message's first line, or its type's name."""
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def duration(seconds: float) -> str:
+    """A time to wait or taken, as a person reads it: 5s, 1m05s, 1h02m."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
