@@ -112,29 +112,16 @@ class BatchedBackends:
             negative = self.painter.negative_embeds(generate)
             if negative is not None:
                 negative = torch.cat([negative] * rows)
-            total = generate.steps
-
-            def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
-                on_step(step + 1, total)
-                return callback_kwargs
-
-            vae = pipe.vae
-            slicing = getattr(vae, "use_slicing", False)
-            vae.use_slicing = not self.decode_batched
-            try:
-                result = pipe(
-                    prompt_embeds=torch.cat(positive),
-                    negative_prompt_embeds=negative,
-                    num_inference_steps=total,
-                    guidance_scale=generate.guidance,
-                    width=generate.width,
-                    height=generate.height,
-                    generator=generators,
-                    callback_on_step_end=step_end,
-                )
-            finally:
-                vae.use_slicing = slicing
-        return list(result.images[:count])
+            images = draw_batch(pipe, dict(
+                prompt_embeds=torch.cat(positive),
+                negative_prompt_embeds=negative,
+                num_inference_steps=generate.steps,
+                guidance_scale=generate.guidance,
+                width=generate.width,
+                height=generate.height,
+                generator=generators,
+            ), on_step, generate.steps, self.decode_batched)
+        return images[:count]
 
     # -- captions --------------------------------------------------------------------------------
     def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
@@ -317,3 +304,22 @@ def _on_stream(stream: Any, after: Any) -> Iterator[None]:
             yield
     finally:
         stream.synchronize()
+
+
+def draw_batch(pipe: Any, arguments: dict[str, Any], on_step: Callable[[int, int], None],
+               total: int, decode_batched: bool) -> list[Any]:
+    """One pipeline call for a whole batch (its arguments as the caller built them), the
+    denoising steps reported to `on_step`, the VAE decoding image by image unless
+    `decode_batched` (batch-1 kernels and the peak memory of one image)."""
+
+    def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+        on_step(step + 1, total)
+        return callback_kwargs
+
+    vae = pipe.vae
+    slicing = getattr(vae, "use_slicing", False)
+    vae.use_slicing = not decode_batched
+    try:
+        return list(pipe(**arguments, callback_on_step_end=step_end).images)
+    finally:
+        vae.use_slicing = slicing

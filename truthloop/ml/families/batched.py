@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from truthloop.config import GenerateConfig, RunConfig
-from truthloop.ml.batched import BatchedBackends
+from truthloop.ml.batched import BatchedBackends, draw_batch
 from truthloop.ml.generate import RandomStream
 
 Embeds = dict[str, Any]
@@ -143,20 +143,8 @@ class BatchedFamilyPainter:
             negative = self.negative(config)
             if negative:
                 arguments.update(_stack([negative] * rows))
-            total = config.steps
-
-            def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
-                on_step(step + 1, total)
-                return callback_kwargs
-
-            vae = pipe.vae
-            slicing = getattr(vae, "use_slicing", False)
-            vae.use_slicing = not self.decode_batched
-            try:
-                result = pipe(**arguments, callback_on_step_end=step_end)
-            finally:
-                vae.use_slicing = slicing
-        return list(result.images[:count])
+            images = draw_batch(pipe, arguments, on_step, config.steps, self.decode_batched)
+        return images[:count]
 
 
 class FamilyBatchModels(BatchedBackends):
