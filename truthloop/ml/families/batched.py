@@ -167,19 +167,14 @@ class FamilyBatchModels(BatchedBackends):
     def stream(self, config: RunConfig) -> RandomStream:
         return RandomStream(config.generate, self.device)
 
-    def paint(self, prompts: list[str], streams: list[RandomStream],
-              on_step: Callable[[int, int], None], pad_to: int | None = None) -> list[Any]:
+    def _paint_batch(self, prompts: list[str], generators: list[Any],
+                     on_step: Callable[[int, int], None], pad_to: int | None) -> list[Any]:
+        # BatchedBackends.paint's exact path (one image at a time through the single run's
+        # painter) serves every family; only the batched call is the family's own.
         if self.family_painter is None:
-            return super().paint(prompts, streams, on_step, pad_to)
-        if self.exact:
-            images = []
-            for prompt, stream in zip(prompts, streams):
-                self.batch_sizes.append(("paint", 1))
-                images.append(self.painter.paint(prompt, on_step, generator=stream.generator()))
-            return images
+            return super()._paint_batch(prompts, generators, on_step, pad_to)
         self.batch_sizes.append(("paint", max(len(prompts), pad_to or 0)))
-        return self.family_painter.paint(prompts, [s.generator() for s in streams], on_step,
-                                         pad_to)
+        return self.family_painter.paint(prompts, generators, on_step, pad_to)
 
     def caption(self, images: list[Any]) -> list[str]:
         if not self.family_captioner:
