@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import fakes
 from truthloop import cli
-from truthloop.store import decode_problem
+from truthloop.store import decode_problem, is_locked
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,3 +94,20 @@ def cli_subprocess(args: list[str], timeout: float = 300, **kwargs) -> subproces
 
 def image_ok(path: Path) -> bool:
     return decode_problem(path) is None
+
+
+def sigkill_a_trajectory_mid_way(sweep_dir: Path, sweep: Any) -> tuple[Path, int] | None:
+    """While the sweep thread `sweep` runs, SIGKILL the process writing the first trajectory
+    found with two records and its lock held (a worker mid-trajectory); its run directory and
+    pid, or None if the sweep ended first."""
+    runs = sweep_dir / "runs"
+    while sweep.is_alive():
+        for run_dir in sorted(runs.glob("*")) if runs.exists() else []:
+            log = run_dir / "log.jsonl"
+            if is_locked(run_dir) and log.exists() and log.read_text().count("\n") >= 2:
+                pid = int((run_dir / "lock").read_text())
+                os.kill(pid, signal.SIGKILL)
+                return run_dir, pid
+        time.sleep(0.01)
+    return None
+

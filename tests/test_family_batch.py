@@ -12,20 +12,17 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from faulthelpers import run_main
+from faulthelpers import run_main, sigkill_a_trajectory_mid_way
 from family_helpers import generate_config
 from truthloop.families import DEFAULT_GENERATOR, GENERATORS
-from truthloop.store import is_locked, read_run, resume_problem
+from truthloop.store import read_run, resume_problem
 
 FAMILIES = [name for name in GENERATORS if name != DEFAULT_GENERATOR]
 PROMPTS = ["a red dog sitting in a field", "an old train at night, in the rain"]
@@ -182,16 +179,7 @@ def test_a_worker_killed_mid_batch_resumes_to_the_unbroken_sweep(batched_sweep, 
     thread.start()
     killed = None
     try:
-        while killed is None and thread.is_alive():
-            for run_dir in sorted((sweep_dir / "runs").glob("*")) \
-                    if (sweep_dir / "runs").exists() else []:
-                log = run_dir / "log.jsonl"
-                if is_locked(run_dir) and log.exists() and log.read_text().count("\n") >= 2:
-                    pid = int((run_dir / "lock").read_text())
-                    os.kill(pid, signal.SIGKILL)
-                    killed = (run_dir, pid)
-                    break
-            time.sleep(0.01)
+        killed = sigkill_a_trajectory_mid_way(sweep_dir, thread)
     finally:
         thread.join(600)
     assert killed is not None, "no trajectory was caught mid-way"

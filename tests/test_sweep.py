@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -25,8 +23,9 @@ pytest.importorskip("ray")
 pytest.importorskip("sklearn")
 
 import sweep_fakes  # noqa: E402
-from faulthelpers import assert_one_clean_error_line, run_main  # noqa: E402
-from truthloop.store import is_locked, read_run, resume_problem  # noqa: E402
+from faulthelpers import (assert_one_clean_error_line, run_main,  # noqa: E402
+                          sigkill_a_trajectory_mid_way)
+from truthloop.store import read_run, resume_problem  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -187,16 +186,7 @@ def test_a_killed_worker_loses_at_most_the_iteration_in_flight(tmp_path, starts,
     thread.start()
     killed = None
     try:
-        while killed is None and thread.is_alive():
-            for run_dir in (sweep_dir / "runs").glob("*") if (sweep_dir / "runs").exists() \
-                    else []:
-                log = run_dir / "log.jsonl"
-                if is_locked(run_dir) and log.exists() and log.read_text().count("\n") >= 2:
-                    pid = int((run_dir / "lock").read_text())
-                    os.kill(pid, signal.SIGKILL)
-                    killed = (run_dir, pid)
-                    break
-            time.sleep(0.01)
+        killed = sigkill_a_trajectory_mid_way(sweep_dir, thread)
     finally:
         (fake_dir / "delay").unlink()
         thread.join(120)
