@@ -98,16 +98,45 @@ def image_ok(path: Path) -> bool:
 
 def sigkill_a_trajectory_mid_way(sweep_dir: Path, sweep: Any) -> tuple[Path, int] | None:
     """While the sweep thread `sweep` runs, SIGKILL the process writing the first trajectory
-    found with two records and its lock held (a worker mid-trajectory); its run directory and
-    pid, or None if the sweep ended first."""
+    found with two records and its lock held (a worker mid-trajectory); a run directory that
+    process left unfinished and its pid, or None if the sweep ended first.
+
+    The trajectory may end between the look and the kill (a busy machine widens that window),
+    and a lockstep worker holds an ended trajectory's lock until its batch ends: the run
+    returned is one the dead process had under way, and when it had none, the search goes on."""
     runs = sweep_dir / "runs"
+    spared: set[int] = set()
     while sweep.is_alive():
         for run_dir in sorted(runs.glob("*")) if runs.exists() else []:
             log = run_dir / "log.jsonl"
-            if is_locked(run_dir) and log.exists() and log.read_text().count("\n") >= 2:
-                pid = int((run_dir / "lock").read_text())
+            if not is_locked(run_dir) or not log.exists() or log.read_text().count("\n") < 2:
+                continue
+            pid = _lock_holder(run_dir)
+            if pid is None or pid in spared:
+                continue
+            try:
                 os.kill(pid, signal.SIGKILL)
-                return run_dir, pid
+            except ProcessLookupError:
+                continue
+            while is_locked(run_dir) and _lock_holder(run_dir) == pid:
+                time.sleep(0.01)  # until the kernel has let the dead process's locks go
+            for left in sorted(runs.glob("*")):
+                if _lock_holder(left) == pid and _summary_status(left) == "running":
+                    return left, pid
+            spared.add(pid)  # everything it wrote had ended just before the kill
         time.sleep(0.01)
     return None
 
+
+def _lock_holder(run_dir: Path) -> int | None:
+    try:
+        return int((run_dir / "lock").read_text())
+    except (OSError, ValueError):  # no lock yet, or a new writer between truncate and write
+        return None
+
+
+def _summary_status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
