@@ -91,3 +91,22 @@ def test_a_tiny_run_resumes_as_an_unbroken_one_and_keeps_its_first_record(tmp_pa
     assert len(segments) == 2
     assert [settings(segment["decoding"]) for segment in segments] == \
         [EXPECTED_DECODING["florence-2"]] * 2
+
+
+def test_a_run_from_before_decoding_was_recorded_resumes_with_the_one_beam_it_decoded_with(
+        tmp_path):
+    """A florence-2 run made before truthloop recorded its decoding (run.json without
+    "decoding") decoded with one beam whatever its checkpoint asked; resumed, it keeps one beam
+    (and the checkpoint's other settings, as then), where a new run decodes with three."""
+    old = tmp_path / "old"
+    assert run_main(tiny_run(old, "florence-2", iters=1)) == 0
+    info = json.loads((old / "run.json").read_text())
+    del info["decoding"]  # as a run.json from before issue 30's item 13 reads
+    (old / "run.json").write_text(json.dumps(info))
+    assert run_main(["resume", old, "--headless", "--max-iters", "2"]) == 0
+    segments = read_run(old).summary["segments"]
+    assert settings(segments[-1]["decoding"]) == EXPECTED_DECODING["florence-2"] | {
+        "num_beams": 1, "from": "the resumed run's own over generation_config.json"}
+    assert settings(segments[0]["decoding"])["num_beams"] == 3  # the new first segment's
+    # Its config in run.json is the one it was made with; the kept decoding is not written in.
+    assert json.loads((old / "run.json").read_text())["config"] == info["config"]

@@ -89,6 +89,20 @@ class CaptionConfig:
     # "fast" is truthloop's exact re-implementation of clip-interrogator's ranking; "reference"
     # calls clip-interrogator itself. Both give the same string (tests check it).
     interrogator: str = "fast"
+    # The decoding settings (DECODING_SETTINGS names) kept over the checkpoint's own generation
+    # config; None: the checkpoint's. Only resume sets it, from what the run decoded with (its
+    # run.json "decoding"), so a run keeps its captioner's decoding across truthloop versions.
+    decoding: dict[str, Any] | None = None
+
+
+# The generation-config settings a caption's decoding is recorded and kept by, with
+# transformers' defaults (sampling is always off: ml/families/captioning.decode_greedily).
+DECODING_SETTINGS: dict[str, Any] = {"num_beams": 1, "no_repeat_ngram_size": 0,
+                                     "repetition_penalty": 1.0, "length_penalty": 1.0,
+                                     "early_stopping": False}
+# A run from before truthloop recorded its decoding (run.json without "decoding") decoded with
+# one beam, whatever its checkpoint asked (Florence-2's 3): its resume keeps that.
+UNRECORDED_DECODING: dict[str, Any] = {"num_beams": 1}
 
 
 @dataclass
@@ -141,10 +155,34 @@ class LoopConfig:
     # iteration (never captions after the first), "captioner-only" captions the start image
     # again each iteration (never draws after the first). Both run to --max-iters. "": the loop.
     control: str = ""
+    # A fixed-length chain, as the Telephone Game runs them (Mollah et al. 2025): exactly this
+    # many of its generations after the start, each caption and each image one (its code reads
+    # 20), and no stop at a repeat. 0: the loop's own stop rules. max_iters does not apply.
+    generations: int = 0
 
     # (not fields: the choices validate() accepts)
     CONVERGE_CRITERIA = ("exact", "text", "image")
     CONTROLS = ("", "generator-only", "captioner-only")
+
+    def iteration_limit(self, from_image: bool) -> int:
+        """The records a run may write: a fixed-length chain's (chain_shape), else max_iters."""
+        return chain_shape(self.generations, from_image)[0] if self.generations \
+            else self.max_iters
+
+    def draws_last(self, from_image: bool) -> bool:
+        """Whether the run's last record draws an image (a fixed-length chain that ends on a
+        caption does not)."""
+        return not self.generations or chain_shape(self.generations, from_image)[1]
+
+
+def chain_shape(generations: int, from_image: bool) -> tuple[int, bool]:
+    """(records, whether the last one draws) of a chain of `generations` Telephone Game
+    generations. Generation 0 is the start; after it captions and images alternate. From an
+    image, record k's caption is generation 2k+1 and its image 2k+2; from a prompt, record 0's
+    prompt is generation 0, record k's image 2k+1 and (k >= 1) its caption 2k."""
+    if from_image:
+        return (generations + 1) // 2, generations % 2 == 0
+    return generations // 2 + 1, generations % 2 == 1
 
 
 # Every run option, by its name (argparse dest) -> (RunConfig section, field): what `run`, `demo`,
@@ -170,6 +208,7 @@ OPTION_FIELDS = {
     "confirm_iters": ("loop", "confirm_iters"),
     "converge": ("loop", "converge"), "near_threshold": ("loop", "near_threshold"),
     "near_window": ("loop", "near_window"), "control": ("loop", "control"),
+    "generations": ("loop", "generations"),
 }
 
 
@@ -226,6 +265,9 @@ class RunConfig:
         _choice("scheduler", g.scheduler, SCHEDULERS)
         _choice("seed-mode", g.seed_mode, SEED_MODES)
         _choice("feed", lp.feed, FEED_MODES)
+        if c.decoding is not None and (not isinstance(c.decoding, dict)
+                                       or set(c.decoding) - set(DECODING_SETTINGS)):
+            raise ConfigError(f"caption decoding must name only {', '.join(DECODING_SETTINGS)}")
         _positive("steps", g.steps)
         _positive("chunk-size", c.chunk_size)
         _positive("flavor-intermediate-count", c.flavor_intermediate_count)
@@ -244,6 +286,15 @@ class RunConfig:
         if lp.control and lp.converge != "exact":
             raise ConfigError(f"--control {lp.control} runs never converge (they run to "
                               f"--max-iters); leave --converge out")
+        if lp.generations < 0:
+            raise ConfigError(f"--generations must be 1 or more (0: the loop's own stop "
+                              f"rules), not {lp.generations}")
+        if lp.generations and lp.control:
+            raise ConfigError(f"--generations makes fixed-length chains of the loop; a "
+                              f"--control {lp.control} run is not one: choose one")
+        if lp.generations and lp.converge != "exact":
+            raise ConfigError(f"--generations chains never stop at a repeat; leave "
+                              f"--converge out")
         if not (g.guidance >= 0):  # also rejects NaN
             raise ConfigError(f"--guidance must be 0 or more, not {g.guidance}")
         for name, size in (("width", g.width), ("height", g.height)):
@@ -281,6 +332,8 @@ def check_options_given(config: "RunConfig", said: set[str] | frozenset[str]) ->
         if given:
             raise ConfigError(f"{_flag(given[0])} is clip-interrogator's; --captioner "
                               f"{config.models.captioner} has no such option")
+    if config.loop.generations and "max_iters" in said:
+        raise ConfigError("--generations sets each chain's length; leave --max-iters out")
     if config.models.models == "tiny":
         given = [name for name in MODEL_OPTIONS if name in said]
         if given:
@@ -402,6 +455,10 @@ def apply_resume_options(config: "RunConfig", options: dict[str, Any]) -> dict[s
     unknown = set(options) - set(RESUMABLE)
     if unknown:
         raise ConfigError(f"resume cannot change {', '.join(sorted(unknown))}")
+    if config.loop.generations and options.get("max_iters", config.loop.max_iters) \
+            != config.loop.max_iters:
+        raise ConfigError(f"this run is a chain of --generations {config.loop.generations}; "
+                          f"--max-iters does not apply to it")
     before = resumable_options(config)
     for name, value in options.items():
         section, field_name = RESUMABLE[name]

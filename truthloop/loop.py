@@ -20,7 +20,8 @@ from typing import Any, Callable, Protocol
 from truthloop import __version__
 from truthloop import events as ev
 from truthloop.config import (
-    RESUMABLE, ConfigError, RunConfig, apply_resume_options, resumable_options,
+    RESUMABLE, UNRECORDED_DECODING, ConfigError, RunConfig, apply_resume_options,
+    resumable_options,
 )
 from truthloop.errors import OneLineError
 from truthloop.text import first_line
@@ -226,6 +227,7 @@ class TruthLoop:
                 apply_resume_options(config, {name: last.get(name) for name in RESUMABLE})
             except (ConfigError, TypeError):
                 config = RunConfig.from_dict(view.config)  # an edited summary: run.json's own
+        config.caption.decoding = _decoding_to_keep(view)
         asked = dict(options or {})
         if max_iters is not None:
             asked["max_iters"] = max_iters
@@ -453,10 +455,14 @@ class TruthLoop:
                                 for r in drawn]
             near.restore(self.records)
 
+        # A fixed-length chain (--generations) runs its records whatever repeats, and may end on
+        # a caption (config.chain_shape); every other run stops at --max-iters at the latest.
+        from_image = cfg.start_prompt is None
+        limit = lp.iteration_limit(from_image)
         index = len(self.records)
         while True:
             self._checkpoint(index)
-            if index >= lp.max_iters:
+            if index >= limit:
                 return self._finish("max_iters")
             self.emit(ev.IterationStarted(index))
             paused_before = self._paused_s
@@ -483,7 +489,7 @@ class TruthLoop:
             # that waited is its "save" time, not this iteration's.
             waited = self._settle_image()
             t_start, t_caption = t_start + waited, t_caption + waited
-            repeat_of = None if control else keys.get(compared)
+            repeat_of = None if control or lp.generations else keys.get(compared)
             self.emit(ev.CaptionReady(index, caption, fed, compared, repeat_of, author))
             if repeat_of is not None and cycle is None:
                 cycle = Cycle(repeat_of, index - repeat_of)
@@ -517,9 +523,11 @@ class TruthLoop:
             measured_text = embed_texts is not None or near is not None
             if (cycle is not None and cycle.criterion != "image" and index >= confirm_until) \
                     or (control == "captioner-only"
-                        and not (index == 0 and cfg.start_prompt is not None)):
+                        and not (index == 0 and cfg.start_prompt is not None)) \
+                    or (index == limit - 1 and not lp.draws_last(from_image)):
                 # A repeat found before drawing, or the captioner-only control, which never
-                # draws (but the start image of a run from a prompt).
+                # draws (but the start image of a run from a prompt), or the caption that ends
+                # a fixed-length chain.
                 record.timings = {"caption": round(t_caption - t_start, 4)}
                 if measured_text:
                     record.timings["similarity"] = round(t_text - t_caption, 4)
@@ -705,3 +713,14 @@ def describe_error(error: BaseException, config: RunConfig | None = None) -> str
     if isinstance(error, OneLineError):  # a bad value, run directory or model: already one line
         return first
     return f"{name}: {first}"
+
+
+def _decoding_to_keep(view: Any) -> dict[str, Any] | None:
+    """The captioner decoding a resumed run keeps over its checkpoint's own: for a run that has
+    iterations but no "decoding" in its run.json (made before truthloop recorded it), the one
+    beam it then decoded with. None otherwise: a run that recorded its decoding recorded the
+    checkpoint's own, greedy (captioning.decode_greedily), which is what it gets again; a
+    change to that rule must map the recorded runs here."""
+    if isinstance(view.info.get("decoding"), dict) or not view.records:
+        return None
+    return dict(UNRECORDED_DECODING)

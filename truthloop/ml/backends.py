@@ -158,7 +158,8 @@ def _load_captioner(config: RunConfig, m: Any, device: str, loaded: dict, detail
     # sampling off (BLIP's ask for none, so this changes no caption).
     details["decoding"] = decode_greedily(
         caption_model, config.caption.caption_max_length,
-        generation_origin(caption_model, loaded["caption_model"].get("path")))
+        generation_origin(caption_model, loaded["caption_model"].get("path")),
+        config.caption.decoding)
     emit(ev.Loading(f"loading CLIP {m.clip_model}"))
     clip_model, preprocess, details["clip_name"], loaded["clip_model"] = load_clip(
         m.clip_model, device)

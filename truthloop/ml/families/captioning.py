@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from truthloop.config import CaptionConfig
+from truthloop.config import DECODING_SETTINGS, CaptionConfig
 from truthloop.ml.families import captioner_module
 
 Progress = Callable[[str], None]
@@ -57,8 +57,6 @@ SAMPLING_SETTINGS = ("temperature", "top_k", "top_p", "min_p", "top_h", "typical
 # The settings that choose a greedy or beam-search caption's tokens, as run.json records them,
 # with what generate uses where the checkpoint leaves one unset (transformers' defaults,
 # GenerationConfig._get_default_generation_params).
-DECODING_DEFAULTS = {"num_beams": 1, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0,
-                     "length_penalty": 1.0, "early_stopping": False}
 
 
 def decoder(model: Any) -> Any:
@@ -79,13 +77,18 @@ def generation_origin(model: Any, checkpoint_dir: str | None) -> str:
     return "config.json"
 
 
-def decode_greedily(model: Any, max_new_tokens: int, origin: str) -> dict[str, Any]:
+def decode_greedily(model: Any, max_new_tokens: int, origin: str,
+                    kept: dict[str, Any] | None = None) -> dict[str, Any]:
     """Turn sampling off in the generation config `generate` reads (the checkpoint's own, kept
-    otherwise: beams, n-gram blocking, penalties) and return the decoding as run.json records
-    it: those settings, max_new_tokens, do_sample false, where they came from, and the sampling
-    the checkpoint asked for that was dropped (none where it did not sample: its temperature and
-    the like were never read)."""
+    otherwise: beams, n-gram blocking, penalties; `kept`, a resumed run's own decoding, over it)
+    and return the decoding as run.json records it: those settings, max_new_tokens, do_sample
+    false, where they came from, and the sampling the checkpoint asked for that was dropped
+    (none where it did not sample: its temperature and the like were never read)."""
     generation = decoder(model).generation_config
+    for name, value in (kept or {}).items():
+        setattr(generation, name, value)
+    if kept:
+        origin = f"the resumed run's own over {origin}"
     dropped = {name: getattr(generation, name) for name in ("do_sample", *SAMPLING_SETTINGS)
                if getattr(generation, name, None) is not None} if generation.do_sample else {}
     generation.do_sample = False
@@ -93,7 +96,7 @@ def decode_greedily(model: Any, max_new_tokens: int, origin: str) -> dict[str, A
         if hasattr(generation, name):
             setattr(generation, name, None)
     settings = {name: default if getattr(generation, name, None) is None
-                else getattr(generation, name) for name, default in DECODING_DEFAULTS.items()}
+                else getattr(generation, name) for name, default in DECODING_SETTINGS.items()}
     return {**settings, "max_new_tokens": max_new_tokens, "do_sample": False, "from": origin,
             "sampling_dropped": dropped}
 
@@ -113,7 +116,8 @@ class FamilyCaptioner:
         self.model = model
         self.processor = processor
         self.config = config
-        self.decoding = decode_greedily(model, config.caption_max_length, origin)
+        self.decoding = decode_greedily(model, config.caption_max_length, origin,
+                                        config.decoding)
         self.fast = fast_decoding(family, model, processor, decoder(model), fast=fast,
                                   graphs=cuda_graphs, compiled=compile)
         self.decoding.update(self.fast.describe())
