@@ -249,3 +249,22 @@ def test_the_readmes_offline_sweep_example_brings_its_own_files():
     assert named
     for name in named:
         assert name in made or (REPO / name).exists(), name
+
+
+def test_the_bars_rate_counts_a_lockstep_batchs_burst_once():
+    """A batch of 8 trajectories in lockstep writes its 8 records within milliseconds, every
+    10 s: the bar says 0.80 it/s, never 8 records over the milliseconds between them (a tiny
+    sweep's bar read 5587 it/s); iterations that trickle in half a second apart still count."""
+    from truthloop.sweep.driver import Progress
+
+    progress = Progress(8, 0)
+    for wave in range(3):
+        for i in range(8):
+            progress.add_iterations(1, now=100.0 + 10 * wave + 0.001 * i)
+            if wave == 0:
+                assert progress.rate() == "-"  # one burst: no rate yet
+    assert progress.rate() == "0.80"
+    trickle = Progress(8, 0)
+    for i in range(10):
+        trickle.add_iterations(1, now=0.5 * i)
+    assert trickle.rate() == "2.00"

@@ -216,6 +216,7 @@ class Progress:
             console=self.console, redirect_stdout=True, transient=False)
         self.task = self.bar.add_task("sweep", total=total, completed=done, rate="-")
         self.window: deque[tuple[float, int]] = deque()
+        self.burst_start = 0.0
         self.iterations = 0
 
     def __enter__(self) -> "Progress":
@@ -225,17 +226,31 @@ class Progress:
     def __exit__(self, *exc: Any) -> None:
         self.bar.stop()
 
-    def add_iterations(self, count: int) -> None:
-        now = time.monotonic()
+    def add_iterations(self, count: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
         self.iterations += count
+        # Iterations seen within a second of a burst's first came out together (a lockstep batch's,
+        # or several workers' read in one poll): one sample at the burst's last moment, so the
+        # rate is the iterations after the window's first burst over the time since it, never
+        # a burst over the milliseconds between its own records.
+        if self.window and now - self.burst_start < self.BURST_S:
+            self.window.pop()
+        else:
+            self.burst_start = now
         self.window.append((now, self.iterations))
         while len(self.window) > 2 and now - self.window[0][0] > 60:
             self.window.popleft()
-        rate = "-"
-        if len(self.window) >= 2 and self.window[-1][0] > self.window[0][0]:
-            span = self.window[-1][0] - self.window[0][0]
-            rate = f"{(self.window[-1][1] - self.window[0][1]) / span:.2f}"
-        self.bar.update(self.task, rate=rate)
+        self.bar.update(self.task, rate=self.rate())
+
+    BURST_S = 1.0
+
+    def rate(self) -> str:
+        """Iterations per second over the last minute's samples, as the bar shows it ("-" until
+        two bursts have been seen)."""
+        if len(self.window) < 2:
+            return "-"
+        (first, done_then), (last, done_now) = self.window[0], self.window[-1]
+        return f"{(done_now - done_then) / (last - first):.2f}"
 
     def finished(self, line: str) -> None:
         self.bar.advance(self.task)

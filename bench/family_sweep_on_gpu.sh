@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# A batched sweep of another pair than the seed's (default SDXL + LLaVA-1.5, the Hintze et al.
+# set-up) at full size (random weights) on the lent GPU box, for docs/model-families.md
+# ("Batched sweeps": trajectory-iterations per GPU-hour and the projection to 10,000; issue 29).
+# The real command a study runs: `truthloop sweep --batch N`, its models loaded from disk as real
+# checkpoints are. Usage, from the repository root:
+#   bench/family_sweep_on_gpu.sh setup [GEN CAP]          # wheels, full-size checkpoints
+#   bench/family_sweep_on_gpu.sh run NAME BATCH TRAJ ITERS [GEN CAP]
+#       e.g. run b32 32 32 5: 32 trajectories (8 prompts x 4 seeds) x 5 iterations, --batch 32
+#            run b1 1 4 3:    the same pair one trajectory at a time (the single-run rate)
+#   TINY=1 bench/family_sweep_on_gpu.sh run NAME BATCH TRAJ ITERS   # the CPU dry run (tiny models)
+# The box lacks ray, diffusers, open_clip...: .whl/ (setup installs it into .site/, kept while the
+# machine stays warm) and the slim Ray wheel (../shared/tools/slim_ray_wheel.py) in .whl-ray/,
+# carried in a call of its own (the two together pass one call's 64 MiB).
+set -euo pipefail
+out=${OUT:-/tmp}
+site=$PWD/.site
+models=${FULLSIZE:-/tmp/fullsize}
+export PYTHONPATH=$site:$PWD TRUTHLOOP_CACHE=${TRUTHLOOP_CACHE:-/tmp/tlcache} HF_HUB_OFFLINE=1 \
+    PYTHONUNBUFFERED=1
+if [ "$1" = setup ]; then
+    generator=${2:-sdxl} captioner=${3:-llava-1.5}
+    for dir in .whl .whl-ray; do
+        if ls "$dir"/*.whl >/dev/null 2>&1; then
+            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+                --target "$site" "$dir"/*.whl
+        fi
+    done
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    python3 - "$models" "$generator" "$captioner" <<'EOF'
+import sys, time
+from pathlib import Path
+sys.path.insert(0, "bench")
+from fullsize import _build_vit_l14, build_family
+from truthloop.ml.tiny import _write_clip_tokenizer
+root, generator, captioner = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+if not (root / "vit-l-14" / "COMPLETE").exists():
+    start = time.perf_counter()
+    _write_clip_tokenizer(root / "clip-tokenizer")
+    _build_vit_l14(root / "vit-l-14", root / "clip-tokenizer")
+    (root / "vit-l-14" / "COMPLETE").write_text("ok\n")
+    print(f"built vit-l-14 in {time.perf_counter() - start:.1f}s")
+build_family(root, "generator", generator)
+build_family(root, "captioner", captioner)
+EOF
+    exit 0
+fi
+[ "$1" = run ] || { echo "usage: $0 setup [GEN CAP] | run NAME BATCH TRAJ ITERS [GEN CAP]" >&2; exit 2; }
+name=$2 batch=$3 trajectories=$4 iterations=$5 generator=${6:-sdxl} captioner=${7:-llava-1.5}
+seeds=$(( (trajectories + 7) / 8 ))
+prompts=/tmp/family-sweep-prompts.txt
+printf '%s\n' "a man looking at his phone" "a golf course at dawn" "a bowl of fruit on a table" \
+    "a red bicycle by a wall" "a lighthouse in a storm" "a cat asleep on a sofa" \
+    "a crowded market street" "an astronaut on a horse" | head -n "$trajectories" > "$prompts"
+if [ -n "${TINY:-}" ]; then
+    models_options=(--models tiny --device cpu --steps 2 --width 64 --height 64)
+else
+    models_options=(--generator-model "$models/$generator" --caption-model "$models/$captioner"
+                    --clip-model "ViT-L-14/$models/vit-l-14/open_clip_model.safetensors")
+fi
+sweep_dir=/tmp/family-sweeps/$name
+rm -rf "$sweep_dir"
+start=$(date +%s.%N)
+python3 -m truthloop.cli sweep "$sweep_dir" --prompts "$prompts" --seeds "0-$((seeds - 1))" \
+    --generator "$generator" --captioner "$captioner" "${models_options[@]}" \
+    --max-iters "$iterations" --workers 1 --no-atlas \
+    $( [ "$batch" -gt 1 ] && echo "--batch $batch" ) 2>&1 | tee "$out/$name.log"
+end=$(date +%s.%N)
+python3 - "$name" "$batch" "$start" "$end" "$out" "$sweep_dir" "$generator" "$captioner" <<'EOF'
+"""Throughput from the run directories: the images drawn after the first wave (a batch's first
+images come out together once the models are loaded), over the span from the first image to the
+last, and the projection of the Hintze et al. set-up (10,000 trajectory-iterations) from it."""
+import json, sys
+from pathlib import Path
+
+name, batch, start, end, out, sweep_dir, generator, captioner = sys.argv[1:9]
+batch, start, end = int(batch), float(start), float(end)
+runs = sorted(Path(sweep_dir, "runs").iterdir())
+mtimes, states, records = [], {}, 0
+for run in runs:
+    status = json.loads((run / "summary.json").read_text())["status"]
+    states[status] = states.get(status, 0) + 1
+    mtimes += [p.stat().st_mtime for p in (run / "images").glob("*.png")]
+    records += len((run / "log.jsonl").read_text().splitlines())
+mtimes.sort()
+first_wave = min(batch, len(runs))
+span = mtimes[-1] - mtimes[first_wave - 1]
+after_first = len(mtimes) - first_wave
+per_iteration = span / after_first if after_first else float("nan")
+result = {
+    "pair": f"{generator} + {captioner}", "batch": batch, "trajectories": len(runs),
+    "states": states, "records": records, "images": len(mtimes),
+    "command_wall_s": round(end - start, 1),
+    "first_wave_to_last_image_s": round(span, 1),
+    "s_per_trajectory_iteration": round(per_iteration, 3),
+    "trajectory_iterations_per_gpu_hour": round(3600 / per_iteration, 1),
+    "hintze_10000_gpu_hours": round(10000 * per_iteration / 3600, 2),
+}
+print(json.dumps(result, indent=2))
+Path(out, f"{name}.json").write_text(json.dumps(result, indent=2))
+EOF
