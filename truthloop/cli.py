@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from truthloop import __version__, caption_command
+from truthloop import __version__, caption_command, measure_command
 from truthloop import events as ev
 from truthloop.config import (
     CAPTION_MODES, DEFAULT_RUNS_DIR, DEVICES, FEED_MODES, INTERROGATORS, OPTION_FIELDS, PRESETS,
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_commands(sub)
     report_command.add_parser(sub)
     caption_command.add_parser(sub)
+    measure_command.add_parser(sub)
     for name, command in sub.choices.items():
         config = RunConfig()
         if name == "demo":
@@ -779,9 +780,26 @@ def cmd_caption(args: argparse.Namespace) -> int:
     return caption_command.cmd_caption(args, config_from_args, load)
 
 
+def cmd_measure(args: argparse.Namespace) -> int:
+    def load(named: Any, tiny: bool, device: str) -> Any:
+        from truthloop.ml.backends import quiet_libraries
+        from truthloop.ml.embedders import load_embedder
+
+        quiet_libraries()
+        return load_embedder(named, tiny, device)
+
+    def check(chosen: list[Any], tiny: bool) -> None:  # OneLineError before anything loads
+        from truthloop.ml.embedders import check
+
+        check(chosen, tiny)
+
+    load.check = check  # type: ignore[attr-defined]
+    return measure_command.cmd_measure(args, load)
+
+
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "resume": cmd_resume, "view": cmd_view,
             "tiny": cmd_tiny, "models": cmd_models, "report": report_command.cmd_report,
-            "caption": cmd_caption,
+            "caption": cmd_caption, "measure": cmd_measure,
             "runs": cmd_lookback, "export": cmd_lookback,
             "sweep": cmd_sweep_or_atlas, "atlas": cmd_sweep_or_atlas,
             "fork": cmd_fork, "compare": cmd_compare}

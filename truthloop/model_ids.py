@@ -64,3 +64,15 @@ CAPTIONER_MODEL_IDS: dict[str, str] = {
     "llava-1.5": "llava-hf/llava-1.5-7b-hf",
     "qwen3-vl": "Qwen/Qwen3-VL-2B-Instruct",
 }
+
+# The named embedders of the drift measures (`truthloop measure --embedder NAME`,
+# truthloop/named_measures.py): the Telephone Game's (Mollah et al. 2025: CLIP ViT-B/32 across
+# the modalities, DINO ViT-B/16 image to image, MPNet text to text), DINOv2, and CycleReward's
+# MiniLM. Checked on the hub's model pages, 2026-12-07.
+EMBEDDER_MODEL_IDS: dict[str, str] = {
+    "clip-vitb32": "openai/clip-vit-base-patch32",
+    "dino-vitb16": "facebook/dino-vitb16",
+    "dinov2-base": "facebook/dinov2-base",
+    "mpnet": "sentence-transformers/all-mpnet-base-v2",
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+}

@@ -220,6 +220,14 @@ class RunWriter:
             raise
         return writer
 
+    @classmethod
+    def hold(cls, path: Path) -> "RunWriter":
+        """Take an existing run's lock and touch nothing else: for a writer of files beside the
+        records (`truthloop measure`), so that no resume writes run.json meanwhile."""
+        writer = cls(Path(path))
+        writer._lock()
+        return writer
+
     def _lock(self) -> None:
         import fcntl
 

@@ -77,6 +77,20 @@ def tiny_family_model(kind: str, family: str, root: Path | None = None) -> str:
     return str(out)
 
 
+def tiny_embedder_model(name: str, version: int, build: Any, root: Path | None = None) -> str:
+    """The tiny checkpoint of a named drift embedder (ml/embedders.py: `build(dir, tiny_root)`,
+    `version` its recipe's), built on first use beside the sd + clip-interrogator ones."""
+    tiny = build_tiny_models(root)
+    out = tiny.root / "embedders" / f"{name}-v{version}"
+    _build_once(out, lambda staging: build(staging, tiny.root))
+    return str(out)
+
+
+def tiny_words() -> list[str]:
+    """The words the tiny BLIP can say, each once, in order: a tiny text model's vocabulary."""
+    return sorted(set(_TINY_WORDS))
+
+
 def _build_once(root: Path, build: Any) -> None:
     """Run `build(dir)` into `root` unless it is complete already."""
     done = root / "COMPLETE"
