@@ -268,3 +268,11 @@ def test_the_bars_rate_counts_a_lockstep_batchs_burst_once():
     for i in range(10):
         trickle.add_iterations(1, now=0.5 * i)
     assert trickle.rate() == "2.00"
+
+
+def test_the_batch_hint_claims_the_measured_speed_up_only_for_the_seed_pair():
+    from truthloop.sweep.driver import batch_hint
+
+    assert "~2.2x" in batch_hint({("sd", "clip-interrogator")})
+    other = batch_hint({("sd", "clip-interrogator"), ("sdxl", "llava-1.5")})
+    assert "2.2x" not in other and "--batch N" in other

@@ -50,7 +50,8 @@ def add_parsers(sub: Any, add_config_options: Callable[[argparse.ArgumentParser]
     sweep.add_argument("--batch", type=int, default=1, metavar="N",
                        help="each worker runs N trajectories at a time in lockstep, drawing and "
                             "captioning them in batches, for every pair (sd: compiled on GPUs "
-                            "unless --no-compile; 16: ~2.2x the images per GPU-second); a "
+                            "unless --no-compile; sd + clip-interrogator at 16: ~2.2x the images "
+                            "per GPU-second); a "
                             "trajectory's prompts may differ from its run alone; default 1: "
                             "exactly `truthloop run`")
     sweep.add_argument("--exact", action="store_true",

@@ -260,6 +260,18 @@ class Progress:
         self.console.print(line)
 
 
+def batch_hint(pairs: set[tuple[str, str]]) -> str:
+    """The note of a sweep run one trajectory at a time on GPUs: what --batch would give, as
+    measured for these pairs (the seed pair's lockstep figure is the only one measured so far)."""
+    from truthloop.families import DEFAULT_CAPTIONER, DEFAULT_GENERATOR
+
+    if pairs == {(DEFAULT_GENERATOR, DEFAULT_CAPTIONER)}:
+        return ("one at a time, each exactly `truthloop run`; with many trajectories, "
+                "--batch 16 draws ~2.2x the images per GPU-second (docs/batching.md)")
+    return ("one at a time, each exactly `truthloop run`; with many trajectories, --batch N "
+            "runs N of them in lockstep (docs/model-families.md, \"Batched sweeps\")")
+
+
 def describe(row: dict[str, Any]) -> str:
     head = f"{row['state']:<10} {row['number']:5d} {visible(row['run'])}"
     if row["state"] == "converged":
@@ -332,9 +344,7 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
                         if again:
                             progress.note(again)
                         if gpus and len(todo) >= 2 * len(actors):
-                            progress.note("one at a time, each exactly `truthloop run`; with "
-                                          "many trajectories, --batch 16 draws ~2.2x the "
-                                          "images per GPU-second (docs/batching.md)")
+                            progress.note(batch_hint({pair(t) for t in todo}))
                 try:
                     _drive(sweep_dir, rows, queue, actors, progress, local)
                     break
