@@ -197,11 +197,7 @@ class Table:
 
     def _record(self, name: str, caption: str) -> bytes:
         if self.form == "csv":
-            text = io.StringIO()
-            csv.writer(text).writerow((name, caption))
-            # A file name that is not UTF-8 on disk is written as its own bytes (and read back
-            # the same way), so the rerun knows it.
-            return text.getvalue().encode("utf-8", "surrogateescape")
+            return csv_record(name, caption)
         record = {"filename": name, "caption": caption}
         try:
             return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
@@ -223,6 +219,16 @@ class Table:
         elif self.whole < self.size:  # nothing written this time: the torn line goes anyway
             self._open()
             self.close()
+
+
+def csv_record(name: str, caption: str) -> bytes:
+    """One record of a caption table (the Telephone Game's `gen-k.csv`): RFC 4180 (quoted where
+    a field holds a comma, a quote or a line break; '\\r\\n' after it), UTF-8. A file name that is
+    not UTF-8 on disk is written as its own bytes (and read back the same way), so a rerun of
+    `truthloop caption` knows it."""
+    text = io.StringIO()
+    csv.writer(text).writerow((name, caption))
+    return text.getvalue().encode("utf-8", "surrogateescape")
 
 
 def _lines(data: bytes, offsets: list[int]) -> Iterator[str]:

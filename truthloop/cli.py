@@ -20,10 +20,11 @@ from truthloop import events as ev
 from truthloop.config import (
     CAPTION_MODES, DEFAULT_RUNS_DIR, DEVICES, FEED_MODES, INTERROGATORS, OPTION_FIELDS, PRESETS,
     PREVIEWS, SCHEDULERS, SEED_MODES, SEED_NEGATIVE_PROMPT, ConfigError, LoopConfig, RunConfig,
-    apply_demo, apply_pair_defaults, apply_preset, check_options_given, options_given,
+    apply_demo, apply_pair_defaults, apply_preset, chain_shape, check_options_given,
+    options_given,
 )
 from truthloop.families import CAPTIONERS, DEFAULT_INSTRUCTION, GENERATORS
-from truthloop.lookback import report_command
+from truthloop.lookback import report_command, telephone_command
 from truthloop.text import clip, count, visible
 from truthloop.text import duration as _duration
 
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fork_compare_commands(sub)
     _add_sweep_commands(sub)
     report_command.add_parser(sub)
+    telephone_command.add_parser(sub)
     caption_command.add_parser(sub)
     measure_command.add_parser(sub)
     for name, command in sub.choices.items():
@@ -298,6 +300,11 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                       help="a control run: generator-only redraws the start prompt with a new "
                            "seed each iteration; captioner-only captions the start image again; "
                            "both run to --max-iters")
+    loop.add_argument("--generations", type=int, metavar="N",
+                      help="a fixed-length chain, as the Telephone Game runs them: N of its "
+                           "generations after the start (each caption and each image one; its "
+                           "scripts read 20: 10 images and 10 captions), never stopping at a "
+                           "repeat; instead of --max-iters")
 
 
 def config_from_args(args: argparse.Namespace, demo: bool = False) -> RunConfig:
@@ -397,12 +404,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _drive(args, None, Path(args.run_dir), resume=True, iterations=len(view.records))
 
 
-def _refuse_nothing_to_resume(run_dir: Path, iterations: int, max_iters: int,
+def _refuse_nothing_to_resume(run_dir: Path, iterations: int, config: RunConfig,
                               asked: int | None) -> None:
     """A resume whose iteration limit the run has already reached would load the models only to
     stop: say so at once, with the flag that goes on."""
-    if iterations < max_iters:
+    lp = config.loop
+    if iterations < lp.iteration_limit(config.start_prompt is None):
         return
+    if lp.generations:
+        raise UserError(f"{run_dir} already ran its --generations {lp.generations}; a "
+                        f"fixed-length chain does not go on")
+    max_iters = lp.max_iters
     if asked is None:
         raise UserError(f"{run_dir} already ran to its --max-iters {max_iters} "
                         f"({count(iterations, 'iteration')}); to go on, pass --max-iters "
@@ -497,6 +509,11 @@ def _add_lookback_commands(sub: Any) -> None:
                             "hard links to the run's beside it, or where the file system "
                             "cannot link, the run's own by relative path")
     kinds.add_argument("--all", action="store_true", help="every kind (mp4 if an encoder exists)")
+    kinds.add_argument("--telephone-game", metavar="OUT",
+                       help="(RUN_DIR: a sweep run with --generations) its chains in the "
+                            "Telephone Game's layout, which its published scripts read "
+                            "unchanged: OUT/text-first/ and OUT/image-first/, gen-k.csv "
+                            "(filename, caption) and gen-k/ (images); one layout per grid point")
     export_parser.add_argument("--out", metavar="DIR", help="where to write (default "
                                "RUN_DIR/exports/)")
     export_parser.add_argument("--fps", type=float, default=2.0,
@@ -517,12 +534,20 @@ def _add_lookback_commands(sub: Any) -> None:
 
 def cmd_lookback(args: argparse.Namespace) -> int:
     """`runs` and `export`: their one-line errors become UserErrors (exit 2; 1 for no encoder)."""
+    from truthloop.lookback import telephone_command
+    from truthloop.lookback.export import EXPORT_KINDS
     from truthloop.lookback.runs import ExportError
     from truthloop.lookback.video import MP4_NEEDS_ENCODER
 
     try:
         if args.command == "runs":
             return cmd_runs(args)
+        if args.command == "export" and args.telephone_game is not None:
+            others = [kind for kind in (*EXPORT_KINDS, "all") if getattr(args, kind, False)]
+            if others:
+                raise UserError(f"--telephone-game writes a layout of its own; leave out "
+                                f"--{others[0]}")
+            return telephone_command.cmd_export_layout(args.run_dir, args.telephone_game)
         if args.command == "export":
             return cmd_export(args)
     except ExportError as error:
@@ -799,6 +824,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "resume": cmd_resume, "view": cmd_view,
             "tiny": cmd_tiny, "models": cmd_models, "report": report_command.cmd_report,
+            "import-telephone-game": telephone_command.cmd_import,
             "caption": cmd_caption, "measure": cmd_measure,
             "runs": cmd_lookback, "export": cmd_lookback,
             "sweep": cmd_sweep_or_atlas, "atlas": cmd_sweep_or_atlas,
@@ -860,7 +886,7 @@ def _drive(args: argparse.Namespace, config: RunConfig | None, run_dir: Path,
         check = getattr(factory, "check", None)
         if not is_locked(run_dir):
             if resume:
-                _refuse_nothing_to_resume(run_dir, iterations, loop.config.loop.max_iters,
+                _refuse_nothing_to_resume(run_dir, iterations, loop.config,
                                           getattr(args, "max_iters", None))
             if check is not None:
                 check(loop.config)
@@ -953,6 +979,7 @@ class HeadlessPrinter:
         self.steps = None  # the iteration's progress line (rich Progress), while one is shown
         self.steps_task = None
         self.max_iters: int | None = None
+        self.generations = 0  # a fixed-length chain's (--generations), said at its end
         self.totals: list[float] = []  # wall seconds of the iterations drawn so far
 
     def _step_progress(self, event: ev.DenoiseStep) -> None:
@@ -976,7 +1003,9 @@ class HeadlessPrinter:
             if self.max_iters:
                 elapsed = time.perf_counter() - self.iteration_start
                 left = max(0.0, (self.max_iters - event.index) * per_iteration - elapsed)
-                eta = f"≤ {_duration(left)} to --max-iters {self.max_iters}"
+                eta = (f"≤ {_duration(left)} to --generations {self.generations}"
+                       if self.generations else
+                       f"≤ {_duration(left)} to --max-iters {self.max_iters}")
         self.steps.update(self.steps_task, description=f"iteration {event.index}  denoising",
                           completed=event.step, total=event.total, rate=rate, eta=eta)
 
@@ -1051,6 +1080,11 @@ class HeadlessPrinter:
         if isinstance(event, ev.RunStarted):
             max_iters = (event.config or {}).get("loop", {}).get("max_iters")
             self.max_iters = max_iters if isinstance(max_iters, int) else None
+            generations = (event.config or {}).get("loop", {}).get("generations")
+            self.generations = generations if isinstance(generations, int) else 0
+            if self.generations:  # the records its chain writes
+                self.max_iters = chain_shape(self.generations,
+                                             (event.config or {}).get("start_prompt") is None)[0]
             what = "resuming" if event.resumed_at else "run directory"
             self.err.print(f"{what}: {visible(event.run_dir)}")
             if self.changed:
@@ -1106,6 +1140,9 @@ class HeadlessPrinter:
                   f"(after {count(summary['iterations'], 'image')})")
             for prompt, image in zip(summary["truth_prompts"], summary["truth_images"]):
                 print(f"truth: {visible(prompt)}  [{visible(str(run_dir / image))}]")
+        elif status == "max_iters" and self.generations:
+            print(f"ran its {count(self.generations, 'generation')} (--generations; "
+                  f"{count(summary['iterations'], 'image')})")
         elif status == "max_iters":
             print(f"no repeat within {count(summary['iterations'], 'iteration')} "
                   "(--max-iters)")

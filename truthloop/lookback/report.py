@@ -47,6 +47,8 @@ from truthloop.sweep.spec import SpecError, read_spec, trajectories
 from truthloop.text import count, html_text, visible
 
 REPORT_DIR = "report"
+UNMEASURED = ("No similarities recorded in these runs (no model measured them): no drift "
+              "curves or rates.")
 FIT_MODEL = "floor + (start - floor) * exp(-rate * generation)"
 # What the figures call the measures: Pillow's default font has no arrows or dashes.
 FIGURE_LABELS = {"image": "image-image", "text": "text-text", "cross": "caption-image"}
@@ -167,6 +169,10 @@ def read_runs(sweep_dir: Path, trajs: list[Any], atlas: dict[str, Any],
             "motif": motif_of.get(trajectory.name),
             "embedding": (info.get("measures") or {}).get("embedding"),
             "series": {name: ms.series(records, name, image_start) for name in ms.MEASURES},
+            # a chain imported from a Telephone Game layout: its kind and name there
+            "imported_as": _imported_as(info),
+            "measured_after": isinstance(info.get("named_measures"), dict)
+            and bool(info["named_measures"]),
         })
     # Each run's own drift rate: every run's fit searched at once (measures.fit_decays).
     rates = {name: ms.fit_decays([run["series"][name] for run in runs], start=1.0)
@@ -175,6 +181,23 @@ def read_runs(sweep_dir: Path, trajs: list[Any], atlas: dict[str, Any],
         run["rates"] = {name: None if rates[name][number] is None else rates[name][number].rate
                         for name in rates}
     return runs
+
+
+def _imported_as(info: dict[str, Any]) -> str | None:
+    """`text-first/0.png`: where an imported chain was in its layout (telephone_game.py)."""
+    where = info.get("telephone_game")
+    if not isinstance(where, dict) or not all(isinstance(where.get(k), str)
+                                              for k in ("chain", "filename")):
+        return None
+    return f"{where['chain']}/{where['filename']}"
+
+
+def _unmeasured(runs: list[dict[str, Any]]) -> bool:
+    """No run recorded a similarity (an imported sweep: no model ran), and none was measured
+    afterwards (`truthloop measure`): no curves, no rates."""
+    return bool(runs) and not any(
+        run["measured_after"] or any(g > 0 for points in run["series"].values()
+                                     for g, _ in points) for run in runs)
 
 
 def _spread(values: list[float]) -> dict[str, Any] | None:
@@ -304,6 +327,9 @@ def build_report(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
         "forks": sweep_forks(sweep_dir, trajs),
         # what could not be read in full, one line each (the page and stderr list them)
         "skipped": notes,
+        # a sweep imported from a Telephone Game layout (telephone_game.import_layout): whence
+        "imported": spec.get("imported") if isinstance(spec.get("imported"), dict) else None,
+        "unmeasured": _unmeasured(runs),
         "_series": {r["name"]: r["series"] for r in runs},  # for the figures and series.csv
     }
 
@@ -1052,6 +1078,17 @@ def html_page(report: dict[str, Any], figures: dict[str, bytes],
         parts.append("<p class='warn'><b>Some of the sweep's files could not be read in "
                      f"full</b> ({e(count(len(skipped), 'note'))}): the numbers below leave out "
                      "what they held. <a href='#skipped'>What was skipped</a>.</p>")
+    if report.get("unmeasured"):
+        parts.append(f"<p class='warn'><b>{e(UNMEASURED)}</b> <code>truthloop measure "
+                     f"{e(report['sweep'])} --embedder NAME</code> adds them.</p>")
+    imported = report.get("imported")
+    if imported:
+        parts.append(f"<h2>Imported chains</h2><p>From the Telephone Game layout "
+                     f"<code>{e(imported.get('from'))}</code>: each chain's place there, and its "
+                     f"run.</p><ul>")
+        parts.extend(f"<li>{e(run['imported_as'])}: {e(run['name'])} ({e(run['start'])})</li>"
+                     for run in report["runs"])
+        parts.append("</ul>")
     if loop.get("control"):
         parts.append(f"<p>Control runs: <b>{e(loop['control'])}</b> (they never converge; "
                      "their curves are the baseline drift of one model alone).</p>")
@@ -1206,6 +1243,15 @@ def describe(report: dict[str, Any]) -> list[str]:
             + (f" after a median {its['median']:g} images" if its else "")
             + f"; {count(g['attractors'], 'attractor')}"
             + (f"; image drift: {fit_text(image)}" if image else ""))
+    imported = report.get("imported")
+    if imported:
+        names = [visible(run["imported_as"] or run["name"]) for run in report["runs"]]
+        more = f" and {len(names) - 6} more (report.html names each)" if len(names) > 6 else ""
+        lines.append(f"  imported from {visible(str(imported.get('from')))} (a Telephone Game "
+                     f"layout): {', '.join(names[:6])}{more}")
+    if report.get("unmeasured"):
+        lines.append(f"  {UNMEASURED} `truthloop measure {visible(report['sweep'])} --embedder "
+                     f"NAME` adds them")
     forks = report.get("forks") or []
     if forks:
         yours = sum(1 for fork in forks if fork.get("prompt_by") == PERSON)
