@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from truthloop import measures as ms
+from truthloop import named_measures as nm
 from truthloop.lookback.atlas import PALETTE, AtlasError, thumbnail, build_atlas
 from truthloop.lookback.render import _font, _line_height, draw_text, text_length, wrap_text
 from truthloop.lookback.runs import TINY_LABEL
@@ -122,6 +123,28 @@ def _run_records(run_dir: Path, state: str, summary: dict[str, Any] | None,
     return records
 
 
+def _named_series(run_dir: Path, info: dict[str, Any], image_start: bool, notes: list[str]
+                  ) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{embedder: {measure: series}} of the named embedders run.json says measured the run
+    (named_measures.py); a file it names that cannot be read is a note."""
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for name in nm.measured_by(info):
+        named = nm.EMBEDDERS.get(name)
+        if named is None:  # measured by a newer truthloop's embedder: not this one's to read
+            continue
+        try:
+            data = nm.read_measured(run_dir, name)
+        except ValueError as error:
+            notes.append(f"{error} (skipped: this run has no {named.label} numbers)")
+            continue
+        if data is None:
+            notes.append(f"{run_dir / named.file} is missing, but run.json names it (skipped: "
+                         f"this run has no {named.label} numbers)")
+            continue
+        out[name] = {m: nm.named_series(data, m, image_start) for m in named.measures}
+    return out
+
+
 def read_runs(sweep_dir: Path, trajs: list[Any], atlas: dict[str, Any],
               notes: list[str] | None = None) -> list[dict[str, Any]]:
     """One entry per trajectory: its group, state, convergence, attractor and motif, and its
@@ -169,6 +192,8 @@ def read_runs(sweep_dir: Path, trajs: list[Any], atlas: dict[str, Any],
             "motif": motif_of.get(trajectory.name),
             "embedding": (info.get("measures") or {}).get("embedding"),
             "series": {name: ms.series(records, name, image_start) for name in ms.MEASURES},
+            # the same, measured after the fact by named embedders (truthloop measure)
+            "named": _named_series(run_dir, info, image_start, notes),
             # a chain imported from a Telephone Game layout: its kind and name there
             "imported_as": _imported_as(info),
             "measured_after": isinstance(info.get("named_measures"), dict)
@@ -251,15 +276,54 @@ def group_stats(label: str, settings: dict[str, Any], runs: list[dict[str, Any]]
         stats["fits"][name] = _fit(runs, name)
         points = [p for r in runs for p in r["series"][name]]
         stats["slopes"][name] = ms.linear_slope(points)
-        # per-generation means past the start (the Telephone Game's MCD and its code's SDR)
-        means = _means_by_generation(points)
-        stats["mean_steps"][name] = ms.mean_step([v for g, v in means if g > 0])
-        past = [v for g, v in means if g > 0]
-        stats["mean_similarity"][name] = sum(past) / len(past) if past else None
+        stats["mean_similarity"][name], stats["mean_steps"][name] = mcd_sdr(points)
         if name in ("image", "text"):
             stats["run_rates"][name] = _spread([r["rates"][name] for r in runs
                                                 if r["rates"][name] is not None])
+    stats["named"] = named_stats(runs)
     return stats
+
+
+def mcd_sdr(points: list[tuple[int, float]]) -> tuple[float | None, float | None]:
+    """Of the per-generation means past the start: their mean (the Telephone Game's mean
+    cumulative drift, MCD) and their mean change per generation (its code's semantic drift
+    rate, SDR; measures.mean_step)."""
+    past = [v for g, v in _means_by_generation(points) if g > 0]
+    return (sum(past) / len(past) if past else None), ms.mean_step(past)
+
+
+def named_stats(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{embedder: {measure: {"mcd", "sdr", "runs"}}} over the runs a named embedder measured
+    (`runs`: how many of them)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, named in nm.EMBEDDERS.items():
+        having = [r for r in runs if name in r.get("named", {})]
+        if having:
+            out[name] = {}
+            for measure in named.measures:
+                mcd, sdr = mcd_sdr([p for r in having for p in r["named"][name][measure]])
+                out[name][measure] = {"mcd": mcd, "sdr": sdr, "runs": len(having)}
+    return out
+
+
+def named_columns(groups: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(embedder, measure, MCD | SDR) of every named number some group has, in the order of
+    named_measures.EMBEDDERS: the report's columns beside the run's own."""
+    return [(name, measure, statistic) for name, named in nm.EMBEDDERS.items()
+            if any(name in g.get("named", {}) for g in groups)
+            for measure in named.measures for statistic in ("MCD", "SDR")]
+
+
+def named_title(column: tuple[str, str, str]) -> str:
+    """`MCD (DINO ViT-B/16, image ↔ image)`."""
+    name, measure, statistic = column
+    return nm.EMBEDDERS[name].column(statistic, measure)
+
+
+def named_value(group: dict[str, Any], column: tuple[str, str, str]) -> float | None:
+    name, measure, statistic = column
+    found = ((group.get("named") or {}).get(name) or {}).get(measure) or {}
+    return found.get(statistic.lower())
 
 
 def _means_by_generation(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
@@ -309,6 +373,11 @@ def build_report(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
                  for k in ("converge", "near_threshold", "near_window", "control",
                            "max_iters", "clauses")},
         "embeddings": embeddings,
+        # the embedders that measured runs again after the fact (truthloop measure)
+        "named_embedders": [{"name": name, "label": nm.EMBEDDERS[name].label,
+                             "measures": list(nm.EMBEDDERS[name].measures),
+                             "runs": sum(1 for r in runs if name in r["named"])}
+                            for name in nm.EMBEDDERS if any(name in r["named"] for r in runs)],
         # every generator + captioner pair the runs used (a grid or not: titles name them)
         "pairs": sorted({r["pair"] for r in runs}),
         "trajectories": len(runs),
@@ -322,7 +391,7 @@ def build_report(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
                        for a in atlas["attractors"]],
         "motifs": atlas["motifs"],
         "clustering": atlas["clustering"],
-        "runs": [{k: v for k, v in r.items() if k != "series"} for r in runs],
+        "runs": [{k: v for k, v in r.items() if k not in ("series", "named")} for r in runs],
         # runs forked from the sweep's (not trajectories: not in the numbers), with their starts
         "forks": sweep_forks(sweep_dir, trajs),
         # what could not be read in full, one line each (the page and stderr list them)
@@ -331,6 +400,7 @@ def build_report(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
         "imported": spec.get("imported") if isinstance(spec.get("imported"), dict) else None,
         "unmeasured": _unmeasured(runs),
         "_series": {r["name"]: r["series"] for r in runs},  # for the figures and series.csv
+        "_named_series": {r["name"]: r["named"] for r in runs},  # for series.csv
     }
 
 
@@ -927,6 +997,7 @@ def _csv(header: list[str], rows: list[list[Any]]) -> bytes:
 
 def tables(report: dict[str, Any]) -> dict[str, bytes]:
     groups = report["groups"] + report["marginals"]
+    named = named_columns(groups)
     group_rows = []
     for g in groups:
         its = g["iterations_to_converge"] or {}
@@ -940,6 +1011,7 @@ def tables(report: dict[str, Any]) -> dict[str, bytes]:
                 (fits[m] or {}).get("rate"), (fits[m] or {}).get("half_life"),
                 (fits[m] or {}).get("floor"), (fits[m] or {}).get("rmse"), g["slopes"][m],
                 g["mean_steps"][m], g["mean_similarity"][m])],
+            *[named_value(g, column) for column in named],
         ])
     measure_cols = [f"{m}_{x}" for m in ms.MEASURES for x in (
         "rate", "half_life", "floor", "fit_rmse", "linear_slope", "mean_step",
@@ -954,6 +1026,10 @@ def tables(report: dict[str, Any]) -> dict[str, bytes]:
     series_rows = [[name, by_group[name], m, g, v]
                    for name, per in report["_series"].items() for m, points in per.items()
                    for g, v in points]
+    series_rows += [[name, by_group[name], f"{m} ({nm.EMBEDDERS[embedder].label})", g, v]
+                    for name, per in report.get("_named_series", {}).items()
+                    for embedder, measured in per.items() for m, points in measured.items()
+                    for g, v in points]
     attractor_rows = [[a["id"], a["kind"], a["length"], a.get("criterion") or "exact",
                        a["basin_size"], a.get("motif"), " | ".join(a["prompts"]),
                        " || ".join(" | ".join(v) for v in a.get("variants") or [])]
@@ -962,7 +1038,8 @@ def tables(report: dict[str, Any]) -> dict[str, bytes]:
         "groups.csv": _csv(["group", "kind", "runs", "converged", "converged_share",
                             "iterations_median", "iterations_q25", "iterations_q75",
                             "iterations_min", "iterations_max", "attractors", "basins",
-                            "motifs", "motif_basins", *measure_cols], group_rows),
+                            "motifs", "motif_basins", *measure_cols,
+                            *map(named_title, named)], group_rows),
         "curves.csv": _csv(["group", "measure", "generation", "runs", "median", "q25", "q75"],
                            curve_rows),
         "runs.csv": _csv(["run", "group", "start", "seed", "control", "state",
@@ -992,13 +1069,24 @@ def _fit_cell(fit: dict[str, Any] | None) -> str:
     return fit_text(fit) if fit else "–"
 
 
+def _named_cell(group: dict[str, Any], column: tuple[str, str, str]) -> str:
+    """A named MCD or SDR, with how many of the group's runs it covers when not all."""
+    value = _number(named_value(group, column), 4)
+    measured = ((group.get("named") or {}).get(column[0]) or {}).get(column[1]) or {}
+    if measured and measured["runs"] < group["runs"]:
+        value += f" ({measured['runs']} of {group['runs']} runs)"
+    return value
+
+
 def _group_table(groups: list[dict[str, Any]]) -> str:
     e = html_text
+    named = named_columns(groups)
     head = ("<table><tr><th>group</th><th>runs</th><th>converged</th>"
             "<th>images drawn before converging<br>median [25th–75th] (min–max)</th>"
             "<th>attractors (basins)</th><th>motifs (basins)</th>"
             "<th>image drift rate</th><th>text drift rate</th>"
-            "<th>caption ↔ image<br>mean to the start</th></tr>")
+            "<th>caption ↔ image<br>mean to the start</th>"
+            + "".join(f"<th>{e(named_title(column))}</th>" for column in named) + "</tr>")
     rows = []
     for g in groups:
         its = g["iterations_to_converge"]
@@ -1013,7 +1101,8 @@ def _group_table(groups: list[dict[str, Any]]) -> str:
             f"<td>{e(g['motifs'])} ({e(' '.join(map(str, g['motif_basins'])) or '–')})</td>"
             f"<td>{e(_fit_cell(g['fits']['image']))}</td>"
             f"<td>{e(_fit_cell(g['fits']['text']))}</td>"
-            f"<td>{e(_number(g['mean_similarity']['cross']))}</td></tr>")
+            f"<td>{e(_number(g['mean_similarity']['cross']))}</td>"
+            + "".join(f"<td>{e(_named_cell(g, column))}</td>" for column in named) + "</tr>")
     return head + "".join(rows) + "</table>"
 
 
@@ -1041,6 +1130,22 @@ def _motif_table(report: dict[str, Any], thumbnails: dict[int, bytes],
                     f"<td>{e(', '.join(pairs) or '–')}</td>"
                     f"<td>{e(motif.get('representative_prompt') or '')}</td></tr>")
     return "".join(rows) + "</table>"
+
+
+def _named_note(report: dict[str, Any]) -> str:
+    """The page's word on the embedders that measured the runs again (truthloop measure)."""
+    named = report.get("named_embedders") or []
+    if not named:
+        return ""
+    e = html_text
+    which = ", ".join(
+        f"{e(n['label'])} ({e(' / '.join(ms.MEASURES[m].label for m in n['measures']))}; "
+        f"{e(count(n['runs'], 'run'))})" for n in named)
+    return ("<li>Measured again after the fact (<code>truthloop measure</code>), the same "
+            f"pairs from the runs' own images and texts, by {which}. Per group, MCD: the mean "
+            "similarity to the start past generation 0 (the Telephone Game's mean cumulative "
+            "drift), SDR: the mean change per generation of the mean curve (its code's "
+            "semantic drift rate), beside the runs' own.</li>")
 
 
 def html_page(report: dict[str, Any], figures: dict[str, bytes],
@@ -1115,7 +1220,7 @@ def html_page(report: dict[str, Any], figures: dict[str, bytes],
         "gives unrelated pairs, so a straight line would depend on how long the runs were. "
         "Half-life: generations for the distance left to the floor to halve. groups.csv also "
         "has the linear slope and the mean change per generation (the Telephone Game code's "
-        "drift rate) for comparison.</li></ul>")
+        "drift rate) for comparison.</li>" + _named_note(report) + "</ul>")
     parts.append("<h2>Groups</h2>")
     parts.append(_group_table(report["groups"]))
     if report["marginals"]:
@@ -1208,7 +1313,7 @@ def write_report(sweep_dir: Path, out: Path | None = None, min_cluster_size: int
     thumbnails = {motif["id"]: jpeg_bytes(thumbnail(sweep_dir, motif.get("medoid_image"),
                                                     THUMB))
                   for motif in report["motifs"]}
-    saved = {k: v for k, v in report.items() if k != "_series"}
+    saved = {k: v for k, v in report.items() if not k.startswith("_")}
     try:
         (out / "figures").mkdir(parents=True, exist_ok=True)
         (out / "tables").mkdir(parents=True, exist_ok=True)
@@ -1252,6 +1357,11 @@ def describe(report: dict[str, Any]) -> list[str]:
     if report.get("unmeasured"):
         lines.append(f"  {UNMEASURED} `truthloop measure {visible(report['sweep'])} --embedder "
                      f"NAME` adds them")
+    named = report.get("named_embedders") or []
+    if named:
+        lines.append("  measured again by " + ", ".join(n["label"] for n in named)
+                     + " (truthloop measure): MCD and SDR per group in groups.csv and "
+                       "report.html")
     forks = report.get("forks") or []
     if forks:
         yours = sum(1 for fork in forks if fork.get("prompt_by") == PERSON)
