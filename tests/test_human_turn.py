@@ -370,3 +370,47 @@ def test_the_report_lists_forks_beside_the_sweep_and_says_whose_prompt(tmp_path)
                for line in describe(report))
     page = html_page(report, {})
     assert f"{plan.out.name}: fork of {parent.name} #1, your prompt" in page
+
+
+@pytest.mark.anyio
+async def test_while_the_models_load_the_caption_panel_shows_the_persons_caption(tmp_path):
+    """A person's fork is on screen before its models are ready: the caption panel shows their
+    caption (marked, verbatim), not "waiting for the first caption"."""
+    import threading
+
+    from tui.app import TruthLoopApp
+    from tui.screens import LiveScreen
+    from tui.screens.fork import CaptionEditor, CaptionForm
+    from tui_helpers import screen_text, wait_for
+
+    loaded = threading.Event()
+
+    def slow_factory(config, emit):
+        loaded.wait(60)  # the models are still loading until the test says otherwise
+        return seeded_factory()(config, emit)
+
+    parent = make_parent(tmp_path / "parent")
+    app = TruthLoopApp(run_dir=parent, preview="none", stable=True,
+                       forker=fake_forker(slow_factory))
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            view = app.run_screen
+            await wait_for(pilot, lambda: view.state == "converged")
+            await pilot.press("w")
+            await wait_for(pilot, lambda: isinstance(app.screen, CaptionForm))
+            app.screen.query_one(CaptionEditor).load_text(MINE)
+            await pilot.press("end", "enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, LiveScreen))
+            live = app.screen
+            await wait_for(pilot, lambda: "drawn once the models are ready" in
+                           " ".join(screen_text(app).split()))
+            shown = " ".join(screen_text(app).split())
+            assert "✎ your caption, drawn once the models are ready: " + MINE in shown
+            assert "waiting for the first caption" not in shown
+            loaded.set()
+            await wait_for(pilot, lambda: live.state == "converged" and not live.loop_active)
+            await pilot.press("home")
+            await wait_for(pilot, lambda: live.current_index == 0)
+            assert "#0 caption ✎ yours, not the model's" in " ".join(screen_text(app).split())
+    finally:
+        loaded.set()

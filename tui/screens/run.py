@@ -21,7 +21,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
 from truthloop.fork import parent_of
-from truthloop.record import Record
+from truthloop.record import PERSON, Record
 from truthloop.store import RUN_FILE
 from truthloop.text import visible
 from tui.history import History
@@ -30,7 +30,7 @@ from tui.widgets.banner import FINAL, Banner
 from tui.widgets.caption import CaptionPanel
 from tui.widgets.drift import Drift
 from tui.widgets.image import ImageView
-from tui.widgets.log_table import LogTable
+from tui.widgets.log_table import YOURS_MARK, LogTable
 from tui.widgets.status import StatusBar
 
 # The run screens' stylesheet (tui/app.tcss, where the package data is), scoped to RunScreen.
@@ -279,7 +279,22 @@ class RunScreen(ForkActions, Screen[None]):
                        "error": "it failed", "interrupted": "it was interrupted"}
             why = outcome.get(self.state, f"it ended ({self.state})")
             return f"no caption: {why} before its first iteration was recorded"
+        yours = self.persons_first_prompt()
+        if yours is not None:  # a person's fork: its first caption is theirs, known already
+            return f"{YOURS_MARK}your caption, drawn once the models are ready: {yours}"
         return "waiting for the first caption…"
+
+    def persons_first_prompt(self) -> str | None:
+        """The first prompt of a fork whose first prompt a person wrote (run.json), else None."""
+        try:
+            info = json.loads((self.run_dir / RUN_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        relation = parent_of(info) if isinstance(info, dict) else None
+        prompt = (info.get("config") or {}).get("start_prompt") if relation else None
+        if relation is None or relation.prompt_by != PERSON or not isinstance(prompt, str):
+            return None
+        return visible(prompt)
 
     def finished(self) -> None:
         """The run is over (or was already when viewed): drop a pending row, show the cycle's
