@@ -516,3 +516,49 @@ def test_the_report_names_a_damaged_measures_file(measured, tmp_path):
     assert len(notes) == 1 and "no all-MiniLM-L6-v2 numbers" in notes[0]
     minilm = next(n for n in report["named_embedders"] if n["name"] == "minilm")
     assert minilm["runs"] == len(runs) - 1
+
+
+# -- a sweep's own --embedder ------------------------------------------------------------------------
+def test_a_sweeps_embedders_are_in_its_spec_and_measure_every_trajectory_at_the_end(
+        tmp_path, monkeypatch, capsys):
+    """`truthloop sweep --embedder NAME`: the spec names it, every trajectory is measured once
+    the last has run; the same sweep again with another embedder adds it (no trajectory
+    changes) and measures only what is new. The sweep's Ray part runs the workers in this
+    process."""
+    import truthloop.sweep.driver as driver
+    import truthloop.sweep.localray as localray
+    from truthloop.sweep import state as st
+    from truthloop.sweep.worker import TrajectoryWorker
+
+    def in_process(sweep_dir, trajs, backend, **kwargs):
+        worker = TrajectoryWorker(backend)
+        for trajectory in trajs:
+            worker.run({"run_dir": str(trajectory.run_dir(sweep_dir)),
+                        "config": trajectory.config})
+        return st.table(sweep_dir, trajs)
+
+    monkeypatch.setattr(driver, "run_sweep", in_process)
+    monkeypatch.setattr(localray, "keep_to_loopback", lambda: None)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("s1\ndrift 0\n")
+    sweep = tmp_path / "sweep"
+    command = ["sweep", str(sweep), "--prompts", str(prompts), "--seeds", "0-1",
+               "--max-iters", "6", "--clauses", "1", "--models", "tiny", "--no-atlas",
+               "--backend", "test_named_measures:fake_pair"]
+    assert cli.main([*command, "--embedder", "minilm"]) == 0
+    out = capsys.readouterr().out
+    assert "minilm (all-MiniLM-L6-v2, text): 4 runs measured" in out
+    assert json.loads((sweep / "sweep.json").read_text())["embedders"] == ["minilm"]
+    runs = sorted((sweep / "runs").iterdir())
+    assert len(runs) == 4
+    assert all(set(read_run_info(r)["named_measures"]) == {"minilm"} for r in runs)
+
+    assert cli.main([*command, "--embedder", "dino-vitb16"]) == 0
+    out = capsys.readouterr().out
+    assert "minilm (all-MiniLM-L6-v2, text): 0 runs measured, 4 already measured" in out
+    assert "dino-vitb16 (DINO ViT-B/16, image): 4 runs measured" in out
+    assert json.loads((sweep / "sweep.json").read_text())["embedders"] == ["minilm",
+                                                                            "dino-vitb16"]
+    assert sorted((sweep / "runs").iterdir()) == runs
+    assert all(set(read_run_info(r)["named_measures"]) == {"minilm", "dino-vitb16"}
+               for r in runs)

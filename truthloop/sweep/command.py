@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from truthloop.config import ConfigError, RunConfig, options_given
+from truthloop.named_measures import EMBEDDERS, MeasureInputError, embedders_named
 from truthloop.store import atomic_write_json
 from truthloop.sweep import missing_extras
 from truthloop.families import GENERATORS
@@ -57,6 +58,10 @@ def add_parsers(sub: Any, add_config_options: Callable[[argparse.ArgumentParser]
     sweep.add_argument("--exact", action="store_true",
                        help="one trajectory at a time, each exactly `truthloop run` (--batch 1; "
                             "default)")
+    sweep.add_argument("--embedder", action="append", default=[], metavar="NAME",
+                       choices=tuple(EMBEDDERS),
+                       help="at the end, measure every trajectory again with this embedder "
+                            "(`truthloop measure`; repeatable): " + ", ".join(EMBEDDERS))
     sweep.add_argument("--no-atlas", dest="atlas", action="store_false",
                        help="do not write the atlas at the end")
     sweep.add_argument("--max-restarts", type=int, default=8, help=argparse.SUPPRESS)
@@ -144,6 +149,11 @@ def cmd_sweep(args: argparse.Namespace, config: RunConfig) -> int:
     if args.batch > 1:
         # Part of the sweep: batches change results, so a rerun must batch as the first run did.
         spec["batch"] = args.batch
+    if args.embedder:
+        try:
+            spec["embedders"] = [named.name for named in embedders_named(args.embedder)]
+        except MeasureInputError as error:
+            raise CommandError(str(error)) from None
     if not args.address and not args.backend:
         # Before anything is written, on the machine that will run it: --fp8 on a CPU, a
         # checkpoint neither here nor to be had (a cluster's workers have their own GPUs and
@@ -209,6 +219,11 @@ def _check_before_loading(spec: dict[str, Any]) -> None:
             continue  # that trajectory's own run says what is wrong with it
     try:
         check_before_loading(configs)
+        if spec.get("embedders"):
+            from truthloop.ml.embedders import check
+
+            check(embedders_named(spec["embedders"]),
+                  tiny=spec["config"]["models"].get("models") == "tiny")
     except OneLineError as error:
         raise CommandError(str(error)) from None
 
@@ -220,10 +235,21 @@ def _check_spec(sweep_dir: Path, spec: dict[str, Any], made: list[Path]) -> None
     except SpecError as error:
         raise CommandError(str(error)) from None
     if old is not None:
-        diff = difference(old, spec)
+        diff = difference(*({k: v for k, v in s.items() if k != "embedders"}
+                            for s in (old, spec)))
         if diff:
             raise CommandError(f"{sweep_dir} holds another sweep ({diff}); use another "
                                f"SWEEP_DIR or the command that made it")
+        # The embedders change no trajectory: a rerun's are added to the sweep's.
+        wanted = list(dict.fromkeys([*old.get("embedders", []), *spec.get("embedders", [])]))
+        if wanted:
+            spec["embedders"] = wanted
+        if wanted != old.get("embedders", []):
+            try:
+                atomic_write_json(sweep_dir / SPEC_FILE, {**old, "embedders": wanted})
+            except OSError as error:
+                raise CommandError(f"cannot write {sweep_dir}: {error.strerror or error}") \
+                    from None
     elif _foreign(sweep_dir):
         raise CommandError(f"{sweep_dir} exists and is not a sweep directory; pick another")
     else:
@@ -293,7 +319,36 @@ def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int
           f"; {visible(str(sweep_dir))}")
     if args.atlas and states.get("converged"):
         _print_atlas(sweep_dir, None, 2)
-    return 1 if states.get("error") else 0
+    measured = _measure(sweep_dir, spec) if spec.get("embedders") else 0
+    return 1 if states.get("error") or measured else 0
+
+
+def _measure(sweep_dir: Path, spec: dict[str, Any]) -> int:
+    """The sweep's --embedder: every trajectory measured again by each, once the last has run
+    (named_measures.measure_dirs, on the sweep's --models and --device; what an earlier call
+    measured is skipped). 1 when some run was left out (said in a line each), else 0."""
+    from truthloop.errors import OneLineError
+    from truthloop.ml.backends import quiet_libraries
+    from truthloop.ml.embedders import load_embedder
+    from truthloop.named_measures import measure_dirs
+
+    models = spec["config"]["models"]
+    tiny = models.get("models") == "tiny"
+
+    def load(named: Any) -> Any:
+        quiet_libraries()
+        return load_embedder(named, tiny, models.get("device") or "auto")
+
+    def say(line: str) -> None:
+        note = line.startswith("truthloop:")
+        print(visible(line), file=sys.stderr if note else sys.stdout, flush=True)
+
+    try:
+        tally = measure_dirs([sweep_dir], spec["embedders"], load, tiny=tiny, say=say)
+    except OneLineError as error:
+        print(f"truthloop: error: {visible(str(error))}", file=sys.stderr)
+        return 1
+    return 1 if tally.skipped or tally.incomplete else 0
 
 
 def cmd_atlas(args: argparse.Namespace) -> int:
