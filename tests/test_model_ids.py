@@ -173,7 +173,7 @@ def test_readme_and_help_name_only_ids_that_exist():
     downloads = re.findall(r"hf download ([\w./-]+)", readme)
     known = {*model_ids.WITHDRAWN.values(), *model_ids.CAPTION_MODEL_IDS.values(),
              *model_ids.CLIP_HUB_IDS.values(), *model_ids.GENERATOR_MODEL_IDS.values(),
-             *model_ids.CAPTIONER_MODEL_IDS.values()}
+             *model_ids.CAPTIONER_MODEL_IDS.values(), *model_ids.EMBEDDER_MODEL_IDS.values()}
     assert downloads and set(downloads) <= known, downloads
     assert MIRROR in downloads
     done = cli_subprocess(["run", "--help"])
