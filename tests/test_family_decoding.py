@@ -30,6 +30,9 @@ EXPECTED_DECODING = {
                             "max_new_tokens": 77, "from": "generation_config.json"},
     "llava-1.5": GREEDY | {"max_new_tokens": 77, "from": "generation_config.json"},
     # Qwen3-VL's samples: truthloop decodes greedily and says what it dropped.
+    # Janus-Pro's generation config samples only its image mode (temperature 1 is read when
+    # sampling, and text is not sampled): nothing dropped.
+    "janus-pro": GREEDY | {"max_new_tokens": 77, "from": "generation_config.json"},
     "qwen3-vl": GREEDY | {"max_new_tokens": 77, "from": "generation_config.json",
                           "sampling_dropped": {"do_sample": True, "temperature": 0.7,
                                                "top_k": 20, "top_p": 0.8}},

@@ -28,10 +28,11 @@ def pair_config(generator: str, captioner: str, iters: int = 3) -> RunConfig:
     config.models.models, config.models.device = "tiny", "cpu"
     config.models.generator, config.models.captioner = generator, captioner
     apply_pair_defaults(config)
-    # The machinery, quickly: a few denoising steps whatever the family's default.
-    config.generate.steps = min(config.generate.steps, 3)
-    # z-image's pipeline draws 1024x1024 when no size is given, whatever the checkpoint.
-    config.generate.width = config.generate.height = 64
+    if not GENERATORS[generator].autoregressive:  # (janus-pro draws its checkpoint's tokens)
+        # The machinery, quickly: a few denoising steps whatever the family's default.
+        config.generate.steps = min(config.generate.steps, 3)
+        # z-image's pipeline draws 1024x1024 when no size is given, whatever the checkpoint.
+        config.generate.width = config.generate.height = 64
     if CAPTIONERS[captioner].interrogates:
         config.caption.mode, config.caption.chunk_size = "fast", 400
     config.loop.max_iters = iters

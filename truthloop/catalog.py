@@ -9,7 +9,9 @@ from truthloop.families import CAPTIONERS, DEFAULT_CAPTIONER, DEFAULT_GENERATOR,
 from truthloop.model_ids import CAPTION_MODEL_IDS, CLIP_HUB_IDS, DEFAULT_CLIP_MODEL, download_hint
 
 # The file whose presence in the hub cache says a checkpoint was downloaded.
+# (A generator that is a transformers model, an autoregressive family's, has a config.json.)
 _MARKERS = {"generator": ("model_index.json",), "captioner": ("config.json",),
+            "transformers": ("config.json",),
             "clip": ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")}
 
 
@@ -50,7 +52,7 @@ CLIP_FAMILY = _Clip()
 
 
 def _row(kind: str, family: Any, repo: str, default: bool) -> dict[str, Any]:
-    cached = in_cache(repo, kind)
+    cached = in_cache(repo, "transformers" if getattr(family, "autoregressive", False) else kind)
     return {
         "kind": kind, "family": family.name, "title": family.title, "default": default,
         "checkpoint": repo, "licence": family.licence,
@@ -72,10 +74,16 @@ def catalog_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines.append("")
     lines.append("* the default pair. gene = --generator NAME, capt = --captioner NAME; every "
                  "pair also loads the CLIP (--clip-model).")
-    lines.append("memory: GPU memory at the family's defaults (fp16/bf16); licences as their "
-                 "model cards give them.")
-    missing = [row for row in rows if not row["cached"]]
+    lines.append("memory: GPU memory at the family's defaults (fp16/bf16); licences: the "
+                 "weights' (not the code's, where they differ).")
+    unified = sorted({row["family"] for row in rows if row["kind"] == "generator"}
+                     & {row["family"] for row in rows if row["kind"] == "captioner"})
+    if unified:
+        lines.append(f"{', '.join(unified)}: one checkpoint for both sides, loaded once where "
+                     f"--generator and --captioner both name it.")
+    # One line per download (a unified family's two rows are one checkpoint).
+    missing = {(row["family"], row["download"]): row for row in rows if not row["cached"]}
     if missing:
         lines.append("Not in your Hugging Face cache (HF_HOME); on a connected machine:")
-        lines.extend(f"  {row['family']}: {row['download']}" for row in missing)
+        lines.extend(f"  {family}: {download}" for family, download in missing)
     return lines

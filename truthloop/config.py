@@ -326,12 +326,17 @@ MODEL_OPTIONS = ("generator_model", "caption_model", "clip_model")
 
 def check_options_given(config: "RunConfig", said: set[str] | frozenset[str]) -> None:
     """Options the user gave (`said`: OPTION_FIELDS names) that this run would ignore, in one
-    line: clip-interrogator's own with another captioner, a checkpoint under --models tiny."""
+    line: clip-interrogator's own with another captioner, --steps with a generator that draws
+    token by token, a checkpoint under --models tiny."""
     if not CAPTIONERS[config.models.captioner].interrogates:
         given = [name for name in INTERROGATOR_OPTIONS if name in said]
         if given:
             raise ConfigError(f"{_flag(given[0])} is clip-interrogator's; --captioner "
                               f"{config.models.captioner} has no such option")
+    if GENERATORS[config.models.generator].autoregressive and "steps" in said:
+        raise ConfigError(f"--steps: {config.models.generator} draws an image as its "
+                          f"checkpoint's image tokens (Janus-Pro: 576), one step each; leave "
+                          f"--steps out")
     if config.loop.generations and "max_iters" in said:
         raise ConfigError("--generations sets each chain's length; leave --max-iters out")
     if config.models.models == "tiny":
@@ -353,6 +358,8 @@ def check_pair(config: "RunConfig") -> None:
     """Settings the run's generator or captioner family cannot honour; one line each."""
     m, c, g = config.models, config.caption, config.generate
     generator, captioner = GENERATORS[m.generator], CAPTIONERS[m.captioner]
+    if generator.autoregressive:  # first: the diffusion families' reasons below are not its own
+        _check_token_drawing(config)
     for flag, asked in (("--compile", g.compile), ("--fp8", g.fp8)):
         if asked and not generator.fast_paths:
             raise ConfigError(f"{flag} is truthloop's fast path for the sd generator; "
@@ -369,6 +376,24 @@ def check_pair(config: "RunConfig") -> None:
         raise ConfigError(f"--instruction is for the vision-language captioners "
                           f"({', '.join(n for n, f in CAPTIONERS.items() if f.takes_instruction)})"
                           f"; {captioner.name} takes none")
+
+
+def _check_token_drawing(config: "RunConfig") -> None:
+    """What a generator that draws its image token by token (janus-pro) cannot honour."""
+    g, name = config.generate, config.models.generator
+    refusals = (
+        ("--width", g.width is not None, "draws its checkpoint's own size (Janus-Pro: 384x384)"),
+        ("--height", g.height is not None, "draws its checkpoint's own size (Janus-Pro: 384x384)"),
+        ("--scheduler", g.scheduler != "default", "samples image tokens; it has no sampler to "
+                                                   "swap"),
+        ("--negative-prompt", bool(g.negative_prompt), "guides its tokens with the prompt "
+                                                        "against padding, not a negative prompt"),
+        ("--low-vram", config.models.low_vram, "is one transformers model on the GPU, with no "
+                                               "offloaded path"),
+    )
+    for flag, asked, why in refusals:
+        if asked:
+            raise ConfigError(f"{flag}: {name} {why}; leave {flag} out")
 
 
 def apply_pair_defaults(config: "RunConfig", said: set[str] | frozenset[str] = frozenset(),

@@ -42,6 +42,11 @@ class GeneratorFamily:
     download_gb: float
     memory_gb: float
     about: str
+    # Draws its image token by token with a transformers model, not a diffusers pipeline
+    # (`pipeline` names the model class): the checkpoint's own size and token count, no
+    # sampler to swap, no negative prompt, no offloading, no lockstep batch (config.check_pair,
+    # check_options_given and `sweep --batch` say so).
+    autoregressive: bool = False
 
     @property
     def default_model(self) -> str:
@@ -71,6 +76,14 @@ class CaptionerFamily:
 # The instruction the vision-language captioners get unless --instruction says otherwise: one
 # sentence, since the caption becomes the next prompt (CLIP text encoders read 77 tokens).
 DEFAULT_INSTRUCTION = "Describe this image in one sentence."
+
+# Janus-Pro's weights are under DeepSeek's model licence (use-based restrictions, commercial use
+# permitted), its code under MIT: deepseek-ai/Janus's README, "License" (read 2026-12-08). The hub
+# pages of deepseek-ai/Janus-Pro-1B and of the transformers conversion deepseek-community/
+# Janus-Pro-1B carry the tag "License: mit", which names the code's.
+JANUS_PRO_LICENCE = "DeepSeek Model"
+JANUS_PRO_ABOUT = ("DeepSeek's unified model: one checkpoint draws (image mode) and describes "
+                   "(text mode); named on both sides it is loaded once")
 
 GENERATORS: dict[str, GeneratorFamily] = {family.name: family for family in (
     GeneratorFamily(
@@ -109,6 +122,17 @@ GENERATORS: dict[str, GeneratorFamily] = {family.name: family for family in (
         licence="Apache-2.0", download_gb=33.0, memory_gb=24.0,
         about="Tongyi-MAI's 6B distilled model (Qwen3 text encoder), 1024x1024",
     ),
+    GeneratorFamily(
+        # Its image mode: 576 image tokens (24x24), sampled with the checkpoint's classifier-free
+        # guidance (generation_config.json: 5), decoded by its VQ decoder to 384x384. `steps`
+        # records those tokens, one forward pass each (what the progress counts).
+        "janus-pro", "Janus-Pro 1B (image mode)", "JanusForConditionalGeneration",
+        defaults={"steps": 576, "guidance": 5.0, "width": None, "height": None,
+                  "negative_prompt": ""},
+        takes_negative_prompt=False, swaps_scheduler=False, fast_paths=False,
+        licence=JANUS_PRO_LICENCE, download_gb=4.2, memory_gb=6.0,
+        about=JANUS_PRO_ABOUT, autoregressive=True,
+    ),
 )}
 
 CAPTIONERS: dict[str, CaptionerFamily] = {family.name: family for family in (
@@ -146,7 +170,19 @@ CAPTIONERS: dict[str, CaptionerFamily] = {family.name: family for family in (
         licence="Apache-2.0", download_gb=4.3, memory_gb=5.5,
         about="Alibaba's small vision-language model",
     ),
+    CaptionerFamily(
+        "janus-pro", "Janus-Pro 1B (text mode)", defaults={"caption_max_length": 77,
+                                                          "instruction": DEFAULT_INSTRUCTION},
+        takes_instruction=True, interrogates=False, fast_paths=False,
+        licence=JANUS_PRO_LICENCE, download_gb=4.2, memory_gb=6.0, about=JANUS_PRO_ABOUT,
+    ),
 )}
+
+
+def shares_model(generator: str, captioner: str) -> bool:
+    """Whether a pair's two sides are one family (janus-pro on both): one model serves both
+    where both sides name one checkpoint (ml/backends.py loads it once)."""
+    return generator == captioner and generator in GENERATORS and captioner in CAPTIONERS
 
 
 def pair_label(config: dict[str, Any] | None) -> str:

@@ -55,6 +55,10 @@ GENERATOR_MODEL_IDS: dict[str, str] = {
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
     "flux2-klein": "black-forest-labs/FLUX.2-klein-4B",
     "z-image": "Tongyi-MAI/Z-Image-Turbo",
+    # The transformers conversion of deepseek-ai/Janus-Pro-1B (JanusForConditionalGeneration;
+    # deepseek-ai's own needs DeepSeek's janus package). Janus-Pro-7B: the same organisation's
+    # deepseek-community/Janus-Pro-7B (--generator-model / --caption-model).
+    "janus-pro": "deepseek-community/Janus-Pro-1B",
 }
 CAPTIONER_MODEL_IDS: dict[str, str] = {
     # clip-interrogator's BLIP (its CLIP is DEFAULT_CLIP_MODEL).
@@ -63,6 +67,7 @@ CAPTIONER_MODEL_IDS: dict[str, str] = {
     "florence-2": "florence-community/Florence-2-large",
     "llava-1.5": "llava-hf/llava-1.5-7b-hf",
     "qwen3-vl": "Qwen/Qwen3-VL-2B-Instruct",
+    "janus-pro": GENERATOR_MODEL_IDS["janus-pro"],  # one checkpoint for both sides
 }
 
 # The named embedders of the drift measures (`truthloop measure --embedder NAME`,

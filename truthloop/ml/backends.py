@@ -7,7 +7,7 @@ from typing import Any
 
 from truthloop import events as ev
 from truthloop.config import RunConfig
-from truthloop.families import DEFAULT_CAPTIONER, DEFAULT_GENERATOR
+from truthloop.families import DEFAULT_CAPTIONER, DEFAULT_GENERATOR, GENERATORS, shares_model
 from truthloop.loop import Backends, EventSink
 
 
@@ -55,7 +55,13 @@ def load_backends(config: RunConfig, emit: EventSink) -> Backends:
     loaded: dict[str, dict[str, str | None]] = {}
     details: dict[str, Any] = {"generator": m.generator, "captioner": m.captioner}
     painter = _load_painter(config, m, device, loaded, details, emit)
-    captioner, embedder = _load_captioner(config, m, device, loaded, details, emit)
+    shared = None
+    if shares_model(m.generator, m.captioner) and m.generator_model == m.caption_model:
+        # A unified family (janus-pro) named on both sides with one checkpoint: the
+        # captioner is the generator's model, loaded once.
+        shared = (painter.model, painter.processor, loaded["generator_model"])
+    captioner, embedder = _load_captioner(config, m, device, loaded, details, emit,
+                                          shared=shared)
     return Backends(captioner=captioner, painter=painter, embedder=embedder, device=device,
                     details=details, loaded=loaded)
 
@@ -89,6 +95,13 @@ def _load_painter(config: RunConfig, m: Any, device: str, loaded: dict, details:
 
     notice = lambda message: emit(ev.Notice(message))  # noqa: E731
     emit(ev.Loading(f"loading image model {m.generator_model}"))
+    if GENERATORS[m.generator].autoregressive:
+        from truthloop.ml.families.painting import TokenPainter, load_token_generator
+
+        model, processor, loaded["generator_model"] = load_token_generator(
+            m.generator, m.generator_model, device)
+        details["dtype"] = str(model.dtype)
+        return TokenPainter(model, processor, m.generator, config.generate, device)
     if m.generator != DEFAULT_GENERATOR:
         from truthloop.ml.families.painting import FamilyPainter, load_generator
 
@@ -116,13 +129,16 @@ def _load_painter(config: RunConfig, m: Any, device: str, loaded: dict, details:
 
 
 def _load_captioner(config: RunConfig, m: Any, device: str, loaded: dict, details: dict,
-                    emit: EventSink, embedder: bool = True) -> tuple[Any, Any]:
+                    emit: EventSink, embedder: bool = True,
+                    shared: tuple[Any, Any, dict] | None = None) -> tuple[Any, Any]:
     """The captioner and the embedder: clip-interrogator's CLIP serves both, and beside any
     other family the same CLIP is loaded for the embedder alone (unless `embedder` is off:
-    then the embedder is None)."""
+    then the embedder is None). `shared`: the generator's (model, processor, record), which a
+    unified family's captioner uses instead of loading its checkpoint again."""
     from truthloop.ml.models import load_clip
 
-    emit(ev.Loading(f"loading caption model {m.caption_model}"))
+    emit(ev.Loading(f"caption model {m.caption_model}: the image model's, loaded once"
+                    if shared else f"loading caption model {m.caption_model}"))
     if m.captioner != DEFAULT_CAPTIONER:
         from truthloop.ml.embedding import OpenClipEmbedder
         from truthloop.ml.families.captioning import load_captioner
@@ -136,7 +152,7 @@ def _load_captioner(config: RunConfig, m: Any, device: str, loaded: dict, detail
             m.captioner, m.caption_model, device, config.caption,
             lambda message: emit(ev.Notice(message)),
             cuda_graphs=GRAPHED_DECODE_BY_DEFAULT and m.cuda_graphs and not m.low_vram,
-            compile=config.generate.compile)
+            compile=config.generate.compile, shared=shared)
         details["captioner_dtype"] = str(captioner.model.dtype)
         details["decoding"] = captioner.decoding
         if not embedder:

@@ -97,13 +97,15 @@ def wanted_models(config: ModelConfig, captioner_alone: bool = False) -> list[Wa
     ones are built on this machine, so none is wanted from elsewhere). `captioner_alone`: those
     `load_captioner_side` loads (`truthloop caption`): the caption model, and clip-interrogator's
     CLIP."""
-    from truthloop.families import DEFAULT_CAPTIONER
-    from truthloop.model_ids import CLIP_HUB_IDS
+    from truthloop.families import DEFAULT_CAPTIONER, GENERATORS, shares_model
 
     if config.models == "tiny":
         return []
     wanted = []
     spec = config.generator_model
+    # A diffusers pipeline's checkpoint has a model_index.json; a transformers model's
+    # (an autoregressive family's) a config.json.
+    marker = "config.json" if GENERATORS[config.generator].autoregressive else "model_index.json"
     if captioner_alone:
         pass  # no image model
     elif _is_local(spec):
@@ -111,7 +113,10 @@ def wanted_models(config: ModelConfig, captioner_alone: bool = False) -> list[Wa
     else:
         # A withdrawn id: the user's cached copy of it, else its mirror (_hub_source).
         repos = (spec, mirror_of(spec)) if mirror_of(spec) else (spec,)
-        wanted.append(Wanted("image model", spec, None, repos, ("model_index.json",)))
+        wanted.append(Wanted("image model", spec, None, repos, (marker,)))
+    if not captioner_alone and shares_model(config.generator, config.captioner) \
+            and config.caption_model == spec:
+        return wanted + _wanted_clip(config)  # one checkpoint serves both sides
     spec = config.caption_model
     # clip-interrogator's and blip's loaders take blip-large / blip-base for their hub ids.
     source = CAPTION_MODEL_IDS.get(spec, spec) if config.captioner in (DEFAULT_CAPTIONER, "blip") \
@@ -121,6 +126,14 @@ def wanted_models(config: ModelConfig, captioner_alone: bool = False) -> list[Wa
                   Wanted("caption model", spec, None, (source,), ("config.json",)))
     if captioner_alone and config.captioner != DEFAULT_CAPTIONER:
         return wanted
+    return wanted + _wanted_clip(config)
+
+
+def _wanted_clip(config: ModelConfig) -> list[Wanted]:
+    """The CLIP `load_backends` loads for `config` (none where open_clip fetches it itself)."""
+    from truthloop.model_ids import CLIP_HUB_IDS
+
+    wanted = []
     spec = config.clip_model
     arch, _, pretrained = spec.partition("/")
     if not pretrained:

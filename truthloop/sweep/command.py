@@ -125,6 +125,13 @@ def cmd_sweep(args: argparse.Namespace, config: RunConfig) -> int:
     if args.exact and args.batch > 1:
         raise CommandError("--exact runs one trajectory at a time: leave out --batch, or "
                            "leave out --exact")
+    unbatched = [name for name in _grid_values(args, "generator", config.models.generator)
+                 if name in GENERATORS and GENERATORS[name].autoregressive]
+    if args.batch > 1 and unbatched:
+        # transformers' image mode samples every row of a batch from one random stream, so a
+        # trajectory's images in a batch would not be its single run's.
+        raise CommandError(f"--batch: {unbatched[0]} draws one image at a time (a batch's rows "
+                           f"would share one random stream); leave out --batch")
     if args.batch > 1 and getattr(args, "compile", None) is None \
             and not config.models.low_vram and all(
                 GENERATORS[name].fast_paths

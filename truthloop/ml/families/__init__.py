@@ -37,12 +37,14 @@ GENERATOR_MODULES = {
     "sdxl": "truthloop.ml.families.sdxl",
     "flux2-klein": "truthloop.ml.families.flux2_klein",
     "z-image": "truthloop.ml.families.z_image",
+    "janus-pro": "truthloop.ml.families.janus_pro",
 }
 CAPTIONER_MODULES = {
     "blip": "truthloop.ml.families.blip",
     "florence-2": "truthloop.ml.families.florence2",
     "llava-1.5": "truthloop.ml.families.llava",
     "qwen3-vl": "truthloop.ml.families.qwen3_vl",
+    "janus-pro": "truthloop.ml.families.janus_pro",
 }
 
 

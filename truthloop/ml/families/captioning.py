@@ -16,25 +16,39 @@ Progress = Callable[[str], None]
 
 def load_captioner(family: str, spec: str, device: str, config: CaptionConfig,
                    notice: Progress = lambda message: None, *, cuda_graphs: bool = True,
-                   compile: bool = False) -> tuple["FamilyCaptioner", dict[str, str | None]]:
+                   compile: bool = False, shared: tuple[Any, Any, dict] | None = None,
+                   ) -> tuple["FamilyCaptioner", dict[str, str | None]]:
     """The family's model and processor from `spec` on `device`, as a FamilyCaptioner; on CUDA
     its decode steps replay from CUDA graphs (`cuda_graphs`), compiled first with `compile`
-    (fastdecode.py)."""
-    from truthloop.ml.models import _from_pretrained, _is_local, _source
+    (fastdecode.py). `shared`: (model, processor, record) the run's generator loaded from the
+    same checkpoint (a unified family, janus-pro): used as it is, nothing loaded again."""
     from truthloop.model_ids import CAPTION_MODEL_IDS
 
-    module = captioner_module(family)
-    source = CAPTION_MODEL_IDS.get(spec, spec) if family == "blip" else spec
-    dtype = module.dtype(device)
-    model, processor = _from_pretrained("caption model", source,
-                                        lambda path: module.load(path, dtype))
-    model.eval()
-    model = model.to(device)
-    repo = None if _is_local(source) else source
-    record = _source(source, repo, "config.json") | {"requested": spec}
+    if shared is None:
+        source = CAPTION_MODEL_IDS.get(spec, spec) if family == "blip" else spec
+        model, processor, record = load_family_model(captioner_module(family), source, device,
+                                                     "caption model")
+        record = record | {"requested": spec}
+    else:
+        model, processor, record = shared
     origin = generation_origin(model, record.get("path"))
     return FamilyCaptioner(family, model, processor, config, origin, cuda_graphs=cuda_graphs,
                            compile=compile), record
+
+
+def load_family_model(module: Any, source: str, device: str,
+                      kind: str) -> tuple[Any, Any, dict[str, str | None]]:
+    """A transformers family's model and processor (its module's `load`, in its dtype) from a
+    hub id or a local directory, in eval mode on `device`, and where it came from; `kind` names
+    it in the one-line errors ("caption model", "image model")."""
+    from truthloop.ml.models import _from_pretrained, _is_local, _source
+
+    dtype = module.dtype(device)
+    model, processor = _from_pretrained(kind, source, lambda path: module.load(path, dtype))
+    model.eval()
+    model = model.to(device)
+    repo = None if _is_local(source) else source
+    return model, processor, _source(source, repo, "config.json")
 
 
 def pretrained(model_class: str, processor_class: str) -> Callable[[str, Any], tuple[Any, Any]]:

@@ -3,6 +3,10 @@
 Each family's pipeline is called plainly, its denoiser's steps replayed from CUDA graphs on a GPU
 (ml.cudagraph.GraphedForward: the same kernels, so the same pixels), with the run's seed behaviour (ml.generate.RandomStream), a stop/pause check after every denoising
 step (diffusers' callback_on_step_end) and the family's cheap latent preview where it has one.
+
+A family that draws token by token with a transformers model (families.GeneratorFamily.
+autoregressive: janus-pro) is loaded as the captioner families are (`load_token_generator`) and
+drawn by `TokenPainter`: the family's own call, a stop/pause check after every image token.
 """
 
 from __future__ import annotations
@@ -73,3 +77,41 @@ class FamilyPainter(SeededPainter):
         with torch.inference_mode():
             result = self.pipe(**arguments, callback_on_step_end=step_end)
         return result.images[0]
+
+
+def load_token_generator(family: str, spec: str, device: str,
+                         ) -> tuple[Any, Any, dict[str, str | None]]:
+    """An autoregressive generator family's model and processor, through the captioner
+    families' one loading path (captioning.load_family_model), and where they came from."""
+    from truthloop.ml.families.captioning import load_family_model
+
+    return load_family_model(generator_module(family), spec, device, "image model")
+
+
+class TokenPainter(SeededPainter):
+    """The loop's Painter for an autoregressive generator family (janus-pro): the family's
+    `draw` (its library's plain call), sampling from the run's random stream (the family's
+    `drawing_from`), `on_step` after every image token. No live preview: nothing is drawn
+    before the last token."""
+
+    def __init__(self, model: Any, processor: Any, family: str, config: GenerateConfig,
+                 device: str):
+        import copy
+
+        super().__init__(config, device)
+        self.model = model
+        self.processor = processor
+        self.family = GENERATORS[family]
+        self.module = generator_module(family)
+        # The checkpoint's generation settings as loaded: a captioner sharing the model turns
+        # its sampling off in place (captioning.decode_greedily), and the image is sampled.
+        self.generation_config = copy.deepcopy(model.generation_config)
+
+    def paint(self, prompt: str, on_step: Callable[[int, int], None],
+              generator: Any = None) -> Any:
+        import torch
+
+        generator = self._stream.generator() if generator is None else generator
+        with torch.inference_mode(), self.module.drawing_from(generator, self.model.device):
+            return self.module.draw(self.model, self.processor, prompt, self.config.guidance,
+                                    on_step, self.generation_config)
