@@ -133,6 +133,7 @@ def test_a_fixed_length_sweep_runs_exactly_n_generations_both_ways_past_repeats(
         # No early stop: a repeat is not a reason to stop, nor marked as one.
         assert all(r.repeat_of is None for r in records)
         assert view.summary["status"] == "max_iters" and view.summary["cycle"] is None
+        assert view.summary["generations"] == generations  # what the app says it ended by
     # a1's chain met fixA again and again and went on: from the prompt, its captions are
     # a2, fixA (, fixA) ...; the image alpha.png is captioned a1, a2, fixA.
     alpha = read_run(run_dirs[0])
@@ -470,3 +471,28 @@ def test_import_into_a_folder_in_use_is_refused(tmp_path, capsys):
     assert [p.name for p in taken.iterdir()] == ["notes.txt"]
     assert run_main(["import-telephone-game", layout / "text-first", tmp_path / "new"]) == 2
     assert_one_clean_error_line(capsys.readouterr().err, "is one chain folder")
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_the_app_shows_a_finished_chain_as_its_generations_not_as_no_repeat(tmp_path):
+    from tui.app import TruthLoopApp
+    from tui_helpers import screen_text, wait_for
+
+    config = RunConfig()
+    config.loop.generations = 4  # from a prompt: 3 records, the last a caption
+    config.start_prompt = "a1"
+    TruthLoop(config, tmp_path / "run", sweep_fakes.attractor_factory).run()
+    app = TruthLoopApp(run_dir=tmp_path / "run", preview="none", stable=True)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_for(pilot, lambda: app.run_screen.state == "max_iters")
+        text = screen_text(app)
+        assert "CHAIN DONE" in text and "its 4 generations (--generations" in text, text
+        assert "3/3 done" in text, text  # the chain's records, not --max-iters' 1000
+        assert "NO REPEAT" not in text and "resume --max-iters" not in text
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running)

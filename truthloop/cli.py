@@ -187,6 +187,8 @@ def _default_text(action: argparse.Action, config: RunConfig, tiny: bool) -> str
             value = "the seed script's negative prompt"
         elif action.dest == "cuda_graphs":
             value = "graphs on" if value else "graphs off"
+        elif action.dest == "generations" and not value:
+            value = "off: the loop's own stop rules"
     elif action.dest == "preset":
         value = "none"
     elif action.dest in ("size", "columns") and action.default is None:

@@ -658,6 +658,8 @@ class TruthLoop:
     def _finish(self, status: str, last: Record | None = None) -> dict[str, Any]:
         self._settle_image()
         self.summary.update(result_fields(self.records))
+        if self.config.loop.generations:  # a fixed-length chain: its end is not "no repeat"
+            self.summary["generations"] = self.config.loop.generations
         self.summary.update({
             "status": status,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

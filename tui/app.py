@@ -138,6 +138,10 @@ def exit_report(run_dir: Path) -> str:
                                  summary.get("truth_images") or []):
             lines.append(f"truth: {visible(str(prompt))}  [{visible(str(image))}]")
         lines.append(f"look again: truthloop view {where}")
+    elif status == "max_iters" and summary.get("generations"):
+        lines.append(f"state: ran its {count(summary['generations'], 'generation')} "
+                     f"(--generations: a fixed-length chain)")
+        lines.append(f"look again: truthloop view {where}")
     elif status == "max_iters":
         lines.append(f"state: no repeat within {count(done, 'iteration')} (--max-iters)")
         lines.append(f"continue with: truthloop resume --max-iters N {where}")

@@ -491,7 +491,7 @@ def _write_run(run_dir: Path, config: dict[str, Any], chain: Chain, layout: Path
             writer.append_record(record)
             records.append(record)
         summary = {"status": "max_iters", "started": now, "finished": now, "imported": True,
-                   **result_fields(records)}
+                   **result_fields(records), "generations": generations}
         writer.write_summary(summary)
     finally:
         writer.close()

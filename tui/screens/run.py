@@ -20,6 +20,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
+from truthloop.config import chain_shape
 from truthloop.fork import parent_of
 from truthloop.record import PERSON, Record
 from truthloop.store import RUN_FILE
@@ -176,6 +177,9 @@ class RunScreen(ForkActions, Screen[None]):
         max_iters = (self.last_segment().get("options") or {}).get("max_iters")
         if not isinstance(max_iters, int):
             max_iters = self.config.get("loop", {}).get("max_iters") if self.config else None
+        generations = (self.config or {}).get("loop", {}).get("generations")
+        if isinstance(generations, int) and generations > 0:  # the records its chain writes
+            max_iters = chain_shape(generations, self.config.get("start_prompt") is None)[0]
         self.query_one(StatusBar).set(max_iters=max_iters)
 
     def add_record(self, record: Record) -> None:

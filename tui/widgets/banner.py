@@ -61,6 +61,10 @@ def banner_text(state: str, summary: dict[str, Any] | None, error_message: str |
         if not_drawn is not None:
             text.append(f"; #{not_drawn} was not drawn")
         text.append(f"; continue with: truthloop resume {visible(run_dir)}")
+    elif state == "max_iters" and summary.get("generations"):
+        text.append(" ✔ CHAIN DONE ", "bold reverse")
+        text.append(f"  its {count(summary['generations'], 'generation')} (--generations: a "
+                    f"fixed-length chain, which does not stop at a repeat)")
     elif state == "max_iters":
         text.append(" … NO REPEAT ", "bold reverse")
         text.append(f"  within {count(summary.get('iterations', records), 'iteration')}"
