@@ -496,3 +496,17 @@ async def test_the_app_shows_a_finished_chain_as_its_generations_not_as_no_repea
         assert "NO REPEAT" not in text and "resume --max-iters" not in text
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running)
+
+
+def test_a_grid_exports_one_layout_per_point_and_each_imports(tmp_path, scripted, in_process,
+                                                             capsys):
+    sweep_dir = fixed_sweep(tmp_path, 4, "--grid", "clauses=0,1")
+    out = tmp_path / "layouts"
+    assert run_main(["export", sweep_dir, "--telephone-game", out]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clauses-0", "clauses-1"]
+    for point in out.iterdir():
+        assert [r["filename"] for r in their_csv(point / "text-first/gen-0.csv")] == \
+            ["0.png", "1.png", "2.png"]
+        assert len(list((point / "image-first/gen-0").iterdir())) == 2
+    assert run_main(["import-telephone-game", out / "clauses-1", tmp_path / "one"]) == 0
+    assert len(list((tmp_path / "one/runs").iterdir())) == 5

@@ -27,9 +27,10 @@ The script reads it as latin-1: ASCII captions are read as written, others as th
 
 Export writes the layout whole under a hidden name and renames it into place (a kill leaves no
 half layout); import builds the sweep directory the same way, each chain an ordinary run
-directory written through store.RunWriter. Neither needs a model: an imported sweep has no
-similarities until `truthloop measure` adds them; its runs cannot be resumed (their models are
-not truthloop's).
+directory written through store.RunWriter (its images read as `truthloop run` reads a start
+image: images.load_input_image, RGB, at most 2048 pixels a side). Neither needs a model: an
+imported sweep has no similarities until `truthloop measure` adds them; its runs cannot be
+resumed (their models are not truthloop's).
 """
 
 from __future__ import annotations
@@ -227,6 +228,9 @@ def export_layout(sweep_dir: Path, out: Path) -> dict[str, Any]:
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise TelephoneGameError(f"cannot write {out}: {error.strerror or error}") from None
+    except BaseException:  # Ctrl-C: no half layout left behind, under any name
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return {"generations": generations, "layouts": written, "skipped": skipped}
 
 
