@@ -94,8 +94,8 @@ class CountingLoader:
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
-    """A sweep (one image start, two prompt starts, two seeds, two guidance values: 12 runs) measured by
-    three embedders; a copy of it before measuring."""
+    """A sweep (one image start, two prompt starts, two seeds, two guidance values: 12 runs)
+    measured by three embedders; a copy of it before measuring."""
     root = tmp_path_factory.mktemp("named")
     sweep = root / "sweep"
     runs = make_sweep(sweep)
@@ -141,21 +141,49 @@ def plain_clip(path: str):
     return image, text
 
 
+def telephone_game_dino_transform(short: int, crop: int):
+    """The Telephone Game code's DINO transform (torchvision: resize the short side, centre
+    crop, ImageNet's mean and deviation), at any size."""
+    transforms = pytest.importorskip("torchvision.transforms")
+
+    return transforms.Compose([transforms.Resize(short), transforms.CenterCrop(crop),
+                               transforms.ToTensor(),
+                               transforms.Normalize([0.485, 0.456, 0.406],
+                                                    [0.229, 0.224, 0.225])])
+
+
 def plain_dino(path: str):
+    """The tiny DINO's CLS token after the last norm (timm's DINO features), on images
+    transformed as the Telephone Game's code does, at the tiny size (36, then 32)."""
     import torch
     from PIL import Image
-    from transformers import AutoImageProcessor, ViTModel
+    from transformers import ViTModel
 
     model = ViTModel.from_pretrained(path, add_pooling_layer=False).eval()
-    processor = AutoImageProcessor.from_pretrained(path)
+    transform = telephone_game_dino_transform(36, 32)
 
     def image(paths):
-        pixels = processor(images=[Image.open(p).convert("RGB") for p in paths],
-                           return_tensors="pt")["pixel_values"]
+        pixels = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
         with torch.no_grad():
             return _plain_unit(model(pixel_values=pixels).last_hidden_state[:, 0])
 
     return image
+
+
+def test_dino_sees_images_as_the_telephone_games_code_gives_them_to_timm():
+    """Not as the hub conversion's preprocessor_config.json says (224 without a crop, mean and
+    deviation 0.5): resize 256, centre crop 224, ImageNet's statistics."""
+    import numpy as np
+    from PIL import Image
+
+    from truthloop.ml.embedders import DinoTransform
+
+    image = Image.open(Path(cli.__file__).parent / "data" / "sample.png").convert("RGB")
+    image = image.resize((384, 300))  # not square: the crop matters
+    mine = DinoTransform(224)(images=[image], return_tensors="pt")["pixel_values"][0].numpy()
+    theirs = telephone_game_dino_transform(256, 224)(image).numpy()
+    assert mine.shape == theirs.shape == (3, 224, 224)
+    assert np.abs(mine - theirs).max() < 1e-5
 
 
 def plain_minilm(path: str):
@@ -176,12 +204,28 @@ def plain_minilm(path: str):
     return text
 
 
+def _remembered(features):
+    """features(list) -> rows, each input computed once (one at a time, as plainly as can be)."""
+    if features is None:
+        return None
+    seen: dict = {}
+
+    def remembered(items):
+        for item in items:
+            if str(item) not in seen:
+                seen[str(item)] = features([item])[0]
+        return [seen[str(item)] for item in items]
+
+    return remembered
+
+
 def plain_similarities(run_dir: Path, image=None, text=None) -> list[dict]:
     """Per log line, the loop's pairs from the files: image to the start image (input.png, or a
     prompt start's first drawing) and to the previous image; compared prompt to the first and
     the previous one; caption to the start image and to the image it describes."""
     import numpy as np
 
+    image, text = _remembered(image), _remembered(text)
     lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     from_image = (run_dir / "input.png").exists()
     start = run_dir / ("input.png" if from_image else lines[0]["image"])
@@ -227,7 +271,7 @@ def assert_same(measured_rows: list[dict], plain_rows: list[dict]) -> None:
             assert mine[key] == pytest.approx(value, abs=2e-6), (index, key)
 
 
-# -- the numbers ------------------------------------------------------------------------------------
+# -- the numbers -----------------------------------------------------------------------------------
 def test_each_embedder_equals_a_plain_recomputation_with_its_tiny_model(measured):
     sweep, runs, _, tally, _, _ = measured
     assert tally.measured == 3 * len(runs) == 36 and tally.skipped == 0
@@ -399,7 +443,7 @@ def test_sigkill_mid_way_then_the_same_command_gives_an_unbroken_runs_files(meas
         pytest.skip("the first command finished before it could be killed mid-way")
 
 
-# -- the command ------------------------------------------------------------------------------------
+# -- the command -----------------------------------------------------------------------------------
 def test_the_command_measures_a_run_and_says_what_it_did(measured, tmp_path, capsys):
     sweep, runs, unmeasured, _, _, _ = measured
     run_dir = tmp_path / "run"
@@ -454,7 +498,7 @@ def test_a_real_embedder_not_in_the_cache_is_one_line_before_anything_is_written
     assert not list(copy.glob("runs/*/measures-*"))
 
 
-# -- the report -------------------------------------------------------------------------------------
+# -- the report ------------------------------------------------------------------------------------
 def test_the_report_shows_mcd_and_sdr_by_each_embedder(measured, tmp_path):
     """groups.csv and the page carry MCD (the mean over generations past the start of each
     generation's mean similarity to the start) and SDR (the mean change per generation of those
@@ -518,7 +562,7 @@ def test_the_report_names_a_damaged_measures_file(measured, tmp_path):
     assert minilm["runs"] == len(runs) - 1
 
 
-# -- a sweep's own --embedder ------------------------------------------------------------------------
+# -- a sweep's own --embedder ----------------------------------------------------------------------
 def test_a_sweeps_embedders_are_in_its_spec_and_measure_every_trajectory_at_the_end(
         tmp_path, monkeypatch, capsys):
     """`truthloop sweep --embedder NAME`: the spec names it, every trajectory is measured once

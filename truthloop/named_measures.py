@@ -340,6 +340,7 @@ def measure_dirs(paths: Sequence[Path], names: Sequence[str], load: Loader, tiny
                 embedder = load(named)
                 say(f"{named.name} ({named.label}) ready on {getattr(embedder, 'device', '?')} "
                     f"in {time.monotonic() - started:.1f}s")
+                shown = time.monotonic()
             problems: list[str] = []
             rows = rescore(view, named, embedder, problems)
             data = {"format": FILE_FORMAT, "embedder": named.name, "label": named.label,

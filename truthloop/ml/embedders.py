@@ -7,7 +7,8 @@ Each gives unit-length features, in batches, through the model's own preprocessi
 preprocessor_config.json / tokenizer):
 
     clip      CLIPModel's projected image and text features (one space: the cross measure)
-    dino      ViTModel's CLS token after the last layer norm (timm's DINO features)
+    dino      ViTModel's CLS token after the last layer norm (timm's DINO features), on images
+              transformed as the Telephone Game's code does (DinoTransform)
     dinov2    Dinov2Model's pooled output (the CLS token after the last layer norm)
     sentence  the model cards' transformers-only recipe: the token embeddings averaged over the
               attention mask (sentence-transformers' mean pooling), at its max_seq_length
@@ -25,7 +26,7 @@ from truthloop.model_ids import download_hint
 from truthloop.named_measures import NamedEmbedder
 
 # Bump when a tiny recipe below changes, so an old cache is rebuilt rather than reused.
-TINY_VERSION = 1
+TINY_VERSION = 3
 TINY_TEXT_TOKENS = 60  # the tiny sentence models' longest input (64 positions)
 
 
@@ -142,11 +143,49 @@ def _load(named: NamedEmbedder, path: str) -> tuple[Any, Any]:
         if named.kind == "dino":  # no pooler: DINO's checkpoints have none
             model = transformers.ViTModel.from_pretrained(path, dtype=torch.float32,
                                                           add_pooling_layer=False)
+            return model, DinoTransform(model.config.image_size)
         else:
             model = transformers.Dinov2Model.from_pretrained(path, dtype=torch.float32)
         return model, transformers.AutoImageProcessor.from_pretrained(path)
     return (transformers.AutoModel.from_pretrained(path, dtype=torch.float32),
             transformers.AutoTokenizer.from_pretrained(path))
+
+
+class DinoTransform:
+    """DINO ViT-B/16's images as the Telephone Game's code gives them to timm's DINO, and as DINO
+    was trained: the short side resized to `crop` * 8/7 (256 for 224; bilinear), a centre crop
+    of `crop`, ImageNet's mean and deviation; torchvision's Resize, CenterCrop, ToTensor and
+    Normalize, with their roundings, in Pillow and numpy. (The hub conversion's
+    preprocessor_config.json resizes to 224 without a crop and normalises with 0.5 and 0.5.)
+    Called as an image processor: (images=[...], return_tensors="pt") -> {"pixel_values"}."""
+
+    MEAN = (0.485, 0.456, 0.406)
+    STD = (0.229, 0.224, 0.225)
+
+    def __init__(self, crop: int = 224):
+        self.crop = crop
+        self.short = crop * 8 // 7
+
+    def __call__(self, images: list[Any], return_tensors: str = "pt") -> dict[str, Any]:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        rows = []
+        for image in images:
+            width, height = image.size
+            if width <= height:
+                size = (self.short, int(self.short * height / width))
+            else:
+                size = (int(self.short * width / height), self.short)
+            image = image.convert("RGB").resize(size, Image.BILINEAR)
+            left = int(round((size[0] - self.crop) / 2.0))
+            top = int(round((size[1] - self.crop) / 2.0))
+            image = image.crop((left, top, left + self.crop, top + self.crop))
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
+            pixels = (pixels - np.asarray(self.MEAN, np.float32)) / np.asarray(self.STD, np.float32)
+            rows.append(pixels.transpose(2, 0, 1))
+        return {"pixel_values": torch.from_numpy(np.stack(rows))}
 
 
 def _load_dreamsim(named: NamedEmbedder, device: str) -> NamedModel:
@@ -199,8 +238,8 @@ def _build_tiny(named: NamedEmbedder, out: Path, tiny_root: Path) -> None:
         processor.save_pretrained(out)
     elif named.kind == "dino":
         config = tf.ViTConfig(image_size=32, patch_size=8, **small)
+        # its images: DinoTransform at the model's size, as the real one's
         _spread(tf.ViTModel(config, add_pooling_layer=False)).save_pretrained(out)
-        tf.ViTImageProcessor(size={"height": 32, "width": 32}, **imagenet).save_pretrained(out)
     elif named.kind == "dinov2":
         config = tf.Dinov2Config(image_size=32, patch_size=8, mlp_ratio=2,
                                  **{k: v for k, v in small.items() if k != "intermediate_size"})
