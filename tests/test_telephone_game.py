@@ -494,6 +494,7 @@ async def test_the_app_shows_a_finished_chain_as_its_generations_not_as_no_repea
         assert "CHAIN DONE" in text and "its 4 generations (--generations" in text, text
         assert "3/3 done" in text, text  # the chain's records, not --max-iters' 1000
         assert "NO REPEAT" not in text and "resume --max-iters" not in text
+        assert "✔ chain done" in text and "max iterations" not in text  # the status line
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running)
 

@@ -178,9 +178,10 @@ class RunScreen(ForkActions, Screen[None]):
         if not isinstance(max_iters, int):
             max_iters = self.config.get("loop", {}).get("max_iters") if self.config else None
         generations = (self.config or {}).get("loop", {}).get("generations")
-        if isinstance(generations, int) and generations > 0:  # the records its chain writes
+        chain = isinstance(generations, int) and generations > 0
+        if chain:  # the records its chain writes
             max_iters = chain_shape(generations, self.config.get("start_prompt") is None)[0]
-        self.query_one(StatusBar).set(max_iters=max_iters)
+        self.query_one(StatusBar).set(max_iters=max_iters, chain=chain)
 
     def add_record(self, record: Record) -> None:
         """A new or updated record (a finished iteration, or the pending row of one being drawn)."""

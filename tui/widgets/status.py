@@ -25,6 +25,8 @@ STATE_STYLE = {
     "interrupted": ("✖ interrupted", "bold magenta"),
     "unknown": ("? unknown", "bold"),
 }
+# A fixed-length chain (--generations) that ran all its generations ends as "max_iters".
+CHAIN_DONE = ("✔ chain done", "bold cyan")
 
 
 def bar(done: int, total: int, width: int = 16) -> str:
@@ -42,6 +44,7 @@ class StatusInfo:
     iteration: int | None = None  # the iteration the loop began last (or the last done)
     done: int = 0  # iterations recorded
     max_iters: int | None = None
+    chain: bool = False  # a fixed-length chain: max_iters is its length
     step: int | None = None
     steps: int | None = None
     loading: str = ""
@@ -89,6 +92,8 @@ class StatusBar(Static):
     def render_info(self) -> Text:
         info = self.info
         label, style = STATE_STYLE.get(info.state, (info.state, "bold"))
+        if info.state == "max_iters" and info.chain:  # its length was the point, not a limit
+            label, style = CHAIN_DONE
         text = Text()
         if info.mode == "view":
             text.append(" VIEW ", "bold black on white")
