@@ -363,15 +363,20 @@ def test_a_run_being_written_is_skipped_with_one_line(tmp_path):
     holder = RunWriter.hold(runs[0])  # as the loop holds it while it runs
     try:
         said: list[str] = []
-        tally = nm.measure_dirs([tmp_path / "sweep"], ["dino-vitb16"], CountingLoader(),
-                                tiny=True, say=said.append)
+        tally = nm.measure_dirs([tmp_path / "sweep"], ["dino-vitb16", "minilm"],
+                                CountingLoader(), tiny=True, say=said.append)
     finally:
         holder.close()
     notes = [line for line in said if line.startswith("truthloop: note:")]
     assert len(notes) == 1 and str(runs[0]) in notes[0] and "being written" in notes[0]
-    assert tally.skipped == 1 and tally.measured == len(runs) - 1
-    assert not (runs[0] / "measures-dino-vitb16.json").exists()
+    assert tally.skipped == 1 and tally.measured == 2 * (len(runs) - 1)
+    assert not list(runs[0].glob("measures-*"))
     assert (runs[1] / "measures-dino-vitb16.json").exists()
+    # once it has stopped, the same call measures it, and only it
+    loader = CountingLoader()
+    tally = nm.measure_dirs([tmp_path / "sweep"], ["dino-vitb16", "minilm"], loader,
+                            tiny=True, say=lambda line: None)
+    assert tally.measured == 2 and tally.done == 2 * (len(runs) - 1) and not tally.skipped
 
 
 def test_an_unreadable_image_leaves_its_similarities_out(tmp_path):

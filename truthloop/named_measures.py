@@ -286,9 +286,10 @@ class Tally:
 
     measured: int = 0     # files written now
     done: int = 0         # already there, and whole
-    skipped: int = 0      # runs left out (being written, unreadable): said on `say`
+    skipped: int = 0      # runs left out (being written, unreadable): said once each on `say`
     incomplete: int = 0   # measured with something left out (an unreadable image)
     lines: list[str] = field(default_factory=list)
+    left_out: set[Path] = field(default_factory=set)
 
 
 Loader = Callable[[NamedEmbedder], Any]
@@ -314,13 +315,13 @@ def measure_dirs(paths: Sequence[Path], names: Sequence[str], load: Loader, tiny
         shown = time.monotonic()
         for number, run_dir in enumerate(runs, 1):
             if is_locked(run_dir):
-                _skip(tally, say, f"{run_dir} is being written (running); skipped: measure it "
-                                  "when it has stopped")
+                _skip(tally, say, run_dir, f"{run_dir} is being written (running); skipped: "
+                                           "measure it when it has stopped")
                 continue
             try:
                 view = read_run(run_dir)
             except RunDirError as error:
-                _skip(tally, say, f"{error}; skipped")
+                _skip(tally, say, run_dir, f"{error}; skipped")
                 continue
             if not view.records:
                 continue  # nothing to measure yet
@@ -365,7 +366,11 @@ def measure_dirs(paths: Sequence[Path], names: Sequence[str], load: Loader, tiny
     return tally
 
 
-def _skip(tally: Tally, say: Callable[[str], None], line: str) -> None:
+def _skip(tally: Tally, say: Callable[[str], None], run_dir: Path, line: str) -> None:
+    """A run left out, said once (not once per embedder)."""
+    if run_dir in tally.left_out:
+        return
+    tally.left_out.add(run_dir)
     tally.skipped += 1
     tally.lines.append(line)
     say(f"truthloop: note: {line}")
@@ -378,8 +383,8 @@ def _write(run_dir: Path, named: NamedEmbedder, data: dict[str, Any], records: i
     try:
         writer = RunWriter.hold(run_dir)
     except RunDirError:
-        _skip(tally, say, f"{run_dir} started being written while it was measured; skipped: "
-                          "measure it when it has stopped")
+        _skip(tally, say, run_dir, f"{run_dir} started being written while it was measured; "
+                                   "skipped: measure it when it has stopped")
         return False
     try:
         # A kill between a temp file's write and its rename leaves it behind: nothing writes
@@ -391,8 +396,8 @@ def _write(run_dir: Path, named: NamedEmbedder, data: dict[str, Any], records: i
         except RunDirError:
             now = -1
         if now != records:
-            _skip(tally, say, f"{run_dir} changed while it was measured; skipped: measure it "
-                              "again")
+            _skip(tally, say, run_dir, f"{run_dir} changed while it was measured; skipped: "
+                                       "measure it again")
             return False
         atomic_write_bytes(run_dir / named.file, json_bytes(data) + b"\n")
         _record_in_run(run_dir, named, data, holding=True)
