@@ -10,7 +10,7 @@ never stop early: every caption is `caption_max_length` tokens (77 for the visio
 families), the longest a caption can be. Images are noise at --image-size (SDXL's 1024 by
 default: Qwen3-VL's token count follows the image size; the others resize).
 
-    python3 bench/bench_captioners.py [--only llava-1.5,qwen3-vl] [--repeats 3]
+    python3 bench/bench_captioners.py [--only llava-1.5,qwen3-vl,janus-pro] [--repeats 3]
         [--batches 8,16,32] [--compile] [--json out.json]
     python3 bench/bench_captioners.py --tiny     # the tiny checkpoints on the CPU: a dry run
                                                  # of the machinery (its seconds mean nothing)
@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-FAMILIES = ("llava-1.5", "qwen3-vl", "florence-2", "blip")
+FAMILIES = ("llava-1.5", "qwen3-vl", "florence-2", "blip", "janus-pro")
 
 
 def _cuda() -> bool:
@@ -227,7 +227,7 @@ def table(rows: list[dict], batches: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", help="comma-separated families (default: all four)")
+    parser.add_argument("--only", help="comma-separated families (default: all of them)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed captions (and batches) after the first (default 3)")
     parser.add_argument("--batches", default="8,16,32",

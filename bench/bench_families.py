@@ -83,6 +83,7 @@ def _timed(call, repeats: int) -> tuple[float, list[float], object]:
 def bench_generator(name: str, repeats: int) -> tuple[dict, object]:
     import torch
 
+    from truthloop.families import GENERATORS
     from truthloop.ml.families import generator_module
     from truthloop.ml.families.painting import FamilyPainter
 
@@ -90,10 +91,15 @@ def bench_generator(name: str, repeats: int) -> tuple[dict, object]:
     module = generator_module(name)
     config = _config(generator=name)
     start = time.perf_counter()
-    pipe = module.full_size("cuda", module.dtype("cuda"))
+    built_model = module.full_size("cuda", module.dtype("cuda"))
     _sync()
     built = time.perf_counter() - start
-    painter = FamilyPainter(pipe, name, config.generate, "cuda")
+    if GENERATORS[name].autoregressive:  # janus-pro: (model, processor), drawn token by token
+        from truthloop.ml.families.painting import TokenPainter
+
+        painter = TokenPainter(*built_model, name, config.generate, "cuda")
+    else:
+        painter = FamilyPainter(built_model, name, config.generate, "cuda")
     first, times, image = _timed(lambda: painter.paint(PROMPT, lambda step, total: None),
                                  repeats)
     row = {"family": name, "kind": "generator", "dtype": str(module.dtype("cuda")),

@@ -11,12 +11,17 @@ checkpoints on the CPU, a dry run of every row), in one process, one image after
 - `plain, cudnn autotune`: the plain call without the determinism settings a run makes (cuDNN's
   benchmark mode on, its deterministic mode off), to see what they cost.
 
+A family that draws token by token (janus-pro: transformers' image mode) has two rows: `plain`,
+the documented call under torch.manual_seed(seed), and `loop`, the loop's TokenPainter (the run's
+random stream, a stop check after every image token); the note says whether their pixels agree.
+
 Then, for SDXL: the stages of one eager image (prompt encoding, 50 UNet steps, the VAE decode in
 fp32 as `force_upcast` makes it and, for comparison, in fp16), and a torch.profiler trace of one
 eager loop image: GPU kernel time against wall time, kernel time by kind, and the host calls that
 wait for the GPU (synchronizations, device-to-host copies) per step.
 
-    python3 bench/bench_generators.py [--families sdxl,flux2-klein,z-image] [--repeats 2] [--json F]
+    python3 bench/bench_generators.py [--families sdxl,flux2-klein,z-image,janus-pro]
+        [--repeats 2] [--json F]
     python3 bench/bench_generators.py --tiny      # CPU dry run, tiny checkpoints, ~1 min
 """
 
@@ -79,10 +84,12 @@ def config_for(family: str, tiny: bool):
 
     from truthloop.config import RunConfig, apply_pair_defaults
 
+    from truthloop.families import GENERATORS
+
     config = RunConfig(start_prompt=PROMPT)
     config.models.generator = family
     apply_pair_defaults(config)
-    if tiny:
+    if tiny and not GENERATORS[family].autoregressive:  # (that one draws its checkpoint's size)
         return dataclasses.replace(config.generate, steps=2, width=64, height=64)
     return config.generate
 
@@ -99,12 +106,58 @@ def determinism(on: bool) -> None:
         torch.backends.cudnn.deterministic = False
 
 
+def token_family_rows(family: str, args) -> tuple[list[dict], object, object]:
+    """An autoregressive family (janus-pro): the documented call under torch.manual_seed, and
+    the loop's TokenPainter, whose pixels should be the same."""
+    import numpy as np
+    import torch
+
+    from truthloop.ml.families import generator_module
+    from truthloop.ml.families.painting import TokenPainter, load_token_generator
+
+    module = generator_module(family)
+    if args.tiny:
+        from truthloop.ml.tiny import tiny_family_model
+
+        model, processor, _ = load_token_generator(
+            family, tiny_family_model("generator", family), DEVICE)
+    else:
+        model, processor = module.full_size(DEVICE, module.dtype(DEVICE))
+    config = config_for(family, args.tiny)
+    painter = TokenPainter(model, processor, family, config, DEVICE)
+    rows, images = [], {}
+
+    def row(name: str, call, note: str = "") -> None:
+        first, times, image = timed(call, args.repeats)
+        images[name] = np.asarray(image)
+        rows.append({"family": family, "path": name, "first_s": round(first, 3),
+                     "s_per_image": round(statistics.median(times), 3),
+                     "all_s": [round(t, 3) for t in times], "note": note,
+                     "image_tokens": module.image_tokens(model)})
+        print(json.dumps(rows[-1]), flush=True)
+
+    determinism(True)
+
+    def plain():
+        torch.manual_seed(config.seed)
+        with torch.inference_mode():
+            return module.draw(model, processor, PROMPT, config.guidance)
+
+    row("plain", plain, f"torch.manual_seed({config.seed}), guidance {config.guidance}")
+    row("loop", lambda: painter.paint(PROMPT, lambda step, total: None))
+    rows[-1]["note"] = f"same pixels as plain: {np.array_equal(images['loop'], images['plain'])}"
+    return rows, model, painter
+
+
 def family_rows(family: str, args) -> tuple[list[dict], object, object]:
     import numpy as np
     import torch
 
+    from truthloop.families import GENERATORS
     from truthloop.ml.families.painting import FamilyPainter
 
+    if GENERATORS[family].autoregressive:
+        return token_family_rows(family, args)
     pipe = build(family, args.tiny)
     config = config_for(family, args.tiny)
     eager = FamilyPainter(pipe, family, config, DEVICE)
@@ -256,7 +309,9 @@ def main() -> int:
             if family == "sdxl":
                 result["sdxl_stages"] = sdxl_stages(pipe, painter, args)
             if not args.no_profile:
-                result["profile"][family] = profile_one(painter, painter.config.steps)
+                steps = (painter.module.image_tokens(pipe) if hasattr(painter, "model")
+                         else painter.config.steps)  # (an image token a step, for janus-pro)
+                result["profile"][family] = profile_one(painter, steps)
                 print(json.dumps({family: result["profile"][family]}), flush=True)
             del pipe, painter
             if DEVICE == "cuda":

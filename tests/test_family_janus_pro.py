@@ -185,8 +185,9 @@ def _run_config(**models):
 
 def test_named_on_both_sides_it_is_loaded_once_and_draws_and_describes_as_alone(
         tiny_dir, loaded, captioner, monkeypatch):
-    """One from_pretrained for both sides, one model object; its captioner turning sampling off
-    in the shared generation config leaves the image as an unshared painter's."""
+    """One from_pretrained for both sides, one model object; an image drawn after a caption (the
+    captioner turned sampling off in the shared generation config, and its static cache was
+    longer) is an unshared painter's."""
     from truthloop.ml.backends import load_backends
 
     calls = _count_from_pretrained(monkeypatch)
@@ -195,10 +196,10 @@ def test_named_on_both_sides_it_is_loaded_once_and_draws_and_describes_as_alone(
     assert backends.painter.model is backends.captioner.model
     assert backends.loaded["generator_model"] == backends.loaded["caption_model"]
     assert backends.captioner.model.generation_config.do_sample is False  # greedy captions
+    assert backends.captioner.caption(noise_image(1)) == captioner.caption(noise_image(1))
     shared = backends.painter.paint(PROMPT, lambda step, total: None)
     alone = painter(loaded).paint(PROMPT, lambda step, total: None)
     assert np.array_equal(np.asarray(shared), np.asarray(alone))
-    assert backends.captioner.caption(noise_image(1)) == captioner.caption(noise_image(1))
 
 
 def test_two_checkpoints_are_two_models(tiny_dir, tmp_path, monkeypatch):

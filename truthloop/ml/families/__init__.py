@@ -24,6 +24,15 @@ A captioner family's module (blip, florence2, llava, qwen3_vl) gives
 and `captioning.py` loads and runs it (`fastdecode.py`: the static KV cache and the graphed
 decode steps it runs `generate` with).
 
+A unified family's module (janus_pro) is both: the captioner's functions, and for its generator
+side (families.GeneratorFamily.autoregressive: a transformers model drawn token by token, not a
+diffusers pipeline)
+    image_tokens(model) -> int              the forward passes an image takes
+    draw(model, processor, prompt, guidance, on_token, generation_config) -> PIL image
+    drawing_from(generator, device)         a context: the run's random stream is the one the
+                                            library samples from
+and `painting.py`'s TokenPainter runs it; ml/backends.py loads it once for both sides.
+
 The sd generator and the clip-interrogator captioner keep their own modules (ml/models.py,
 ml/generate.py, ml/interrogate.py and the fast paths).
 """
