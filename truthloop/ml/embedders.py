@@ -109,9 +109,10 @@ def check(chosen: list[NamedEmbedder], tiny: bool) -> None:
     if absent:
         names = ", ".join(f"{n.name} ({n.repo})" for n in absent)
         hints = " and ".join(f"`{download_hint(n.repo)}`" for n in absent)
-        raise ModelUnavailable(f"embedder {names} not in the Hugging Face cache and cannot be "
-                               f"downloaded here (HF_HUB_OFFLINE): run {hints} on a connected "
-                               "machine (and copy its HF_HOME cache)")
+        verb = "is" if len(absent) == 1 else "are"
+        raise ModelUnavailable(f"embedder {names} {verb} not in the Hugging Face cache and "
+                               f"cannot be downloaded here (HF_HUB_OFFLINE): run {hints} on a "
+                               "connected machine (and copy its HF_HOME cache)")
 
 
 def load_embedder(named: NamedEmbedder, tiny: bool = False, device: str = "auto",
@@ -139,14 +140,13 @@ def _load(named: NamedEmbedder, path: str) -> tuple[Any, Any]:
     if named.kind == "clip":
         return (transformers.CLIPModel.from_pretrained(path, dtype=torch.float32),
                 transformers.CLIPProcessor.from_pretrained(path))
-    if named.kind in ("dino", "dinov2"):
-        if named.kind == "dino":  # no pooler: DINO's checkpoints have none
-            model = transformers.ViTModel.from_pretrained(path, dtype=torch.float32,
-                                                          add_pooling_layer=False)
-            return model, DinoTransform(model.config.image_size)
-        else:
-            model = transformers.Dinov2Model.from_pretrained(path, dtype=torch.float32)
-        return model, transformers.AutoImageProcessor.from_pretrained(path)
+    if named.kind == "dino":  # no pooler: DINO's checkpoints have none
+        model = transformers.ViTModel.from_pretrained(path, dtype=torch.float32,
+                                                      add_pooling_layer=False)
+        return model, DinoTransform(model.config.image_size)
+    if named.kind == "dinov2":
+        return (transformers.Dinov2Model.from_pretrained(path, dtype=torch.float32),
+                transformers.AutoImageProcessor.from_pretrained(path))
     return (transformers.AutoModel.from_pretrained(path, dtype=torch.float32),
             transformers.AutoTokenizer.from_pretrained(path))
 
