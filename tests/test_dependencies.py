@@ -19,8 +19,10 @@ PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 # import name -> distribution name, where they differ
 DISTRIBUTIONS = {"PIL": "Pillow", "open_clip": "open_clip_torch", "clip_interrogator":
                  "clip-interrogator", "textual_image": "textual-image", "sklearn": "scikit-learn",
-                 "imageio_ffmpeg": None, "torchao": None}
-# None: optional, looked for and used only if present (torchao: --fp8 only)
+                 "imageio_ffmpeg": None, "torchao": None, "dreamsim": None}
+# None: optional, looked for and used only if present (torchao: --fp8 only; dreamsim: the
+# `measure --embedder dreamsim` embedder, refused in one line without it, never tested here, so
+# no floor can be declared)
 # Versions known to break truthloop: the floor must be above them.
 KNOWN_BROKEN = {"diffusers": "0.36.99", "textual": "1.0.99"}
 
