@@ -65,6 +65,23 @@ def timed(call, repeats: int) -> tuple[float, list[float], object]:
     return first, times, result
 
 
+def rows_of(rows: list[dict], images: dict, family: str, repeats: int, **extra):
+    """row(name, call, note=""): time `call` (its image kept in `images[name]`), add its row
+    (the family, the path, first and median seconds, every time, the note, `extra`) to `rows`
+    and print it."""
+    import numpy as np
+
+    def row(name: str, call, note: str = "") -> None:
+        first, times, image = timed(call, repeats)
+        images[name] = np.asarray(image)
+        rows.append({"family": family, "path": name, "first_s": round(first, 3),
+                     "s_per_image": round(statistics.median(times), 3),
+                     "all_s": [round(t, 3) for t in times], "note": note, **extra})
+        print(json.dumps(rows[-1]), flush=True)
+
+    return row
+
+
 def build(family: str, tiny: bool):
     from truthloop.ml.families import generator_module
 
@@ -126,15 +143,7 @@ def token_family_rows(family: str, args) -> tuple[list[dict], object, object]:
     config = config_for(family, args.tiny)
     painter = TokenPainter(model, processor, family, config, DEVICE)
     rows, images = [], {}
-
-    def row(name: str, call, note: str = "") -> None:
-        first, times, image = timed(call, args.repeats)
-        images[name] = np.asarray(image)
-        rows.append({"family": family, "path": name, "first_s": round(first, 3),
-                     "s_per_image": round(statistics.median(times), 3),
-                     "all_s": [round(t, 3) for t in times], "note": note,
-                     "image_tokens": module.image_tokens(model)})
-        print(json.dumps(rows[-1]), flush=True)
+    row = rows_of(rows, images, family, args.repeats, image_tokens=module.image_tokens(model))
 
     determinism(True)
 
@@ -162,14 +171,7 @@ def family_rows(family: str, args) -> tuple[list[dict], object, object]:
     config = config_for(family, args.tiny)
     eager = FamilyPainter(pipe, family, config, DEVICE)
     rows, images = [], {}
-
-    def row(name: str, call, note: str = "") -> None:
-        first, times, image = timed(call, args.repeats)
-        images[name] = np.asarray(image)
-        rows.append({"family": family, "path": name, "first_s": round(first, 3),
-                     "s_per_image": round(statistics.median(times), 3),
-                     "all_s": [round(t, 3) for t in times], "note": note})
-        print(json.dumps(rows[-1]), flush=True)
+    row = rows_of(rows, images, family, args.repeats)
 
     determinism(True)
 
