@@ -350,7 +350,11 @@ def write_layout(root: Path, generations: int = 4) -> dict[str, dict[int, str]]:
                 for number, name in enumerate(names):
                     stem = name.replace(".png", "").replace(".jpg", "")
                     suffix = ".jpg" if g == 0 else ".png"
-                    Image.new("RGB", (8, 8), (40 * g, 10 * number, 200)).save(
+                    # DOCCI's images are large: one start image wider than a run's 2048-pixel
+                    # start images (an import keeps every pixel of a study's data).
+                    size = (2100, 8) if g == 0 and chain == "image-first" and number == 1 \
+                        else (8, 8)
+                    Image.new("RGB", size, (40 * g, 10 * number, 200)).save(
                         folder / f"gen-{g}" / f"{stem}{suffix}")
     return written
 
@@ -384,6 +388,7 @@ def test_a_layout_of_their_own_imports_with_every_caption_exact(tmp_path, capsys
 
                 with Image.open(image) as theirs, \
                         Image.open(again / chain / folder.name / f"{image.stem}.png") as ours:
+                    assert ours.size == theirs.size
                     assert ours.convert("RGB").tobytes() == theirs.convert("RGB").tobytes()
 
 

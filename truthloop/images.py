@@ -21,7 +21,8 @@ class BadImage(ValueError):
     """The start image cannot be used; the message is one line naming the file."""
 
 
-def load_input_image(path: str | os.PathLike) -> "Image.Image":  # noqa: F821
+def load_input_image(path: str | os.PathLike,
+                     max_side: int | None = MAX_SIDE) -> "Image.Image":  # noqa: F821
     from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
     path = Path(path)
@@ -74,8 +75,8 @@ def load_input_image(path: str | os.PathLike) -> "Image.Image":  # noqa: F821
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
         PngImagePlugin.MAX_TEXT_CHUNK = previous_chunk
-    if max(rgb.size) > MAX_SIDE:
-        rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+    if max_side is not None and max(rgb.size) > max_side:  # None: every pixel kept (an import)
+        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     # Pixels only: the run writes this image as input.png, and Pillow would carry the source's
     # ICC profile (cameras write several MB; past 1 MB plain Pillow refuses to open the PNG),
     # EXIF and text chunks into it. A run's own files must open anywhere.

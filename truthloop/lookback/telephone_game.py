@@ -28,7 +28,8 @@ The script reads it as latin-1: ASCII captions are read as written, others as th
 Export writes the layout whole under a hidden name and renames it into place (a kill leaves no
 half layout); import builds the sweep directory the same way, each chain an ordinary run
 directory written through store.RunWriter (its images read as `truthloop run` reads a start
-image: images.load_input_image, RGB, at most 2048 pixels a side). Neither needs a model: an
+image: images.load_input_image, RGB, but every pixel kept: a study's images are its data, and
+a round trip gives them back as they were). Neither needs a model: an
 imported sweep has no similarities until `truthloop measure` adds them; its runs cannot be
 resumed (their models are not truthloop's).
 """
@@ -447,7 +448,7 @@ def import_layout(layout: Path, sweep_dir: Path, generator: str = "unknown",
         atomic_write_json(staging / SPEC_FILE, spec)
         for trajectory, chain in zip(trajs, ordered):
             _write_run(trajectory.run_dir(staging), trajectory.config, chain, layout,
-                       generations, load_input_image)
+                       generations, lambda path: load_input_image(path, max_side=None))
         st.write_table(staging, st.table(staging, trajs))
         if sweep_dir.is_dir():
             sweep_dir.rmdir()  # empty (checked above)
