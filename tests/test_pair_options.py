@@ -53,7 +53,8 @@ def test_the_seed_pair_is_what_it_was():
     (["--captioner", "llava-1.5", "--mode", "fast"], "--mode is clip-interrogator's"),
     (["--captioner", "blip", "--chunk-size", "400"], "--chunk-size is clip-interrogator's"),
     (["--generator", "flux2-klein", "--negative-prompt", "blurry"], "takes no negative prompt"),
-    (["--generator", "sdxl", "--compile"], "--compile is truthloop's fast path"),
+    (["--generator", "janus-pro", "--compile"], "--compile is for the diffusion generators"),
+    (["--generator", "sdxl", "--fp8"], "--fp8 is truthloop's fast path"),
     (["--generator", "z-image", "--scheduler", "ddim"], "leave --scheduler out"),
     (["--instruction", "Describe it."], "--instruction is for the vision-language"),
     (["--captioner", "qwen3-vl", "--instruction", "  "], "--instruction is empty"),
@@ -69,9 +70,9 @@ def test_what_a_pair_cannot_do_is_one_line(capsys, argv, says):
 
 def test_a_batched_sweep_takes_every_pair_and_compiles_only_an_sd_only_sweep(tmp_path, capsys,
                                                                               monkeypatch):
-    """--batch runs any pair (tests/test_family_batch.py runs one); --compile, which a batch turns
-    on by default, is sd's alone, so a grid with another generator draws eagerly throughout
-    (compile on for its sd trajectories would be refused for its sdxl ones)."""
+    """--batch runs any pair (tests/test_family_batch.py runs one); it turns --compile on by
+    default for sd alone (measured there), so a grid with another generator draws eagerly
+    throughout unless --compile is given (tests/test_family_compile.py)."""
     pytest.importorskip("sklearn")
     import truthloop.sweep.command as command
 

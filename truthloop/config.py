@@ -121,7 +121,8 @@ class GenerateConfig:
     #         of the prompt and a repeated prompt proves a cycle.
     # shared: one generator for the whole run, as in the seed script; its state drifts.
     seed_mode: str = "reseed"
-    # torch.compile the UNet and the VAE decoder, and a captioner family's decode step (CUDA only).
+    # torch.compile the generator's denoiser (UNet or transformer: families.GeneratorFamily.
+    # compiles) and VAE decoder, and a captioner family's decode step (CUDA only).
     # Faster per image after a one-time compile (cached across processes); not bit-equal to
     # eager, so a run records which it used.
     compile: bool = False
@@ -360,10 +361,13 @@ def check_pair(config: "RunConfig") -> None:
     generator, captioner = GENERATORS[m.generator], CAPTIONERS[m.captioner]
     if generator.autoregressive:  # first: the diffusion families' reasons below are not its own
         _check_token_drawing(config)
-    for flag, asked in (("--compile", g.compile), ("--fp8", g.fp8)):
-        if asked and not generator.fast_paths:
-            raise ConfigError(f"{flag} is truthloop's fast path for the sd generator; "
-                              f"{generator.name} runs through diffusers' own pipeline")
+    if g.compile and not generator.compiles:
+        raise ConfigError(f"--compile is for the diffusion generators "
+                          f"({', '.join(n for n, f in GENERATORS.items() if f.compiles)}); "
+                          f"{generator.name} draws through its library's own call")
+    if g.fp8 and not generator.fast_paths:
+        raise ConfigError(f"--fp8 is truthloop's fast path for the sd generator; "
+                          f"{generator.name} runs through diffusers' own pipeline")
     if g.scheduler != "default" and not generator.swaps_scheduler:
         raise ConfigError(f"--scheduler: {generator.name} is a flow-matching model trained for "
                           f"its own sampler; leave --scheduler out")

@@ -35,8 +35,9 @@ class GeneratorFamily:
     # Whether --scheduler may swap the sampler (the UNet families' samplers are interchangeable;
     # flow-matching models are trained for theirs).
     swaps_scheduler: bool
-    # --compile and --fp8, truthloop's own fast paths for the sd UNet (config.check_pair refuses
-    # them elsewhere; `sweep --batch` turns --compile on only where every generator has them).
+    # --fp8 and `sweep --batch`'s compile by default, truthloop's own fast paths for the sd UNet
+    # (config.check_pair refuses --fp8 elsewhere; `sweep --batch` turns --compile on by itself
+    # only where every generator has them: measured faster there, docs/batching.md).
     fast_paths: bool
     licence: str
     download_gb: float
@@ -47,6 +48,10 @@ class GeneratorFamily:
     # sampler to swap, no negative prompt, no offloading, no lockstep batch (config.check_pair,
     # check_options_given and `sweep --batch` say so).
     autoregressive: bool = False
+    # --compile is accepted: on CUDA the denoiser (sd's and SDXL's UNet, FLUX.2's and Z-Image's
+    # transformer) and the VAE decoder are torch.compile'd, then graphed (other bits: opt-in,
+    # recorded). config.check_pair refuses it where this is False.
+    compiles: bool = False
 
     @property
     def default_model(self) -> str:
@@ -93,6 +98,7 @@ GENERATORS: dict[str, GeneratorFamily] = {family.name: family for family in (
         takes_negative_prompt=True, swaps_scheduler=True, fast_paths=True,
         licence="OpenRAIL++-M", download_gb=5.2, memory_gb=5.8,
         about="the seed article's model (SD2 768, v-prediction), from its sd2-community mirror",
+        compiles=True,
     ),
     GeneratorFamily(
         "sdxl", "Stable Diffusion XL", "StableDiffusionXLPipeline",
@@ -102,6 +108,7 @@ GENERATORS: dict[str, GeneratorFamily] = {family.name: family for family in (
         takes_negative_prompt=True, swaps_scheduler=True, fast_paths=False,
         licence="OpenRAIL++-M", download_gb=13.9, memory_gb=11.0,
         about="1024x1024; the generator of Hintze et al. 2025 and The Telephone Game's baseline",
+        compiles=True,
     ),
     GeneratorFamily(
         "flux2-klein", "FLUX.2 [klein] 4B", "Flux2KleinPipeline",
@@ -111,6 +118,7 @@ GENERATORS: dict[str, GeneratorFamily] = {family.name: family for family in (
         takes_negative_prompt=False, swaps_scheduler=False, fast_paths=False,
         licence="Apache-2.0", download_gb=16.0, memory_gb=20.0,
         about="Black Forest Labs' 4B distilled model (Qwen3 text encoder), 1024x1024",
+        compiles=True,
     ),
     GeneratorFamily(
         "z-image", "Z-Image-Turbo", "ZImagePipeline",
@@ -121,6 +129,7 @@ GENERATORS: dict[str, GeneratorFamily] = {family.name: family for family in (
         takes_negative_prompt=True, swaps_scheduler=False, fast_paths=False,
         licence="Apache-2.0", download_gb=33.0, memory_gb=24.0,
         about="Tongyi-MAI's 6B distilled model (Qwen3 text encoder), 1024x1024",
+        compiles=True,
     ),
     GeneratorFamily(
         # Its image mode: 576 image tokens (24x24), sampled with the checkpoint's classifier-free

@@ -239,8 +239,18 @@ class GraphedForward(_InstalledForward):
     def __init__(self, module: Any):
         self.module = module
         self.original = module.forward
+        self.compiled = False
         self._graphs: dict[Any, CudaGraphed] = {}
         self.enabled = True
+
+    def use_forward(self, forward: Callable[..., Any], compiled: bool) -> None:
+        """Call (and capture) this forward from now on, e.g. a torch.compile'd one (--compile);
+        the graphs of the old one are dropped."""
+        if self.compiled and compiled:
+            return
+        self.original = forward
+        self.compiled = compiled
+        self._graphs = {}
 
     @property
     def replays(self) -> int:

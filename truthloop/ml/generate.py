@@ -178,10 +178,12 @@ def _has_offload_hooks(module: Any) -> bool:
     return any(hasattr(m, "_hf_hook") for m in module.modules())
 
 
-def compile_pipeline(pipe: Any) -> None:
+def compile_pipeline(pipe: Any, installed: Any = None) -> None:
     """torch.compile the two heavy parts in place; the first image pays the compile time.
 
-    Inductor's caches go to truthloop's cache dir so the next process starts warm.
+    `installed`: the graph wrapper on the denoiser (default: sd's GraphedUNet on pipe.unet; a
+    generator family's painter passes its GraphedForward on the UNet or transformer). Inductor's
+    caches go to truthloop's cache dir so the next process starts warm.
     """
     import os
 
@@ -191,8 +193,9 @@ def compile_pipeline(pipe: Any) -> None:
     from truthloop.paths import cache_dir
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
-    # The UNet's own forward is compiled, under the graph wrapper (which replays the compiled
+    installed = installed if installed is not None else GraphedUNet.on(pipe.unet)
+    model = installed.module
+    # The denoiser's own forward is compiled, under the graph wrapper (which replays the compiled
     # kernels when graphs are on, and calls them when off).
-    GraphedUNet.on(pipe.unet).use_forward(torch.compile(pipe.unet.__class__.forward.__get__(
-        pipe.unet)), compiled=True)
+    installed.use_forward(torch.compile(type(model).forward.__get__(model)), compiled=True)
     pipe.vae.decoder.compile()

@@ -137,8 +137,9 @@ def cmd_sweep(args: argparse.Namespace, config: RunConfig) -> int:
                 GENERATORS[name].fast_paths
                 for name in _grid_values(args, "generator", config.models.generator)):
         # A sweep pays the compile once per worker (~1-2 min) and gains on every image after
-        # (docs/batching.md); workers without a GPU draw eagerly (sweep/batching.py). --compile
-        # is the sd generator's, so a sweep with another family draws eagerly throughout.
+        # (docs/batching.md); workers without a GPU draw eagerly (sweep/batching.py). Only for
+        # sd, where that was measured: a grid with another family compiles only when asked
+        # (--compile, every diffusion family: GeneratorFamily.compiles), so it draws eagerly.
         config.generate.compile = True
     # The spec's per-trajectory fields are filled per trajectory; validate the rest now.
     config.start_prompt = "-"

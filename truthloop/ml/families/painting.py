@@ -1,8 +1,10 @@
 """Prompt -> image for the generator families beyond sd, through diffusers' own pipeline.
 
 Each family's pipeline is called plainly, its denoiser's steps replayed from CUDA graphs on a GPU
-(ml.cudagraph.GraphedForward: the same kernels, so the same pixels), with the run's seed behaviour (ml.generate.RandomStream), a stop/pause check after every denoising
-step (diffusers' callback_on_step_end) and the family's cheap latent preview where it has one.
+(ml.cudagraph.GraphedForward: the same kernels, so the same pixels; with --compile, inductor's
+kernels, replayed: `speed_up`), with the run's seed behaviour (ml.generate.RandomStream), a
+stop/pause check after every denoising step (diffusers' callback_on_step_end) and the family's
+cheap latent preview where it has one.
 
 A family that draws token by token with a transformers model (families.GeneratorFamily.
 autoregressive: janus-pro) is loaded as the captioner families are (`load_token_generator`) and
@@ -38,6 +40,25 @@ def denoiser(pipe: Any) -> Any:
     return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
 
 
+def speed_up(pipe: Any, cuda_graphs: bool, compile: bool) -> Any:
+    """The denoiser's graph wrapper (ml.cudagraph.GraphedForward), installed on it: its steps
+    replayed from CUDA graphs (`cuda_graphs`: the same kernels as eager, so the same pixels as
+    the plain pipeline call, without a launch per kernel per step); with `compile` (--compile),
+    the denoiser's forward and the VAE decoder torch.compile'd first as sd's are
+    (ml.generate.compile_pipeline: inductor's default mode, graph breaks allowed; no
+    channels-last or fused QKV), so the graphs replay inductor's kernels: other pixels, so
+    opt-in and recorded. FamilyPainter calls this on CUDA only (off it, --compile draws
+    eagerly, as sd's does); a graph on the CPU is just the call."""
+    from truthloop.ml.cudagraph import GraphedForward
+    from truthloop.ml.generate import compile_pipeline
+
+    graphed = GraphedForward.on(denoiser(pipe))
+    if compile:
+        compile_pipeline(pipe, graphed)
+    graphed.enabled = cuda_graphs
+    return graphed
+
+
 class FamilyPainter(SeededPainter):
     """The loop's Painter for a generator family (same interface as ml.generate.Painter)."""
 
@@ -48,12 +69,9 @@ class FamilyPainter(SeededPainter):
         self.family = GENERATORS[family]
         self.module = generator_module(family)
         self.graphed = None
-        if device == "cuda" and cuda_graphs and not _has_offload_hooks(denoiser(pipe)):
-            from truthloop.ml.cudagraph import GraphedForward
-
-            # The denoiser's steps replayed from CUDA graphs: the same kernels as eager, so the
-            # same pixels as the plain pipeline call, without a launch per kernel per step.
-            self.graphed = GraphedForward.on(denoiser(pipe))
+        if device == "cuda" and (cuda_graphs or config.compile) \
+                and not _has_offload_hooks(denoiser(pipe)):
+            self.graphed = speed_up(pipe, cuda_graphs, config.compile)
 
     def call_arguments(self, prompt: str, generator: Any) -> dict[str, Any]:
         """What the pipeline is called with: the same arguments a plain call would pass."""

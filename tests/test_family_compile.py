@@ -1,0 +1,120 @@
+"""--compile for the generator families beyond sd (issue 29): SDXL's UNet and FLUX.2 [klein]'s and
+Z-Image's transformers go through torch.compile (and their VAE decoders), under the CUDA-graph
+wrapper, as sd's UNet does; the pair check takes --compile for every diffusion family and still
+refuses it where it cannot work; a run records it; a batched sweep of these families takes it.
+
+On this CPU the compile goes through dynamo with a counting backend that runs the traced graph
+eagerly (torch._dynamo.testing.CompileCounter): the real library's tracing of the real tiny
+models, without inductor's C++ compile. What inductor's kernels do to the pixels is measured on a
+GPU (bench/bench_generators.py, "loop compiled"; tests/test_cuda_graphs.py)."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+
+from faulthelpers import fake_start_png, run_main, use_fakes
+from family_helpers import PROMPT, generate_config
+from truthloop.config import ConfigError, RunConfig, apply_pair_defaults
+
+FAMILIES = ("sdxl", "flux2-klein", "z-image")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_compiled_familys_denoiser_is_traced_and_draws_the_eager_image(family, monkeypatch,
+                                                                          truthloop_cache):
+    import torch
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    from truthloop.ml.families.painting import FamilyPainter, denoiser, load_generator, speed_up
+    from truthloop.ml.tiny import tiny_family_model
+
+    pipe, _ = load_generator(family, tiny_family_model("generator", family), "cpu")
+    config = generate_config(family, steps=2, width=64, height=64, compile=True)
+    # Off CUDA, --compile draws eagerly (as sd's does): nothing is installed or compiled.
+    painter = FamilyPainter(pipe, family, config, "cpu", cuda_graphs=True)
+    assert painter.graphed is None and "forward" not in vars(denoiser(pipe))
+    eager = np.asarray(painter.paint(PROMPT, lambda step, total: None))
+
+    counter = CompileCounter()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
+    # The second step's call must reuse the first's trace (another timestep, the same shapes):
+    # a recompile per step would cost minutes per image under inductor.
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch._dynamo.reset()
+    graphed = speed_up(pipe, cuda_graphs=True, compile=True)  # what a CUDA painter does
+    try:
+        assert graphed.compiled and graphed.module is denoiser(pipe)
+        assert denoiser(pipe).forward == graphed.forward  # the wrapper the pipeline calls
+        compiled = np.asarray(painter.paint(PROMPT, lambda step, total: None))
+        # The denoiser was traced (a forward in one or more frames) and the VAE decoder too.
+        assert counter.frame_count >= 2 and counter.op_count > 0
+        assert pipe.vae.decoder._compiled_call_impl is not None
+    finally:
+        graphed.uninstall()
+        pipe.vae.decoder._compiled_call_impl = None
+        torch._dynamo.reset()
+    # The traced graph run eagerly: the same arithmetic (inductor's kernels differ on a GPU).
+    assert np.abs(compiled.astype(int) - eager.astype(int)).max() <= 1
+
+
+def _config(generator: str, **models) -> RunConfig:
+    config = RunConfig(start_prompt="x")
+    config.models.generator = generator
+    apply_pair_defaults(config)
+    config.generate.compile = True
+    for name, value in models.items():
+        setattr(config.models, name, value)
+    return config
+
+
+def test_the_pair_check_takes_compile_for_every_diffusion_family_and_only_those():
+    for family in ("sd", *FAMILIES):
+        _config(family).validate()
+    with pytest.raises(ConfigError, match="--compile is for the diffusion generators "
+                                          r"\(sd, sdxl, flux2-klein, z-image\); janus-pro"):
+        _config("janus-pro").validate()
+    with pytest.raises(ConfigError, match="--compile and --low-vram do not go together"):
+        _config("flux2-klein", low_vram=True).validate()
+    fp8 = _config("sdxl")
+    fp8.generate.compile, fp8.generate.fp8 = False, True  # still sd's alone
+    with pytest.raises(ConfigError, match="--fp8 is truthloop's fast path for the sd generator"):
+        fp8.validate()
+
+
+def test_a_family_run_records_compile(monkeypatch, tmp_path, capsys):
+    out = tmp_path / "run"
+    use_fakes(monkeypatch)
+    start = fake_start_png(tmp_path / "in" / "start.png")
+    assert run_main(["run", start, "--headless", "--out", out, "--max-iters", "1",
+                     "--generator", "z-image", "--compile"]) == 0
+    recorded = json.loads((out / "run.json").read_text())["config"]
+    assert recorded["models"]["generator"] == "z-image" and recorded["generate"]["compile"]
+    capsys.readouterr()
+    assert run_main(["run", start, "--headless", "--out", tmp_path / "token", "--generator",
+                     "janus-pro", "--compile"]) == 2
+    assert "--compile is for the diffusion generators" in capsys.readouterr().err
+    assert not (tmp_path / "token").exists()
+
+
+def test_a_batched_family_sweep_compiles_when_asked_and_only_then(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("sklearn")
+    import truthloop.sweep.command as command
+
+    monkeypatch.setattr(command, "_run", lambda args, sweep_dir, spec: 0)  # Ray's part
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a house\n")
+    common = ["--prompts", prompts, "--models", "tiny", "--device", "cpu", "--batch", "2",
+              "--grid", "generator=sdxl,flux2-klein,z-image"]
+    assert run_main(["sweep", tmp_path / "asked", *common, "--compile"]) == 0
+    assert run_main(["sweep", tmp_path / "default", *common]) == 0
+    capsys.readouterr()
+    asked = json.loads((tmp_path / "asked" / "sweep.json").read_text())
+    assert asked["batch"] == 2 and asked["config"]["generate"]["compile"] is True
+    # Without --compile a family grid draws eagerly: compile by default is measured for sd only.
+    default = json.loads((tmp_path / "default" / "sweep.json").read_text())
+    assert default["config"]["generate"]["compile"] is False
