@@ -8,6 +8,9 @@ checkpoints on the CPU, a dry run of every row), in one process, one image after
   after every step);
 - `loop graphs`: the same with the denoiser's steps replayed from CUDA graphs (the new default on
   a GPU; the same kernels, so the same pixels: the table says whether they were);
+- `loop compiled`: `--compile`, the denoiser and the VAE decoder torch.compile'd, the denoiser's
+  steps replayed from graphs (first_s includes the compile; the note gives how far its pixels
+  moved from `loop eager`'s). GPU only: on the CPU (`--tiny`) the row says it was skipped;
 - `plain, cudnn autotune`: the plain call without the determinism settings a run makes (cuDNN's
   benchmark mode on, its deterministic mode off), to see what they cost.
 
@@ -191,10 +194,42 @@ def family_rows(family: str, args) -> tuple[list[dict], object, object]:
         graphed.graphed.uninstall()
     else:
         rows[-1]["note"] = "no graphs on this device (the eager path)"
+    compiled_row(row, rows, images, pipe, family, config)
     determinism(False)
     row("plain, cudnn autotune", plain, "cudnn.benchmark on, deterministic off")
     determinism(True)
     return rows, pipe, eager
+
+
+def compiled_row(row, rows: list[dict], images: dict, pipe, family: str, config) -> None:
+    """`loop compiled` (--compile: compile + graphs), then the pipeline put back as it was (the
+    rows and the profile after it are eager)."""
+    import dataclasses
+
+    import numpy as np
+
+    from truthloop.ml.families.painting import FamilyPainter, denoiser
+
+    if DEVICE != "cuda":
+        rows.append({"family": family, "path": "loop compiled",
+                     "skipped": "torch.compile serves the CUDA path only (--compile draws "
+                                "eagerly on a CPU)"})
+        print(json.dumps(rows[-1]), flush=True)
+        return
+    painter = FamilyPainter(pipe, family, dataclasses.replace(config, compile=True), DEVICE,
+                            cuda_graphs=True)
+    try:
+        row("loop compiled", lambda: painter.paint(PROMPT, lambda step, total: None))
+        moved = np.abs(images["loop compiled"].astype(int) - images["loop eager"].astype(int))
+        failures = list(painter.graphed.failures.values())
+        rows[-1]["note"] = (f"compile + graphs, {painter.graphed.replays} replays; vs eager: max "
+                            f"{moved.max()}/255, mean {moved.mean():.2f}"
+                            + (f"; capture failed: {failures[0][:120]}" if failures else ""))
+    finally:
+        model = denoiser(pipe)
+        painter.graphed.use_forward(type(model).forward.__get__(model), compiled=False)
+        painter.graphed.uninstall()
+        pipe.vae.decoder._compiled_call_impl = None
 
 
 def sdxl_stages(pipe, painter, args) -> list[dict]:
@@ -327,6 +362,9 @@ def main() -> int:
     for row in result["rows"]:
         if "error" in row:
             print(f"{row['family']:<12} error: {row['error'][:90]}")
+            continue
+        if "skipped" in row:
+            print(f"{row['family']:<12} {row['path']:<24} skipped: {row['skipped']}")
             continue
         print(f"{row['family']:<12} {row['path']:<24} {row['first_s']:>8.2f} "
               f"{row['s_per_image']:>8.3f}  {row['note']}")

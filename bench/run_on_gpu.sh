@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 out=${OUT:-/tmp}
 if [ "$1" = tests ]; then
     TRUTHLOOP_TEST_CACHE=/tmp/tlcache python3 -m pytest -q -p no:cacheprovider -o addopts= \
-        tests/test_cuda_graphs.py tests/test_fast_decode.py "${@:2}" 2>&1 | tee "$out/tests.log"
+        tests/test_cuda_graphs.py tests/test_fast_decode.py tests/test_family_compile.py "${@:2}" 2>&1 | tee "$out/tests.log"
     exit "${PIPESTATUS[0]}"
 fi
 if [ "$1" = tui ]; then  # the terminal app in a pty beside headless runs (bench/bench_tui.py, issue 20)

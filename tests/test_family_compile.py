@@ -118,3 +118,34 @@ def test_a_batched_family_sweep_compiles_when_asked_and_only_then(tmp_path, caps
     # Without --compile a family grid draws eagerly: compile by default is measured for sd only.
     default = json.loads((tmp_path / "default" / "sweep.json").read_text())
     assert default["config"]["generate"]["compile"] is False
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_on_a_gpu_a_compiled_familys_images_are_the_same_every_time(family, truthloop_cache):
+    """Inductor's kernels (the real compile), called, captured, then replayed from the graph: the
+    three images are the same pixels; against eager they may move (opt-in), by little."""
+    from truthloop.ml.families.painting import FamilyPainter, load_generator
+    from truthloop.ml.tiny import tiny_family_model
+
+    pipe, _ = load_generator(family, tiny_family_model("generator", family), "cuda")
+    config = generate_config(family, steps=3, width=128, height=128)
+    eager = np.asarray(FamilyPainter(pipe, family, config, "cuda").paint(PROMPT,
+                                                                         lambda s, t: None))
+    painter = FamilyPainter(pipe, family, generate_config(family, steps=3, width=128, height=128,
+                                                          compile=True), "cuda", cuda_graphs=True)
+    try:
+        assert painter.graphed is not None and painter.graphed.compiled
+        images = [np.asarray(painter.paint(PROMPT, lambda s, t: None)) for _ in range(3)]
+    finally:
+        painter.graphed.uninstall()
+        pipe.vae.decoder._compiled_call_impl = None
+    moved = np.abs(images[0].astype(int) - eager.astype(int))
+    print(f"{family} compiled: {painter.graphed.replays} replays; capture failures "
+          f"{list(painter.graphed.failures.values())[:1]}; vs eager max {moved.max()}/255, "
+          f"mean {moved.mean():.2f}")
+    for image in images[1:]:
+        assert np.array_equal(image, images[0])
+    assert moved.mean() < 4
+    if family == "sdxl":  # the UNet's step is one fixed-shape call: it must replay
+        assert painter.graphed.replays >= config.steps

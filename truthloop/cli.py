@@ -272,8 +272,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--seed", type=int)
     generate.add_argument("--seed-mode", choices=SEED_MODES)
     generate.add_argument("--compile", action="store_true", default=None,
-                          help="torch.compile the UNet and VAE, and a captioner family's "
-                               "decode step (CUDA; pays off on long runs)")
+                          help="torch.compile the generator's UNet or transformer and VAE, "
+                               "and a captioner family's decode step (CUDA; pays off on long "
+                               "runs)")
     generate.add_argument("--no-compile", dest="compile", action="store_false",
                           help="eager kernels, nothing compiled")
     generate.add_argument("--fp8", action="store_true", default=None,
