@@ -67,7 +67,6 @@ class CaptionerFamily:
     takes_instruction: bool
     # clip-interrogator's modes and label ranking apply only to it.
     interrogates: bool
-    fast_paths: bool
     licence: str
     download_gb: float
     memory_gb: float
@@ -147,20 +146,20 @@ GENERATORS: dict[str, GeneratorFamily] = {family.name: family for family in (
 CAPTIONERS: dict[str, CaptionerFamily] = {family.name: family for family in (
     CaptionerFamily(
         "clip-interrogator", "CLIP Interrogator (BLIP + CLIP-ranked flavors)", defaults={},
-        takes_instruction=False, interrogates=True, fast_paths=True,
+        takes_instruction=False, interrogates=True,
         licence="BSD-3-Clause (BLIP)", download_gb=1.9, memory_gb=3.0,
         about="the seed article's captioner: a BLIP caption plus flavor phrases",
     ),
     CaptionerFamily(
         "blip", "BLIP alone", defaults={"caption_max_length": 32},
-        takes_instruction=False, interrogates=False, fast_paths=False,
+        takes_instruction=False, interrogates=False,
         licence="BSD-3-Clause", download_gb=1.9, memory_gb=1.5,
         about="BLIP-large's caption, greedy, no flavors",
     ),
     CaptionerFamily(
         "florence-2", "Florence-2", defaults={"caption_max_length": 77,
                                               "instruction": "<DETAILED_CAPTION>"},
-        takes_instruction=True, interrogates=False, fast_paths=False,
+        takes_instruction=True, interrogates=False,
         licence="MIT", download_gb=1.6, memory_gb=2.0,
         about="Microsoft's 0.77B captioner; the instruction is a task token "
               "(<CAPTION>, <DETAILED_CAPTION>, <MORE_DETAILED_CAPTION>)",
@@ -168,21 +167,21 @@ CAPTIONERS: dict[str, CaptionerFamily] = {family.name: family for family in (
     CaptionerFamily(
         "llava-1.5", "LLaVA-1.5 7B", defaults={"caption_max_length": 77,
                                               "instruction": DEFAULT_INSTRUCTION},
-        takes_instruction=True, interrogates=False, fast_paths=False,
+        takes_instruction=True, interrogates=False,
         licence="Llama 2 Community", download_gb=14.1, memory_gb=15.0,
         about="the describer of Hintze et al. 2025 and The Telephone Game's baseline",
     ),
     CaptionerFamily(
         "qwen3-vl", "Qwen3-VL 2B Instruct", defaults={"caption_max_length": 77,
                                                      "instruction": DEFAULT_INSTRUCTION},
-        takes_instruction=True, interrogates=False, fast_paths=False,
+        takes_instruction=True, interrogates=False,
         licence="Apache-2.0", download_gb=4.3, memory_gb=5.5,
         about="Alibaba's small vision-language model",
     ),
     CaptionerFamily(
         "janus-pro", "Janus-Pro 1B (text mode)", defaults={"caption_max_length": 77,
                                                           "instruction": DEFAULT_INSTRUCTION},
-        takes_instruction=True, interrogates=False, fast_paths=False,
+        takes_instruction=True, interrogates=False,
         licence=JANUS_PRO_LICENCE, download_gb=4.2, memory_gb=6.0, about=JANUS_PRO_ABOUT,
     ),
 )}
