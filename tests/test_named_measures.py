@@ -611,3 +611,21 @@ def test_a_sweeps_embedders_are_in_its_spec_and_measure_every_trajectory_at_the_
     assert sorted((sweep / "runs").iterdir()) == runs
     assert all(set(read_run_info(r)["named_measures"]) == {"minilm", "dino-vitb16"}
                for r in runs)
+
+
+def test_truthloop_models_lists_the_embedders_and_how_to_get_them(capsys):
+    """`truthloop models` names each embedder's checkpoint, its weights' licence and, where the
+    hub cache lacks it, the download line (the measure command's models, found the same way)."""
+    assert cli.main(["models", "--json"]) == 0
+    rows = {row["family"]: row for row in json.loads(capsys.readouterr().out)
+            if row["kind"] == "measure"}
+    assert list(rows) == list(nm.EMBEDDERS)
+    for name, named in nm.EMBEDDERS.items():
+        assert rows[name]["licence"] and not rows[name]["default"]
+        if named.repo is not None:
+            assert rows[name]["checkpoint"] == named.repo
+            assert rows[name]["download"] == \
+                ("" if rows[name]["cached"] else f"hf download {named.repo}")
+    assert cli.main(["models"]) == 0
+    table = capsys.readouterr().out
+    assert "meas dino-vitb16" in table and "facebook/dino-vitb16" in table

@@ -7,6 +7,7 @@ from typing import Any
 
 from truthloop.families import CAPTIONERS, DEFAULT_CAPTIONER, DEFAULT_GENERATOR, GENERATORS
 from truthloop.model_ids import CAPTION_MODEL_IDS, CLIP_HUB_IDS, DEFAULT_CLIP_MODEL, download_hint
+from truthloop.named_measures import EMBEDDERS
 
 # The file whose presence in the hub cache says a checkpoint was downloaded.
 # (A generator that is a transformers model, an autoregressive family's, has a config.json.)
@@ -36,7 +37,26 @@ def catalog() -> list[dict[str, Any]]:
                                                               family.default_model),
                   family.name == DEFAULT_CAPTIONER) for family in CAPTIONERS.values()]
     rows.append(_row("clip", CLIP_FAMILY, CLIP_HUB_IDS[DEFAULT_CLIP_MODEL], True))
+    rows += [_embedder_row(named) for named in EMBEDDERS.values()]
     return rows
+
+
+def _embedder_row(named: Any) -> dict[str, Any]:
+    """`truthloop measure --embedder NAME`'s model: from the hub cache, or (dreamsim) a package
+    that fetches its own weights."""
+    if named.repo is None:
+        missing = named.missing_package()
+        return {"kind": "measure", "family": named.name, "title": named.label, "default": False,
+                "checkpoint": f"the {named.package} package", "licence": named.licence,
+                "download_gb": named.download_gb, "memory_gb": None, "cached": not missing,
+                "download": f"pip install {missing}" if missing else "",
+                "about": f"{named.label}: {', '.join(named.measures)} (truthloop measure)"}
+    cached = in_cache(named.repo, "transformers")
+    return {"kind": "measure", "family": named.name, "title": named.label, "default": False,
+            "checkpoint": named.repo, "licence": named.licence,
+            "download_gb": named.download_gb, "memory_gb": None, "cached": cached,
+            "download": "" if cached else download_hint(named.repo),
+            "about": f"{named.label}: {', '.join(named.measures)} (truthloop measure)"}
 
 
 class _Clip:
@@ -66,14 +86,17 @@ def catalog_lines(rows: list[dict[str, Any]]) -> list[str]:
     """The table `truthloop models` prints."""
     header = ("", "family", "default checkpoint", "licence", "download", "memory", "in cache")
     body = [("*" if row["default"] else "", f"{row['kind'][:4]} {row['family']}",
-             row["checkpoint"], row["licence"], f"{row['download_gb']:g} GB",
-             f"~{row['memory_gb']:g} GB", "yes" if row["cached"] else "no") for row in rows]
+             row["checkpoint"], row["licence"],
+             "-" if row["download_gb"] is None else f"{row['download_gb']:g} GB",
+             "-" if row["memory_gb"] is None else f"~{row['memory_gb']:g} GB",
+             "yes" if row["cached"] else "no") for row in rows]
     widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
              for line in (header, *body)]
     lines.append("")
     lines.append("* the default pair. gene = --generator NAME, capt = --captioner NAME; every "
-                 "pair also loads the CLIP (--clip-model).")
+                 "pair also loads the CLIP (--clip-model); meas = `truthloop measure --embedder "
+                 "NAME` (after the fact, fp32).")
     lines.append("memory: GPU memory at the family's defaults (fp16/bf16); licences: the "
                  "weights' (not the code's, where they differ).")
     unified = sorted({row["family"] for row in rows if row["kind"] == "generator"}

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "licences, sizes, and whether your hub cache has them",
         description="Each --generator and --captioner family with its default checkpoint, "
                     "licence, download size, the GPU memory it needs, and whether your Hugging "
-                    "Face cache (HF_HOME) holds it. Looks only at the cache; downloads nothing.")
+                    "Face cache (HF_HOME) holds it; then the embedders of `truthloop measure "
+                    "--embedder`. Looks only at the cache; downloads nothing.")
     models_parser.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     sub.add_parser("tiny", help="build the tiny offline checkpoints now and print where they are",

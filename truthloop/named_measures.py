@@ -74,6 +74,10 @@ class NamedEmbedder:
     measures: tuple[str, ...]
     max_length: int | None = None  # sentence-transformers' max_seq_length (its model card)
     package: str | None = None     # a package it needs that truthloop does not install
+    # For `truthloop models`: the weights' licence (the hub page's; OpenAI's CLIP repository's
+    # for its checkpoint, whose page names none) and the download (its fp32 weights).
+    licence: str = ""
+    download_gb: float | None = None
 
     @property
     def repo(self) -> str | None:
@@ -95,12 +99,18 @@ class NamedEmbedder:
 
 
 EMBEDDERS: dict[str, NamedEmbedder] = {e.name: e for e in (
-    NamedEmbedder("clip-vitb32", "CLIP ViT-B/32", "clip", ("image", "text", "cross")),
-    NamedEmbedder("dino-vitb16", "DINO ViT-B/16", "dino", ("image",)),
-    NamedEmbedder("dinov2-base", "DINOv2 ViT-B/14", "dinov2", ("image",)),
-    NamedEmbedder("mpnet", "all-mpnet-base-v2", "sentence", ("text",), max_length=384),
-    NamedEmbedder("minilm", "all-MiniLM-L6-v2", "sentence", ("text",), max_length=256),
-    NamedEmbedder("dreamsim", "DreamSim", "dreamsim", ("image",), package="dreamsim"),
+    NamedEmbedder("clip-vitb32", "CLIP ViT-B/32", "clip", ("image", "text", "cross"),
+                  licence="MIT", download_gb=0.61),
+    NamedEmbedder("dino-vitb16", "DINO ViT-B/16", "dino", ("image",), licence="Apache-2.0",
+                  download_gb=0.34),
+    NamedEmbedder("dinov2-base", "DINOv2 ViT-B/14", "dinov2", ("image",), licence="Apache-2.0",
+                  download_gb=0.35),
+    NamedEmbedder("mpnet", "all-mpnet-base-v2", "sentence", ("text",), max_length=384,
+                  licence="Apache-2.0", download_gb=0.44),
+    NamedEmbedder("minilm", "all-MiniLM-L6-v2", "sentence", ("text",), max_length=256,
+                  licence="Apache-2.0", download_gb=0.09),
+    NamedEmbedder("dreamsim", "DreamSim", "dreamsim", ("image",), package="dreamsim",
+                  licence="MIT"),
 )}
 
 
