@@ -95,8 +95,9 @@ def catalog_lines(rows: list[dict[str, Any]]) -> list[str]:
              for line in (header, *body)]
     lines.append("")
     lines.append("* the default pair. gene = --generator NAME, capt = --captioner NAME; every "
-                 "pair also loads the CLIP (--clip-model); meas = `truthloop measure --embedder "
-                 "NAME` (after the fact, fp32).")
+                 "pair also loads the CLIP (--clip-model).")
+    lines.append("meas = truthloop measure --embedder NAME (after the fact, fp32; memory: a few "
+                 "hundred MB).")
     lines.append("memory: GPU memory at the family's defaults (fp16/bf16); licences: the "
                  "weights' (not the code's, where they differ).")
     unified = sorted({row["family"] for row in rows if row["kind"] == "generator"}
