@@ -406,6 +406,10 @@ def test_report_on_an_imported_sweep_names_its_chains_and_what_is_missing(tmp_pa
                  "image-first/0013ea2087020901.jpg", "image-first/test_01234.png"):
         assert name in out
     assert "No similarities recorded" in out and "truthloop measure" in out
+    # Chains of a fixed length: counted as chains, never as runs that did not converge.
+    assert out.splitlines()[0] == ("5 chains of 4 generations each (--generations: fixed "
+                                   "length, no stop at a repeat)")
+    assert "converged" not in out
     page = (sweep_dir / "report" / "report.html").read_text()
     assert "Imported chains" in page and "image-first/test_01234.png" in page
     assert "<b>bold</b>" not in page  # the caption's markup is text on the page

@@ -371,7 +371,7 @@ def build_report(sweep_dir: Path, min_cluster_size: int = 2) -> dict[str, Any]:
         "grid": spec.get("grid") or {},
         "loop": {k: (config.get("loop") or {}).get(k)
                  for k in ("converge", "near_threshold", "near_window", "control",
-                           "max_iters", "clauses")},
+                           "max_iters", "clauses", "generations")},
         "embeddings": embeddings,
         # the embedders that measured runs again after the fact (truthloop measure)
         "named_embedders": [{"name": name, "label": nm.EMBEDDERS[name].label,
@@ -1337,17 +1337,28 @@ def write_report(sweep_dir: Path, out: Path | None = None, min_cluster_size: int
 
 def describe(report: dict[str, Any]) -> list[str]:
     """The lines `truthloop report` prints (captions made visible, never markup)."""
-    lines = [f"{count(report['trajectories'], 'run')}, {report['converged']} converged; "
-             f"{count(len(report['attractors']), 'attractor')} in "
-             f"{count(len(report['motifs']), 'motif')}"]
+    generations = (report.get("loop") or {}).get("generations")
+    if generations:  # fixed-length chains: none stops at a repeat, so none "converges"
+        lines = [f"{count(report['trajectories'], 'chain')} of "
+                 f"{count(generations, 'generation')} each (--generations: fixed length, "
+                 f"no stop at a repeat)"]
+    else:
+        lines = [f"{count(report['trajectories'], 'run')}, {report['converged']} converged; "
+                 f"{count(len(report['attractors']), 'attractor')} in "
+                 f"{count(len(report['motifs']), 'motif')}"]
     for g in report["groups"]:
         its = g["iterations_to_converge"]
         image = g["fits"]["image"]
+        drift = f"image drift: {fit_text(image)}" if image else ""
+        if generations:
+            lines.append(f"  {visible(g['group'])}: {count(g['runs'], 'chain')}"
+                         + (f"; {drift}" if drift else ""))
+            continue
         lines.append(
             f"  {visible(g['group'])}: {g['converged']}/{g['runs']} converged"
             + (f" after a median {its['median']:g} images" if its else "")
             + f"; {count(g['attractors'], 'attractor')}"
-            + (f"; image drift: {fit_text(image)}" if image else ""))
+            + (f"; {drift}" if drift else ""))
     imported = report.get("imported")
     if imported:
         names = [visible(run["imported_as"] or run["name"]) for run in report["runs"]]
