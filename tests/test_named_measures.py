@@ -394,9 +394,10 @@ def test_an_unreadable_image_leaves_its_similarities_out(tmp_path):
 
 
 def test_what_a_kill_leaves_is_finished_by_the_same_command(measured, tmp_path):
-    """The two states a kill can leave between renames: a temp file never renamed, and a
-    measures file that run.json does not name yet. The same command ends with the files of an
-    unbroken run, measuring nothing twice."""
+    """The states a kill can leave between renames: a temp file never renamed, and a measures
+    file that run.json does not name yet (its run.json's own temp file beside it, when the kill
+    came mid-write). The same command ends with the files of an unbroken run, measuring nothing
+    twice."""
     sweep, runs, unmeasured, _, _, _ = measured
     copy = tmp_path / "sweep"
     shutil.copytree(unmeasured, copy)
@@ -406,6 +407,7 @@ def test_what_a_kill_leaves_is_finished_by_the_same_command(measured, tmp_path):
     info = read_run_info(first)
     info.pop("named_measures")
     (first / "run.json").write_text(json.dumps(info, indent=2) + "\n")  # killed before naming
+    (first / ".run.json.tmp-99998").write_bytes(b'{"config": {')  # ... while writing run.json
     (second / ".measures-dino-vitb16.json.tmp-99999").write_bytes(b'{"format": 1, "embe')
     loader = CountingLoader()
     nm.measure_dirs([copy], ["dino-vitb16"], loader, tiny=True, say=lambda line: None)

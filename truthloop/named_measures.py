@@ -397,10 +397,7 @@ def _write(run_dir: Path, named: NamedEmbedder, data: dict[str, Any], records: i
                                    "skipped: measure it when it has stopped")
         return False
     try:
-        # A kill between a temp file's write and its rename leaves it behind: nothing writes
-        # here but the holder of the lock, so any one found now is stale.
-        for stale in run_dir.glob(".measures-*.tmp-*"):
-            stale.unlink(missing_ok=True)
+        _clear_stale(run_dir)
         try:
             now = len(read_run(run_dir).records)
         except RunDirError:
@@ -429,7 +426,7 @@ def _record_in_run(run_dir: Path, named: NamedEmbedder, data: dict[str, Any],
             return None  # a damaged run.json is not rewritten here
 
     found = entries()
-    if found is None or found.get(named.name) == entry:
+    if (found is None or found.get(named.name) == entry) and not _stale_temps(run_dir):
         return
     writer = None
     if not holding:
@@ -438,9 +435,23 @@ def _record_in_run(run_dir: Path, named: NamedEmbedder, data: dict[str, Any],
         except RunDirError:
             return  # being written now: the next measure names it
     try:
+        _clear_stale(run_dir)
         found = entries()  # again, under the lock
-        if found is not None:
+        if found is not None and found.get(named.name) != entry:
             update_run_info(run_dir, {RUN_INFO_FIELD: {**found, named.name: entry}})
     finally:
         if writer is not None:
             writer.close()
+
+
+def _stale_temps(run_dir: Path) -> list[Path]:
+    """Temp files of measure's writes (a measures file, run.json) that a kill between a temp
+    file's write and its rename left behind."""
+    return [*run_dir.glob(".measures-*.tmp-*"), *run_dir.glob(f".{RUN_FILE}.tmp-*")]
+
+
+def _clear_stale(run_dir: Path) -> None:
+    """Remove _stale_temps: called holding the run's lock, under which nothing else writes
+    there, so any one found is a dead writer's."""
+    for stale in _stale_temps(run_dir):
+        stale.unlink(missing_ok=True)
