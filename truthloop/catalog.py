@@ -46,16 +46,15 @@ def _embedder_row(named: Any) -> dict[str, Any]:
     that fetches its own weights."""
     if named.repo is None:
         missing = named.missing_package()
-        return {"kind": "measure", "family": named.name, "title": named.label, "default": False,
-                "checkpoint": f"the {named.package} package", "licence": named.licence,
-                "download_gb": named.download_gb, "memory_gb": None, "cached": not missing,
-                "download": f"pip install {missing}" if missing else "",
-                "about": f"{named.label}: {', '.join(named.measures)} (truthloop measure)"}
-    cached = in_cache(named.repo, "transformers")
+        checkpoint, cached = f"the {named.package} package", not missing
+        download = f"pip install {missing}" if missing else ""
+    else:
+        checkpoint, cached = named.repo, in_cache(named.repo, "transformers")
+        download = "" if cached else download_hint(named.repo)
     return {"kind": "measure", "family": named.name, "title": named.label, "default": False,
-            "checkpoint": named.repo, "licence": named.licence,
+            "checkpoint": checkpoint, "licence": named.licence,
             "download_gb": named.download_gb, "memory_gb": None, "cached": cached,
-            "download": "" if cached else download_hint(named.repo),
+            "download": download,
             "about": f"{named.label}: {', '.join(named.measures)} (truthloop measure)"}
 
 

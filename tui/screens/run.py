@@ -22,7 +22,7 @@ from textual.widgets import DataTable, Footer
 
 from truthloop.config import chain_shape
 from truthloop.fork import parent_of
-from truthloop.record import PERSON, Record
+from truthloop.record import Record
 from truthloop.store import RUN_FILE
 from truthloop.text import visible
 from tui.history import History
@@ -259,13 +259,17 @@ class RunScreen(ForkActions, Screen[None]):
         return [command for command in BROWSE_COMMANDS
                 if command[2] != "compare_parent" or self.is_fork()]
 
-    def is_fork(self) -> bool:
-        """Whether run.json names a parent (read each time: a live run writes it once started)."""
+    def run_info(self) -> dict:
+        """run.json, read each time (a live run writes it once started); {} when unreadable."""
         try:
             info = json.loads((self.run_dir / RUN_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError, UnicodeDecodeError):
-            return False
-        return isinstance(info, dict) and parent_of(info) is not None
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def is_fork(self) -> bool:
+        """Whether run.json names a parent."""
+        return parent_of(self.run_info()) is not None
 
     def go_to(self, index: int) -> None:
         """Browse to iteration `index` (the command palette's "go to iteration")."""
@@ -291,13 +295,10 @@ class RunScreen(ForkActions, Screen[None]):
 
     def persons_first_prompt(self) -> str | None:
         """The first prompt of a fork whose first prompt a person wrote (run.json), else None."""
-        try:
-            info = json.loads((self.run_dir / RUN_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
-            return None
-        relation = parent_of(info) if isinstance(info, dict) else None
-        prompt = (info.get("config") or {}).get("start_prompt") if relation else None
-        if relation is None or relation.prompt_by != PERSON or not isinstance(prompt, str):
+        info = self.run_info()
+        relation = parent_of(info)
+        prompt = (info.get("config") or {}).get("start_prompt")
+        if relation is None or not relation.by_person or not isinstance(prompt, str):
             return None
         return visible(prompt)
 
