@@ -9,12 +9,13 @@
 #       e.g. run b32 32 32 5: 32 trajectories (8 prompts x 4 seeds) x 5 iterations, --batch 32
 #            run b1 1 4 3:    the same pair one trajectory at a time (the single-run rate)
 #   TINY=1 bench/family_sweep_on_gpu.sh run NAME BATCH TRAJ ITERS   # the CPU dry run (tiny models)
-# The box lacks ray, diffusers, open_clip...: .whl/ (setup installs it into .site/, kept while the
-# machine stays warm) and the slim Ray wheel (../shared/tools/slim_ray_wheel.py) in .whl-ray/,
+#   EXTRA_SWEEP_OPTIONS=--compile ... run ...   # options added to the sweep's command line
+# The box lacks ray, diffusers, open_clip...: .whl/ (setup installs it into /tmp/site, kept while
+# the machine stays warm) and the slim Ray wheel (../shared/tools/slim_ray_wheel.py) in .whl-ray/,
 # carried in a call of its own (the two together pass one call's 64 MiB).
 set -euo pipefail
 out=${OUT:-/tmp}
-site=$PWD/.site
+site=/tmp/site  # as bench/run_on_gpu.sh's: kept while the machine stays warm
 models=${FULLSIZE:-/tmp/fullsize}
 export PYTHONPATH=$site:$PWD TRUTHLOOP_CACHE=${TRUTHLOOP_CACHE:-/tmp/tlcache} HF_HUB_OFFLINE=1 \
     PYTHONUNBUFFERED=1
@@ -61,10 +62,14 @@ fi
 sweep_dir=/tmp/family-sweeps/$name
 rm -rf "$sweep_dir"
 start=$(date +%s.%N)
-python3 -m truthloop.cli sweep "$sweep_dir" --prompts "$prompts" --seeds "0-$((seeds - 1))" \
+# SWEEP_TIMEOUT=S stops the sweep after S seconds (a lent machine's call has a limit); the
+# throughput below is then taken from what it wrote by then.
+timeout -s INT -k 30 "${SWEEP_TIMEOUT:-0}" python3 -m truthloop.cli sweep "$sweep_dir" \
+    --prompts "$prompts" --seeds "0-$((seeds - 1))" \
     --generator "$generator" --captioner "$captioner" "${models_options[@]}" \
-    --max-iters "$iterations" --workers 1 --no-atlas \
-    $( [ "$batch" -gt 1 ] && echo "--batch $batch" ) 2>&1 | tee "$out/$name.log"
+    --max-iters "$iterations" --workers 1 --no-atlas ${EXTRA_SWEEP_OPTIONS:-} \
+    $( [ "$batch" -gt 1 ] && echo "--batch $batch" ) 2>&1 | tee "$out/$name.log" \
+    || echo "sweep exited ${PIPESTATUS[0]}"
 end=$(date +%s.%N)
 python3 - "$name" "$batch" "$start" "$end" "$out" "$sweep_dir" "$generator" "$captioner" <<'EOF'
 """Throughput from the run directories: the images drawn after the first wave (a batch's first

@@ -3,7 +3,13 @@
 # open_clip, clip-interrogator and pytest, which travel as wheels in .whl/ (docs/benchmark.md).
 # Usage: bench/run_on_gpu.sh base|compile|best|lowvram|batch|tui|families|generators|captioners|hardware [bench options] | bench/run_on_gpu.sh tests
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+# The wheels go to /tmp/site, which stays while the machine is warm: a call that follows at once
+# (within the box's 30 s) may carry other wheels (.whl-ray/) and still find these.
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+elif [ ! -d /tmp/site/diffusers ]; then
+    echo "no .whl/ carried and none installed in /tmp/site (a fresh machine): carry .whl" >&2; exit 2
+fi
 export PYTHONPATH=/tmp/site:$PWD TRUTHLOOP_CACHE=/tmp/tlcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.bench/inductor}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
