@@ -82,16 +82,18 @@ name, batch, start, end, out, sweep_dir, generator, captioner = sys.argv[1:9]
 batch, start, end = int(batch), float(start), float(end)
 runs = sorted(Path(sweep_dir, "runs").iterdir())
 mtimes, states, records = [], {}, 0
-for run in runs:
-    status = json.loads((run / "summary.json").read_text())["status"]
+for run in runs:  # a sweep stopped by SWEEP_TIMEOUT may have left runs without records
+    summary = run / "summary.json"
+    status = json.loads(summary.read_text())["status"] if summary.exists() else "not started"
     states[status] = states.get(status, 0) + 1
     mtimes += [p.stat().st_mtime for p in (run / "images").glob("*.png")]
-    records += len((run / "log.jsonl").read_text().splitlines())
+    log = run / "log.jsonl"
+    records += len(log.read_text().splitlines()) if log.exists() else 0
 mtimes.sort()
 first_wave = min(batch, len(runs))
-span = mtimes[-1] - mtimes[first_wave - 1]
 after_first = len(mtimes) - first_wave
-per_iteration = span / after_first if after_first else float("nan")
+span = mtimes[-1] - mtimes[first_wave - 1] if after_first > 0 else 0.0
+per_iteration = span / after_first if after_first > 0 else float("nan")
 result = {
     "pair": f"{generator} + {captioner}", "batch": batch, "trajectories": len(runs),
     "states": states, "records": records, "images": len(mtimes),
