@@ -20,6 +20,9 @@ models=${FULLSIZE:-/tmp/fullsize}
 export PYTHONPATH=$site:$PWD TRUTHLOOP_CACHE=${TRUTHLOOP_CACHE:-/tmp/tlcache} HF_HUB_OFFLINE=1 \
     PYTHONUNBUFFERED=1
 if [ "$1" = setup ]; then
+    # The box's peft (which diffusers imports when it is there) imports model classes that the slim
+    # transformers wheel (bench/slim_transformers_wheel.py) leaves out; truthloop uses no peft.
+    python3 -m pip uninstall -y -q peft 2>/dev/null || true
     generator=${2:-sdxl} captioner=${3:-llava-1.5}
     for dir in .whl .whl-ray; do
         if ls "$dir"/*.whl >/dev/null 2>&1; then

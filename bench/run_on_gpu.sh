@@ -3,6 +3,9 @@
 # open_clip, clip-interrogator and pytest, which travel as wheels in .whl/ (docs/benchmark.md).
 # Usage: bench/run_on_gpu.sh base|compile|best|lowvram|batch|tui|families|generators|captioners|hardware [bench options] | bench/run_on_gpu.sh tests
 set -euo pipefail
+# The box's peft (which diffusers imports when it is there) imports model classes that the slim
+# transformers wheel (bench/slim_transformers_wheel.py) leaves out; truthloop uses no peft.
+python3 -m pip uninstall -y -q peft 2>/dev/null || true
 # The wheels go to /tmp/site, which stays while the machine is warm: a call that follows at once
 # (within the box's 30 s) may carry other wheels (.whl-ray/) and still find these.
 if ls .whl/*.whl >/dev/null 2>&1; then

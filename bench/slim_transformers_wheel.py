@@ -30,6 +30,7 @@ MODELS = frozenset("""
     encoder_decoder florence2 janus llama llava mpnet qwen2 qwen2_vl qwen3 qwen3_vl roberta siglip
     vit vit_mae
     t5 siglip2 mistral qwen2_5_vl llava_next
+    bloom gpt2
 """.split())
 
 _MODEL_DIR = re.compile(r"transformers/models/([^/]+)/")
