@@ -103,7 +103,6 @@ class DecodeSteps:
         self.capture = capture
         self._graphs: dict[Any, _Graph] = {}
         self._eager_buffers: dict[Any, list] = {}  # capture=False: the adopted caches
-        self._seen: set = set()
         self.failures: dict[Any, str] = {}
         self.captures = 0
         self.replays = 0
@@ -146,11 +145,11 @@ class DecodeSteps:
             return self._eager_adopted(key, rest, cache, layers)
         graph = self._graphs.get(key)
         if graph is None:
-            if key not in self._seen:
-                # First sight: plain eager, so a one-off shape costs nothing extra.
-                self._seen.add(key)
-                self.eager_steps += 1
-                return self.forward(**kwargs)
+            # Captured at first sight, never run eagerly first: transformers takes other paths
+            # while a stream captures (`is_tracing`: the attention mask is built, not skipped
+            # after a host read), so an eager step and its replay may differ in the last bits,
+            # and a caption's tokens would depend on which of its steps first met the shape
+            # (seen on an H100: a batch's captions changed between two calls).
             from truthloop.ml.cudagraph import _CAPTURE_LOCK
 
             try:
