@@ -266,7 +266,9 @@ def test_graphed_steps_give_the_same_tokens_from_the_first_call_on(family_name, 
     steps = graphed.steps
     assert not steps.failures, steps.failures
     assert steps.eager_steps == 0
-    assert steps.captures == 1 and steps.replays > 2 * 15  # one graph, every later step replays
+    # One graph for the steps (two where a family's first decode step has a shape of its own),
+    # shared by every caption.
+    assert 1 <= steps.captures <= 2 and steps.replays > 2 * 15
 
 
 @cuda
