@@ -450,6 +450,36 @@ def test_a_call_asking_for_more_than_greedy_goes_to_generate(truthloop_cache):
     assert greedy == caption(plain, plain.model.generate) != penalised
 
 
+def test_a_call_with_a_streamer_goes_to_generate(truthloop_cache):
+    """generate drops a streamer (and the like) it would hand its own loop when the loop is a
+    custom_generate: such a call is generate's own, and the streamer sees every token."""
+    from transformers.generation.streamers import BaseStreamer
+
+    from truthloop.ml.families import llava
+
+    fast = _load("llava-1.5")
+    loop = fast.fast.loop
+
+    class Tokens(BaseStreamer):
+        said: list = []
+
+        def put(self, value):
+            self.said.append(value.tolist())
+
+        def end(self):
+            pass
+
+    streamer = Tokens()
+    with torch.inference_mode():
+        fast.fast.before_generate()
+        caption = llava.caption(fast.model, fast.processor, IMAGES[0], fast.config.instruction,
+                                MAX_TOKENS, generate=functools.partial(
+                                    fast.fast.generate(fast.model), streamer=streamer))
+    assert loop.calls == 0 and loop.fallbacks == ["streamer"]
+    assert caption == fast.caption(IMAGES[0]) and loop.calls == 1
+    assert len(streamer.said) == 1 + MAX_TOKENS  # the prompt, then each new token
+
+
 # -- on a GPU ---------------------------------------------------------------------------------
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

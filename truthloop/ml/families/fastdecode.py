@@ -326,6 +326,10 @@ _PLAIN_GREEDY = {
 # steps old, so the device always has steps queued. A batch that finishes before
 # max_new_tokens decodes at most this many steps too many (dropped: the tokens are generate's).
 STEPS_AHEAD = 4
+# What generate hands its own loops but drops for a custom_generate: a call passing one of these
+# is decoded by generate's own loop.
+_FOR_GENERATES_LOOP = ("streamer", "assistant_model", "assistant_tokenizer", "tokenizer",
+                       "synced_gpus")
 
 
 class GreedyLoop:
@@ -720,7 +724,16 @@ class StaticDecoding(FastDecoding):
         the inputs, the cache and the stopping criteria as always, then hands them to it)."""
         if self.loop is None or model is not self.decoder:
             return model.generate
-        return functools.partial(model.generate, custom_generate=self.loop)
+        loop = self.loop
+
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            passed = [name for name in _FOR_GENERATES_LOOP if kwargs.get(name) is not None]
+            if passed:
+                loop.fallbacks.append(", ".join(passed))
+                return model.generate(*args, **kwargs)
+            return model.generate(*args, custom_generate=loop, **kwargs)
+
+        return generate
 
 
 class BlipDecoding(FastDecoding):
