@@ -452,9 +452,7 @@ class GreedyLoop:
                 model, input_ids, logits_processor=logits_processor,
                 stopping_criteria=stopping_criteria, generation_config=generation_config,
                 **model_kwargs)
-        with model._optimize_model_for_decode():
-            return self._decode(model, input_ids, stopping_criteria, generation_config,
-                                model_kwargs)
+        return self._decode(model, input_ids, stopping_criteria, generation_config, model_kwargs)
 
     def _decode(self, model: Any, input_ids: Any, stopping_criteria: Any,
                 generation_config: Any, model_kwargs: dict) -> Any:
@@ -477,17 +475,27 @@ class GreedyLoop:
                                  is_first_iteration=not generation_config.is_assistant)
         model_kwargs = model._update_model_kwargs_for_generation(
             outputs, model_kwargs, is_encoder_decoder=False)
+        logits = _last_logits(outputs)
+        del outputs
         steps = _StepInputs(model, input_ids, model_kwargs, new_tokens)
+        with model._optimize_model_for_decode():  # as generate's loop, after the prefill
+            tokens, stop = self._steps(model, logits, steps, new_tokens, eos, pad, unfinished,
+                                       flags)
+        kept = len(tokens) if stop is None else stop + 1
+        return torch.cat([input_ids, torch.stack(tokens[:kept], dim=1)], dim=-1)
+
+    def _steps(self, model: Any, logits: Any, steps: "_StepInputs", new_tokens: int, eos: Any,
+               pad: Any, unfinished: Any, flags: "_AllFinished") -> tuple[list[Any], int | None]:
+        """The tokens of every step decoded from the prefill's last `logits` on, and the first
+        step after which every row had finished (None: none before the last)."""
+        torch = self._torch
         tokens: list[Any] = []
         stop = None
         for step in range(new_tokens):
             if step:
-                outputs = model(**steps.inputs, return_dict=True)
+                logits = _last_logits(model(**steps.inputs, return_dict=True))
                 self.decode_steps += 1
-            # generate's choice: the argmax of the last logits made float32 (a copy, so that the
-            # prefill's logits are not kept alive)
-            token = torch.argmax(outputs.logits[:, -1].to(copy=True, dtype=torch.float32), -1)
-            del outputs
+            token = torch.argmax(logits, dim=-1)
             if eos is not None:
                 # A finished row says the pad token; a row finishes at an end-of-sequence token
                 # (generate's torch.isin, as a comparison: isin may sort, and read the device, for
@@ -505,8 +513,15 @@ class GreedyLoop:
             steps.advance(token, step + 1)
         if stop is None and eos is not None:
             stop = flags.first_finished(None)
-        kept = len(tokens) if stop is None else stop + 1
-        return torch.cat([input_ids, torch.stack(tokens[:kept], dim=1)], dim=-1)
+        return tokens, stop
+
+
+def _last_logits(outputs: Any) -> Any:
+    """generate's scores for the next token: the last position's logits, copied as float32 (the
+    copy keeps none of the model's outputs alive)."""
+    import torch
+
+    return outputs.logits[:, -1].to(copy=True, dtype=torch.float32)
 
 
 class _StepInputs:
