@@ -1,7 +1,9 @@
 """The captioner families' fast decoding (ml/families/fastdecode.py, issue 29): a static KV cache
 (and on CUDA its decode steps replayed from graphs) gives the plain call's tokens, and a batch of
-images gives each image its single caption. Tiny checkpoints, CPU, float32; the tests at the end
-need a GPU (bench/run_on_gpu.sh tests runs them there)."""
+images gives each image its single caption; truthloop's greedy loop (LLaVA-1.5, Qwen3-VL,
+Janus-Pro) gives generate's tokens, stopping and padding rows as generate does, and leaves to
+generate what it does not reproduce. Tiny checkpoints, CPU, float32; the tests at the end need a
+GPU (bench/run_on_gpu.sh tests runs them there)."""
 
 from __future__ import annotations
 
@@ -280,7 +282,7 @@ def _first(said: torch.Tensor, token: int) -> list[int | None]:
     return [int(row.tolist().index(token)) if token in row.tolist() else None for row in said]
 
 
-def test_the_greedy_loop_gives_generates_tokens(loop_family, loop_pair):
+def test_the_greedy_loop_gives_generates_tokens(loop_pair):
     """Image by image and a batch of different images (for Qwen3-VL of two sizes: padded), the
     loop's tokens are the plain call's (generate's own loop), and the loop made them."""
     plain, fast = loop_pair
