@@ -1,8 +1,10 @@
 """The captioner families' decoding on a GPU (issue 29): seconds per caption through the plain
 `generate` (a dynamic cache, eager steps), the fast one (a static KV cache, the decode steps
-replayed from CUDA graphs: ml/families/fastdecode.py), optionally compiled, and batched
-(`FamilyCaptioner.caption_batch`, batch 8 / 16 / 32); whether each fast caption is the plain one,
-and how many of a batch's captions differ from their single ones.
+replayed from CUDA graphs, and for the plain greedy families truthloop's greedy loop in place of
+generate's: ml/families/fastdecode.py), the fast one with generate's own loop ("gen-loop", where
+the greedy loop applies), optionally compiled, and batched (`FamilyCaptioner.caption_batch`,
+batch 8 / 16 / 32); whether each fast caption is the plain one, and how many of a batch's
+captions differ from their single ones.
 
 Full-size architectures with random weights (each family module's `full_size`, as
 bench/bench_families.py builds them), run through the loop's own FamilyCaptioner. Random weights
@@ -122,13 +124,18 @@ def _mode(name: str, label: str, captioner, images: list, reference: list[str] |
         row["graphs"] = {"captures": steps.captures, "replays": steps.replays,
                          "eager_steps": steps.eager_steps,
                          "failures": [str(why) for why in steps.failures.values()]}
+    loop = getattr(captioner.fast, "loop", None)
+    if loop is not None:
+        row["loop"] = {"calls": loop.calls, "decode_steps": loop.decode_steps,
+                       "fallbacks": list(loop.fallbacks)}
     if reference is not None:
         row["same_as_plain"] = sum(a == b for a, b in zip(captions, reference))
         row["compared"] = len(reference)
     print(f"  {label:9} first {first:7.3f} s, then {row['s_per_caption']:.4f} s a caption"
           + (f"; same as plain {row['same_as_plain']}/{row['compared']}"
              if reference is not None else "")
-          + (f"; graphs {row['graphs']}" if "graphs" in row else ""), flush=True)
+          + (f"; graphs {row['graphs']}" if "graphs" in row else "")
+          + (f"; greedy loop {row['loop']}" if "loop" in row else ""), flush=True)
     return row
 
 
@@ -193,6 +200,11 @@ def bench_family(name: str, args: argparse.Namespace) -> list[dict]:
                                       for image in images[singles_count:max(batches)]]
         for size in batches:
             rows.append(_batched(name, fast_captioner, images, singles, size, args.repeats))
+    if fast_captioner.fast.describe().get("loop") == "truthloop's greedy loop":
+        # The same fast path with generate's own loop: what truthloop's loop saves.
+        rows.append(_mode(name, "gen-loop", captioner(cuda_graphs=not args.no_graphs,
+                                                      greedy_loop=False),
+                          images[:singles_count], plain["captions"]))
     if args.compile:
         rows.append(_mode(name, "compiled", captioner(compile=True), images[:singles_count],
                           plain["captions"]))
@@ -202,19 +214,24 @@ def bench_family(name: str, args: argparse.Namespace) -> list[dict]:
 
 
 def table(rows: list[dict], batches: list[int]) -> str:
-    """One line a family: seconds a caption plain / fast / compiled, the speed-up, how many fast
-    captions are the plain ones, and each batch's seconds a caption and differing captions."""
-    head = ["family", "plain s", "fast s", "x", "same", "compiled s", "same"]
+    """One line a family: seconds a caption plain / fast / fast with generate's loop / compiled,
+    the speed-up, how many fast captions are the plain ones, and each batch's seconds a caption
+    and differing captions."""
+    head = ["family", "plain s", "fast s", "x", "same", "gen-loop s", "same", "compiled s",
+            "same"]
     head += [f"b{size} s/cap (differ)" for size in batches]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for family in dict.fromkeys(row["family"] for row in rows):
         mine = {row["mode"]: row for row in rows if row["family"] == family}
         plain, fast, compiled = mine.get("plain"), mine.get("fast"), mine.get("compiled")
+        generate = mine.get("gen-loop")
         cells = [family, f"{plain['s_per_caption']:.4f}" if plain else "not measured",
                  f"{fast['s_per_caption']:.4f}" if fast else "not measured",
                  f"{plain['s_per_caption'] / fast['s_per_caption']:.1f}x"
                  if plain and fast else "",
                  f"{fast['same_as_plain']}/{fast['compared']}" if fast else "",
+                 f"{generate['s_per_caption']:.4f}" if generate else "not measured",
+                 f"{generate['same_as_plain']}/{generate['compared']}" if generate else "",
                  f"{compiled['s_per_caption']:.4f}" if compiled else "not measured",
                  f"{compiled['same_as_plain']}/{compiled['compared']}" if compiled else ""]
         for size in batches:

@@ -1,10 +1,14 @@
 """The captioner families' fast decoding (ml/families/fastdecode.py, issue 29): a static KV cache
 (and on CUDA its decode steps replayed from graphs) gives the plain call's tokens, and a batch of
-images gives each image its single caption. Tiny checkpoints, CPU, float32; the tests at the end
-need a GPU (bench/run_on_gpu.sh tests runs them there)."""
+images gives each image its single caption; truthloop's greedy loop (LLaVA-1.5, Qwen3-VL,
+Janus-Pro) gives generate's tokens, stopping and padding rows as generate does, and leaves to
+generate what it does not reproduce. Tiny checkpoints, CPU, float32; the tests at the end need a
+GPU (bench/run_on_gpu.sh tests runs them there)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 
 import pytest
@@ -131,19 +135,24 @@ def test_a_decode_step_gets_the_static_cache(family_name, truthloop_cache):
 
 
 def test_the_record_says_how_it_decodes(family, plain, fast):
-    assert {k: plain.decoding[k] for k in ("cache", "steps")} == \
-        {"cache": "dynamic", "steps": "eager"}
+    assert {k: plain.decoding[k] for k in ("cache", "steps", "loop")} == \
+        {"cache": "dynamic", "steps": "eager", "loop": "transformers' generate"}
     if family == "blip":
         assert fast.decoding["steps"] == "truthloop's BLIP decode"  # no graphs on the CPU
+    elif family == "florence-2":  # beam search: generate's own loop
+        assert {k: fast.decoding[k] for k in ("cache", "steps", "loop")} == \
+            {"cache": "static", "steps": "eager",
+             "loop": "transformers' generate (beam_search: num_beams 3)"}
     else:
-        assert {k: fast.decoding[k] for k in ("cache", "steps")} == \
-            {"cache": "static", "steps": "eager"}
+        assert {k: fast.decoding[k] for k in ("cache", "steps", "loop")} == \
+            {"cache": "static", "steps": "eager", "loop": "truthloop's greedy loop"}
 
 
 @pytest.mark.parametrize("family_name", STATIC)
 def test_replayed_steps_adopt_each_captions_cache(family_name, truthloop_cache):
     """The graphed decode step's bookkeeping, without the capture (a CPU has no graphs): every
-    decode step goes through DecodeSteps, each caption's new cache is taken into the same static
+    decode step goes through DecodeSteps (called by truthloop's greedy loop, or by generate's
+    own for Florence-2's beams), each caption's new cache is taken into the same static
     buffers, and the tokens are the plain call's."""
     from truthloop.ml.families.fastdecode import StaticDecoding
 
@@ -159,6 +168,9 @@ def test_replayed_steps_adopt_each_captions_cache(family_name, truthloop_cache):
     assert 0 < steps.eager_steps <= decode_steps * max(1, captioner.decoding["num_beams"])
     assert len(steps._eager_buffers) == 1  # three captions, one static cache
     assert captioner.model.forward is not type(captioner.model).forward
+    loop = captioner.fast.loop
+    assert (loop is None) == (family_name == "florence-2")
+    assert loop is None or (loop.calls == 3 and loop.decode_steps == steps.eager_steps)
 
 
 def test_a_batch_of_one_is_the_single_caption(family, fast):
@@ -209,6 +221,267 @@ def test_a_plain_captioner_puts_the_model_back(truthloop_cache):
     assert "forward" not in plain.model.__dict__
 
 
+# -- truthloop's greedy loop ------------------------------------------------------------------
+
+LOOP_FAMILIES = ("llava-1.5", "qwen3-vl", "janus-pro")  # decoder-only, plain greedy
+# Images of different sizes in one batch: Qwen3-VL's prompts then differ in length (padded on
+# the left); the others resize every image to one size.
+MIXED = [noise_image(1), noise_image(2).resize((32, 32)), noise_image(3), noise_image(4)]
+
+
+@pytest.fixture(scope="module", params=LOOP_FAMILIES)
+def loop_family(request, truthloop_cache):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def loop_pair(loop_family):
+    """The family's plain captioner (generate, a dynamic cache) and its fast one (the static
+    cache and truthloop's greedy loop), each on a model of its own."""
+    return _load(loop_family, fast=False), _load(loop_family)
+
+
+def _new_tokens(captioner, images, max_new_tokens=MAX_TOKENS):
+    """The tokens generate returned for `images` captioned in one batch, the prompt cut off."""
+    config = captioner.config
+    captioner.config = dataclasses.replace(config, caption_max_length=max_new_tokens)
+    seen = []
+    generate = captioner.model.generate
+
+    def spy(**kwargs):
+        tokens = generate(**kwargs)
+        seen.append(tokens[:, kwargs["input_ids"].shape[1]:].clone())
+        return tokens
+
+    captioner.model.generate = spy
+    try:
+        captioner.caption_batch(images)
+    finally:
+        del captioner.model.generate
+        captioner.config = config
+    (tokens,) = seen
+    return tokens
+
+
+@contextlib.contextmanager
+def _stopping_at(captioners, eos):
+    """The captioners' models end a caption at the token ids `eos` (their generation config's
+    eos_token_id) for the block."""
+    before = [c.model.generation_config.eos_token_id for c in captioners]
+    for captioner in captioners:
+        captioner.model.generation_config.eos_token_id = eos
+    try:
+        yield
+    finally:
+        for captioner, ids in zip(captioners, before):
+            captioner.model.generation_config.eos_token_id = ids
+
+
+def _first(said: torch.Tensor, token: int) -> list[int | None]:
+    """Where each row first says `token` (None: never)."""
+    return [int(row.tolist().index(token)) if token in row.tolist() else None for row in said]
+
+
+def test_the_greedy_loop_gives_generates_tokens(loop_pair):
+    """Image by image and a batch of different images (for Qwen3-VL of two sizes: padded), the
+    loop's tokens are the plain call's (generate's own loop), and the loop made them."""
+    plain, fast = loop_pair
+    loop = fast.fast.loop
+    calls = loop.calls
+    plain_captions, plain_tokens = _tokens(plain, IMAGES)
+    fast_captions, fast_tokens = _tokens(fast, IMAGES)
+    assert all(torch.equal(ours, theirs) for ours, theirs in zip(fast_tokens, plain_tokens))
+    assert fast_captions == plain_captions and len(set(plain_captions)) > 1
+    batch = _new_tokens(fast, MIXED)
+    assert torch.equal(batch, _new_tokens(plain, MIXED))
+    assert len({tuple(row) for row in batch.tolist()}) == len(MIXED)
+    assert loop.calls == calls + 4 and not loop.fallbacks
+
+
+def test_qwen3_vl_the_greedy_loop_decodes_a_padded_batch(truthloop_cache):
+    """The batch of two sizes is padded (generate hands the loop a 2-D mask to grow)."""
+    captioner = _load("qwen3-vl")
+    masks = []
+    generate = captioner.model.generate
+
+    def spy(**kwargs):
+        masks.append(kwargs["attention_mask"])
+        return generate(**kwargs)
+
+    captioner.model.generate = spy
+    try:
+        captioner.caption_batch(MIXED)
+    finally:
+        del captioner.model.generate
+    assert (masks[0] == 0).any(dim=1).tolist() == [False, True, False, False]
+    assert captioner.fast.loop.calls == 1
+
+
+@pytest.mark.parametrize("stop", ["some rows", "every row"])
+def test_the_greedy_loop_stops_and_pads_rows_as_generate_does(loop_pair, stop):
+    """With an end-of-sequence token the tiny model says: a row that says it is padded after
+    it while the others go on ("some rows"), and a batch whose rows all said it ends there,
+    the steps the loop had queued past it dropped ("every row")."""
+    from truthloop.ml.families.fastdecode import STEPS_AHEAD
+
+    plain, fast = loop_pair
+    said = _new_tokens(plain, MIXED)
+    if stop == "some rows":  # a word of the first row's that another row says later or never
+        eos = next([token] for token in said[0, :-2].tolist()
+                   if len(set(_first(said, token))) > 1)
+    else:  # every row has stopped by its fifth token
+        eos = sorted(set(said[:, 4].tolist()))
+    with _stopping_at((plain, fast), eos):
+        expected = _new_tokens(plain, MIXED)
+        before = fast.fast.loop.decode_steps
+        got = _new_tokens(fast, MIXED)
+        decoded = fast.fast.loop.decode_steps - before
+    assert torch.equal(got, expected)
+    pad = plain.model.generation_config.pad_token_id
+    stops = [_first(got, token) for token in eos]
+    ends = [min((row_stops[i] for row_stops in stops if row_stops[i] is not None), default=None)
+            for i in range(len(MIXED))]
+    if stop == "some rows":
+        stopped = [row for row, end in enumerate(ends) if end is not None
+                   and end < got.shape[1] - 1]
+        assert stopped and all((got[row, ends[row] + 1:] == pad).all() for row in stopped)
+        assert got.shape[1] == MAX_TOKENS or len(set(ends)) > 1
+    else:
+        assert None not in ends and got.shape[1] == max(ends) + 1 <= 5
+        # the loop learns that late: it decoded steps past the stop, and dropped them
+        assert got.shape[1] - 1 < decoded <= got.shape[1] - 1 + STEPS_AHEAD
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 5, 11])
+def test_the_greedy_loop_at_any_caption_length(loop_pair, max_new_tokens):
+    """A length that is no multiple of the steps the loop queues ahead, and a batch that stops
+    in the last of them: generate's tokens."""
+    plain, fast = loop_pair
+    said = _new_tokens(plain, MIXED, max_new_tokens)
+    assert said.shape[1] == max_new_tokens
+    assert torch.equal(_new_tokens(fast, MIXED, max_new_tokens), said)
+    if max_new_tokens > 1:  # every row has stopped by its second-to-last token
+        eos = sorted(set(said[:, -2].tolist()))
+        with _stopping_at((plain, fast), eos):
+            expected = _new_tokens(plain, MIXED, max_new_tokens)
+            assert expected.shape[1] < max_new_tokens
+            assert torch.equal(_new_tokens(fast, MIXED, max_new_tokens), expected)
+
+
+def _forward_calls(captioner, images):
+    """Every model call of `images`' batch caption: its arguments, tensors copied."""
+    from transformers.cache_utils import Cache
+
+    calls = []
+    model = captioner.model
+    forward = model.forward
+
+    @functools.wraps(forward)  # generate checks its arguments against forward's signature
+    def spy(*args, **kwargs):
+        calls.append({name: value.clone() if isinstance(value, torch.Tensor) else
+                      type(value).__name__ if isinstance(value, (Cache, dict)) else value
+                      for name, value in kwargs.items()})
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    try:
+        captioner.caption_batch(images)
+    finally:
+        del model.forward
+    return calls
+
+
+def test_the_greedy_loop_calls_the_model_as_generate_does(loop_family):
+    """Every decode step gets what generate's own loop gives it over the same static cache (the
+    new token, the positions, the 4-D mask of the grown padding mask, the rest unchanged): the
+    same names, dtypes, shapes and values. (The prefill is generate's own in both.)"""
+    ours = _forward_calls(_load(loop_family), MIXED)
+    theirs = _forward_calls(_load(loop_family, greedy_loop=False), MIXED)
+    assert len(theirs) > 2 and 0 <= len(ours) - len(theirs) <= 4
+    for step, (got, expected) in enumerate(zip(ours[1:], theirs[1:]), start=1):
+        assert got.keys() == expected.keys(), step
+        for name, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                assert got[name].dtype == value.dtype and torch.equal(got[name], value), \
+                    (step, name)
+            else:
+                assert got[name] == value, (step, name)
+    assert {"input_ids", "position_ids", "attention_mask", "cache"} <= theirs[2].keys()
+    assert theirs[2]["attention_mask"].dim() == 4
+
+
+def test_a_checkpoint_asking_for_more_than_greedy_decodes_with_generate(truthloop_cache):
+    """repetition_penalty 1.2 in the generation config: generate's own loop decodes, and the
+    record says why; the tokens are the plain call's with the penalty (which it changes)."""
+    from truthloop.ml.families.captioning import FamilyCaptioner
+
+    plain, fast = _load("llava-1.5", fast=False), _load("llava-1.5")
+    free = _tokens(plain, IMAGES[:2])[1]
+    for captioner in (plain, fast):
+        captioner.model.generation_config.repetition_penalty = 1.2
+    fast = FamilyCaptioner("llava-1.5", fast.model, fast.processor, fast.config)
+    assert fast.decoding["repetition_penalty"] == 1.2
+    assert fast.decoding["loop"] == "transformers' generate (repetition_penalty 1.2)"
+    assert fast.fast.loop is None
+    expected = _tokens(plain, IMAGES[:2])[1]
+    assert not all(torch.equal(a, b) for a, b in zip(expected, free))
+    assert all(torch.equal(a, b) for a, b in zip(_tokens(fast, IMAGES[:2])[1], expected))
+
+
+def test_a_call_asking_for_more_than_greedy_goes_to_generate(truthloop_cache):
+    """The loop also checks each call as generate resolved it: a call with a repetition
+    penalty is decoded by generate's own loop (the plain call's tokens), one without by the
+    loop."""
+    from truthloop.ml.families import llava
+
+    plain, fast = _load("llava-1.5", fast=False), _load("llava-1.5")
+    loop = fast.fast.loop
+    image, instruction = IMAGES[0], plain.config.instruction
+
+    def caption(captioner, generate, **options):
+        with torch.inference_mode():
+            captioner.fast.before_generate()
+            return llava.caption(captioner.model, captioner.processor, image, instruction,
+                                 MAX_TOKENS, generate=functools.partial(generate, **options))
+
+    penalised = caption(fast, fast.fast.generate(fast.model), repetition_penalty=1.2)
+    assert loop.fallbacks == ["repetition_penalty 1.2"] and loop.calls == 0
+    assert penalised == caption(plain, plain.model.generate, repetition_penalty=1.2)
+    greedy = caption(fast, fast.fast.generate(fast.model))
+    assert loop.calls == 1 and len(loop.fallbacks) == 1
+    assert greedy == caption(plain, plain.model.generate) != penalised
+
+
+def test_a_call_with_a_streamer_goes_to_generate(truthloop_cache):
+    """generate drops a streamer (and the like) it would hand its own loop when the loop is a
+    custom_generate: such a call is generate's own, and the streamer sees every token."""
+    from transformers.generation.streamers import BaseStreamer
+
+    from truthloop.ml.families import llava
+
+    fast = _load("llava-1.5")
+    loop = fast.fast.loop
+
+    class Tokens(BaseStreamer):
+        said: list = []
+
+        def put(self, value):
+            self.said.append(value.tolist())
+
+        def end(self):
+            pass
+
+    streamer = Tokens()
+    with torch.inference_mode():
+        fast.fast.before_generate()
+        caption = llava.caption(fast.model, fast.processor, IMAGES[0], fast.config.instruction,
+                                MAX_TOKENS, generate=functools.partial(
+                                    fast.fast.generate(fast.model), streamer=streamer))
+    assert loop.calls == 0 and loop.fallbacks == ["streamer"]
+    assert caption == fast.caption(IMAGES[0]) and loop.calls == 1
+    assert len(streamer.said) == 1 + MAX_TOKENS  # the prompt, then each new token
+
+
 # -- on a GPU ---------------------------------------------------------------------------------
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -255,7 +528,8 @@ def test_graphed_steps_give_the_same_tokens_from_the_first_call_on(family_name, 
     captioner.fast = StaticDecoding(captioner.model, graphs=False, compiled=False)
     eager = [_generate(captioner, image) for image in IMAGES]
     graphed = captioner.fast = StaticDecoding(captioner.model, graphs=True, compiled=False)
-    assert graphed.describe() == {"cache": "static", "steps": "CUDA graphs"}
+    assert {k: graphed.describe()[k] for k in ("cache", "steps")} == \
+        {"cache": "static", "steps": "CUDA graphs"}
     first = [_generate(captioner, image) for image in IMAGES]
     again = [_generate(captioner, image) for image in reversed(IMAGES)][::-1]
     for (sequences, logits), (got_sequences, got_logits), (eager_sequences, eager_logits) in zip(
@@ -293,3 +567,28 @@ def test_on_a_gpu_fast_captions_are_the_plain_ones(family_name, truthloop_cache)
     assert singles == [plain.caption(image) for image in images]
     assert fast.caption_batch(images[:1]) == singles[:1]
     assert fast.decoding["steps"].endswith("CUDA graphs")
+
+
+@cuda
+@pytest.mark.parametrize("family_name", LOOP_FAMILIES)
+def test_on_a_gpu_the_greedy_loop_gives_generates_tokens(family_name, truthloop_cache):
+    """On CUDA the loop's steps replay from their graph while the host queues the next ones
+    (reading whether every row has finished late): its tokens are those of generate's own loop
+    over the same graphed steps, a caption at a time, in a padded batch, and with every row
+    stopping early (the steps queued past the stop dropped)."""
+    fast = _load(family_name, "cuda")
+    generate = _load(family_name, "cuda", greedy_loop=False)
+    assert fast.decoding["loop"] == "truthloop's greedy loop"
+    assert fast.decoding["steps"] == generate.decoding["steps"] == "CUDA graphs"
+    assert generate.decoding["loop"] == "transformers' generate"
+    ours, theirs = _tokens(fast, IMAGES)[1], _tokens(generate, IMAGES)[1]
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert torch.equal(_new_tokens(fast, MIXED), _new_tokens(generate, MIXED))
+    eos = sorted(set(_new_tokens(generate, MIXED)[:, 4].tolist()))
+    with _stopping_at((fast, generate), eos):
+        expected = _new_tokens(generate, MIXED)
+        assert expected.shape[1] <= 5
+        assert torch.equal(_new_tokens(fast, MIXED), expected)
+    steps = fast.fast.steps
+    assert not steps.failures and steps.eager_steps == 0 and steps.replays > 2 * MAX_TOKENS
+    assert fast.fast.loop.calls == len(IMAGES) + 2 and not fast.fast.loop.fallbacks

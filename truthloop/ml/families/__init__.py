@@ -14,15 +14,17 @@ A captioner family's module (blip, florence2, llava, qwen3_vl) gives
     TINY_VERSION, dtype(device), build_tiny(out)
     load(path, dtype) -> (model, processor)                 from_pretrained, nothing else
                                                             (captioning.pretrained makes it)
-    caption(model, processor, image, instruction, max_new_tokens) -> str   decoded as the
-                                            model's generation config says (the checkpoint's;
-                                            captioning.FamilyCaptioner turns sampling off)
-    caption_batch(model, processor, images, instruction, max_new_tokens) -> list[str]   the
-                                            same call for several images in one generate
+    caption(model, processor, image, instruction, max_new_tokens, generate=None) -> str
+                                            decoded as the model's generation config says (the
+                                            checkpoint's; captioning.FamilyCaptioner turns
+                                            sampling off) by `generate` (None: model.generate;
+                                            the fast path's: fastdecode.FastDecoding.generate)
+    caption_batch(model, processor, images, instruction, max_new_tokens, generate=None)
+        -> list[str]                        the same call for several images in one generate
                                             (prompts padded on the left)
     full_size(device, dtype) -> (model, processor)          (benchmarks)
-and `captioning.py` loads and runs it (`fastdecode.py`: the static KV cache and the graphed
-decode steps it runs `generate` with).
+and `captioning.py` loads and runs it (`fastdecode.py`: the static KV cache, the graphed
+decode steps and truthloop's greedy loop it runs `generate` with).
 
 A unified family's module (janus_pro) is both: the captioner's functions, and for its generator
 side (families.GeneratorFamily.autoregressive: a transformers model drawn token by token, not a

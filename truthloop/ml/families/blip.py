@@ -48,19 +48,19 @@ load = pretrained("BlipForConditionalGeneration", "BlipProcessor")
 
 
 def caption(model: Any, processor: Any, image: Any, instruction: str,
-            max_new_tokens: int) -> str:
+            max_new_tokens: int, generate: Any = None) -> str:
     """The unconditional caption (BLIP takes no instruction), as the model card calls it."""
     inputs = processor(images=image, return_tensors="pt").to(model.device, model.dtype)
-    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    tokens = (generate or model.generate)(**inputs, max_new_tokens=max_new_tokens)
     return processor.decode(tokens[0], skip_special_tokens=True)
 
 
 def caption_batch(model: Any, processor: Any, images: list[Any], instruction: str,
-                  max_new_tokens: int) -> list[str]:
+                  max_new_tokens: int, generate: Any = None) -> list[str]:
     """`caption`'s call for several images in one `generate` (every caption starts from the
     same [DEC] token, so nothing pads)."""
     inputs = processor(images=images, return_tensors="pt").to(model.device, model.dtype)
-    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    tokens = (generate or model.generate)(**inputs, max_new_tokens=max_new_tokens)
     return processor.batch_decode(tokens, skip_special_tokens=True)
 
 

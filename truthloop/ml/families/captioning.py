@@ -118,11 +118,13 @@ def decode_greedily(model: Any, max_new_tokens: int, origin: str,
 class FamilyCaptioner:
     """The loop's Captioner for a captioner family: the checkpoint's own decoding, greedy in
     place of sampling (`decoding` says what it came to), through a static KV cache with its
-    decode steps graphed on CUDA (fastdecode.py; `fast=False`: the plain call)."""
+    decode steps graphed on CUDA and, where the decoding is plain greedy, truthloop's greedy
+    loop in place of generate's (fastdecode.py; `greedy_loop=False`: generate's loop;
+    `fast=False`: the plain call)."""
 
     def __init__(self, family: str, model: Any, processor: Any, config: CaptionConfig,
                  origin: str = "the model's generation_config", *, fast: bool = True,
-                 cuda_graphs: bool = True, compile: bool = False):
+                 cuda_graphs: bool = True, compile: bool = False, greedy_loop: bool = True):
         from truthloop.ml.families.fastdecode import fast_decoding
 
         self.family = family
@@ -133,7 +135,7 @@ class FamilyCaptioner:
         self.decoding = decode_greedily(model, config.caption_max_length, origin,
                                         config.decoding)
         self.fast = fast_decoding(family, model, processor, decoder(model), fast=fast,
-                                  graphs=cuda_graphs, compiled=compile)
+                                  graphs=cuda_graphs, compiled=compile, loop=greedy_loop)
         self.decoding.update(self.fast.describe())
 
     def caption(self, image: Any) -> str:
@@ -147,7 +149,8 @@ class FamilyCaptioner:
             if text is None:
                 text = self.module.caption(self.model, self.processor, image,
                                            self.config.instruction,
-                                           self.config.caption_max_length)
+                                           self.config.caption_max_length,
+                                           generate=self.fast.generate(self.model))
         return _one_line(text)
 
     def caption_batch(self, images: list[Any]) -> list[str]:
@@ -160,7 +163,8 @@ class FamilyCaptioner:
             texts = self.module.caption_batch(self.model, self.processor,
                                               [image.convert("RGB") for image in images],
                                               self.config.instruction,
-                                              self.config.caption_max_length)
+                                              self.config.caption_max_length,
+                                              generate=self.fast.generate(self.model))
         return [_one_line(text) for text in texts]
 
 

@@ -1,8 +1,9 @@
 """The captioner families' captions at their hardware's speed: the library's own `generate`, with a
-static KV cache and its decode steps replayed from CUDA graphs (issue 29).
+static KV cache, its decode steps replayed from CUDA graphs and, for plain greedy decoding,
+truthloop's own loop in place of generate's (issue 29).
 
 Eager `generate` on a GPU spends most of a token in the host: LLaVA-1.5-7B and Qwen3-VL-2B took
-the same ~37 ms a token on an H100 although one is 3.5x larger. Three things change, and nothing
+the same ~37 ms a token on an H100 although one is 3.5x larger. Four things change, and nothing
 else (the family's own call, its processor and its decoding settings stay as they are):
 
 * **A static KV cache** (transformers' `cache_implementation="static"`, set in the generation
@@ -18,6 +19,13 @@ else (the family's own call, its processor and its decoding settings stay as the
   search (Florence-2's three beams) go through the same forward, so both are graphed.
 * **Optionally compiled** (`--compile`): the step's forward is torch.compile'd (inductor's fused
   kernels, not bit-equal to eager) and then graphed as above, as the sd UNet is.
+* **truthloop's greedy loop** (`GreedyLoop`, handed to `generate` as its `custom_generate`) for the
+  decoder-only families whose decoding is plain greedy (LLaVA-1.5, Qwen3-VL, Janus-Pro's text
+  mode): generate prepares the call as ever and the loop replaces its per-step Python and its
+  read of the device every step (are all rows done?), so the host queues steps ahead of the GPU.
+  Graphed, a step was still 10.4 ms of LLaVA-1.5-7B's token on an H100 where reading its weights
+  takes ~4.2. The tokens are generate's; a decoding it does not reproduce (Florence-2's beams, a
+  repetition penalty, ...) stays generate's, and the record says why.
 
 transformers would otherwise compile the decode step itself whenever the cache is static on a GPU
 (`disable_compile` turns that off): truthloop chooses, and a run records what it chose
@@ -34,7 +42,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 # The static cache's self-attention layers must be plain StaticLayers: a sliding-window layer
 # keeps a Python int of its length, which a replayed graph would not advance.
@@ -293,9 +301,339 @@ class DecodeSteps:
         return graph.output_type(**fields)
 
 
+# The generation-config settings under which generate's greedy search does anything but take
+# each row's argmax until it says its end-of-sequence token or reaches max_new_tokens (each
+# makes a logits processor, a stopping criterion or another output), with the value that leaves
+# the argmax alone. Where the config sets one otherwise, truthloop's greedy loop steps aside
+# and generate decodes (GreedyLoop.refusal); the loop checks the processors and criteria
+# generate actually made at each call too.
+_PLAIN_GREEDY = {
+    "guidance_scale": (None, 1), "sequence_bias": (None,), "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+    "min_length": (None, 0), "min_new_tokens": (None, 0), "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,), "remove_invalid_values": (None, False),
+    "exponential_decay_length_penalty": (None,), "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,), "watermarking_config": (None,),
+    "renormalize_logits": (None, False), "max_time": (None,), "stop_strings": (None,),
+    "token_healing": (None, False), "return_dict_in_generate": (None, False),
+    "output_scores": (None, False), "output_logits": (None, False),
+    "output_attentions": (None, False), "output_hidden_states": (None, False),
+}
+# How many decode steps the host may queue past the oldest step whose "have all rows finished"
+# flag it has not read yet. The flag of a step is copied to the host as soon as the device has
+# run it and read without waiting when it is there; the host waits only for a flag this many
+# steps old, so the device always has steps queued. A batch that finishes before
+# max_new_tokens decodes at most this many steps too many (dropped: the tokens are generate's).
+STEPS_AHEAD = 4
+# What generate hands its own loops but drops for a custom_generate: a call passing one of these
+# is decoded by generate's own loop.
+_FOR_GENERATES_LOOP = ("streamer", "assistant_model", "assistant_tokenizer", "tokenizer",
+                       "synced_gpus")
+
+
+class GreedyLoop:
+    """truthloop's greedy decode loop, in place of generate's own (`_sample`) for a decoder-only
+    model whose decoding is plain greedy: handed to `generate` as its `custom_generate`, so
+    generate still prepares everything (the generation config, the processor's inputs, the
+    vision encoder's outputs, the static cache sized as it sizes it, the position ids and the
+    attention mask) and this replaces only the loop.
+
+    The prefill is generate's own (`_prefill`); the first decode step's inputs are generate's
+    own (`_update_model_kwargs_for_generation`, `prepare_inputs_for_generation`); each later
+    step's are those advanced by one token as those two would advance them (the new token, the
+    positions + 1, the 2-D padding mask one column longer made into the static cache's 4-D mask
+    by the function generate calls), and the model's forward (DecodeSteps on CUDA: a graph
+    replay) is called with them. Each row's token is the argmax of its last logits in float32
+    (generate's), a finished row's is the pad token, and a row finishes at an end-of-sequence
+    token: generate's tokens, bit for bit. What it leaves out is generate's per-step Python
+    (the kwargs' update and preparation, its logits processors and stopping criteria, called
+    even where there are none to apply) and its read of the device every step (whether all rows
+    have finished), which kept the host from queuing the next step: that flag is read
+    STEPS_AHEAD steps late, and the steps decoded past the last row's end are dropped.
+
+    Anything else the call asks for (see `refusal`) is decoded by generate's own loop."""
+
+    def __init__(self, steps_ahead: int = STEPS_AHEAD):
+        import torch
+
+        self.steps_ahead = steps_ahead
+        self.calls = 0  # generate calls (a caption, or a batch's) this loop decoded
+        self.decode_steps = 0  # the model calls after the prefills, those dropped included
+        self.fallbacks: list[str] = []  # why generate decoded a call instead
+        self._events: list[Any] = []
+        self._torch = torch
+
+    # -- when it applies -------------------------------------------------------------------
+
+    @staticmethod
+    def model_refusal(model: Any) -> str | None:
+        """Why this loop cannot decode for `model` at all, or None."""
+        from transformers import GenerationMixin
+
+        if model.config.is_encoder_decoder:
+            return "an encoder-decoder"
+        if model.is_remote_code():
+            return "a model of remote code"
+        cls = type(model)
+        for method in ("prepare_inputs_for_generation", "_update_model_kwargs_for_generation",
+                       "_prefill"):
+            if getattr(cls, method) is not getattr(GenerationMixin, method):
+                # The later steps' inputs are advanced as GenerationMixin's own advance them.
+                return f"the model's own {method}"
+        return None
+
+    @staticmethod
+    def config_refusal(generation: Any) -> str | None:
+        """Why this loop cannot decode with the generation config `generation`, or None."""
+        from transformers.generation.configuration_utils import GenerationMode
+
+        mode = generation.get_generation_mode()
+        if mode == GenerationMode.BEAM_SEARCH:
+            return f"{mode.value}: num_beams {generation.num_beams}"
+        if mode != GenerationMode.GREEDY_SEARCH:
+            return f"{mode.value}: num_beams {generation.num_beams}, do_sample " \
+                   f"{generation.do_sample}"
+        for name, plain in _PLAIN_GREEDY.items():
+            value = getattr(generation, name, None)
+            if not any(value is choice or (choice is not None and value == choice)
+                       for choice in plain):
+                return f"{name} {value!r}"
+        if generation.cache_implementation != "static":
+            return "no static cache"
+        return None
+
+    def refusal(self, model: Any, input_ids: Any, logits_processor: Any, stopping_criteria: Any,
+                generation_config: Any, model_kwargs: dict) -> str | None:
+        """Why this call is generate's to decode, or None: the model and the config as above,
+        and what generate made of them for this call."""
+        from transformers.cache_utils import Cache
+        from transformers.generation.stopping_criteria import (EosTokenCriteria,
+                                                               MaxLengthCriteria)
+
+        reason = self.config_refusal(generation_config) or self.model_refusal(model)
+        if reason:
+            return reason
+        if len(logits_processor):
+            return "logits processors " + ", ".join(type(p).__name__ for p in logits_processor)
+        kinds = [type(criterion) for criterion in stopping_criteria]
+        if set(kinds) - {MaxLengthCriteria, EosTokenCriteria} or MaxLengthCriteria not in kinds:
+            return "stopping criteria " + ", ".join(kind.__name__ for kind in kinds)
+        if generation_config.is_assistant:
+            return "an assistant's decoding"
+        if model._valid_auto_compile_criteria(model_kwargs, generation_config):
+            return "generate would compile the step"
+        cache = model_kwargs.get("cache")
+        if not (isinstance(cache, Cache) and cache.is_compileable and not any(cache.is_linear)):
+            return "no static cache"
+        if model_kwargs.get("inputs_embeds") is not None:
+            return "inputs_embeds"
+        if not model_kwargs.get("use_cache", True):
+            return "use_cache off"
+        if stopping_criteria.max_length <= input_ids.shape[-1]:
+            return "no token to decode"
+        return None
+
+    # -- generate's custom_generate ----------------------------------------------------------
+
+    def __call__(self, model: Any, input_ids: Any, logits_processor: Any,
+                 stopping_criteria: Any, generation_config: Any, **model_kwargs: Any) -> Any:
+        reason = self.refusal(model, input_ids, logits_processor, stopping_criteria,
+                              generation_config, model_kwargs)
+        if reason is not None:
+            # Decoded by the loop generate would have run itself, with what it prepared.
+            from transformers.generation.utils import GENERATION_MODES_MAPPING
+
+            self.fallbacks.append(reason)
+            method = GENERATION_MODES_MAPPING[generation_config.get_generation_mode()]
+            if "/" in method:  # a decoding transformers keeps on the Hub, not in the library
+                raise ValueError(f"truthloop cannot decode {method} ({reason})")
+            return getattr(type(model), method)(
+                model, input_ids, logits_processor=logits_processor,
+                stopping_criteria=stopping_criteria, generation_config=generation_config,
+                **model_kwargs)
+        return self._decode(model, input_ids, stopping_criteria, generation_config, model_kwargs)
+
+    def _decode(self, model: Any, input_ids: Any, stopping_criteria: Any,
+                generation_config: Any, model_kwargs: dict) -> Any:
+        from transformers.generation.stopping_criteria import EosTokenCriteria
+
+        torch = self._torch
+        device = input_ids.device
+        batch, prompt = input_ids.shape
+        new_tokens = stopping_criteria.max_length - prompt
+        eos = [criterion.eos_token_id for criterion in stopping_criteria
+               if isinstance(criterion, EosTokenCriteria)]
+        eos = torch.cat([ids.to(device).reshape(-1) for ids in eos]) if eos else None
+        pad = generation_config._pad_token_tensor
+        pad = pad.to(device) if pad is not None else None
+        unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+        flags = _AllFinished(device, self.steps_ahead, self._events, new_tokens)
+        self.calls += 1
+
+        outputs = model._prefill(input_ids, generation_config, model_kwargs,
+                                 is_first_iteration=not generation_config.is_assistant)
+        model_kwargs = model._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder=False)
+        logits = _last_logits(outputs)
+        del outputs
+        steps = _StepInputs(model, input_ids, model_kwargs, new_tokens)
+        with model._optimize_model_for_decode():  # as generate's loop, after the prefill
+            tokens, stop = self._steps(model, logits, steps, new_tokens, eos, pad, unfinished,
+                                       flags)
+        kept = len(tokens) if stop is None else stop + 1
+        return torch.cat([input_ids, torch.stack(tokens[:kept], dim=1)], dim=-1)
+
+    def _steps(self, model: Any, logits: Any, steps: "_StepInputs", new_tokens: int, eos: Any,
+               pad: Any, unfinished: Any, flags: "_AllFinished") -> tuple[list[Any], int | None]:
+        """The tokens of every step decoded from the prefill's last `logits` on, and the first
+        step after which every row had finished (None: none before the last)."""
+        torch = self._torch
+        tokens: list[Any] = []
+        stop = None
+        for step in range(new_tokens):
+            if step:
+                logits = _last_logits(model(**steps.inputs, return_dict=True))
+                self.decode_steps += 1
+            token = torch.argmax(logits, dim=-1)
+            if eos is not None:
+                # A finished row says the pad token; a row finishes at an end-of-sequence token
+                # (generate's torch.isin, as a comparison: isin may sort, and read the device, for
+                # many ids).
+                token = torch.where(unfinished, token, pad)
+                unfinished = unfinished & ~(token[:, None] == eos).any(dim=-1)
+            tokens.append(token)
+            if step == new_tokens - 1:
+                break
+            if eos is not None:
+                flags.record(step, unfinished)
+                stop = flags.first_finished(step)
+                if stop is not None:
+                    break
+            steps.advance(token, step + 1)
+        if stop is None and eos is not None:
+            stop = flags.first_finished(None)
+        return tokens, stop
+
+
+def _last_logits(outputs: Any) -> Any:
+    """generate's scores for the next token: the last position's logits, copied as float32 (the
+    copy keeps none of the model's outputs alive)."""
+    import torch
+
+    return outputs.logits[:, -1].to(copy=True, dtype=torch.float32)
+
+
+class _StepInputs:
+    """A decode step's model inputs: generate's own for the first step after the prefill, then
+    each advanced by one token as generate would advance them (its kwargs' update then its
+    preparation of them, which for a static cache changes nothing else)."""
+
+    def __init__(self, model: Any, input_ids: Any, model_kwargs: dict, new_tokens: int):
+        import torch
+
+        from transformers.masking_utils import create_masks_for_generate
+
+        self.model = model
+        self.prompt = input_ids
+        self.kwargs = model_kwargs  # as generate's update left them after the prefill
+        self.inputs: dict[str, Any] = {}
+        # generate's 2-D mask grows by a column of ones a step (None: no padding anywhere)
+        mask = model_kwargs.get("attention_mask")
+        self.mask = None if mask is None else torch.cat(
+            [mask, mask.new_ones((mask.shape[0], new_tokens))], dim=-1)
+        self.width = None if mask is None else mask.shape[1]  # the first decode step's
+        self.make_mask = getattr(model, "create_masks_for_generate", create_masks_for_generate)
+        self.embeds = torch.empty((input_ids.shape[0], 1, 0), dtype=model.dtype,
+                                  device=input_ids.device)
+
+    def advance(self, token: Any, step: int) -> None:
+        """The inputs of decode step `step` (1: the first after the prefill), `token` its
+        input (the tokens of the step before)."""
+        import torch
+
+        if step == 1:
+            ids = torch.cat([self.prompt, token[:, None]], dim=-1)
+            self.inputs = self.model.prepare_inputs_for_generation(
+                ids, next_sequence_length=1, **self.kwargs)
+            self.kwargs = {}
+            return
+        inputs = self.inputs
+        inputs["input_ids"] = token[:, None]
+        if inputs.get("position_ids") is not None:
+            # generate appends the last position + 1 and hands the step the last one
+            inputs["position_ids"] = inputs["position_ids"] + 1
+        # token_type_ids (the last one repeated), mm_token_type_ids (zeros appended), the cache
+        # (one object) and the rest (passed on unchanged) are the first step's.
+        mask = self.make_mask(
+            config=self.model.config, inputs_embeds=self.embeds,
+            attention_mask=None if self.mask is None else self.mask[:, :self.width + step - 1],
+            cache=inputs.get("cache"), position_ids=inputs.get("position_ids"),
+            block_sequence_ids=None, token_type_ids=inputs.get("token_type_ids"),
+            mm_token_type_ids=inputs.get("mm_token_type_ids"), is_first_iteration=False)
+        if isinstance(mask, dict):
+            mask = {key: value.contiguous() if isinstance(value, torch.Tensor) else value
+                    for key, value in mask.items()}
+        elif isinstance(mask, torch.Tensor):
+            mask = mask.contiguous()
+        if mask is None:
+            inputs.pop("attention_mask", None)
+        else:
+            inputs["attention_mask"] = mask
+
+
+class _AllFinished:
+    """Whether every row had finished after each step, as the host learns it: on CUDA each
+    step's flag is copied to pinned memory behind the step and read once the copy is done, the
+    host waiting only for a flag `ahead` steps old; elsewhere (no queue to keep full) a flag
+    is read `ahead` steps late all the same, so that the CPU runs what the GPU runs."""
+
+    def __init__(self, device: Any, ahead: int, events: list, steps: int):
+        import collections
+
+        import torch
+
+        self.ahead = ahead
+        self.pending: collections.deque = collections.deque()
+        self.cuda = device.type == "cuda"
+        self.events = events
+        if self.cuda:
+            self.host = torch.empty(max(steps, 1), dtype=torch.bool, pin_memory=True)
+            while len(events) < ahead + 2:  # an event is recorded again once its flag is read
+                events.append(torch.cuda.Event())
+
+    def record(self, step: int, unfinished: Any) -> None:
+        finished = ~unfinished.any()
+        if not self.cuda:
+            self.pending.append((step, finished, None))
+            return
+        flag = self.host[step]
+        flag.copy_(finished, non_blocking=True)
+        event = self.events[step % len(self.events)]
+        event.record()
+        self.pending.append((step, flag, event))
+
+    def first_finished(self, step: int | None) -> int | None:
+        """The first step after which every row had finished, among the flags read now (those
+        of step - ahead and before, waited for, and any later one already on the host; every
+        flag with `step` None), or None."""
+        while self.pending:
+            recorded, flag, event = self.pending[0]
+            if step is not None and recorded > step - self.ahead \
+                    and (event is None or not event.query()):
+                break
+            if event is not None:
+                event.synchronize()
+            self.pending.popleft()
+            if bool(flag):
+                return recorded
+        return None
+
+
 class FastDecoding:
     """How a family captioner decodes: `describe()` is what run.json records; `before_generate`
-    runs before each generate call."""
+    runs before each generate call; `generate(model)` is the generate the family's call makes
+    its tokens with."""
 
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -303,20 +641,24 @@ class FastDecoding:
     def before_generate(self) -> None:
         pass
 
+    def generate(self, model: Any) -> Callable[..., Any]:
+        """What the family's call runs in place of `model.generate`: the model's own here."""
+        return model.generate
+
     def caption(self, image: Any, instruction: str, max_new_tokens: int) -> str | None:
         """A caption by a path of its own (BLIP's), or None: the family's call makes it."""
         return None
 
 
 class PlainDecoding(FastDecoding):
-    """The family's plain call: transformers' default dynamic cache, eager steps (a model a
-    StaticDecoding had set up is put back as it was)."""
+    """The family's plain call: transformers' default dynamic cache, eager steps, generate's
+    own loop (a model a StaticDecoding had set up is put back as it was)."""
 
     def __init__(self, decoder: Any):
         _undo_static(decoder)
 
     def describe(self) -> dict[str, Any]:
-        return {"cache": "dynamic", "steps": "eager"}
+        return {"cache": "dynamic", "steps": "eager", "loop": "transformers' generate"}
 
 
 def _undo_static(module: Any) -> None:
@@ -332,10 +674,13 @@ def _undo_static(module: Any) -> None:
 class StaticDecoding(FastDecoding):
     """A static KV cache for `decoder` (the model whose `generate` decodes: captioning.decoder),
     and on CUDA the decode steps graphed (`graphs`), compiled first (`compiled`), or eager
-    (neither). `capture` (tests): install DecodeSteps whatever the device, capturing graphs or
-    not."""
+    (neither); `loop`: truthloop's greedy loop in place of generate's where the decoding is
+    plain greedy (GreedyLoop), `call_settings` being what the family's call sets over the
+    generation config. `capture` (tests): install DecodeSteps whatever the device, capturing
+    graphs or not."""
 
-    def __init__(self, decoder: Any, graphs: bool, compiled: bool, capture: bool | None = None):
+    def __init__(self, decoder: Any, graphs: bool, compiled: bool, capture: bool | None = None,
+                 loop: bool = True, call_settings: dict[str, Any] | None = None):
         self.decoder = decoder
         _undo_static(self.decoder)
         generation = self.decoder.generation_config
@@ -359,18 +704,51 @@ class StaticDecoding(FastDecoding):
             self.steps = DecodeSteps(self.decoder, forward,
                                      capture=self.graphs if capture is None else capture)
             self.steps.install()
+        self.loop: GreedyLoop | None = None
+        self.loop_refusal: str | None = None
+        if loop:
+            import copy
+
+            called = copy.deepcopy(generation)
+            for name, value in (call_settings or {}).items():
+                setattr(called, name, value)
+            self.loop_refusal = GreedyLoop.config_refusal(called) \
+                or GreedyLoop.model_refusal(decoder)
+            if self.loop_refusal is None:
+                self.loop = GreedyLoop()
 
     def describe(self) -> dict[str, Any]:
         steps = "eager"
         if self.steps is not None and self.graphs:
             steps = "compiled, CUDA graphs" if self.compiled else "CUDA graphs"
-        return {"cache": "static", "steps": steps}
+        loop = "transformers' generate"
+        if self.loop is not None:
+            loop = "truthloop's greedy loop"
+        elif self.loop_refusal is not None:
+            loop += f" ({self.loop_refusal})"
+        return {"cache": "static", "steps": steps, "loop": loop}
 
     def before_generate(self) -> None:
         # generate sizes a static cache to the longest it has made on this model
         # (_previous_max_cache_length, kept to spare torch.compile a recompile); forgotten here,
         # so that a caption's cache, and so its arithmetic, depends on its own prompt alone.
         self.decoder.__dict__.pop("_previous_max_cache_length", None)
+
+    def generate(self, model: Any) -> Callable[..., Any]:
+        """`model.generate` with truthloop's greedy loop as its decoding loop (generate prepares
+        the inputs, the cache and the stopping criteria as always, then hands them to it)."""
+        if self.loop is None or model is not self.decoder:
+            return model.generate
+        loop = self.loop
+
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            passed = [name for name in _FOR_GENERATES_LOOP if kwargs.get(name) is not None]
+            if passed:
+                loop.fallbacks.append(", ".join(passed))
+                return model.generate(*args, **kwargs)
+            return model.generate(*args, custom_generate=loop, **kwargs)
+
+        return generate
 
 
 class BlipDecoding(FastDecoding):
@@ -388,7 +766,7 @@ class BlipDecoding(FastDecoding):
         steps = "truthloop's BLIP decode"
         if self.fast.cuda_graphs and self.fast.model.device.type == "cuda":
             steps += ", CUDA graphs"
-        return {"cache": "truthloop's", "steps": steps}
+        return {"cache": "truthloop's", "steps": steps, "loop": "truthloop's BLIP decode"}
 
     def caption(self, image: Any, instruction: str, max_new_tokens: int) -> str | None:
         inputs = self.fast._inputs(image)
@@ -400,12 +778,17 @@ class BlipDecoding(FastDecoding):
 
 
 def fast_decoding(family: str, model: Any, processor: Any, decoder: Any, *, fast: bool = True,
-                  graphs: bool = True, compiled: bool = False) -> FastDecoding:
+                  graphs: bool = True, compiled: bool = False,
+                  loop: bool = True) -> FastDecoding:
     """The decoding a family captioner uses (`decoder`: the part of `model` whose `generate`
     decodes): `fast` off is the plain call; BLIP's own fast path; the others' static cache,
-    graphed on CUDA (`graphs`), compiled first (`compiled`)."""
+    graphed on CUDA (`graphs`), compiled first (`compiled`), decoded by truthloop's greedy loop
+    where it applies (`loop`)."""
     if not fast:
         return PlainDecoding(decoder)
     if family == "blip":
         return BlipDecoding(model, processor, graphs)
-    return StaticDecoding(decoder, graphs, compiled)
+    from truthloop.ml.families import captioner_module
+
+    settings = getattr(captioner_module(family), "CAPTION_CALL_SETTINGS", None)
+    return StaticDecoding(decoder, graphs, compiled, loop=loop, call_settings=settings)

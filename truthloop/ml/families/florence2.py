@@ -68,13 +68,13 @@ load = pretrained("Florence2ForConditionalGeneration", "Florence2Processor")
 
 
 def caption(model: Any, processor: Any, image: Any, instruction: str,
-            max_new_tokens: int) -> str:
+            max_new_tokens: int, generate: Any = None) -> str:
     """The documented call with the task token as the text, decoded as the checkpoint's
     generation config says (3 beams); the processor's post-processing turns the decoded answer
     into the caption."""
     inputs = processor(text=instruction, images=image, return_tensors="pt").to(model.device,
                                                                                model.dtype)
-    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    tokens = (generate or model.generate)(**inputs, max_new_tokens=max_new_tokens)
     text = processor.batch_decode(tokens, skip_special_tokens=False)[0]
     answer = processor.post_process_generation(text, task=instruction,
                                                image_size=(image.width, image.height))
@@ -82,12 +82,12 @@ def caption(model: Any, processor: Any, image: Any, instruction: str,
 
 
 def caption_batch(model: Any, processor: Any, images: list[Any], instruction: str,
-                  max_new_tokens: int) -> list[str]:
+                  max_new_tokens: int, generate: Any = None) -> list[str]:
     """`caption`'s call for several images in one `generate` (each its own beams): the same
     task question for each, so the encoder's inputs are all one length and nothing pads."""
     inputs = processor(text=[instruction] * len(images), images=images, return_tensors="pt",
                        padding=True).to(model.device, model.dtype)
-    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    tokens = (generate or model.generate)(**inputs, max_new_tokens=max_new_tokens)
     texts = processor.batch_decode(tokens, skip_special_tokens=False)
     return [processor.post_process_generation(text, task=instruction,
                                               image_size=(image.width, image.height))[instruction]

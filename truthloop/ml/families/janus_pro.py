@@ -107,6 +107,13 @@ load = pretrained("JanusForConditionalGeneration", "JanusProcessor")
 
 
 # -- text mode: the captioner ------------------------------------------------------------------
+# What transformers' text mode sets over the generation config before its generate decodes
+# (JanusForConditionalGeneration.generate: guidance_scale None, so that the image mode's
+# guidance makes no classifier-free-guidance processor for text); fastdecode reads it to judge
+# the text mode's decoding.
+CAPTION_CALL_SETTINGS = {"guidance_scale": None}
+
+
 def _caption_prompt(processor: Any, instruction: str) -> str:
     conversation = [{"role": "user", "content": [
         {"type": "image"}, {"type": "text", "text": instruction}]}]
@@ -114,24 +121,26 @@ def _caption_prompt(processor: Any, instruction: str) -> str:
 
 
 def caption(model: Any, processor: Any, image: Any, instruction: str,
-            max_new_tokens: int) -> str:
+            max_new_tokens: int, generate: Any = None) -> str:
     """transformers' documented call: the image and the instruction as the user turn, the
     processor's text mode, `generate(generation_mode="text")` (greedy: the checkpoint samples no
     text), only the new tokens decoded."""
     inputs = processor(images=image, text=_caption_prompt(processor, instruction),
                        generation_mode="text", return_tensors="pt").to(model.device, model.dtype)
-    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens, generation_mode="text")
+    tokens = (generate or model.generate)(**inputs, max_new_tokens=max_new_tokens,
+                                          generation_mode="text")
     return processor.decode(tokens[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def caption_batch(model: Any, processor: Any, images: list[Any], instruction: str,
-                  max_new_tokens: int) -> list[str]:
+                  max_new_tokens: int, generate: Any = None) -> list[str]:
     """`caption`'s call for several images in one `generate`: the same prompt for each (576
     image tokens each, so no prompt is padded)."""
     prompt = _caption_prompt(processor, instruction)
     inputs = processor(images=images, text=[prompt] * len(images), generation_mode="text",
                        padding=True, return_tensors="pt").to(model.device, model.dtype)
-    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens, generation_mode="text")
+    tokens = (generate or model.generate)(**inputs, max_new_tokens=max_new_tokens,
+                                          generation_mode="text")
     return processor.batch_decode(tokens[:, inputs["input_ids"].shape[1]:],
                                   skip_special_tokens=True)
 

@@ -59,7 +59,7 @@ load = pretrained("LlavaForConditionalGeneration", "LlavaProcessor")
 
 
 def caption(model: Any, processor: Any, image: Any, instruction: str,
-            max_new_tokens: int) -> str:
+            max_new_tokens: int, generate: Any = None) -> str:
     """The model card's call: the chat template with the image and the instruction as the user
     turn, `generate` greedy (the card passes do_sample=False); only the new tokens are decoded
     (the card decodes the prompt too)."""
@@ -68,12 +68,12 @@ def caption(model: Any, processor: Any, image: Any, instruction: str,
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device,
                                                                           model.dtype)
-    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    tokens = (generate or model.generate)(**inputs, max_new_tokens=max_new_tokens)
     return processor.decode(tokens[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def caption_batch(model: Any, processor: Any, images: list[Any], instruction: str,
-                  max_new_tokens: int) -> list[str]:
+                  max_new_tokens: int, generate: Any = None) -> list[str]:
     """`caption`'s call for several images in one `generate`: the same prompt for each, padded
     on the left (where a prompt ends is where its answer starts; LLaVA-1.5's prompts are all
     one length, 576 image tokens each, so nothing pads in practice)."""
@@ -82,7 +82,7 @@ def caption_batch(model: Any, processor: Any, images: list[Any], instruction: st
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     inputs = processor(images=images, text=[prompt] * len(images), return_tensors="pt",
                        padding=True, padding_side="left").to(model.device, model.dtype)
-    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    tokens = (generate or model.generate)(**inputs, max_new_tokens=max_new_tokens)
     return processor.batch_decode(tokens[:, inputs["input_ids"].shape[1]:],
                                   skip_special_tokens=True)
 

@@ -57,7 +57,7 @@ load = pretrained("Qwen3VLForConditionalGeneration", "AutoProcessor")
 
 
 def caption(model: Any, processor: Any, image: Any, instruction: str,
-            max_new_tokens: int) -> str:
+            max_new_tokens: int, generate: Any = None) -> str:
     """The model card's call: the image and the instruction as the user turn through the chat
     template, `generate` (greedy once FamilyCaptioner has turned the checkpoint's sampling
     off), only the new tokens decoded without special tokens."""
@@ -66,14 +66,14 @@ def caption(model: Any, processor: Any, image: Any, instruction: str,
     inputs = processor.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
                                            return_dict=True, return_tensors="pt")
     inputs = inputs.to(model.device)
-    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    tokens = (generate or model.generate)(**inputs, max_new_tokens=max_new_tokens)
     new = tokens[:, inputs["input_ids"].shape[1]:]
     return processor.batch_decode(new, skip_special_tokens=True,
                                   clean_up_tokenization_spaces=False)[0]
 
 
 def caption_batch(model: Any, processor: Any, images: list[Any], instruction: str,
-                  max_new_tokens: int) -> list[str]:
+                  max_new_tokens: int, generate: Any = None) -> list[str]:
     """`caption`'s call for several images in one `generate`: one conversation each, padded on
     the left (an image's token count follows its size, so prompts differ in length when the
     images' sizes do)."""
@@ -85,7 +85,7 @@ def caption_batch(model: Any, processor: Any, images: list[Any], instruction: st
                                            processor_kwargs={"padding": True,
                                                              "padding_side": "left"})
     inputs = inputs.to(model.device)
-    tokens = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    tokens = (generate or model.generate)(**inputs, max_new_tokens=max_new_tokens)
     new = tokens[:, inputs["input_ids"].shape[1]:]
     return processor.batch_decode(new, skip_special_tokens=True,
                                   clean_up_tokenization_spaces=False)
