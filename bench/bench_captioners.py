@@ -151,26 +151,31 @@ def _batched(name: str, captioner, images: list, singles: list[str], size: int,
     captions = captioner.caption_batch(batch)
     _sync()
     first = time.perf_counter() - start
-    times = []
+    times, changed = [], 0
     for _ in range(repeats):
         start = time.perf_counter()
         again = captioner.caption_batch(batch)
         _sync()
         times.append(time.perf_counter() - start)
-        assert again == captions, "a batch's captions changed between two calls"
+        # Counted, not asserted: the same batch must give the same captions every call (on an
+        # H100 a first call's eager step once made them differ), and the table says so.
+        changed = max(changed, sum(a != b for a, b in zip(again, captions)))
     seconds = statistics.median(times) if times else first
     differ = [index for index, (a, b) in enumerate(zip(captions, singles)) if a != b]
     row = {"family": name, "mode": f"batch {size}", "batch": size, "first_s": round(first, 3),
            "s_per_batch": round(seconds, 4), "s_per_caption": round(seconds / size, 4),
            "captions_per_s": round(size / seconds, 2), "differ_from_single": len(differ),
-           "differing": differ, "peak_gib": _peak_gib()}
+           "differing": differ, "changed_between_calls": changed, "peak_gib": _peak_gib()}
     print(f"  batch {size:3}: first {first:7.3f} s, then {seconds:.3f} s "
           f"({row['s_per_caption']:.4f} s a caption, {row['captions_per_s']} a second); "
-          f"{len(differ)}/{size} differ from their single caption", flush=True)
+          f"{len(differ)}/{size} differ from their single caption"
+          + (f"; {changed}/{size} CHANGED between two calls of the same batch" if changed else ""),
+          flush=True)
     return row
 
 
-def bench_family(name: str, args: argparse.Namespace) -> list[dict]:
+def bench_family(name: str, args: argparse.Namespace, rows: list[dict]) -> None:
+    """The family's rows, appended to `rows` as each is measured (a later failure keeps them)."""
     from truthloop.ml.families.captioning import FamilyCaptioner
 
     _free()
@@ -184,7 +189,6 @@ def bench_family(name: str, args: argparse.Namespace) -> list[dict]:
     singles_count = 1 + args.repeats
     batches = [size for size in args.batches if size > 0]
     images = _images(max([singles_count, *batches]), args.image_size)
-    rows = []
 
     def captioner(**options):
         return FamilyCaptioner(name, model, processor, config, **options)
@@ -210,7 +214,6 @@ def bench_family(name: str, args: argparse.Namespace) -> list[dict]:
                           plain["captions"]))
     del fast_captioner, model, processor
     _free()
-    return rows
 
 
 def table(rows: list[dict], batches: list[int]) -> str:
@@ -236,7 +239,9 @@ def table(rows: list[dict], batches: list[int]) -> str:
                  f"{compiled['same_as_plain']}/{compiled['compared']}" if compiled else ""]
         for size in batches:
             batch = mine.get(f"batch {size}")
-            cells.append(f"{batch['s_per_caption']:.4f} ({batch['differ_from_single']}/{size})"
+            changed = batch.get("changed_between_calls") if batch else 0
+            cells.append(f"{batch['s_per_caption']:.4f} ({batch['differ_from_single']}/{size}"
+                         + (f"; {changed} changed between calls" if changed else "") + ")"
                          if batch else "not measured")
         lines.append(" | ".join(cells))
     return "\n".join(lines)
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for name in names:
         try:
-            rows += bench_family(name, args)
+            bench_family(name, args, rows)
         except Exception as error:  # noqa: BLE001 - one family's failure must not hide the rest
             print(f"  {name} failed: {type(error).__name__}: {error}", flush=True)
             rows.append({"family": name, "mode": "error", "error": f"{type(error).__name__}: "
