@@ -145,14 +145,17 @@ def _load_captioner(config: RunConfig, m: Any, device: str, loaded: dict, detail
 
         # Its decode steps go through a static KV cache; on CUDA they may replay from graphs
         # (not with --low-vram: a graph keeps its buffers), but only once the GPU tests have
-        # passed (fastdecode.GRAPHED_DECODE_BY_DEFAULT); --compile compiles them first.
+        # passed (fastdecode.GRAPHED_DECODE_BY_DEFAULT); --compile compiles them first. The
+        # greedy loop (in place of generate's) is tested on the CPU; its CUDA side (flags
+        # read late from pinned memory) waits for the same GPU tests.
         from truthloop.ml.families.fastdecode import GRAPHED_DECODE_BY_DEFAULT
 
         captioner, loaded["caption_model"] = load_captioner(
             m.captioner, m.caption_model, device, config.caption,
             lambda message: emit(ev.Notice(message)),
             cuda_graphs=GRAPHED_DECODE_BY_DEFAULT and m.cuda_graphs and not m.low_vram,
-            compile=config.generate.compile, shared=shared)
+            compile=config.generate.compile, shared=shared,
+            greedy_loop=GRAPHED_DECODE_BY_DEFAULT or not str(device).startswith("cuda"))
         details["captioner_dtype"] = str(captioner.model.dtype)
         details["decoding"] = captioner.decoding
         if not embedder:

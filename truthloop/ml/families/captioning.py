@@ -17,11 +17,12 @@ Progress = Callable[[str], None]
 def load_captioner(family: str, spec: str, device: str, config: CaptionConfig,
                    notice: Progress = lambda message: None, *, cuda_graphs: bool = True,
                    compile: bool = False, shared: tuple[Any, Any, dict] | None = None,
-                   ) -> tuple["FamilyCaptioner", dict[str, str | None]]:
+                   greedy_loop: bool = True) -> tuple["FamilyCaptioner", dict[str, str | None]]:
     """The family's model and processor from `spec` on `device`, as a FamilyCaptioner; on CUDA
     its decode steps replay from CUDA graphs (`cuda_graphs`), compiled first with `compile`
-    (fastdecode.py). `shared`: (model, processor, record) the run's generator loaded from the
-    same checkpoint (a unified family, janus-pro): used as it is, nothing loaded again."""
+    (fastdecode.py), and plain greedy decoding goes through truthloop's loop (`greedy_loop`).
+    `shared`: (model, processor, record) the run's generator loaded from the same checkpoint (a
+    unified family, janus-pro): used as it is, nothing loaded again."""
     from truthloop.model_ids import CAPTION_MODEL_IDS
 
     if shared is None:
@@ -33,7 +34,7 @@ def load_captioner(family: str, spec: str, device: str, config: CaptionConfig,
         model, processor, record = shared
     origin = generation_origin(model, record.get("path"))
     return FamilyCaptioner(family, model, processor, config, origin, cuda_graphs=cuda_graphs,
-                           compile=compile), record
+                           compile=compile, greedy_loop=greedy_loop), record
 
 
 def load_family_model(module: Any, source: str, device: str,

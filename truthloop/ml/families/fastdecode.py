@@ -58,6 +58,8 @@ MAX_GRAPHS = 8
 # have not run yet: no GPU was to be had when they were written (2026-12-07). A run's captioner
 # takes the static cache alone (the plain call's tokens, tested) until those tests pass on a GPU;
 # then set this True. The bench (bench/bench_captioners.py) measures the graphed path either way.
+# truthloop's greedy loop waits for it too on CUDA (its flags read late from pinned memory:
+# tests/test_fast_decode.py's GPU test of it has not run either); on a CPU it is the default.
 GRAPHED_DECODE_BY_DEFAULT = False
 
 
