@@ -260,25 +260,46 @@ def test_a_rerun_after_a_killed_driver_names_the_trajectories_it_continues(tmp_p
     was drawing when the driver died); the sweep then finishes as an unbroken one would."""
     import json
 
+    def status(run: Path) -> str:  # no summary yet: killed while its directory was made
+        summary = run / "summary.json"
+        return json.loads(summary.read_text())["status"] if summary.exists() else "running"
+
+    def cut_off() -> list[str]:
+        return sorted(run.name for run in (sweep_dir / "runs").iterdir()
+                      if status(run) == "running")
+
     process, sweep_dir = start_sweep(tmp_path, delay=0.3)
     try:
         wait_for_paints(tmp_path, process, 3)
+        # From now on every image a worker starts takes a minute: each worker is soon held in a
+        # trajectory it has begun, where the kill must find one (killed at the third image, the
+        # workers were at times between two trajectories, and none was cut off), and a worker
+        # that outlives its driver a moment (until Ray's reaper ends it) draws nothing more.
+        (tmp_path / "fake" / "delay").write_text("60")
+        # Held: no image for 2 s (one took 0.3), and a trajectory begun and not ended. (Killed
+        # while a trajectory's last image was being captioned, it ended before its worker did.)
+        deadline, count, still_since = time.monotonic() + 60, paints(tmp_path), time.monotonic()
+        while time.monotonic() < deadline:
+            if paints(tmp_path) != count:
+                count, still_since = paints(tmp_path), time.monotonic()
+            elif time.monotonic() - still_since > 2 and cut_off():
+                break
+            time.sleep(0.1)
         tree = descendants(process.pid)
         process.kill()
         process.wait()
         deadline = time.monotonic() + 15
         while alive(tree) and time.monotonic() < deadline:
             time.sleep(0.2)
+        for pid in alive(tree):  # not the reaper's test: none may draw into the rerun's runs
+            os.kill(pid, signal.SIGKILL)
     finally:
         if process.poll() is None:
             process.kill()
         process.communicate()
-    def status(run: Path) -> str:  # no summary yet: killed while its directory was made
-        summary = run / "summary.json"
-        return json.loads(summary.read_text())["status"] if summary.exists() else "running"
-
-    cut = sorted(run.name for run in (sweep_dir / "runs").iterdir() if status(run) == "running")
-    assert cut, "no trajectory was cut off mid-way"
+    cut = cut_off()
+    assert cut, ("no trajectory was cut off mid-way",
+                 {run.name: status(run) for run in (sweep_dir / "runs").iterdir()})
     again, _ = start_sweep(tmp_path, delay=0.0)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
