@@ -10,9 +10,10 @@
 #            run b1 1 4 3:    the same pair one trajectory at a time (the single-run rate)
 #   TINY=1 bench/family_sweep_on_gpu.sh run NAME BATCH TRAJ ITERS   # the CPU dry run (tiny models)
 #   EXTRA_SWEEP_OPTIONS=--compile ... run ...   # options added to the sweep's command line
-# The box lacks ray, diffusers, open_clip...: .whl/ (setup installs it into /tmp/site, kept while
-# the machine stays warm) and the slim Ray wheel (../shared/tools/slim_ray_wheel.py) in .whl-ray/,
-# carried in a call of its own (the two together pass one call's 64 MiB).
+# The box lacks ray, diffusers, open_clip...: .whl/ holds them all (the slim Ray wheel,
+# ../shared/tools/slim_ray_wheel.py, and bench/slim_transformers_wheel.py's transformers fit one
+# call's 64 MiB); setup installs it into /tmp/site, kept while the machine stays warm (a .whl-ray/
+# carried apart, as before those slim wheels, is installed too).
 set -euo pipefail
 out=${OUT:-/tmp}
 site=/tmp/site  # as bench/run_on_gpu.sh's: kept while the machine stays warm

@@ -6,8 +6,9 @@ set -euo pipefail
 # The box's peft (which diffusers imports when it is there) imports model classes that the slim
 # transformers wheel (bench/slim_transformers_wheel.py) leaves out; truthloop uses no peft.
 python3 -m pip uninstall -y -q peft 2>/dev/null || true
-# The wheels go to /tmp/site, which stays while the machine is warm: a call that follows at once
-# (within the box's 30 s) may carry other wheels (.whl-ray/) and still find these.
+# The wheels (.whl/: the slim transformers and Ray wheels and the rest the box lacks, one call's
+# worth, docs/model-families.md) go to /tmp/site, which stays while the machine is warm: a call
+# that follows at once (within the box's 30 s) finds them even without .whl/.
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 elif [ ! -d /tmp/site/diffusers ]; then
