@@ -10,6 +10,8 @@
 #            run b1 1 4 3:    the same pair one trajectory at a time (the single-run rate)
 #   TINY=1 bench/family_sweep_on_gpu.sh run NAME BATCH TRAJ ITERS   # the CPU dry run (tiny models)
 #   EXTRA_SWEEP_OPTIONS=--compile ... run ...   # options added to the sweep's command line
+#   RESUME=1 ... run ...   # continue the sweep left by an earlier call on this (warm) machine: its
+#                          # throughput counts this call's images alone, after this call's first wave
 # The box lacks ray, diffusers, open_clip...: .whl/ holds them all (the slim Ray wheel,
 # ../shared/tools/slim_ray_wheel.py, and bench/slim_transformers_wheel.py's transformers fit one
 # call's 64 MiB); setup installs it into /tmp/site, kept while the machine stays warm (a .whl-ray/
@@ -64,7 +66,7 @@ else
                     --clip-model "ViT-L-14/$models/vit-l-14/open_clip_model.safetensors")
 fi
 sweep_dir=/tmp/family-sweeps/$name
-rm -rf "$sweep_dir"
+[ -n "${RESUME:-}" ] || rm -rf "$sweep_dir"
 start=$(date +%s.%N)
 # SWEEP_TIMEOUT=S stops the sweep after S seconds (a lent machine's call has a limit); the
 # throughput below is then taken from what it wrote by then.
@@ -85,22 +87,26 @@ from pathlib import Path
 name, batch, start, end, out, sweep_dir, generator, captioner = sys.argv[1:9]
 batch, start, end = int(batch), float(start), float(end)
 runs = sorted(Path(sweep_dir, "runs").iterdir())
-mtimes, states, records = [], {}, 0
+mtimes, states, records, earlier, drawing = [], {}, 0, 0, 0
 for run in runs:  # a sweep stopped by SWEEP_TIMEOUT may have left runs without records
     summary = run / "summary.json"
     status = json.loads(summary.read_text())["status"] if summary.exists() else "not started"
     states[status] = states.get(status, 0) + 1
-    mtimes += [p.stat().st_mtime for p in (run / "images").glob("*.png")]
+    # A resumed sweep (RESUME=1): images an earlier call drew are counted apart, not timed.
+    times = [p.stat().st_mtime for p in (run / "images").glob("*.png")]
+    mtimes += [t for t in times if t >= start]
+    earlier += sum(t < start for t in times)
+    drawing += any(t >= start for t in times)
     log = run / "log.jsonl"
     records += len(log.read_text().splitlines()) if log.exists() else 0
 mtimes.sort()
-first_wave = min(batch, len(runs))
+first_wave = min(batch, drawing)  # the runs this call drew for
 after_first = len(mtimes) - first_wave
 span = mtimes[-1] - mtimes[first_wave - 1] if after_first > 0 else 0.0
 per_iteration = span / after_first if after_first > 0 else float("nan")
 result = {
     "pair": f"{generator} + {captioner}", "batch": batch, "trajectories": len(runs),
-    "states": states, "records": records, "images": len(mtimes),
+    "states": states, "records": records, "images": len(mtimes), "images_before_this_call": earlier,
     "command_wall_s": round(end - start, 1),
     "first_wave_to_last_image_s": round(span, 1),
     "s_per_trajectory_iteration": round(per_iteration, 3),
