@@ -233,3 +233,28 @@ def test_a_familys_graphed_denoiser_paints_the_eager_image(family, truthloop_cac
         assert np.array_equal(image, eager)
     if family == "sdxl":  # the UNet's step is one fixed-shape call: it must replay
         assert graphed.graphed.replays >= config.steps
+
+
+def test_on_a_gpu_a_pairs_clip_embedder_gives_clip_interrogators_image_features(truthloop_cache):
+    """Every pair but the seed's measures its images with OpenClipEmbedder: on a GPU its CLIP is
+    fp16 with some parameters kept fp32, and it once fed the patch convolution fp32 pixels (every
+    SDXL + LLaVA-1.5 trajectory stopped at its first image). Its features are
+    clip-interrogator's image_to_features, the seed pair's, for the same CLIP."""
+    from clip_interrogator import Config, Interrogator
+
+    from truthloop.ml.embedding import OpenClipEmbedder
+    from truthloop.ml.models import load_clip
+    from truthloop.ml.tiny import build_tiny_models
+
+    model, preprocess, name, _ = load_clip(build_tiny_models().clip_model, "cuda")
+    embedder = OpenClipEmbedder(model, preprocess, name, "cuda")
+    image = _images(1)[0]
+    found = torch.tensor(embedder.features(image))
+    assert found.shape == (model.visual.output_dim,)
+    assert abs(float(found.norm()) - 1) < 1e-3
+    reference = Interrogator.__new__(Interrogator)  # its image_to_features alone, on this CLIP
+    reference.config, reference.device = Config(device="cuda"), "cuda"
+    reference.clip_model, reference.clip_preprocess = model, preprocess
+    reference._prepare_clip = lambda: None
+    expected = reference.image_to_features(image)[0].float().cpu()
+    torch.testing.assert_close(found, expected, atol=1e-3, rtol=0)

@@ -38,9 +38,12 @@ class OpenClipEmbedder:
     def features(self, image: Any) -> list[float]:
         import torch
 
-        with torch.inference_mode():
+        # Under CUDA's autocast, as clip-interrogator's image_to_features: open_clip's fp16 CLIP
+        # keeps some parameters in fp32 (its first one may be either), and its patch convolution
+        # takes the input as it comes, so a cast to "the model's dtype" fed it fp32 on a GPU.
+        with torch.inference_mode(), torch.autocast(
+                "cuda", enabled=str(self.device).startswith("cuda")):
             pixels = self.preprocess(image.convert("RGB")).unsqueeze(0).to(self.device)
-            pixels = pixels.to(next(self.model.parameters()).dtype)
             found = self.model.encode_image(pixels).float()
             found = found / found.norm(dim=-1, keepdim=True)
         return found[0].cpu().tolist()

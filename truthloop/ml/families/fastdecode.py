@@ -53,14 +53,12 @@ _GRAPHABLE_LAYER = "StaticLayer"
 MAX_GRAPHS = 8
 
 
-# The captioners' graphed decode steps are built and tested on the CPU (where nothing is
-# captured), but their GPU tests (tests/test_fast_decode.py, `bash bench/run_on_gpu.sh tests`)
-# have not run yet: no GPU was to be had when they were written (2026-12-07). A run's captioner
-# takes the static cache alone (the plain call's tokens, tested) until those tests pass on a GPU;
-# then set this True. The bench (bench/bench_captioners.py) measures the graphed path either way.
-# truthloop's greedy loop waits for it too on CUDA (its flags read late from pinned memory:
-# tests/test_fast_decode.py's GPU test of it has not run either); on a CPU it is the default.
-GRAPHED_DECODE_BY_DEFAULT = False
+# The captioners' graphed decode steps, and truthloop's greedy loop on CUDA (its flags read late
+# from pinned memory), are the default since their GPU tests passed on an H100 (2026-12-07: 16
+# of tests/test_fast_decode.py's GPU tests, `bash bench/run_on_gpu.sh tests`; log
+# docs/bench-2026-12-07-h100-cuda-tests-fast-decode.log). False: the static cache alone and
+# generate's own loop on CUDA. The bench (bench/bench_captioners.py) measures either way.
+GRAPHED_DECODE_BY_DEFAULT = True
 
 
 def _cache_layers(cache: Any) -> list[Any] | None:
