@@ -81,13 +81,13 @@ python3 - "$name" "$batch" "$start" "$end" "$out" "$sweep_dir" "$generator" "$ca
 """Throughput from the run directories: the images drawn after the first wave (a batch's first
 images come out together once the models are loaded), over the span from the first image to the
 last, and the projection of the Hintze et al. set-up (10,000 trajectory-iterations) from it."""
-import json, sys
+import json, statistics, sys
 from pathlib import Path
 
 name, batch, start, end, out, sweep_dir, generator, captioner = sys.argv[1:9]
 batch, start, end = int(batch), float(start), float(end)
 runs = sorted(Path(sweep_dir, "runs").iterdir())
-mtimes, states, records, earlier, drawing = [], {}, 0, 0, 0
+mtimes, states, records, earlier, drawing, stages = [], {}, 0, 0, 0, {}
 for run in runs:  # a sweep stopped by SWEEP_TIMEOUT may have left runs without records
     summary = run / "summary.json"
     status = json.loads(summary.read_text())["status"] if summary.exists() else "not started"
@@ -98,7 +98,11 @@ for run in runs:  # a sweep stopped by SWEEP_TIMEOUT may have left runs without 
     earlier += sum(t < start for t in times)
     drawing += any(t >= start for t in times)
     log = run / "log.jsonl"
-    records += len(log.read_text().splitlines()) if log.exists() else 0
+    lines = log.read_text().splitlines() if log.exists() else []
+    records += len(lines)
+    for line in lines[1:]:  # a record's own timings (a batch's share: its wait for the batch)
+        for part, seconds in json.loads(line).get("timings", {}).items():
+            stages.setdefault(part, []).append(seconds)
 mtimes.sort()
 first_wave = min(batch, drawing)  # the runs this call drew for
 after_first = len(mtimes) - first_wave
@@ -112,6 +116,9 @@ result = {
     "s_per_trajectory_iteration": round(per_iteration, 3),
     "trajectory_iterations_per_gpu_hour": round(3600 / per_iteration, 1),
     "hintze_10000_gpu_hours": round(10000 * per_iteration / 3600, 2),
+    # medians over the records after each trajectory's first: where a record's seconds went
+    "record_median_s": {part: round(statistics.median(values), 3)
+                        for part, values in sorted(stages.items())},
 }
 print(json.dumps(result, indent=2))
 Path(out, f"{name}.json").write_text(json.dumps(result, indent=2))

@@ -143,11 +143,11 @@ def _load_captioner(config: RunConfig, m: Any, device: str, loaded: dict, detail
         from truthloop.ml.embedding import OpenClipEmbedder
         from truthloop.ml.families.captioning import load_captioner
 
-        # Its decode steps go through a static KV cache; on CUDA they may replay from graphs
-        # (not with --low-vram: a graph keeps its buffers), but only once the GPU tests have
-        # passed (fastdecode.GRAPHED_DECODE_BY_DEFAULT); --compile compiles them first. The
-        # greedy loop (in place of generate's) is tested on the CPU; its CUDA side (flags
-        # read late from pinned memory) waits for the same GPU tests.
+        # Its decode steps go through a static KV cache; on CUDA they replay from graphs (not
+        # with --low-vram: a graph keeps its buffers; fastdecode.GRAPHED_DECODE_BY_DEFAULT,
+        # on since their GPU tests passed); --compile compiles them first. truthloop's greedy
+        # loop replaces generate's (on CUDA under the same flag: its flags read late from
+        # pinned memory were tested with the graphs).
         from truthloop.ml.families.fastdecode import GRAPHED_DECODE_BY_DEFAULT
 
         captioner, loaded["caption_model"] = load_captioner(
