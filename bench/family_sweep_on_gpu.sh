@@ -122,4 +122,9 @@ result = {
 }
 print(json.dumps(result, indent=2))
 Path(out, f"{name}.json").write_text(json.dumps(result, indent=2))
+# The run directories stay on the box: the first failed run's traceback (its error.log) comes back.
+failed = next((run / "error.log" for run in runs if (run / "error.log").exists()), None)
+if failed is not None:
+    Path(out, f"{name}-error.log").write_text(f"{failed}\n{failed.read_text()}")
+    print(f"{failed}:\n" + "\n".join(failed.read_text().splitlines()[-15:]))
 EOF
