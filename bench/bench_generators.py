@@ -11,6 +11,8 @@ checkpoints on the CPU, a dry run of every row), in one process, one image after
 - `loop compiled`: `--compile`, the denoiser and the VAE decoder torch.compile'd, the denoiser's
   steps replayed from graphs (first_s includes the compile; the note gives how far its pixels
   moved from `loop eager`'s). GPU only: on the CPU (`--tiny`) the row says it was skipped;
+- `loop compiled, fused` (`--fused`): the same with fused QKV projections and channels-last
+  (painting.fuse_layout), to see whether they pay; on the CPU, `loop eager, fused`;
 - `plain, cudnn autotune`: the plain call without the determinism settings a run makes (cuDNN's
   benchmark mode on, its deterministic mode off), to see what they cost.
 
@@ -24,7 +26,7 @@ eager loop image: GPU kernel time against wall time, kernel time by kind, and th
 wait for the GPU (synchronizations, device-to-host copies) per step.
 
     python3 bench/bench_generators.py [--families sdxl,flux2-klein,z-image,janus-pro]
-        [--repeats 2] [--json F]
+        [--repeats 2] [--fused] [--json F]
     python3 bench/bench_generators.py --tiny      # CPU dry run, tiny checkpoints, ~1 min
 """
 
@@ -195,6 +197,8 @@ def family_rows(family: str, args) -> tuple[list[dict], object, object]:
     else:
         rows[-1]["note"] = "no graphs on this device (the eager path)"
     compiled_row(row, rows, images, pipe, family, config)
+    if args.fused:
+        fused_row(row, rows, images, pipe, family, config)
     determinism(False)
     row("plain, cudnn autotune", plain, "cudnn.benchmark on, deterministic off")
     determinism(True)
@@ -230,6 +234,36 @@ def compiled_row(row, rows: list[dict], images: dict, pipe, family: str, config)
         painter.graphed.use_forward(type(model).forward.__get__(model), compiled=False)
         painter.graphed.uninstall()
         pipe.vae.decoder._compiled_call_impl = None
+
+
+def fused_row(row, rows: list[dict], images: dict, pipe, family: str, config) -> None:
+    """`loop compiled, fused` (`--fused`): fused QKV projections and channels-last
+    (painting.fuse_layout) under `--compile`, as diffusers' fast-diffusion tutorial does, to see
+    whether they pay beside `loop compiled`; on the CPU the fused model drawn eagerly (the dry
+    run). The pipeline is put back as it was after."""
+    import dataclasses
+
+    import numpy as np
+
+    from truthloop.ml.families.painting import FamilyPainter, denoiser, fuse_layout
+
+    compiled = DEVICE == "cuda"
+    done = fuse_layout(pipe)
+    name = "loop compiled, fused" if compiled else "loop eager, fused"
+    painter = FamilyPainter(pipe, family, dataclasses.replace(config, compile=compiled), DEVICE,
+                            cuda_graphs=compiled)
+    try:
+        row(name, lambda: painter.paint(PROMPT, lambda step, total: None))
+        moved = np.abs(images[name].astype(int) - images["loop eager"].astype(int))
+        rows[-1]["note"] = (f"{', '.join(done) or 'nothing to fuse'}; vs eager: max "
+                            f"{moved.max()}/255, mean {moved.mean():.2f}")
+    finally:
+        if painter.graphed is not None:
+            model = denoiser(pipe)
+            painter.graphed.use_forward(type(model).forward.__get__(model), compiled=False)
+            painter.graphed.uninstall()
+            pipe.vae.decoder._compiled_call_impl = None
+        fuse_layout(pipe, on=False)
 
 
 def sdxl_stages(pipe, painter, args) -> list[dict]:
@@ -320,6 +354,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoints on the CPU")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--fused", action="store_true",
+                        help="a `loop compiled, fused` row: fused QKV and channels-last too")
     parser.add_argument("--json")
     args = parser.parse_args()
 

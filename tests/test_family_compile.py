@@ -62,6 +62,40 @@ def test_a_compiled_familys_denoiser_is_traced_and_draws_the_eager_image(family,
     assert np.abs(compiled.astype(int) - eager.astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fused_qkv_and_channels_last_draw_within_rounding_and_undo(family, truthloop_cache):
+    """The bench's `--fused` row (fuse_layout): SDXL's UNet fused and channels-last, FLUX.2's
+    transformer fused, Z-Image's untouched (its model has no fusing); the image moves by rounding
+    at most, and undoing it draws the eager image again, pixel for pixel."""
+    import torch
+
+    from truthloop.ml.families.painting import FamilyPainter, denoiser, fuse_layout, load_generator
+    from truthloop.ml.tiny import tiny_family_model
+
+    pipe, _ = load_generator(family, tiny_family_model("generator", family), "cpu")
+    painter = FamilyPainter(pipe, family, generate_config(family, steps=2, width=64, height=64),
+                            "cpu")
+
+    def draw():
+        return np.asarray(painter.paint(PROMPT, lambda step, total: None)).astype(int)
+
+    eager = draw()
+    done = fuse_layout(pipe)
+    try:
+        assert done == {"sdxl": ["fused QKV (UNet2DConditionModel)", "channels-last"],
+                        "flux2-klein": ["fused QKV (Flux2Transformer2DModel)"],
+                        "z-image": []}[family]
+        if family == "sdxl":
+            conv = next(m for m in denoiser(pipe).modules() if isinstance(m, torch.nn.Conv2d)
+                        and m.weight.shape[-1] > 1)
+            assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        fused = draw()
+    finally:
+        fuse_layout(pipe, on=False)
+    assert np.abs(fused - eager).max() <= 2
+    assert np.array_equal(draw(), eager)
+
+
 def _config(generator: str, **models) -> RunConfig:
     config = RunConfig(start_prompt="x")
     config.models.generator = generator

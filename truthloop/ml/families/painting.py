@@ -59,6 +59,29 @@ def speed_up(pipe: Any, cuda_graphs: bool, compile: bool) -> Any:
     return graphed
 
 
+def fuse_layout(pipe: Any, on: bool = True) -> list[str]:
+    """diffusers' fast-diffusion recipe beyond the compile, on the denoiser: its attention's
+    QKV projections fused into one (`fuse_qkv_projections`, where the family's model has it:
+    SDXL's UNet, FLUX.2's transformer) and, for a convolutional UNet, channels-last memory
+    (cuDNN takes NHWC without the layout copies that were 0.15 s of an SDXL image on the H200).
+    Other arithmetic, so other pixels; bench/bench_generators.py's `--fused` row measures whether
+    it pays before any run takes it. `on=False` puts the model back. What was done, in words."""
+    import torch
+
+    model = denoiser(pipe)
+    done = []
+    if hasattr(model, "fuse_qkv_projections"):
+        if on:
+            model.fuse_qkv_projections()
+        else:
+            model.unfuse_qkv_projections()
+        done.append(f"fused QKV ({type(model).__name__})")
+    if getattr(pipe, "unet", None) is model:
+        model.to(memory_format=torch.channels_last if on else torch.contiguous_format)
+        done.append("channels-last")
+    return done
+
+
 class FamilyPainter(SeededPainter):
     """The loop's Painter for a generator family (same interface as ml.generate.Painter)."""
 
