@@ -13,7 +13,7 @@ families), the longest a caption can be. Images are noise at --image-size (SDXL'
 default: Qwen3-VL's token count follows the image size; the others resize).
 
     python3 bench/bench_captioners.py [--only llava-1.5,qwen3-vl,janus-pro] [--repeats 3]
-        [--batches 8,16,32] [--compile] [--json out.json]
+        [--batches 8,16,32] [--compile] [--profile] [--json out.json]
     python3 bench/bench_captioners.py --tiny     # the tiny checkpoints on the CPU: a dry run
                                                  # of the machinery (its seconds mean nothing)
 On the lent GPU box: bench/run_on_gpu.sh captioners [options].
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_generators' profile helpers
 
 FAMILIES = ("llava-1.5", "qwen3-vl", "florence-2", "blip", "janus-pro")
 
@@ -174,6 +175,64 @@ def _batched(name: str, captioner, images: list, singles: list[str], size: int,
     return row
 
 
+def _profile(name: str, captioner, image) -> dict:
+    """One fast caption (after the timed ones) under torch.profiler: how much of its wall time
+    the GPU spent in kernels, how many graph replays and kernel launches the host issued, and how
+    often it waited for the device; plus, timed apart, the image processor's host work.
+    Where LLaVA-1.5's 10 ms a token went against ~4 ms of weight reads is what it is for."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench_generators import SYNC_CALLS
+    from bench_hardware import kernel_kind
+
+    start = time.perf_counter()
+    getattr(captioner.processor, "image_processor", captioner.processor)(
+        images=image.convert("RGB"), return_tensors="pt")
+    processor_s = time.perf_counter() - start
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if _cuda() else [])
+    steps = getattr(captioner.fast, "steps", None)
+    replays_before = steps.replays if steps is not None else 0
+    _sync()
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        captioner.caption(image)
+        _sync()
+    wall = time.perf_counter() - start
+    kernels: dict[str, float] = {}
+    waits = dict.fromkeys(SYNC_CALLS, 0)
+    launches = graph_launches = 0
+    for event in prof.events():
+        if event.device_type == DeviceType.CUDA:
+            kernels[event.name] = kernels.get(event.name, 0.0) + event.time_range.elapsed_us()
+        elif event.name in waits:
+            waits[event.name] += 1
+        elif event.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"):
+            launches += 1
+        elif event.name == "cudaGraphLaunch":
+            graph_launches += 1
+    busy = sum(kernels.values()) / 1e6
+    kinds: dict[str, float] = {}
+    for kernel, micros in kernels.items():
+        kinds[kernel_kind(kernel)] = kinds.get(kernel_kind(kernel), 0.0) + micros / 1e6
+    replays = (steps.replays - replays_before) if steps is not None else None
+    row = {"family": name, "mode": "profile", "wall_s": round(wall, 4),
+           "processor_s": round(processor_s, 4), "gpu_kernel_s": round(busy, 4),
+           "gpu_busy_share": round(busy / wall, 3) if wall else None,
+           "decode_replays": replays, "graph_launches": graph_launches,
+           "kernel_launches": launches,
+           "host_waits": {k: v for k, v in waits.items() if v},
+           "by_kind_s": {k: round(v, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+           "top_kernels": [{"name": k[:100], "s": round(v / 1e6, 4)} for k, v in
+                           sorted(kernels.items(), key=lambda kv: -kv[1])[:8]]}
+    print(f"  profile: wall {row['wall_s']} s, GPU kernels {row['gpu_kernel_s']} s "
+          f"({row['gpu_busy_share']}), processor {row['processor_s']} s, "
+          f"{graph_launches} graph launches, {launches} kernel launches, waits "
+          f"{row['host_waits']}", flush=True)
+    return row
+
+
 def bench_family(name: str, args: argparse.Namespace, rows: list[dict]) -> None:
     """The family's rows, appended to `rows` as each is measured (a later failure keeps them)."""
     from truthloop.ml.families.captioning import FamilyCaptioner
@@ -198,6 +257,8 @@ def bench_family(name: str, args: argparse.Namespace, rows: list[dict]) -> None:
     fast_captioner = captioner(cuda_graphs=not args.no_graphs)
     fast = _mode(name, "fast", fast_captioner, images[:singles_count], plain["captions"])
     rows.append(fast)
+    if args.profile:
+        rows.append(_profile(name, fast_captioner, images[0]))
     if batches:
         # Each batched image's single caption (the fast path's), to count what batching changes.
         singles = fast["captions"] + [fast_captioner.caption(image)
@@ -262,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the fast path without CUDA graphs (static cache, eager steps)")
     parser.add_argument("--tiny", action="store_true",
                         help="the tiny checkpoints on the CPU: a dry run")
+    parser.add_argument("--profile", action="store_true",
+                        help="a profile row: one fast caption under torch.profiler")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     args.batches = [int(size) for size in args.batches.split(",") if size.strip()]
@@ -295,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                    f"{error}"})
             _free()
     print()
-    print(table([row for row in rows if row["mode"] != "error"], args.batches))
+    print(table([row for row in rows if row["mode"] != "error"], [b for b in args.batches if b > 0]))
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "torch": torch.__version__,
                                                "rows": rows}, indent=1))

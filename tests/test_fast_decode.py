@@ -110,6 +110,45 @@ def test_the_fast_decoding_gives_the_plain_calls_tokens(family, plain, fast):
         assert plain.model.generation_config.cache_implementation is None
 
 
+def test_florence_2s_beams_reorder_the_cache_in_place_without_asking_its_length(
+        truthloop_cache, monkeypatch):
+    """Beam search reorders every layer's cache after every step. transformers' static layer
+    asks its length (a tensor on the device) whether it is > 0 each time: on a GPU, a host wait
+    per layer per token between two graph replays (~25 a token for Florence-2-large). The fast
+    path reorders in place with that condition on the device: the plain call's tokens, the
+    length asked only by generate's reorder after the prefill (before the first decode step),
+    and the graph's tensors kept."""
+    from transformers.cache_utils import StaticLayer
+
+    from truthloop.ml.families import fastdecode
+
+    asked, in_place = [], []
+    library_reorder = StaticLayer.reorder_cache
+    monkeypatch.setattr(StaticLayer, "reorder_cache",
+                        lambda layer, beam_idx: (asked.append(layer),
+                                                 library_reorder(layer, beam_idx))[1])
+    ours = fastdecode._reorder_in_place
+
+    def recorded(layer, beam_idx):
+        kept = (layer.keys, layer.values)
+        ours(layer, beam_idx)
+        in_place.append(kept[0] is layer.keys and kept[1] is layer.values)
+
+    monkeypatch.setattr(fastdecode, "_reorder_in_place", recorded)
+    plain_captions, plain_tokens = _tokens(_load("florence-2", fast=False), IMAGES[:2])
+    fast = _load("florence-2")
+    # The graphed path's bookkeeping without the capture (a CPU has no graphs), as on a GPU.
+    fast.fast = fastdecode.StaticDecoding(fast.model, graphs=True, compiled=False, capture=False)
+    fast_captions, fast_tokens = _tokens(fast, IMAGES[:2])
+    assert fast_captions == plain_captions
+    for mine, theirs in zip(fast_tokens, plain_tokens):
+        assert torch.equal(mine, theirs)
+    # Each caption's cache is new: each of its layers (self- and cross-attention's) asked once,
+    # by the reorder after that caption's prefill, and reordered in place at every later step.
+    assert len(asked) >= 4 and len({id(layer) for layer in asked}) == len(asked)
+    assert len(in_place) >= len(asked) // 2 * (MAX_TOKENS // 2) and all(in_place)
+
+
 @pytest.mark.parametrize("family_name", STATIC)
 def test_a_decode_step_gets_the_static_cache(family_name, truthloop_cache):
     """Every model call after the prefill writes into a static cache of fixed size (the plain

@@ -89,6 +89,25 @@ class _Graph:
         self.captured_cache = captured_cache
 
 
+def _reorder_in_place(layer: Any, beam_idx: Any) -> None:
+    """A static layer's reorder for beam search (Florence-2's 3 beams), the values
+    transformers' StaticLayer.reorder_cache gives, without its cost between two graph replays:
+    it asks `get_seq_length() > 0` of every layer every step, a read of the device (a static
+    layer's length is a tensor) that made the host wait for the GPU about 25 times a token for
+    Florence-2-large, and its gather makes new tensors, which the next replay then copied back
+    into the graph's (adoption). Here the condition is applied on the device and the gathered
+    rows are written back in place: the same values, the graph's tensors kept."""
+    import torch
+
+    if not layer.is_initialized:  # get_seq_length() is 0 then, and nothing is reordered
+        return
+    filled = layer.cumulative_length > 0
+    for name in ("keys", "values"):
+        tensor = getattr(layer, name)
+        gathered = tensor.index_select(0, beam_idx.to(tensor.device))
+        tensor.copy_(torch.where(filled, gathered, tensor))
+
+
 class DecodeSteps:
     """A decoding model's `forward`, with the decode steps (a static cache already filled by the
     prefill) replayed from a CUDA graph per input signature; every other call (the prefill,
@@ -204,8 +223,11 @@ class DecodeSteps:
 
     @staticmethod
     def _adopt(layers: list, buffers: list) -> None:
-        """Point every layer at the graph's tensors, copying its own values in first."""
+        """Point every layer at the graph's tensors, copying its own values in first; and give
+        it beam search's reorder in place, without a read of the device (_reorder_in_place)."""
         for layer, (keys, values, length) in zip(layers, buffers):
+            if "reorder_cache" not in vars(layer):
+                layer.reorder_cache = functools.partial(_reorder_in_place, layer)
             if layer.keys is not keys:
                 keys.copy_(layer.keys)
                 layer.keys = keys
