@@ -203,7 +203,12 @@ def _profile(name: str, captioner, image) -> dict:
     kernels: dict[str, float] = {}
     waits = dict.fromkeys(SYNC_CALLS, 0)
     launches = graph_launches = 0
+    runtime: dict[str, list] = {}  # CUDA runtime calls: how often, and how long the host sat in them
     for event in prof.events():
+        if event.device_type != DeviceType.CUDA and event.name.startswith(("cuda", "cu")):
+            calls = runtime.setdefault(event.name, [0, 0.0])
+            calls[0] += 1
+            calls[1] += event.time_range.elapsed_us() / 1e6
         if event.device_type == DeviceType.CUDA:
             kernels[event.name] = kernels.get(event.name, 0.0) + event.time_range.elapsed_us()
         elif event.name in waits:
@@ -223,13 +228,15 @@ def _profile(name: str, captioner, image) -> dict:
            "decode_replays": replays, "graph_launches": graph_launches,
            "kernel_launches": launches,
            "host_waits": {k: v for k, v in waits.items() if v},
+           "runtime_calls": {k: {"calls": n, "host_s": round(t, 4)} for k, (n, t) in
+                             sorted(runtime.items(), key=lambda kv: -kv[1][1])[:8]},
            "by_kind_s": {k: round(v, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
            "top_kernels": [{"name": k[:100], "s": round(v / 1e6, 4)} for k, v in
                            sorted(kernels.items(), key=lambda kv: -kv[1])[:8]]}
     print(f"  profile: wall {row['wall_s']} s, GPU kernels {row['gpu_kernel_s']} s "
           f"({row['gpu_busy_share']}), processor {row['processor_s']} s, "
           f"{graph_launches} graph launches, {launches} kernel launches, waits "
-          f"{row['host_waits']}", flush=True)
+          f"{row['host_waits']}; CUDA runtime calls {row['runtime_calls']}", flush=True)
     return row
 
 
