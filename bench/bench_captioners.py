@@ -180,12 +180,9 @@ def _profile(name: str, captioner, image) -> dict:
     the GPU spent in kernels, how many graph replays and kernel launches the host issued, and how
     often it waited for the device; plus, timed apart, the image processor's host work.
     Where LLaVA-1.5's 10 ms a token went against ~4 ms of weight reads is what it is for."""
-    import torch
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    from bench_generators import SYNC_CALLS
-    from bench_hardware import kernel_kind
+    from bench_generators import tally
 
     start = time.perf_counter()
     getattr(captioner.processor, "image_processor", captioner.processor)(
@@ -199,43 +196,13 @@ def _profile(name: str, captioner, image) -> dict:
     with profile(activities=activities) as prof:
         captioner.caption(image)
         _sync()
-    wall = time.perf_counter() - start
-    kernels: dict[str, float] = {}
-    waits = dict.fromkeys(SYNC_CALLS, 0)
-    launches = graph_launches = 0
-    runtime: dict[str, list] = {}  # CUDA runtime calls: how often, and how long the host sat in them
-    for event in prof.events():
-        if event.device_type != DeviceType.CUDA and event.name.startswith(("cuda", "cu")):
-            calls = runtime.setdefault(event.name, [0, 0.0])
-            calls[0] += 1
-            calls[1] += event.time_range.elapsed_us() / 1e6
-        if event.device_type == DeviceType.CUDA:
-            kernels[event.name] = kernels.get(event.name, 0.0) + event.time_range.elapsed_us()
-        elif event.name in waits:
-            waits[event.name] += 1
-        elif event.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"):
-            launches += 1
-        elif event.name == "cudaGraphLaunch":
-            graph_launches += 1
-    busy = sum(kernels.values()) / 1e6
-    kinds: dict[str, float] = {}
-    for kernel, micros in kernels.items():
-        kinds[kernel_kind(kernel)] = kinds.get(kernel_kind(kernel), 0.0) + micros / 1e6
-    replays = (steps.replays - replays_before) if steps is not None else None
-    row = {"family": name, "mode": "profile", "wall_s": round(wall, 4),
-           "processor_s": round(processor_s, 4), "gpu_kernel_s": round(busy, 4),
-           "gpu_busy_share": round(busy / wall, 3) if wall else None,
-           "decode_replays": replays, "graph_launches": graph_launches,
-           "kernel_launches": launches,
-           "host_waits": {k: v for k, v in waits.items() if v},
-           "runtime_calls": {k: {"calls": n, "host_s": round(t, 4)} for k, (n, t) in
-                             sorted(runtime.items(), key=lambda kv: -kv[1][1])[:8]},
-           "by_kind_s": {k: round(v, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-           "top_kernels": [{"name": k[:100], "s": round(v / 1e6, 4)} for k, v in
-                           sorted(kernels.items(), key=lambda kv: -kv[1])[:8]]}
+    found = tally(prof, time.perf_counter() - start, top=8)
+    row = {"family": name, "mode": "profile", **found, "processor_s": round(processor_s, 4),
+           "decode_replays": (steps.replays - replays_before) if steps is not None else None,
+           "host_waits": {k: v for k, v in found["host_waits"].items() if v}}
     print(f"  profile: wall {row['wall_s']} s, GPU kernels {row['gpu_kernel_s']} s "
           f"({row['gpu_busy_share']}), processor {row['processor_s']} s, "
-          f"{graph_launches} graph launches, {launches} kernel launches, waits "
+          f"{row['graph_launches']} graph launches, {row['kernel_launches']} kernel launches, waits "
           f"{row['host_waits']}; CUDA runtime calls {row['runtime_calls']}", flush=True)
     return row
 

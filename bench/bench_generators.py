@@ -230,10 +230,18 @@ def compiled_row(row, rows: list[dict], images: dict, pipe, family: str, config)
                             f"{moved.max()}/255, mean {moved.mean():.2f}"
                             + (f"; capture failed: {failures[0][:120]}" if failures else ""))
     finally:
-        model = denoiser(pipe)
-        painter.graphed.use_forward(type(model).forward.__get__(model), compiled=False)
-        painter.graphed.uninstall()
-        pipe.vae.decoder._compiled_call_impl = None
+        uncompile(pipe, painter)
+
+
+def uncompile(pipe, painter) -> None:
+    """The pipeline as it was before a compiled painter: the denoiser's own forward, no graph
+    wrapper, the VAE decoder uncompiled."""
+    from truthloop.ml.families.painting import denoiser
+
+    model = denoiser(pipe)
+    painter.graphed.use_forward(type(model).forward.__get__(model), compiled=False)
+    painter.graphed.uninstall()
+    pipe.vae.decoder._compiled_call_impl = None
 
 
 def fused_row(row, rows: list[dict], images: dict, pipe, family: str, config) -> None:
@@ -245,7 +253,7 @@ def fused_row(row, rows: list[dict], images: dict, pipe, family: str, config) ->
 
     import numpy as np
 
-    from truthloop.ml.families.painting import FamilyPainter, denoiser, fuse_layout
+    from truthloop.ml.families.painting import FamilyPainter, fuse_layout
 
     compiled = DEVICE == "cuda"
     done = fuse_layout(pipe)
@@ -259,10 +267,7 @@ def fused_row(row, rows: list[dict], images: dict, pipe, family: str, config) ->
                             f"{moved.max()}/255, mean {moved.mean():.2f}")
     finally:
         if painter.graphed is not None:
-            model = denoiser(pipe)
-            painter.graphed.use_forward(type(model).forward.__get__(model), compiled=False)
-            painter.graphed.uninstall()
-            pipe.vae.decoder._compiled_call_impl = None
+            uncompile(pipe, painter)
         fuse_layout(pipe, on=False)
 
 
@@ -306,11 +311,7 @@ def sdxl_stages(pipe, painter, args) -> list[dict]:
 
 def profile_one(painter, steps: int) -> dict:
     """One loop image under torch.profiler: where the GPU's time went, and whether it waited."""
-    import torch
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
-
-    from bench_hardware import kernel_kind
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
     painter.paint(PROMPT, lambda step, total: None)
@@ -319,32 +320,54 @@ def profile_one(painter, steps: int) -> dict:
     with profile(activities=activities) as prof:
         painter.paint(PROMPT, lambda step, total: None)
         sync()
-    wall = time.perf_counter() - start
+    found = tally(prof, time.perf_counter() - start)
+    found["launches_per_step"] = round(found["kernel_launches"] / steps, 1)
+    found["host_waits_per_step"] = {k: round(v / steps, 2)
+                                    for k, v in found["host_waits"].items() if v}
+    return found
+
+
+def tally(prof, wall: float, top: int = 10) -> dict:
+    """What a torch.profiler trace over `wall` seconds says (bench_captioners' profile too): the
+    GPU's kernel time, by kind and the longest kernels; the kernel and graph launches; the host's
+    waits for the device (SYNC_CALLS); and how often, and how long, the host sat in each CUDA
+    runtime call."""
+    from torch.autograd import DeviceType
+
+    from bench_hardware import kernel_kind
+
     kernels: dict[str, float] = {}
+    host = {name: 0 for name in SYNC_CALLS}
+    launches = graph_launches = 0
+    runtime: dict[str, list] = {}
     for event in prof.events():
         if event.device_type == DeviceType.CUDA:
             kernels[event.name] = kernels.get(event.name, 0.0) + event.time_range.elapsed_us()
-    host = {name: 0 for name in SYNC_CALLS}
-    launches = 0
-    for event in prof.events():
-        if event.device_type != DeviceType.CUDA:
-            if event.name in host:
-                host[event.name] += 1
-            if event.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"):
-                launches += 1
+            continue
+        if event.name in host:
+            host[event.name] += 1
+        if event.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"):
+            launches += 1
+        elif event.name == "cudaGraphLaunch":
+            graph_launches += 1
+        if event.name.startswith("cu"):
+            calls = runtime.setdefault(event.name, [0, 0.0])
+            calls[0] += 1
+            calls[1] += event.time_range.elapsed_us() / 1e6
     busy = sum(kernels.values()) / 1e6
     kinds: dict[str, float] = {}
     for name, micros in kernels.items():
         kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + micros / 1e6
-    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:10]
+    longest = sorted(kernels.items(), key=lambda kv: -kv[1])[:top]
     return {"wall_s": round(wall, 3), "gpu_kernel_s": round(busy, 3),
             "gpu_busy_share": round(busy / wall, 3) if wall else None,
             "by_kind_s": {k: round(v, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-            "kernel_launches": launches, "launches_per_step": round(launches / steps, 1),
-            "host_waits": host, "host_waits_per_step": {k: round(v / steps, 2)
-                                                        for k, v in host.items() if v},
+            "kernel_launches": launches, "graph_launches": graph_launches,
+            "host_waits": host,
+            "runtime_calls": {k: {"calls": n, "host_s": round(t, 4)} for k, (n, t) in
+                              sorted(runtime.items(), key=lambda kv: -kv[1][1])[:8]},
             "top_kernels": [{"name": n[:110], "kind": kernel_kind(n), "s": round(v / 1e6, 4)}
-                            for n, v in top]}
+                            for n, v in longest]}
 
 
 def main() -> int:
