@@ -63,6 +63,54 @@ def test_a_compiled_familys_denoiser_is_traced_and_draws_the_eager_image(family,
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_a_batched_sweeps_compiled_denoiser_traces_once_for_every_batch(family, monkeypatch,
+                                                                        truthloop_cache):
+    """`sweep --batch N --compile`: the lockstep batch's pipeline call (BatchedFamilyPainter,
+    padded to a fixed size) through the compiled denoiser, dynamo with the counting backend as
+    above. A later batch with other prompts reuses the traces (SDXL's and FLUX.2's prompt
+    embeddings have one length; Z-Image's follow each prompt's length, so a new length may
+    compile once more, dynamically); the images are the eager batch's within rounding."""
+    import torch
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    from truthloop.ml.families.batched import BatchedFamilyPainter
+    from truthloop.ml.families.painting import FamilyPainter, load_generator, speed_up
+    from truthloop.ml.generate import RandomStream
+    from truthloop.ml.tiny import tiny_family_model
+
+    pipe, _ = load_generator(family, tiny_family_model("generator", family), "cpu")
+    config = generate_config(family, steps=2, width=64, height=64, compile=True)
+    batched = BatchedFamilyPainter(FamilyPainter(pipe, family, config, "cpu"))
+    batches = [[PROMPT, "an old train at night"], ["a red dog", "a lighthouse on a cliff"]]
+
+    def draw(prompts):
+        streams = [RandomStream(config, "cpu") for _ in prompts]
+        return [np.asarray(image).astype(int) for image in batched.paint(
+            prompts, [stream.generator() for stream in streams], lambda s, t: None, pad_to=3)]
+
+    eager = [draw(prompts) for prompts in batches]
+    counter = CompileCounter()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
+    torch._dynamo.reset()
+    graphed = speed_up(pipe, cuda_graphs=True, compile=True)
+    try:
+        first = draw(batches[0])
+        traced = counter.frame_count
+        if family != "z-image":
+            monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+        second = draw(batches[1])
+        retraced = counter.frame_count - traced
+    finally:
+        graphed.uninstall()
+        pipe.vae.decoder._compiled_call_impl = None
+        torch._dynamo.reset()
+    assert traced >= 2 and retraced <= (1 if family == "z-image" else 0)
+    for got, expected in zip(first + second, eager[0] + eager[1]):
+        assert np.abs(got - expected).max() <= 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_fused_qkv_and_channels_last_draw_within_rounding_and_undo(family, truthloop_cache):
     """The bench's `--fused` row (fuse_layout): SDXL's UNet fused and channels-last, FLUX.2's
     transformer fused, Z-Image's untouched (its model has no fusing); the image moves by rounding

@@ -212,6 +212,44 @@ def test_replayed_steps_adopt_each_captions_cache(family_name, truthloop_cache):
     assert loop is None or (loop.calls == 3 and loop.decode_steps == steps.eager_steps)
 
 
+@pytest.mark.parametrize("family_name", STATIC)
+def test_a_compiled_decode_step_is_traced_once_for_every_step_and_caption(
+        family_name, monkeypatch, truthloop_cache):
+    """`--compile`'s decode step (fastdecode.compiled_step, what StaticDecoding uses on CUDA)
+    through dynamo with a counting backend that runs the traced graph eagerly (no inductor on
+    this CPU): one trace serves every decode step of every caption (a recompile per step or per
+    caption would cost a GPU run minutes), and the tokens are the plain call's."""
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    from truthloop.ml.families import fastdecode
+
+    counter = CompileCounter()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
+    torch._dynamo.reset()
+    plain = _load(family_name, fast=False)
+    expected, expected_tokens = _tokens(plain, IMAGES)
+    captioner = _load(family_name)
+    captioner.fast = fastdecode.StaticDecoding(captioner.model, graphs=True, compiled=False,
+                                               capture=False)
+    steps = captioner.fast.steps
+    steps.forward = fastdecode.compiled_step(captioner.model)
+    try:
+        first, first_tokens = _tokens(captioner, IMAGES[:1])
+        traced = counter.frame_count
+        # Later captions (new caches, adopted into the same buffers) must reuse the trace.
+        monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+        rest, rest_tokens = _tokens(captioner, IMAGES[1:])
+    finally:
+        torch._dynamo.reset()
+    # One frame: the step traces whole, with no graph break (each break is eager Python between
+    # compiled pieces, inside the graph capture on a GPU).
+    assert traced == 1 and counter.frame_count == traced and counter.op_count > 0
+    assert first + rest == expected
+    assert all(torch.equal(a, b) for a, b in zip(first_tokens + rest_tokens, expected_tokens))
+    assert steps.eager_steps > len(IMAGES)  # the decode steps went through the compiled forward
+
+
 def test_a_batch_of_one_is_the_single_caption(family, fast):
     for image in IMAGES[:2]:
         assert fast.caption_batch([image]) == [fast.caption(image)]

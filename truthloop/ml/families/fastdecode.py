@@ -693,6 +693,14 @@ def _undo_static(module: Any) -> None:
     generation.cache_implementation, generation.disable_compile = before
 
 
+def compiled_step(decoder: Any) -> Callable[..., Any]:
+    """`--compile`'s decode step: the decoder's own forward through torch.compile, static shapes
+    (every decode step of a static cache has the same ones; a new batch size compiles again)."""
+    import torch
+
+    return torch.compile(type(decoder).forward.__get__(decoder), dynamic=False)
+
+
 class StaticDecoding(FastDecoding):
     """A static KV cache for `decoder` (the model whose `generate` decodes: captioning.decoder),
     and on CUDA the decode steps graphed (`graphs`), compiled first (`compiled`), or eager
@@ -717,12 +725,7 @@ class StaticDecoding(FastDecoding):
         self.graphs = (graphs or self.compiled) and on_cuda
         self.steps = None
         if self.graphs or capture is not None:
-            forward = None
-            if self.compiled:
-                import torch
-
-                forward = torch.compile(type(self.decoder).forward.__get__(self.decoder),
-                                        dynamic=False)
+            forward = compiled_step(self.decoder) if self.compiled else None
             self.steps = DecodeSteps(self.decoder, forward,
                                      capture=self.graphs if capture is None else capture)
             self.steps.install()
