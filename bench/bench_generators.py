@@ -191,9 +191,16 @@ def family_rows(family: str, args) -> tuple[list[dict], object, object]:
     if graphed.graphed is not None:
         same = bool(np.array_equal(images["loop graphs"], images["loop eager"]))
         failures = list(graphed.graphed.failures.values())
-        rows[-1]["note"] = (f"{graphed.graphed.replays} replays; same pixels as eager: {same}"
+        failures += [why for encoder in graphed.graphed_encoders
+                     for why in encoder.failures.values()]
+        encoded = sum(encoder.replays for encoder in graphed.graphed_encoders)
+        rows[-1]["note"] = (f"{graphed.graphed.replays} replays"
+                            + (f", text encoders {encoded}" if graphed.graphed_encoders else "")
+                            + f"; same pixels as eager: {same}"
                             + (f"; capture failed: {failures[0][:120]}" if failures else ""))
         graphed.graphed.uninstall()
+        for encoder in graphed.graphed_encoders:
+            encoder.uninstall()
     else:
         rows[-1]["note"] = "no graphs on this device (the eager path)"
     compiled_row(row, rows, images, pipe, family, config)
@@ -212,7 +219,7 @@ def compiled_row(row, rows: list[dict], images: dict, pipe, family: str, config)
 
     import numpy as np
 
-    from truthloop.ml.families.painting import FamilyPainter, denoiser
+    from truthloop.ml.families.painting import FamilyPainter
 
     if DEVICE != "cuda":
         rows.append({"family": family, "path": "loop compiled",
@@ -235,12 +242,14 @@ def compiled_row(row, rows: list[dict], images: dict, pipe, family: str, config)
 
 def uncompile(pipe, painter) -> None:
     """The pipeline as it was before a compiled painter: the denoiser's own forward, no graph
-    wrapper, the VAE decoder uncompiled."""
+    wrappers (the text encoders' included), the VAE decoder uncompiled."""
     from truthloop.ml.families.painting import denoiser
 
     model = denoiser(pipe)
     painter.graphed.use_forward(type(model).forward.__get__(model), compiled=False)
     painter.graphed.uninstall()
+    for encoder in painter.graphed_encoders:
+        encoder.uninstall()
     pipe.vae.decoder._compiled_call_impl = None
 
 
@@ -283,11 +292,26 @@ def sdxl_stages(pipe, painter, args) -> list[dict]:
         print(json.dumps(out[-1]), flush=True)
         return result
 
+    from truthloop.ml.families.painting import graph_text_encoders
+
     arguments = painter.call_arguments(PROMPT, None)
     with torch.inference_mode():
-        stage("prompt encoding (both text encoders, with guidance)",
-              lambda: pipe.encode_prompt(PROMPT, device=DEVICE, num_images_per_prompt=1,
-                                         do_classifier_free_guidance=True))
+        def encode():
+            return pipe.encode_prompt(PROMPT, device=DEVICE, num_images_per_prompt=1,
+                                      do_classifier_free_guidance=True)
+
+        eager = stage("prompt encoding (both text encoders, with guidance)", encode)
+        if DEVICE == "cuda":  # what a CUDA painter installs (graph_text_encoders)
+            wrappers = graph_text_encoders(pipe)
+            try:
+                encode()  # first sight: eager; the stage's first call captures, then replays
+                graphed = stage("prompt encoding, text encoders graphed", encode)
+            finally:
+                for wrapper in wrappers:
+                    wrapper.uninstall()
+            out[-1]["same embeddings"] = all(
+                torch.equal(a, b) for a, b in zip(eager, graphed) if a is not None)
+            out[-1]["replays"] = [wrapper.replays for wrapper in wrappers]
 
         def latents():
             arguments["generator"] = painter._stream.generator()
@@ -428,7 +452,9 @@ def main() -> int:
         print(f"{row['family']:<12} {row['path']:<24} {row['first_s']:>8.2f} "
               f"{row['s_per_image']:>8.3f}  {row['note']}")
     for stage in result["sdxl_stages"]:
-        print(f"sdxl stage: {stage['stage']:<62} {stage['s']:>8.4f} s")
+        extra = {k: v for k, v in stage.items() if k not in ("stage", "s")}
+        print(f"sdxl stage: {stage['stage']:<62} {stage['s']:>8.4f} s"
+              + (f"  {extra}" if extra else ""))
     for family, prof in result["profile"].items():
         print(f"{family} profile: wall {prof['wall_s']} s, GPU kernels {prof['gpu_kernel_s']} s "
               f"(busy {prof['gpu_busy_share']}), {prof['launches_per_step']} launches/step, "

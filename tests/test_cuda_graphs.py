@@ -213,7 +213,8 @@ def test_batched_captions_reuse_the_graphed_features_with_the_same_numbers(truth
 @pytest.mark.parametrize("family", ["sdxl", "flux2-klein", "z-image"])
 def test_a_familys_graphed_denoiser_paints_the_eager_image(family, truthloop_cache):
     """Issue 29: each generator family's denoiser steps replayed from CUDA graphs draw the plain
-    pipeline's pixels (the first image eager, the second captures, the third replays)."""
+    pipeline's pixels (the first image eager, the second captures, the third replays); SDXL's
+    text encoders replay theirs too (graph_text_encoders), the same embeddings."""
     from family_helpers import PROMPT, generate_config
     from truthloop.ml.families.painting import FamilyPainter, load_generator
     from truthloop.ml.tiny import tiny_family_model
@@ -227,12 +228,19 @@ def test_a_familys_graphed_denoiser_paints_the_eager_image(family, truthloop_cac
         images = [np.asarray(graphed.paint(PROMPT, lambda s, t: None)) for _ in range(3)]
     finally:
         graphed.graphed.uninstall()
+        for encoder in graphed.graphed_encoders:
+            encoder.uninstall()
+    encoders = graphed.graphed_encoders
     print(f"{family}: {graphed.graphed.replays} replays; capture failures "
-          f"{list(graphed.graphed.failures.values())[:1]}")
+          f"{list(graphed.graphed.failures.values())[:1]}; text encoders' replays "
+          f"{[e.replays for e in encoders]}, failures {[e.failures for e in encoders]}")
     for image in images:
         assert np.array_equal(image, eager)
     if family == "sdxl":  # the UNet's step is one fixed-shape call: it must replay
         assert graphed.graphed.replays >= config.steps
+        # One encoding an image per encoder (no negative prompt: the pipeline's zeros), the
+        # second image's captured and replayed, the third's replayed.
+        assert len(encoders) == 2 and all(e.replays >= 2 and not e.failures for e in encoders)
 
 
 def test_on_a_gpu_a_pairs_clip_embedder_gives_clip_interrogators_image_features(truthloop_cache):

@@ -53,3 +53,48 @@ def test_the_wrapped_denoiser_draws_the_plain_pipelines_image(family, truthloop_
         wrapper.uninstall()
     assert calls, "the pipeline's steps did not go through the wrapper"
     assert np.array_equal(plain, wrapped)
+
+
+def test_a_model_output_taken_apart_is_put_back_of_its_own_class():
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from truthloop.ml.cudagraph import _join, _split
+
+    last, pooled, hidden = torch.ones(1, 3, 2), torch.zeros(1, 2), (torch.ones(1), torch.zeros(1))
+    output = BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled,
+                                        hidden_states=hidden)
+    tensors: list = []
+    structure = _split(output, tensors)
+    hash(structure)
+    rebuilt = _join(structure, iter(tensors))
+    # What diffusers' encode_prompt reads of it: [0], and hidden_states by attribute.
+    assert type(rebuilt) is BaseModelOutputWithPooling and rebuilt[0] is last
+    assert rebuilt.pooler_output is pooled and rebuilt.hidden_states[-2] is hidden[0]
+    assert rebuilt.attentions is None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_encoders_without_a_mask_go_through_the_graph_wrapper_with_the_same_image(
+        family, truthloop_cache):
+    """graph_text_encoders, as a CUDA painter installs it: SDXL's two CLIPs (no mask, one shape)
+    are taken apart and put back by the wrapper, ModelOutput and hidden states included, and the
+    image is the plain pipeline's; FLUX.2's and Z-Image's masked Qwen3 calls stay eager."""
+    from truthloop.ml.families.painting import (FamilyPainter, graph_text_encoders,
+                                                load_generator, text_encoders)
+    from truthloop.ml.tiny import tiny_family_model
+
+    pipe, _ = load_generator(family, tiny_family_model("generator", family), "cpu")
+    config = generate_config(family, steps=2, width=64, height=64)
+    plain = np.asarray(FamilyPainter(pipe, family, config, "cpu").paint(PROMPT, lambda s, t: None))
+    wrappers = graph_text_encoders(pipe)
+    try:
+        assert [wrapper.module for wrapper in wrappers] == text_encoders(pipe)
+        wrapped = np.asarray(FamilyPainter(pipe, family, config, "cpu").paint(
+            PROMPT, lambda s, t: None))
+    finally:
+        for wrapper in wrappers:
+            wrapper.uninstall()
+    assert np.array_equal(plain, wrapped)
+    through = [bool(wrapper._graphs) for wrapper in wrappers]
+    assert through == ([True, True] if family == "sdxl" else [False])
+    assert all("forward" not in vars(encoder) for encoder in text_encoders(pipe))
