@@ -76,3 +76,19 @@ def test_full_size_is_sdxl_base_1_0():
                       "text_encoder": 123_060_480, "text_encoder_2": 694_659_840}
     assert pipe.unet.dtype == torch.float16
     assert pipe.default_sample_size * pipe.vae_scale_factor == 1024
+
+
+def test_no_watermark_is_stamped_even_where_invisible_watermark_is_installed(tiny_dir,
+                                                                              monkeypatch):
+    """diffusers' SDXL pipeline watermarks every image whenever the invisible-watermark package
+    is installed (its default): a trajectory would then depend on an unrelated package. The
+    loop's SDXL pipeline has no watermarker on a machine that has the package (here: diffusers
+    told it has it, which without truthloop's choice fails to build the watermarker at all)."""
+    from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl
+
+    from truthloop.ml.families.painting import load_generator
+
+    monkeypatch.setattr(pipeline_stable_diffusion_xl, "is_invisible_watermark_available",
+                        lambda: True)
+    pipe, _ = load_generator("sdxl", str(tiny_dir), "cpu")
+    assert pipe.watermark is None

@@ -332,8 +332,14 @@ def load_pipeline(spec: str, device: str, dtype: Any, scheduler: str = "default"
 
     pipeline_class = getattr(diffusers, pipeline)
     # Stable Diffusion 1.x/2.x checkpoints name a safety checker truthloop never loads.
-    extra = ({"safety_checker": None, "requires_safety_checker": False}
-             if pipeline == "StableDiffusionPipeline" else {})
+    extra: dict[str, Any] = ({"safety_checker": None, "requires_safety_checker": False}
+                             if pipeline == "StableDiffusionPipeline" else {})
+    if pipeline == "StableDiffusionXLPipeline":
+        # SDXL's pipeline stamps an invisible watermark into every image (DWT-DCT, on the CPU)
+        # whenever the invisible-watermark package happens to be installed: the image the
+        # captioner reads, and so a whole trajectory, would depend on an unrelated package on
+        # the machine. truthloop's images are the model's, on every machine.
+        extra["add_watermarker"] = False
 
     def load(source: str) -> Any:
         return pipeline_class.from_pretrained(source, dtype=dtype, **extra)

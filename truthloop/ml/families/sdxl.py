@@ -125,6 +125,7 @@ def _pipeline(unet: dict, vae: dict, text_encoder: dict, text_encoder_2: dict,
     return StableDiffusionXLPipeline(
         **models, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
         scheduler=EulerDiscreteScheduler(**_SCHEDULER), force_zeros_for_empty_prompt=True,
+        add_watermarker=False,  # as models.load_pipeline loads it (the benches draw with this)
     )
 
 
