@@ -13,6 +13,11 @@ checkpoints on the CPU, a dry run of every row), in one process, one image after
   moved from `loop eager`'s). GPU only: on the CPU (`--tiny`) the row says it was skipped;
 - `loop compiled, fused` (`--fused`): the same with fused QKV projections and channels-last
   (painting.fuse_layout), to see whether they pay; on the CPU, `loop eager, fused`;
+- `batched N, graphs` and `batched N, compiled` (`--batch N`): what `sweep --batch N` draws,
+  one pipeline call for N trajectories (BatchedFamilyPainter: N prompts, N seeds) through the
+  graphed, then the compiled, painter; s/image is the call's seconds over N, the note how far
+  the first row's pixels are from its single image (`loop graphs` / `loop compiled`: the same
+  prompt and seed);
 - `plain, cudnn autotune`: the plain call without the determinism settings a run makes (cuDNN's
   benchmark mode on, its deterministic mode off), to see what they cost.
 
@@ -26,7 +31,7 @@ eager loop image: GPU kernel time against wall time, kernel time by kind, and th
 wait for the GPU (synchronizations, device-to-host copies) per step.
 
     python3 bench/bench_generators.py [--families sdxl,flux2-klein,z-image,janus-pro]
-        [--repeats 2] [--fused] [--json F]
+        [--repeats 2] [--fused] [--batch N] [--json F]
     python3 bench/bench_generators.py --tiny      # CPU dry run, tiny checkpoints, ~1 min
 """
 
@@ -164,7 +169,6 @@ def token_family_rows(family: str, args) -> tuple[list[dict], object, object]:
 
 
 def family_rows(family: str, args) -> tuple[list[dict], object, object]:
-    import numpy as np
     import torch
 
     from truthloop.families import GENERATORS
@@ -184,12 +188,36 @@ def family_rows(family: str, args) -> tuple[list[dict], object, object]:
         with torch.inference_mode():
             return pipe(**eager.call_arguments(PROMPT, eager._stream.generator())).images[0]
 
-    row("plain", plain)
-    row("loop eager", lambda: eager.paint(PROMPT, lambda step, total: None))
+    paths = set(args.paths.split(","))
+    if "plain" in paths:
+        row("plain", plain)
+    if "eager" in paths:
+        row("loop eager", lambda: eager.paint(PROMPT, lambda step, total: None))
+    if "graphs" in paths:
+        graphs_rows(row, rows, images, pipe, family, config, args)
+    if "compiled" in paths:
+        compiled_row(row, rows, images, pipe, family, config, args.batch, args.repeats)
+    if args.fused:
+        fused_row(row, rows, images, pipe, family, config)
+    if "autotune" in paths:
+        determinism(False)
+        row("plain, cudnn autotune", plain, "cudnn.benchmark on, deterministic off")
+        determinism(True)
+    return rows, pipe, eager
+
+
+def graphs_rows(row, rows: list[dict], images: dict, pipe, family: str, config, args) -> None:
+    """`loop graphs` (the default on a GPU), then `batched N, graphs` with `--batch N`; the
+    pipeline put back as it was after."""
+    import numpy as np
+
+    from truthloop.ml.families.painting import FamilyPainter
+
     graphed = FamilyPainter(pipe, family, config, DEVICE, cuda_graphs=True)
     row("loop graphs", lambda: graphed.paint(PROMPT, lambda step, total: None))
     if graphed.graphed is not None:
-        same = bool(np.array_equal(images["loop graphs"], images["loop eager"]))
+        same = (bool(np.array_equal(images["loop graphs"], images["loop eager"]))
+                if "loop eager" in images else "not compared (no eager row)")
         failures = list(graphed.graphed.failures.values())
         failures += [why for encoder in graphed.graphed_encoders
                      for why in encoder.failures.values()]
@@ -198,26 +226,69 @@ def family_rows(family: str, args) -> tuple[list[dict], object, object]:
                             + (f", text encoders {encoded}" if graphed.graphed_encoders else "")
                             + f"; same pixels as eager: {same}"
                             + (f"; capture failed: {failures[0][:120]}" if failures else ""))
-        graphed.graphed.uninstall()
-        for encoder in graphed.graphed_encoders:
-            encoder.uninstall()
     else:
         rows[-1]["note"] = "no graphs on this device (the eager path)"
-    compiled_row(row, rows, images, pipe, family, config)
-    if args.fused:
-        fused_row(row, rows, images, pipe, family, config)
-    determinism(False)
-    row("plain, cudnn autotune", plain, "cudnn.benchmark on, deterministic off")
-    determinism(True)
-    return rows, pipe, eager
+    try:
+        if args.batch:  # (on the CPU dry run: the batch through the eager painter)
+            batched_row(rows, images, graphed, family, args.batch, args.repeats, "loop graphs")
+    finally:
+        if graphed.graphed is not None:
+            graphed.graphed.uninstall()
+            for encoder in graphed.graphed_encoders:
+                encoder.uninstall()
 
 
-def compiled_row(row, rows: list[dict], images: dict, pipe, family: str, config) -> None:
-    """`loop compiled` (--compile: compile + graphs), then the pipeline put back as it was (the
-    rows and the profile after it are eager)."""
+BATCH_PROMPTS = [PROMPT, "an old red tram on a wet street at night", "a bowl of lemons on a table",
+                 "a lighthouse on a cliff in a storm", "a crowded market in the rain",
+                 "a child flying a kite on a hill", "a cat asleep on a piano", "a snowy forest road"]
+
+
+def batched_row(rows: list[dict], images: dict, painter, family: str, size: int, repeats: int,
+                single: str) -> None:
+    """`batched N, ...`: one BatchedFamilyPainter call for `size` trajectories (prompts and
+    seeds of their own; the first is `single`'s prompt and seed), through `painter` as a sweep's
+    lockstep batch calls it; s/image = the call's seconds / N."""
     import dataclasses
 
     import numpy as np
+
+    from truthloop.ml.families.batched import BatchedFamilyPainter
+    from truthloop.ml.generate import RandomStream
+
+    batched = BatchedFamilyPainter(painter)
+    config = painter.config
+    prompts = [BATCH_PROMPTS[i % len(BATCH_PROMPTS)] for i in range(size)]
+    name = f"batched {size}, {single.split()[-1]}"
+
+    def call():
+        streams = [RandomStream(dataclasses.replace(config, seed=config.seed + i), DEVICE)
+                   for i in range(size)]
+        return batched.paint(prompts, [stream.generator() for stream in streams],
+                             lambda step, total: None, pad_to=size)
+
+    try:
+        first, times, drawn = timed(call, repeats)
+    except Exception as error:  # an out-of-memory batch must not hide the other rows
+        rows.append({"family": family, "path": name, "error": f"{type(error).__name__}: "
+                                                               f"{error}"[:300]})
+        print(json.dumps(rows[-1]), flush=True)
+        return
+    images[name] = np.asarray(drawn[0])
+    moved = np.abs(images[name].astype(int) - images[single].astype(int)) \
+        if single in images else np.zeros(1, int)
+    rows.append({"family": family, "path": name, "first_s": round(first, 3),
+                 "s_per_image": round(statistics.median(times) / size, 3),
+                 "all_s": [round(t, 3) for t in times], "batch": size,
+                 "note": f"one call of {size}; row 0 vs {single}: max {moved.max()}/255, mean "
+                         f"{moved.mean():.2f}"})
+    print(json.dumps(rows[-1]), flush=True)
+
+
+def compiled_row(row, rows: list[dict], images: dict, pipe, family: str, config,
+                 batch: int = 0, repeats: int = 2) -> None:
+    """`loop compiled` (--compile: compile + graphs), then the pipeline put back as it was (the
+    rows and the profile after it are eager)."""
+    import dataclasses
 
     from truthloop.ml.families.painting import FamilyPainter
 
@@ -231,13 +302,24 @@ def compiled_row(row, rows: list[dict], images: dict, pipe, family: str, config)
                             cuda_graphs=True)
     try:
         row("loop compiled", lambda: painter.paint(PROMPT, lambda step, total: None))
-        moved = np.abs(images["loop compiled"].astype(int) - images["loop eager"].astype(int))
         failures = list(painter.graphed.failures.values())
-        rows[-1]["note"] = (f"compile + graphs, {painter.graphed.replays} replays; vs eager: max "
-                            f"{moved.max()}/255, mean {moved.mean():.2f}"
+        rows[-1]["note"] = (f"compile + graphs, {painter.graphed.replays} replays; "
+                            + moved_from_eager(images, "loop compiled")
                             + (f"; capture failed: {failures[0][:120]}" if failures else ""))
+        if batch:
+            batched_row(rows, images, painter, family, batch, repeats, "loop compiled")
     finally:
         uncompile(pipe, painter)
+
+
+def moved_from_eager(images: dict, name: str) -> str:
+    """How far row `name`'s pixels are from `loop eager`'s, in words."""
+    import numpy as np
+
+    if "loop eager" not in images:
+        return "vs eager: not compared (no eager row)"
+    moved = np.abs(images[name].astype(int) - images["loop eager"].astype(int))
+    return f"vs eager: max {moved.max()}/255, mean {moved.mean():.2f}"
 
 
 def uncompile(pipe, painter) -> None:
@@ -260,8 +342,6 @@ def fused_row(row, rows: list[dict], images: dict, pipe, family: str, config) ->
     run). The pipeline is put back as it was after."""
     import dataclasses
 
-    import numpy as np
-
     from truthloop.ml.families.painting import FamilyPainter, fuse_layout
 
     compiled = DEVICE == "cuda"
@@ -271,9 +351,8 @@ def fused_row(row, rows: list[dict], images: dict, pipe, family: str, config) ->
                             cuda_graphs=compiled)
     try:
         row(name, lambda: painter.paint(PROMPT, lambda step, total: None))
-        moved = np.abs(images[name].astype(int) - images["loop eager"].astype(int))
-        rows[-1]["note"] = (f"{', '.join(done) or 'nothing to fuse'}; vs eager: max "
-                            f"{moved.max()}/255, mean {moved.mean():.2f}")
+        rows[-1]["note"] = (f"{', '.join(done) or 'nothing to fuse'}; "
+                            + moved_from_eager(images, name))
     finally:
         if painter.graphed is not None:
             uncompile(pipe, painter)
@@ -403,6 +482,14 @@ def main() -> int:
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--fused", action="store_true",
                         help="a `loop compiled, fused` row: fused QKV and channels-last too")
+    parser.add_argument("--paths", default="plain,eager,graphs,compiled,autotune",
+                        help="which rows (a GPU call's time is short: e.g. graphs,compiled "
+                             "--batch 32 for what a sweep draws); the notes compare with the "
+                             "eager row when there is one")
+    parser.add_argument("--no-stages", action="store_true", help="no SDXL stages")
+    parser.add_argument("--batch", type=int, default=0, metavar="N",
+                        help="`batched N` rows: one pipeline call for N trajectories, as "
+                             "`sweep --batch N` draws (graphed, and compiled on a GPU)")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -426,7 +513,7 @@ def main() -> int:
         try:
             rows, pipe, painter = family_rows(family, args)
             result["rows"] += rows
-            if family == "sdxl":
+            if family == "sdxl" and not args.no_stages:
                 result["sdxl_stages"] = sdxl_stages(pipe, painter, args)
             if not args.no_profile:
                 steps = (painter.module.image_tokens(pipe) if hasattr(painter, "model")
@@ -444,7 +531,8 @@ def main() -> int:
     print(f"{'family':<12} {'path':<24} {'first s':>8} {'s/image':>8}  note")
     for row in result["rows"]:
         if "error" in row:
-            print(f"{row['family']:<12} error: {row['error'][:90]}")
+            print(f"{row['family']:<12} {row.get('path', '')[:24]:<24} error: "
+                  f"{row['error'][:90]}")
             continue
         if "skipped" in row:
             print(f"{row['family']:<12} {row['path']:<24} skipped: {row['skipped']}")
