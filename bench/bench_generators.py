@@ -196,7 +196,8 @@ def family_rows(family: str, args) -> tuple[list[dict], object, object]:
     if "graphs" in paths:
         graphs_rows(row, rows, images, pipe, family, config, args)
     if "compiled" in paths:
-        compiled_row(row, rows, images, pipe, family, config, args.batch, args.repeats)
+        compiled_row(row, rows, images, pipe, family, config, args.batch, args.repeats,
+                     args.batch_only)
     if args.fused:
         fused_row(row, rows, images, pipe, family, config)
     if "autotune" in paths:
@@ -209,25 +210,12 @@ def family_rows(family: str, args) -> tuple[list[dict], object, object]:
 def graphs_rows(row, rows: list[dict], images: dict, pipe, family: str, config, args) -> None:
     """`loop graphs` (the default on a GPU), then `batched N, graphs` with `--batch N`; the
     pipeline put back as it was after."""
-    import numpy as np
-
     from truthloop.ml.families.painting import FamilyPainter
 
     graphed = FamilyPainter(pipe, family, config, DEVICE, cuda_graphs=True)
-    row("loop graphs", lambda: graphed.paint(PROMPT, lambda step, total: None))
-    if graphed.graphed is not None:
-        same = (bool(np.array_equal(images["loop graphs"], images["loop eager"]))
-                if "loop eager" in images else "not compared (no eager row)")
-        failures = list(graphed.graphed.failures.values())
-        failures += [why for encoder in graphed.graphed_encoders
-                     for why in encoder.failures.values()]
-        encoded = sum(encoder.replays for encoder in graphed.graphed_encoders)
-        rows[-1]["note"] = (f"{graphed.graphed.replays} replays"
-                            + (f", text encoders {encoded}" if graphed.graphed_encoders else "")
-                            + f"; same pixels as eager: {same}"
-                            + (f"; capture failed: {failures[0][:120]}" if failures else ""))
-    else:
-        rows[-1]["note"] = "no graphs on this device (the eager path)"
+    if not (args.batch and args.batch_only):
+        row("loop graphs", lambda: graphed.paint(PROMPT, lambda step, total: None))
+        rows[-1]["note"] = graphs_note(graphed, images)
     try:
         if args.batch:  # (on the CPU dry run: the batch through the eager painter)
             batched_row(rows, images, graphed, family, args.batch, args.repeats, "loop graphs")
@@ -236,6 +224,24 @@ def graphs_rows(row, rows: list[dict], images: dict, pipe, family: str, config, 
             graphed.graphed.uninstall()
             for encoder in graphed.graphed_encoders:
                 encoder.uninstall()
+
+
+def graphs_note(graphed, images: dict) -> str:
+    """The `loop graphs` row's note: replays (the text encoders' too), whether its pixels are
+    eager's, why a capture failed."""
+    import numpy as np
+
+    if graphed.graphed is None:
+        return "no graphs on this device (the eager path)"
+    same = (bool(np.array_equal(images["loop graphs"], images["loop eager"]))
+            if "loop eager" in images else "not compared (no eager row)")
+    failures = list(graphed.graphed.failures.values())
+    failures += [why for encoder in graphed.graphed_encoders for why in encoder.failures.values()]
+    encoded = sum(encoder.replays for encoder in graphed.graphed_encoders)
+    return (f"{graphed.graphed.replays} replays"
+            + (f", text encoders {encoded}" if graphed.graphed_encoders else "")
+            + f"; same pixels as eager: {same}"
+            + (f"; capture failed: {failures[0][:120]}" if failures else ""))
 
 
 BATCH_PROMPTS = [PROMPT, "an old red tram on a wet street at night", "a bowl of lemons on a table",
@@ -274,21 +280,26 @@ def batched_row(rows: list[dict], images: dict, painter, family: str, size: int,
         print(json.dumps(rows[-1]), flush=True)
         return
     images[name] = np.asarray(drawn[0])
-    moved = np.abs(images[name].astype(int) - images[single].astype(int)) \
-        if single in images else np.zeros(1, int)
+    compared = f"row 0 vs {single}: not compared (no such row)"
+    if single in images:
+        moved = np.abs(images[name].astype(int) - images[single].astype(int))
+        compared = f"row 0 vs {single}: max {moved.max()}/255, mean {moved.mean():.2f}"
     rows.append({"family": family, "path": name, "first_s": round(first, 3),
                  "s_per_image": round(statistics.median(times) / size, 3),
                  "all_s": [round(t, 3) for t in times], "batch": size,
-                 "note": f"one call of {size}; row 0 vs {single}: max {moved.max()}/255, mean "
-                         f"{moved.mean():.2f}"})
+                 "note": f"one call of {size}; {compared}"})
     print(json.dumps(rows[-1]), flush=True)
 
 
 def compiled_row(row, rows: list[dict], images: dict, pipe, family: str, config,
-                 batch: int = 0, repeats: int = 2) -> None:
-    """`loop compiled` (--compile: compile + graphs), then the pipeline put back as it was (the
-    rows and the profile after it are eager)."""
+                 batch: int = 0, repeats: int = 2, batch_only: bool = False) -> None:
+    """`loop compiled` (--compile: compile + graphs) and, with a batch, `batched N, compiled`
+    (compiled afresh: the sweep calls the denoiser at its padded batch alone, so its compile
+    is static at that size, not the dynamic one a second shape would bring); then the pipeline
+    put back as it was (the rows and the profile after it are eager)."""
     import dataclasses
+
+    import torch
 
     from truthloop.ml.families.painting import FamilyPainter
 
@@ -301,12 +312,14 @@ def compiled_row(row, rows: list[dict], images: dict, pipe, family: str, config,
     painter = FamilyPainter(pipe, family, dataclasses.replace(config, compile=True), DEVICE,
                             cuda_graphs=True)
     try:
-        row("loop compiled", lambda: painter.paint(PROMPT, lambda step, total: None))
-        failures = list(painter.graphed.failures.values())
-        rows[-1]["note"] = (f"compile + graphs, {painter.graphed.replays} replays; "
-                            + moved_from_eager(images, "loop compiled")
-                            + (f"; capture failed: {failures[0][:120]}" if failures else ""))
+        if not batch_only:
+            row("loop compiled", lambda: painter.paint(PROMPT, lambda step, total: None))
+            failures = list(painter.graphed.failures.values())
+            rows[-1]["note"] = (f"compile + graphs, {painter.graphed.replays} replays; "
+                                + moved_from_eager(images, "loop compiled")
+                                + (f"; capture failed: {failures[0][:120]}" if failures else ""))
         if batch:
+            torch._dynamo.reset()
             batched_row(rows, images, painter, family, batch, repeats, "loop compiled")
     finally:
         uncompile(pipe, painter)
@@ -487,6 +500,8 @@ def main() -> int:
                              "--batch 32 for what a sweep draws); the notes compare with the "
                              "eager row when there is one")
     parser.add_argument("--no-stages", action="store_true", help="no SDXL stages")
+    parser.add_argument("--batch-only", action="store_true",
+                        help="with --batch: the batched rows without their batch-1 rows")
     parser.add_argument("--batch", type=int, default=0, metavar="N",
                         help="`batched N` rows: one pipeline call for N trajectories, as "
                              "`sweep --batch N` draws (graphed, and compiled on a GPU)")
