@@ -384,7 +384,7 @@ def sdxl_stages(pipe, painter, args) -> list[dict]:
         print(json.dumps(out[-1]), flush=True)
         return result
 
-    from truthloop.ml.families.painting import graph_text_encoders
+    from truthloop.ml.generate import graph_text_encoders
 
     arguments = painter.call_arguments(PROMPT, None)
     with torch.inference_mode():

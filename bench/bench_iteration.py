@@ -145,19 +145,27 @@ def seed_interrogator(models, cache_path):
 
 
 class our_graphs_off:
-    """The shared UNet launched eagerly (our graph wrapper, once installed, switched off)."""
+    """The shared UNet and text encoder launched eagerly (our graph wrappers, once installed,
+    switched off)."""
 
     def __init__(self, pipe):
         self.graphed = pipe.unet.__dict__.get("_truthloop_graphed")
+        self.encoders = [wrapper for encoder in (pipe.text_encoder,)
+                         if (wrapper := encoder.__dict__.get("_truthloop_graphed_text_encoder"))]
 
     def __enter__(self):
         if self.graphed is not None:
             self.was, self.graphed.graphed.enabled = self.graphed.graphed.enabled, False
             assert not self.graphed.compiled, "the seed stack must not run compiled"
+        self.encoders_were = [wrapper.enabled for wrapper in self.encoders]
+        for wrapper in self.encoders:
+            wrapper.enabled = False
 
     def __exit__(self, *exc):
         if self.graphed is not None:
             self.graphed.graphed.enabled = self.was
+        for wrapper, was in zip(self.encoders, self.encoders_were):
+            wrapper.enabled = was
 
 
 def image_hash(image) -> str:

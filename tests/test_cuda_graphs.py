@@ -78,6 +78,9 @@ def test_unet_graph_paints_the_eager_image(cuda_models):
             assert got == expected
         assert graphed.graphed_unet.graphed.replays > 0
         assert not graphed.graphed_unet.graphed.failures
+        # The prompts' text encodings replay too (ml.generate.graph_text_encoders).
+        encoder, = graphed.graphed_encoders
+        assert encoder.replays > 0 and not encoder.failures
         # A plain pipeline call (no inference_mode) through the same graphs: same image.
         plain = cuda_models.pipe("a cat", negative_prompt=config.negative_prompt,
                                  num_inference_steps=6, guidance_scale=config.guidance,
@@ -86,6 +89,8 @@ def test_unet_graph_paints_the_eager_image(cuda_models):
         assert _hash(plain.images[0]) == expected[0]
     finally:
         graphed.graphed_unet.uninstall()
+        for encoder in graphed.graphed_encoders:
+            encoder.uninstall()
 
 
 def test_blip_graph_gives_the_eager_tokens(cuda_models):

@@ -79,8 +79,8 @@ def test_text_encoders_without_a_mask_go_through_the_graph_wrapper_with_the_same
     """graph_text_encoders, as a CUDA painter installs it: SDXL's two CLIPs (no mask, one shape)
     are taken apart and put back by the wrapper, ModelOutput and hidden states included, and the
     image is the plain pipeline's; FLUX.2's and Z-Image's masked Qwen3 calls stay eager."""
-    from truthloop.ml.families.painting import (FamilyPainter, graph_text_encoders,
-                                                load_generator, text_encoders)
+    from truthloop.ml.families.painting import FamilyPainter, load_generator
+    from truthloop.ml.generate import graph_text_encoders, text_encoders
     from truthloop.ml.tiny import tiny_family_model
 
     pipe, _ = load_generator(family, tiny_family_model("generator", family), "cpu")

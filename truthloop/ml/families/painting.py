@@ -2,7 +2,7 @@
 
 Each family's pipeline is called plainly, its denoiser's steps replayed from CUDA graphs on a GPU
 (ml.cudagraph.GraphedForward: the same kernels, so the same pixels; with --compile, inductor's
-kernels, replayed: `speed_up`), SDXL's text encoders too (`graph_text_encoders`), with the run's seed behaviour (ml.generate.RandomStream), a
+kernels, replayed: `speed_up`), SDXL's text encoders too (ml.generate.graph_text_encoders), with the run's seed behaviour (ml.generate.RandomStream), a
 stop/pause check after every denoising step (diffusers' callback_on_step_end) and the family's
 cheap latent preview where it has one.
 
@@ -18,7 +18,8 @@ from typing import Any, Callable
 from truthloop.config import GenerateConfig
 from truthloop.families import GENERATORS
 from truthloop.ml.families import generator_module
-from truthloop.ml.generate import SeededPainter, _has_offload_hooks, step_callback
+from truthloop.ml.generate import (SeededPainter, _has_offload_hooks, graph_text_encoders,
+                                   step_callback)
 
 Progress = Callable[[str], None]
 
@@ -57,24 +58,6 @@ def speed_up(pipe: Any, cuda_graphs: bool, compile: bool) -> Any:
         compile_pipeline(pipe, graphed)
     graphed.enabled = cuda_graphs
     return graphed
-
-
-def text_encoders(pipe: Any) -> list[Any]:
-    """The pipeline's text encoders (SDXL's two CLIPs; FLUX.2's and Z-Image's one Qwen3)."""
-    return [encoder for name in ("text_encoder", "text_encoder_2")
-            if (encoder := getattr(pipe, name, None)) is not None]
-
-
-def graph_text_encoders(pipe: Any) -> list[Any]:
-    """Each text encoder's calls replayed from a CUDA graph (ml.cudagraph.GraphedTextEncoder:
-    the same kernels, so the same embeddings), where the pipeline calls it without a mask (SDXL's
-    CLIPs, at 77 tokens: each prompt, and a negative one where there is one, 0.098 s of an image
-    eagerly on an H200); FLUX.2's and Z-Image's padded, masked Qwen3 calls run eagerly.
-    Installed on CUDA with the denoiser's graphs."""
-    from truthloop.ml.cudagraph import GraphedTextEncoder
-
-    return [GraphedTextEncoder.on(encoder) for encoder in text_encoders(pipe)
-            if not _has_offload_hooks(encoder)]
 
 
 def fuse_layout(pipe: Any, on: bool = True) -> list[str]:
