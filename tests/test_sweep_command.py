@@ -276,3 +276,49 @@ def test_the_batch_hint_claims_the_measured_speed_up_only_for_the_seed_pair():
     assert "~2.2x" in batch_hint({("sd", "clip-interrogator")})
     other = batch_hint({("sd", "clip-interrogator"), ("sdxl", "llava-1.5")})
     assert "2.2x" not in other and "--batch N" in other
+
+
+def test_the_bars_time_left_counts_iterations_at_most_and_ends_at_none():
+    """A study's ETA: at most how many iterations the unfinished trajectories can still take
+    (their limits less their records), each new record one off, a trajectory that ends early
+    takes off what it will not use; the time is those iterations at the bar's rate."""
+    from truthloop.sweep.driver import Progress
+
+    progress = Progress(4, 0, iterations_left=4 * 100)
+    assert progress.time_left() == "≤ 400 iterations left"  # no rate yet
+    for wave in range(3):  # a lockstep batch of 4: 4 records every 10 s
+        progress.add_iterations(4, now=10.0 * wave)
+    assert progress.rate() == "0.40"
+    assert progress.time_left() == "ETA ≤ 0:16:10 (≤ 388 iterations left)"  # 388 / 0.4 s
+    progress.finished("converged", unused=100 - 3)  # converged after its 3 images
+    assert progress.time_left() == "ETA ≤ 0:12:08 (≤ 291 iterations left)"
+    for _ in range(3):
+        progress.finished("max_iters", unused=97)
+    assert progress.time_left() == "no iterations left"
+    assert Progress(4, 0).time_left() == ""  # nothing known: nothing said
+
+
+def test_a_sweeps_iterations_left_are_each_trajectorys_limit_less_its_records(tmp_path):
+    """What the bar starts from: a new trajectory's whole limit; a resumed one's less the records
+    it has; a fixed-length chain's (--generations) its chain's length."""
+    from truthloop.config import RunConfig
+    from truthloop.store import LOG_FILE
+    from truthloop.sweep.driver import Job, iterations_left
+    from truthloop.sweep.spec import Trajectory
+
+    def trajectory(number: int, **loop) -> Trajectory:
+        config = RunConfig(start_prompt="a house")
+        for name, value in loop.items():
+            setattr(config.loop, name, value)
+        return Trajectory(number, f"{number:05d}", {"prompt": "a house"}, 0, {},
+                          config.to_dict())
+
+    fresh, resumed, chain = trajectory(0, max_iters=50), trajectory(1, max_iters=50), \
+        trajectory(2, generations=10)
+    run_dir = resumed.run_dir(tmp_path)
+    run_dir.mkdir(parents=True)
+    (run_dir / LOG_FILE).write_text("{}\n" * 7)
+    limit = chain.run_config().loop.iteration_limit(False)
+    assert iterations_left(tmp_path, [fresh, resumed, chain]) == 50 + 43 + limit
+    job = Job.started(resumed, tmp_path)  # its 7 records are not new iterations
+    assert job.log_size == len("{}\n" * 7) and job.unused() == 43

@@ -23,7 +23,7 @@ from truthloop.store import RUN_FILE
 from truthloop.sweep import state as st
 from truthloop.sweep.driver import (
     POLL, RAY_RESTARTS, Job, NodeLost, Progress, _poll, again_note, describe, heal_note,
-    local_node_alive, outcome_row, restart_local_ray, start_note, start_ray, start_workers,
+    iterations_left, local_node_alive, outcome_row, restart_local_ray, start_note, start_ray, start_workers,
     stop_ray, too_many_losses,
 )
 from truthloop.sweep.spec import Trajectory
@@ -119,7 +119,8 @@ def run_sweep_batched(sweep_dir: Path, trajectories: list[Trajectory], backend: 
     todo = [t for t, row in zip(trajectories, rows) if not st.is_done(row)]
     started = start_ray(address, num_gpus)
     local = started and not address
-    progress = Progress(len(trajectories), len(trajectories) - len(todo))
+    progress = Progress(len(trajectories), len(trajectories) - len(todo),
+                        iterations_left(sweep_dir, todo))
     reported: set[int] = set()
     try:
         restarts = 0
@@ -171,7 +172,7 @@ def _drive_batches(sweep_dir: Path, rows: list[dict[str, Any]], todo: list[Traje
     for actor, share in zip(actors, shares):
         payload = [{"run_dir": str(t.run_dir(sweep_dir)), "config": t.config} for t in share]
         inflight[actor.run_batch.remote(payload, size)] = share
-    jobs = {t.number: Job(t, t.run_dir(sweep_dir)) for t in todo}
+    jobs = {t.number: Job.started(t, sweep_dir) for t in todo}
     last_look = 0.0
     while inflight:
         try:
@@ -198,7 +199,7 @@ def _drive_batches(sweep_dir: Path, rows: list[dict[str, Any]], todo: list[Traje
                 _poll(jobs[trajectory.number], progress)
                 if trajectory.number not in reported:
                     reported.add(trajectory.number)
-                    progress.finished(describe(row))
+                    progress.finished(describe(row), jobs[trajectory.number].unused())
         if time.monotonic() - last_look > 2.0:
             # Lines for trajectories that ended inside a call still running.
             for share in inflight.values():
@@ -211,7 +212,7 @@ def _drive_batches(sweep_dir: Path, rows: list[dict[str, Any]], todo: list[Traje
                                                     or row["embedded"]):
                         reported.add(trajectory.number)
                         rows[trajectory.number] = row
-                        progress.finished(describe(row))
+                        progress.finished(describe(row), jobs[trajectory.number].unused())
             try:
                 st.write_table(sweep_dir, rows)
             except OSError:

@@ -10,6 +10,7 @@ reads run directories back (shared storage: every node sees the sweep directory)
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import sys
@@ -195,29 +196,61 @@ class Job:
     log_size: int = 0
     iterations: int = 0
 
+    @classmethod
+    def started(cls, trajectory: Trajectory, sweep_dir: Path) -> "Job":
+        """A job whose records so far (a resumed trajectory's) are not new iterations."""
+        job = cls(trajectory, trajectory.run_dir(sweep_dir))
+        job.log_size, _ = _count_lines(job.run_dir, 0)
+        return job
+
+    def unused(self) -> int:
+        """Iterations the trajectory may no longer take now that it has ended: its limit less
+        the records it wrote."""
+        return max(0, iteration_limit(self.trajectory) - _count_lines(self.run_dir, 0)[1])
+
+
+def iteration_limit(trajectory: Trajectory) -> int:
+    """The most records the trajectory's run may write (max_iters, or a fixed-length chain's)."""
+    return trajectory.run_config().loop.iteration_limit("image" in trajectory.start)
+
+
+def iterations_left(sweep_dir: Path, trajectories: list[Trajectory]) -> int:
+    """The most iterations these trajectories can still take, their records so far counted."""
+    return sum(max(0, iteration_limit(t) - _count_lines(t.run_dir(sweep_dir), 0)[1])
+               for t in trajectories)
+
 
 class Progress:
     """Headless: one Rich progress bar on stderr (trajectories done / total, iterations per
-    second, ETA) and one line per finished trajectory on stdout (through the bar's console when
-    stdout is the same terminal, so lines land above the bar)."""
+    second, the time left) and one line per finished trajectory on stdout (through the bar's
+    console when stdout is the same terminal, so lines land above the bar).
 
-    def __init__(self, total: int, done: int) -> None:
+    The time left is counted in iterations, not trajectories: a lockstep batch ends its
+    trajectories together, so their pace says nothing until the end. `iterations_left` is the
+    most the unfinished trajectories can still take (their limits less their records); each new
+    record takes one off, and a trajectory that ends early (converged, failed) takes off what
+    it will not use. So the ETA is an upper bound: the time those iterations take at the
+    bar's current rate."""
+
+    def __init__(self, total: int, done: int, iterations_left: int | None = None) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
-            TimeElapsedColumn, TimeRemainingColumn,
+            TimeElapsedColumn,
         )
 
         self.console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
         self.bar = RichProgress(
             TextColumn("trajectories", markup=False), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]} it/s", markup=False), TimeElapsedColumn(),
-            TextColumn("ETA", markup=False), TimeRemainingColumn(),
+            TextColumn("{task.fields[left]}", markup=False),
             console=self.console, redirect_stdout=True, transient=False)
-        self.task = self.bar.add_task("sweep", total=total, completed=done, rate="-")
+        self.left = iterations_left
         self.window: deque[tuple[float, int]] = deque()
         self.burst_start = 0.0
         self.iterations = 0
+        self.task = self.bar.add_task("sweep", total=total, completed=done, rate="-",
+                                      left=self.time_left())
 
     def __enter__(self) -> "Progress":
         self.bar.start()
@@ -240,20 +273,43 @@ class Progress:
         self.window.append((now, self.iterations))
         while len(self.window) > 2 and now - self.window[0][0] > 60:
             self.window.popleft()
-        self.bar.update(self.task, rate=self.rate())
+        if self.left is not None:
+            self.left = max(0, self.left - count)
+        self.bar.update(self.task, rate=self.rate(), left=self.time_left())
 
     BURST_S = 1.0
 
-    def rate(self) -> str:
-        """Iterations per second over the last minute's samples, as the bar shows it ("-" until
-        two bursts have been seen)."""
+    def per_second(self) -> float | None:
+        """Iterations per second over the last minute's samples (None until two bursts have
+        been seen)."""
         if len(self.window) < 2:
-            return "-"
+            return None
         (first, done_then), (last, done_now) = self.window[0], self.window[-1]
-        return f"{(done_now - done_then) / (last - first):.2f}"
+        return (done_now - done_then) / (last - first)
 
-    def finished(self, line: str) -> None:
-        self.bar.advance(self.task)
+    def rate(self) -> str:
+        """The rate as the bar shows it ("-" until it is known)."""
+        rate = self.per_second()
+        return "-" if rate is None else f"{rate:.2f}"
+
+    def time_left(self) -> str:
+        """The bar's last column: at most how many iterations are left and, once the rate is
+        known, how long they take at it (an upper bound: trajectories may converge sooner)."""
+        if self.left is None:
+            return ""
+        if self.left == 0:
+            return "no iterations left"
+        left = f"≤ {self.left:,} iterations left"
+        rate = self.per_second()
+        if not rate:
+            return left
+        return f"ETA ≤ {datetime.timedelta(seconds=round(self.left / rate))} ({left})"
+
+    def finished(self, line: str, unused: int = 0) -> None:
+        """A trajectory ended; `unused`: the iterations it will no longer take."""
+        if self.left is not None:
+            self.left = max(0, self.left - unused)
+        self.bar.update(self.task, advance=1, left=self.time_left())
         print(line, flush=True)
 
     def note(self, line: str) -> None:
@@ -327,7 +383,8 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
     todo.sort(key=lambda t: order[pair(t)])  # stable: each pair's own order is kept
     started = start_ray(address, num_gpus)
     local = started and not address
-    progress = Progress(len(trajectories), len(trajectories) - len(todo))
+    progress = Progress(len(trajectories), len(trajectories) - len(todo),
+                        iterations_left(sweep_dir, todo))
     try:
         queue = deque(todo)
         restarts = 0
@@ -381,8 +438,7 @@ def _drive(sweep_dir: Path, rows: list[dict[str, Any]], queue: deque, actors: li
     while queue or inflight:
         while idle and queue:
             actor, trajectory = idle.pop(), queue.popleft()
-            job = Job(trajectory, trajectory.run_dir(sweep_dir))
-            job.log_size, _ = _count_lines(job.run_dir, 0)
+            job = Job.started(trajectory, sweep_dir)
             ref = actor.run.remote({"run_dir": str(job.run_dir), "config": trajectory.config})
             inflight[ref] = (actor, job)
         try:
@@ -411,7 +467,7 @@ def _drive(sweep_dir: Path, rows: list[dict[str, Any]], queue: deque, actors: li
             _poll(job, progress)
             row = outcome_row(sweep_dir, job.trajectory, outcome)
             rows[job.trajectory.number] = row
-            progress.finished(describe(row))
+            progress.finished(describe(row), job.unused())
         # A stat per running trajectory: every 0.5 s, or less often when there are so
         # many that the stats would keep a shared file system busy (about 1 ms each).
         if time.monotonic() - last_poll > max(POLL, len(inflight) / 1000):
