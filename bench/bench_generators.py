@@ -246,7 +246,8 @@ def graphs_note(graphed, images: dict) -> str:
 
 BATCH_PROMPTS = [PROMPT, "an old red tram on a wet street at night", "a bowl of lemons on a table",
                  "a lighthouse on a cliff in a storm", "a crowded market in the rain",
-                 "a child flying a kite on a hill", "a cat asleep on a piano", "a snowy forest road"]
+                 "a child flying a kite on a hill", "a cat asleep on a piano",
+                 "a snowy forest road"]
 
 
 def batched_row(rows: list[dict], images: dict, painter, family: str, size: int, repeats: int,

@@ -23,8 +23,8 @@ from truthloop.store import RUN_FILE
 from truthloop.sweep import state as st
 from truthloop.sweep.driver import (
     POLL, RAY_RESTARTS, Job, NodeLost, Progress, _poll, again_note, describe, heal_note,
-    iterations_left, local_node_alive, outcome_row, restart_local_ray, start_note, start_ray, start_workers,
-    stop_ray, too_many_losses,
+    iterations_left, local_node_alive, outcome_row, restart_local_ray, start_note, start_ray,
+    start_workers, stop_ray, too_many_losses,
 )
 from truthloop.sweep.spec import Trajectory
 from truthloop.sweep.state import EMBEDDING_FILE, read_summary

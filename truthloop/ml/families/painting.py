@@ -2,9 +2,10 @@
 
 Each family's pipeline is called plainly, its denoiser's steps replayed from CUDA graphs on a GPU
 (ml.cudagraph.GraphedForward: the same kernels, so the same pixels; with --compile, inductor's
-kernels, replayed: `speed_up`), SDXL's text encoders too (ml.generate.graph_text_encoders), with the run's seed behaviour (ml.generate.RandomStream), a
-stop/pause check after every denoising step (diffusers' callback_on_step_end) and the family's
-cheap latent preview where it has one.
+kernels, replayed: `speed_up`) and SDXL's text encodings too (ml.generate.graph_text_encoders),
+with the run's seed behaviour (ml.generate.RandomStream), a stop/pause check after every
+denoising step (diffusers' callback_on_step_end) and the family's cheap latent preview where it
+has one.
 
 A family that draws token by token with a transformers model (families.GeneratorFamily.
 autoregressive: janus-pro) is loaded as the captioner families are (`load_token_generator`) and
