@@ -292,15 +292,15 @@ class GraphedForward(_InstalledForward):
 
 
 class GraphedTextEncoder(GraphedForward):
-    """A CUDA-graphed ``forward`` for a pipeline's CLIP text encoder (SDXL's two): the pipeline
-    encodes each prompt, and a negative one where there is one, at one fixed shape (77 tokens),
-    so every encoding after the first replays one graph, the same kernels as eager, instead of
-    each layer's launches and transformers' output hooks from Python (eagerly, SDXL's two
-    encoders took 0.098 s of an image on an H200: bench_generators' stages). The pipeline's
-    calls ask for a ModelOutput (hidden states included): it is rebuilt, of its own class,
-    around the replay's tensors. A call with an attention mask runs eagerly: transformers builds a
-    padded prompt's mask one way while a stream captures and may skip it after a host read
-    eagerly, so a graph could take another attention kernel than eager."""
+    """A CUDA-graphed ``forward`` for a pipeline's CLIP text encoder (sd's, SDXL's two): the
+    pipeline encodes each prompt, and a negative one where there is one, at one fixed shape
+    (77 tokens), so every encoding after the first replays one graph, the same kernels as eager,
+    instead of each layer's launches and transformers' output hooks from Python (eagerly,
+    SDXL's two encoders took 0.098 s of an image on an H200: bench_generators' stages). The
+    pipeline's calls ask for a ModelOutput (hidden states included): it is rebuilt, of its own
+    class, around the replay's tensors. A call with an attention mask runs eagerly:
+    transformers builds a padded prompt's mask one way while a stream captures and may skip it
+    after a host read eagerly, so a graph could take another attention kernel than eager."""
 
     _KEY = "_truthloop_graphed_text_encoder"
     GRAPHS_MODEL_OUTPUTS = True
