@@ -98,3 +98,28 @@ def test_text_encoders_without_a_mask_go_through_the_graph_wrapper_with_the_same
     through = [bool(wrapper._graphs) for wrapper in wrappers]
     assert through == ([True, True] if family == "sdxl" else [False])
     assert all("forward" not in vars(encoder) for encoder in text_encoders(pipe))
+
+
+def test_the_seed_pairs_text_encoder_goes_through_the_graph_wrapper_with_the_same_image(
+        tiny_models):
+    """sd's Painter installs graph_text_encoders on CUDA: its OpenCLIP text encoder (no mask,
+    77 tokens) taken apart and put back by the wrapper gives the same image, the negative
+    prompt's embeddings included."""
+    from truthloop.config import GenerateConfig
+    from truthloop.ml.generate import Painter, graph_text_encoders
+
+    pipe = tiny_models.pipe
+    config = GenerateConfig(steps=2, width=64, height=64)
+
+    def draw():
+        return np.asarray(Painter(pipe, config, "cpu").paint(PROMPT, lambda s, t: None))
+
+    plain = draw()
+    wrappers = graph_text_encoders(pipe)
+    try:
+        wrapped = draw()
+    finally:
+        for wrapper in wrappers:
+            wrapper.uninstall()
+    assert [wrapper.module for wrapper in wrappers] == [pipe.text_encoder]
+    assert wrappers[0]._graphs and np.array_equal(plain, wrapped)
