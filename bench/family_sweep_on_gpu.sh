@@ -20,8 +20,9 @@ set -euo pipefail
 out=${OUT:-/tmp}
 site=/tmp/site  # as bench/run_on_gpu.sh's: kept while the machine stays warm
 models=${FULLSIZE:-/tmp/fullsize}
+# TORCHINDUCTOR_CACHE_DIR: bench/run_on_gpu.sh's, so --compile finds what a bench call compiled.
 export PYTHONPATH=$site:$PWD TRUTHLOOP_CACHE=${TRUTHLOOP_CACHE:-/tmp/tlcache} HF_HUB_OFFLINE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor}
 if [ "$1" = setup ]; then
     # The box's peft (which diffusers imports when it is there) imports model classes that the slim
     # transformers wheel (bench/slim_transformers_wheel.py) leaves out; truthloop uses no peft.

@@ -15,7 +15,10 @@ elif [ ! -d /tmp/site/diffusers ]; then
     echo "no .whl/ carried and none installed in /tmp/site (a fresh machine): carry .whl" >&2; exit 2
 fi
 export PYTHONPATH=/tmp/site:$PWD TRUTHLOOP_CACHE=/tmp/tlcache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.bench/inductor}
+# Inductor's cache outside the working tree (which each call lays down afresh), in /tmp, kept while
+# the machine is warm and shared with family_sweep_on_gpu.sh: a sweep compiled after a bench call
+# finds the same graphs (SDXL's UNet at the same padded batch) already compiled.
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 out=${OUT:-/tmp}
 if [ "$1" = tests ]; then
