@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("sklearn")
 
 from faulthelpers import assert_one_clean_error_line, run_main  # noqa: E402
+from truthloop.sweep.spec import Trajectory  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BACKEND = "sweep_fakes:attractor_factory"
@@ -223,11 +224,28 @@ def test_counts_agree_with_their_nouns():
         def note(self, line):
             self.lines.append(line)
 
+    def todo(count: int, compile: bool = False) -> list:
+        return [Trajectory(i, f"{i:05d}", {"prompt": "x"}, 0, {},
+                           {"generate": {"compile": compile}}) for i in range(count)]
+
     notes = Notes()
-    start_note(notes, 1, 1, 1, 0)
-    start_note(notes, 2, 28, 2, 2)
+    start_note(notes, todo(1), 1, 1, 0)
+    start_note(notes, todo(2), 28, 2, 2)
     assert notes.lines == ["1 of 1 trajectory to run on 1 worker (no GPU)",
                            "2 of 28 trajectories to run on 2 workers (2 GPUs)"]
+
+
+def test_a_compiled_sweep_on_gpus_says_why_its_first_images_wait():
+    """With --compile on GPUs the first images wait minutes for torch.compile while the bar
+    shows no rate: the sweep says so at the start; not on a CPU (it draws eagerly there)."""
+    from truthloop.sweep.driver import compile_note
+
+    def todo(compile: bool) -> list:
+        return [Trajectory(0, "00000", {"prompt": "x"}, 0, {},
+                           {"generate": {"compile": compile}})]
+
+    assert "each worker's first images wait for torch.compile" in compile_note(todo(True), 1)
+    assert compile_note(todo(True), 0) is None and compile_note(todo(False), 2) is None
 
 
 def test_the_sweep_package_leaves_torch_to_ml():

@@ -130,7 +130,7 @@ def run_sweep_batched(sweep_dir: Path, trajectories: list[Trajectory], backend: 
                 actors, gpus = start_workers(BatchWorker, backend, workers, len(remaining),
                                              max_restarts)
                 if todo and restarts == 0:
-                    start_note(progress, len(todo), len(trajectories), len(actors), gpus,
+                    start_note(progress, todo, len(trajectories), len(actors), gpus,
                                f", {size} at a time each")
                     again = again_note(rows)
                     if again:

@@ -396,7 +396,7 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
                     if on_started is not None:
                         on_started(actors)
                     if todo:
-                        start_note(progress, len(todo), len(trajectories), len(actors), gpus)
+                        start_note(progress, todo, len(trajectories), len(actors), gpus)
                         again = again_note(rows)
                         if again:
                             progress.note(again)
@@ -486,11 +486,24 @@ def _drive(sweep_dir: Path, rows: list[dict[str, Any]], queue: deque, actors: li
                              "continue", code=1)
 
 
-def start_note(progress: Progress, todo: int, total: int, workers: int, gpus: int,
+def start_note(progress: Progress, todo: list[Trajectory], total: int, workers: int, gpus: int,
                each: str = "") -> None:
-    progress.note(f"{todo} of {count(total, 'trajectory', 'trajectories')} to run on "
+    progress.note(f"{len(todo)} of {count(total, 'trajectory', 'trajectories')} to run on "
                   f"{count(workers, 'worker')}{each}"
                   f"{f' ({gpus} GPUs)' if gpus else ' (no GPU)'}")
+    compiling = compile_note(todo, gpus)
+    if compiling:
+        progress.note(compiling)
+
+
+def compile_note(todo: list[Trajectory], gpus: int) -> str | None:
+    """Why nothing moves for minutes at first with --compile on GPUs (on a CPU it draws
+    eagerly, and nothing compiles)."""
+    if not gpus or not any(t.config.get("generate", {}).get("compile") for t in todo):
+        return None
+    return ("--compile: each worker's first images wait for torch.compile (minutes the first "
+            "time on a machine; inductor's cache serves later runs); the rate and the ETA "
+            "follow from the images after them")
 
 
 # Why a trajectory that started before is not done, by its state (run_status: "interrupted" is
