@@ -231,3 +231,16 @@ def test_on_a_gpu_a_compiled_familys_images_are_the_same_every_time(family, trut
     assert moved.mean() < 4
     if family == "sdxl":  # the UNet's step is one fixed-shape call: it must replay
         assert painter.graphed.replays >= config.steps
+
+
+def test_a_compiled_run_on_a_gpu_says_its_first_image_waits_for_the_compile():
+    """load_backends' notice (headless prints it as a note, the app in its log): with --compile
+    on CUDA the first image sits for minutes in torch.compile; elsewhere --compile draws
+    eagerly and nothing is said."""
+    from truthloop.ml.backends import compile_notice
+
+    assert "waits for torch.compile" in compile_notice(_config("sdxl"), "cuda")
+    assert compile_notice(_config("sdxl"), "cpu") is None
+    eager = _config("sdxl")
+    eager.generate.compile = False
+    assert compile_notice(eager, "cuda") is None

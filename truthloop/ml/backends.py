@@ -62,8 +62,21 @@ def load_backends(config: RunConfig, emit: EventSink) -> Backends:
         shared = (painter.model, painter.processor, loaded["generator_model"])
     captioner, embedder = _load_captioner(config, m, device, loaded, details, emit,
                                           shared=shared)
+    waiting = compile_notice(config, device)
+    if waiting:
+        emit(ev.Notice(waiting))
     return Backends(captioner=captioner, painter=painter, embedder=embedder, device=device,
                     details=details, loaded=loaded)
+
+
+def compile_notice(config: RunConfig, device: str) -> str | None:
+    """What a run with --compile on a GPU says before its first image, which waits for
+    torch.compile (on another device --compile draws eagerly: nothing to wait for)."""
+    if not (config.generate.compile and device == "cuda"):
+        return None
+    return ("--compile: the first image (and, for a captioner family, the first caption) "
+            "waits for torch.compile, minutes the first time on this machine; inductor's "
+            "cache serves later runs")
 
 
 def load_captioner_side(config: RunConfig, emit: EventSink) -> tuple[Any, dict[str, Any]]:
