@@ -340,3 +340,15 @@ def test_a_sweeps_iterations_left_are_each_trajectorys_limit_less_its_records(tm
     assert iterations_left(tmp_path, [fresh, resumed, chain]) == 50 + 43 + limit
     job = Job.started(resumed, tmp_path)  # its 7 records are not new iterations
     assert job.log_size == len("{}\n" * 7) and job.unused() == 43
+
+
+def test_a_sweep_ends_with_what_it_drew_an_hour():
+    """The figure a study plans by, from any sweep: images drawn by this call over its whole
+    time (Ray's start and loading in it, and said)."""
+    from truthloop.sweep.command import throughput
+
+    line = throughput(160, 396.6)
+    assert line == ("160 images drawn in 0:06:37: 1,452 trajectory-iterations an hour (Ray's "
+                    "start and the models' loading included)")
+    assert throughput(1, 2.0).startswith("1 image drawn in 0:00:02")
+    assert throughput(0, 10.0) is None  # nothing drawn (all done before): nothing said

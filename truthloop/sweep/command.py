@@ -6,9 +6,11 @@ line each, which cli turns into `truthloop: error: ...` and the exit code.
 from __future__ import annotations
 
 import argparse
+import datetime
 import fcntl
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +23,7 @@ from truthloop.sweep.spec import (
     GRID_FIELDS, IMAGE_SUFFIXES, LOCK_FILE, SPEC_FILE, SpecError, difference, find_images, make_spec,
     parse_grid, parse_seeds, read_prompts, read_spec, trajectories,
 )
-from truthloop.text import visible
+from truthloop.text import count, visible
 
 
 class CommandError(Exception):
@@ -304,7 +306,11 @@ def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int
         localray.keep_to_loopback()  # before anything imports ray
     from truthloop.sweep.driver import SweepError, run_sweep
 
+    from truthloop.sweep import state as st
+
     trajs = trajectories(spec)
+    images_before = _images(st.table(sweep_dir, trajs))
+    started = time.monotonic()
     try:
         if spec.get("batch", 1) > 1:
             from truthloop.sweep.batching import run_sweep_batched
@@ -325,10 +331,27 @@ def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int
         states[row["state"]] = states.get(row["state"], 0) + 1
     print("sweep: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) +
           f"; {visible(str(sweep_dir))}")
+    pace = throughput(_images(rows) - images_before, time.monotonic() - started)
+    if pace:
+        print(f"sweep: {pace}")
     if args.atlas and states.get("converged"):
         _print_atlas(sweep_dir, None, 2)
     measured = _measure(sweep_dir, spec) if spec.get("embedders") else 0
     return 1 if states.get("error") or measured else 0
+
+
+def _images(rows: list[dict[str, Any]]) -> int:
+    return sum(row.get("iterations") or 0 for row in rows)
+
+
+def throughput(images: int, seconds: float) -> str | None:
+    """What this call drew and how fast, as a study plans by it (trajectory-iterations an
+    hour); Ray's start and the models' loading are in the time, so a short sweep reads slow."""
+    if images <= 0 or seconds <= 0:
+        return None
+    return (f"{count(images, 'image')} drawn in {datetime.timedelta(seconds=round(seconds))}: "
+            f"{images / seconds * 3600:,.0f} trajectory-iterations an hour (Ray's start and the "
+            f"models' loading included)")
 
 
 def _measure(sweep_dir: Path, spec: dict[str, Any]) -> int:
