@@ -318,11 +318,11 @@ def test_the_bars_time_left_counts_iterations_at_most_and_ends_at_none():
 
 def test_a_sweeps_iterations_left_are_each_trajectorys_limit_less_its_records(tmp_path):
     """What the bar starts from: a new trajectory's whole limit; a resumed one's less the records
-    it has; a fixed-length chain's (--generations) its chain's length."""
+    it has (its state row's last record, as the table read it); a fixed-length chain's
+    (--generations) its chain's length."""
     from truthloop.config import RunConfig
     from truthloop.store import LOG_FILE
-    from truthloop.sweep.driver import Job, iterations_left
-    from truthloop.sweep.spec import Trajectory
+    from truthloop.sweep.driver import Job, iterations_left, iterations_unused
 
     def trajectory(number: int, **loop) -> Trajectory:
         config = RunConfig(start_prompt="a house")
@@ -336,10 +336,11 @@ def test_a_sweeps_iterations_left_are_each_trajectorys_limit_less_its_records(tm
     run_dir = resumed.run_dir(tmp_path)
     run_dir.mkdir(parents=True)
     (run_dir / LOG_FILE).write_text("{}\n" * 7)
+    rows = [{"index": None}, {"index": 6}, {"index": None}]  # 7 records: indices 0 to 6
     limit = chain.run_config().loop.iteration_limit(False)
-    assert iterations_left(tmp_path, [fresh, resumed, chain]) == 50 + 43 + limit
+    assert iterations_left(rows, [fresh, resumed, chain]) == 50 + 43 + limit
     job = Job.started(resumed, tmp_path)  # its 7 records are not new iterations
-    assert job.log_size == len("{}\n" * 7) and job.unused() == 43
+    assert job.log_size == len("{}\n" * 7) and iterations_unused(resumed, rows[1]) == 43
 
 
 def test_a_sweep_ends_with_what_it_drew_an_hour():

@@ -23,8 +23,8 @@ from truthloop.store import RUN_FILE
 from truthloop.sweep import state as st
 from truthloop.sweep.driver import (
     POLL, RAY_RESTARTS, Job, NodeLost, Progress, _poll, again_note, describe, heal_note,
-    iterations_left, local_node_alive, outcome_row, restart_local_ray, start_note, start_ray,
-    start_workers, stop_ray, too_many_losses,
+    iterations_left, iterations_unused, local_node_alive, outcome_row, restart_local_ray,
+    start_note, start_ray, start_workers, stop_ray, too_many_losses,
 )
 from truthloop.sweep.spec import Trajectory
 from truthloop.sweep.state import EMBEDDING_FILE, read_summary
@@ -108,19 +108,21 @@ def _cuda_here(config: RunConfig) -> bool:
 
 def run_sweep_batched(sweep_dir: Path, trajectories: list[Trajectory], backend: str | None,
                       size: int, address: str | None = None, workers: int | None = None,
-                      num_gpus: int | None = None, max_restarts: int = 8) -> list[dict[str, Any]]:
+                      num_gpus: int | None = None, max_restarts: int = 8,
+                      rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """run_sweep's work, each worker `size` trajectories at a time. A lost worker's call is
-    retried by Ray (max_task_retries) and continues its run directories."""
+    retried by Ray (max_task_retries) and continues its run directories. `rows`: as
+    run_sweep's."""
     import ray
 
     from truthloop.sweep.driver import SweepError
 
-    rows = st.table(sweep_dir, trajectories)
+    rows = st.table(sweep_dir, trajectories) if rows is None else rows
     todo = [t for t, row in zip(trajectories, rows) if not st.is_done(row)]
     started = start_ray(address, num_gpus)
     local = started and not address
     progress = Progress(len(trajectories), len(trajectories) - len(todo),
-                        iterations_left(sweep_dir, todo))
+                        iterations_left(rows, todo))
     reported: set[int] = set()
     try:
         restarts = 0
@@ -199,7 +201,7 @@ def _drive_batches(sweep_dir: Path, rows: list[dict[str, Any]], todo: list[Traje
                 _poll(jobs[trajectory.number], progress)
                 if trajectory.number not in reported:
                     reported.add(trajectory.number)
-                    progress.finished(describe(row), jobs[trajectory.number].unused())
+                    progress.finished(describe(row), iterations_unused(trajectory, row))
         if time.monotonic() - last_look > 2.0:
             # Lines for trajectories that ended inside a call still running.
             for share in inflight.values():
@@ -212,7 +214,7 @@ def _drive_batches(sweep_dir: Path, rows: list[dict[str, Any]], todo: list[Traje
                                                     or row["embedded"]):
                         reported.add(trajectory.number)
                         rows[trajectory.number] = row
-                        progress.finished(describe(row), jobs[trajectory.number].unused())
+                        progress.finished(describe(row), iterations_unused(trajectory, row))
             try:
                 st.write_table(sweep_dir, rows)
             except OSError:

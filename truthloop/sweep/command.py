@@ -309,7 +309,8 @@ def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int
     from truthloop.sweep import state as st
 
     trajs = trajectories(spec)
-    images_before = _images(st.table(sweep_dir, trajs))
+    before = st.table(sweep_dir, trajs)  # the drivers start from it (read once)
+    images_before = _images(before)
     started = time.monotonic()
     try:
         if spec.get("batch", 1) > 1:
@@ -317,11 +318,12 @@ def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int
 
             rows = run_sweep_batched(sweep_dir, trajs, spec.get("backend"), spec["batch"],
                                      address=args.address, workers=args.workers,
-                                     num_gpus=args.gpus, max_restarts=args.max_restarts)
+                                     num_gpus=args.gpus, max_restarts=args.max_restarts,
+                                     rows=before)
         else:
             rows = run_sweep(sweep_dir, trajs, spec.get("backend"), address=args.address,
                              workers=args.workers, num_gpus=args.gpus,
-                             max_restarts=args.max_restarts)
+                             max_restarts=args.max_restarts, rows=before)
     except SweepError as error:
         failed = CommandError(str(error), code=error.code)
         failed.started = error.started  # type: ignore[attr-defined]

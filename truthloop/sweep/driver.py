@@ -203,21 +203,21 @@ class Job:
         job.log_size, _ = _count_lines(job.run_dir, 0)
         return job
 
-    def unused(self) -> int:
-        """Iterations the trajectory may no longer take now that it has ended: its limit less
-        the records it wrote."""
-        return max(0, iteration_limit(self.trajectory) - _count_lines(self.run_dir, 0)[1])
+
+def iterations_unused(trajectory: Trajectory, row: dict[str, Any]) -> int:
+    """The most iterations the trajectory can still take, from its state row (which read its
+    last record): its limit (max_iters, or a fixed-length chain's) less the records it has.
+    For a trajectory that has ended, what it will no longer take."""
+    index = row.get("index")
+    records = index + 1 if isinstance(index, int) else 0
+    limit = trajectory.run_config().loop.iteration_limit("image" in trajectory.start)
+    return max(0, limit - records)
 
 
-def iteration_limit(trajectory: Trajectory) -> int:
-    """The most records the trajectory's run may write (max_iters, or a fixed-length chain's)."""
-    return trajectory.run_config().loop.iteration_limit("image" in trajectory.start)
-
-
-def iterations_left(sweep_dir: Path, trajectories: list[Trajectory]) -> int:
-    """The most iterations these trajectories can still take, their records so far counted."""
-    return sum(max(0, iteration_limit(t) - _count_lines(t.run_dir(sweep_dir), 0)[1])
-               for t in trajectories)
+def iterations_left(rows: list[dict[str, Any]], todo: list[Trajectory]) -> int:
+    """The most iterations the unfinished trajectories can still take (`rows`: the state table,
+    by trajectory number)."""
+    return sum(iterations_unused(t, rows[t.number]) for t in todo)
 
 
 class Progress:
@@ -361,15 +361,17 @@ def start_workers(worker_class: type, backend: str | None, workers: int | None, 
 def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | None,
               address: str | None = None, workers: int | None = None,
               num_gpus: int | None = None, max_restarts: int = 8,
-              on_started: Callable[[list[Any]], None] | None = None) -> list[dict[str, Any]]:
+              on_started: Callable[[list[Any]], None] | None = None,
+              rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Run every trajectory not yet done; returns the final state table. A local Ray that is
     lost (an agent or the raylet died) is started again, up to RAY_RESTARTS times, and the
-    trajectories it was running continue from their run directories."""
+    trajectories it was running continue from their run directories. `rows`: the state table
+    as the caller just read it (st.table), else it is read here."""
     import ray
 
     from truthloop.sweep.worker import TrajectoryWorker
 
-    rows = st.table(sweep_dir, trajectories)
+    rows = st.table(sweep_dir, trajectories) if rows is None else rows
     todo = [t for t, row in zip(trajectories, rows) if not st.is_done(row)]
     # A worker keeps its models while the pair stays the same: a grid over generators or
     # captioners runs one pair's trajectories together (in order within each), so a worker
@@ -384,7 +386,7 @@ def run_sweep(sweep_dir: Path, trajectories: list[Trajectory], backend: str | No
     started = start_ray(address, num_gpus)
     local = started and not address
     progress = Progress(len(trajectories), len(trajectories) - len(todo),
-                        iterations_left(sweep_dir, todo))
+                        iterations_left(rows, todo))
     try:
         queue = deque(todo)
         restarts = 0
@@ -467,7 +469,7 @@ def _drive(sweep_dir: Path, rows: list[dict[str, Any]], queue: deque, actors: li
             _poll(job, progress)
             row = outcome_row(sweep_dir, job.trajectory, outcome)
             rows[job.trajectory.number] = row
-            progress.finished(describe(row), job.unused())
+            progress.finished(describe(row), iterations_unused(job.trajectory, row))
         # A stat per running trajectory: every 0.5 s, or less often when there are so
         # many that the stats would keep a shared file system busy (about 1 ms each).
         if time.monotonic() - last_poll > max(POLL, len(inflight) / 1000):
