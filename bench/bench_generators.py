@@ -221,9 +221,7 @@ def graphs_rows(row, rows: list[dict], images: dict, pipe, family: str, config, 
             batched_row(rows, images, graphed, family, args.batch, args.repeats, "loop graphs")
     finally:
         if graphed.graphed is not None:
-            graphed.graphed.uninstall()
-            for encoder in graphed.graphed_encoders:
-                encoder.uninstall()
+            ungraph(graphed)
 
 
 def graphs_note(graphed, images: dict) -> str:
@@ -336,16 +334,21 @@ def moved_from_eager(images: dict, name: str) -> str:
     return f"vs eager: max {moved.max()}/255, mean {moved.mean():.2f}"
 
 
+def ungraph(painter) -> None:
+    """No graph wrappers left from a CUDA painter: the denoiser's and the text encoders'."""
+    painter.graphed.uninstall()
+    for encoder in painter.graphed_encoders:
+        encoder.uninstall()
+
+
 def uncompile(pipe, painter) -> None:
     """The pipeline as it was before a compiled painter: the denoiser's own forward, no graph
-    wrappers (the text encoders' included), the VAE decoder uncompiled."""
+    wrappers (ungraph), the VAE decoder uncompiled."""
     from truthloop.ml.families.painting import denoiser
 
     model = denoiser(pipe)
     painter.graphed.use_forward(type(model).forward.__get__(model), compiled=False)
-    painter.graphed.uninstall()
-    for encoder in painter.graphed_encoders:
-        encoder.uninstall()
+    ungraph(painter)
     pipe.vae.decoder._compiled_call_impl = None
 
 
