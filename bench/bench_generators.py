@@ -342,14 +342,13 @@ def ungraph(painter) -> None:
 
 
 def uncompile(pipe, painter) -> None:
-    """The pipeline as it was before a compiled painter: the denoiser's own forward, no graph
-    wrappers (ungraph), the VAE decoder uncompiled."""
-    from truthloop.ml.families.painting import denoiser
+    """The pipeline as it was before a compiled painter: speed_up undone, and the text
+    encoders' graph wrappers gone."""
+    from truthloop.ml.families.painting import undo_speed_up
 
-    model = denoiser(pipe)
-    painter.graphed.use_forward(type(model).forward.__get__(model), compiled=False)
-    ungraph(painter)
-    pipe.vae.decoder._compiled_call_impl = None
+    undo_speed_up(pipe)
+    for encoder in painter.graphed_encoders:
+        encoder.uninstall()
 
 
 def fused_row(row, rows: list[dict], images: dict, pipe, family: str, config) -> None:

@@ -62,7 +62,8 @@ def generator(family: str) -> str:
 
     from family_helpers import PROMPT, generate_config
     from truthloop.ml.families.batched import BatchedFamilyPainter
-    from truthloop.ml.families.painting import FamilyPainter, load_generator, speed_up
+    from truthloop.ml.families.painting import (FamilyPainter, load_generator, speed_up,
+                                                undo_speed_up)
     from truthloop.ml.generate import RandomStream
     from truthloop.ml.tiny import tiny_family_model
 
@@ -78,15 +79,14 @@ def generator(family: str) -> str:
 
     eager = draw()
     torch._dynamo.reset()
-    graphed = speed_up(pipe, cuda_graphs=True, compile=True)
+    speed_up(pipe, cuda_graphs=True, compile=True)
     try:
         start = time.perf_counter()
         first = draw()
         compiled_s = time.perf_counter() - start
         second = draw()
     finally:
-        graphed.uninstall()
-        pipe.vae.decoder._compiled_call_impl = None
+        undo_speed_up(pipe)
     moved = max(int(np.abs(a - b).max()) for a, b in zip(first + second, eager + eager))
     return (f"{family}: first batch of 2 (padded to 3) with the compile {compiled_s:.1f} s; "
             f"largest move from the eager batch {moved}/255")

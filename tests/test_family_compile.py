@@ -30,7 +30,8 @@ def test_a_compiled_familys_denoiser_is_traced_and_draws_the_eager_image(family,
     import torch._dynamo
     from torch._dynamo.testing import CompileCounter
 
-    from truthloop.ml.families.painting import FamilyPainter, denoiser, load_generator, speed_up
+    from truthloop.ml.families.painting import (FamilyPainter, denoiser, load_generator,
+                                                speed_up, undo_speed_up)
     from truthloop.ml.tiny import tiny_family_model
 
     pipe, _ = load_generator(family, tiny_family_model("generator", family), "cpu")
@@ -55,9 +56,11 @@ def test_a_compiled_familys_denoiser_is_traced_and_draws_the_eager_image(family,
         assert counter.frame_count >= 2 and counter.op_count > 0
         assert pipe.vae.decoder._compiled_call_impl is not None
     finally:
-        graphed.uninstall()
-        pipe.vae.decoder._compiled_call_impl = None
+        undo_speed_up(pipe)
         torch._dynamo.reset()
+    # Put back as it was: the model's own forward, nothing compiled.
+    assert "forward" not in vars(denoiser(pipe)) and not graphed.compiled
+    assert pipe.vae.decoder._compiled_call_impl is None
     # The traced graph run eagerly: the same arithmetic (inductor's kernels differ on a GPU).
     assert np.abs(compiled.astype(int) - eager.astype(int)).max() <= 1
 
@@ -75,7 +78,8 @@ def test_a_batched_sweeps_compiled_denoiser_traces_once_for_every_batch(family, 
     from torch._dynamo.testing import CompileCounter
 
     from truthloop.ml.families.batched import BatchedFamilyPainter
-    from truthloop.ml.families.painting import FamilyPainter, load_generator, speed_up
+    from truthloop.ml.families.painting import (FamilyPainter, load_generator, speed_up,
+                                                undo_speed_up)
     from truthloop.ml.generate import RandomStream
     from truthloop.ml.tiny import tiny_family_model
 
@@ -93,7 +97,7 @@ def test_a_batched_sweeps_compiled_denoiser_traces_once_for_every_batch(family, 
     counter = CompileCounter()
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
     torch._dynamo.reset()
-    graphed = speed_up(pipe, cuda_graphs=True, compile=True)
+    speed_up(pipe, cuda_graphs=True, compile=True)
     try:
         first = draw(batches[0])
         traced = counter.frame_count
@@ -102,8 +106,7 @@ def test_a_batched_sweeps_compiled_denoiser_traces_once_for_every_batch(family, 
         second = draw(batches[1])
         retraced = counter.frame_count - traced
     finally:
-        graphed.uninstall()
-        pipe.vae.decoder._compiled_call_impl = None
+        undo_speed_up(pipe)
         torch._dynamo.reset()
     assert traced >= 2 and retraced <= (1 if family == "z-image" else 0)
     for got, expected in zip(first + second, eager[0] + eager[1]):

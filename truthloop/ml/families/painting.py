@@ -61,6 +61,19 @@ def speed_up(pipe: Any, cuda_graphs: bool, compile: bool) -> Any:
     return graphed
 
 
+def undo_speed_up(pipe: Any) -> None:
+    """`speed_up` undone (benches and tests put a pipeline back so): the denoiser's own forward,
+    uncompiled, under no graph wrapper (the wrapper, kept on the module for a later `on`, holds
+    the own forward again), the VAE decoder uncompiled."""
+    from truthloop.ml.cudagraph import GraphedForward
+
+    model = denoiser(pipe)
+    graphed = GraphedForward.on(model)
+    graphed.use_forward(type(model).forward.__get__(model), compiled=False)
+    graphed.uninstall()
+    pipe.vae.decoder._compiled_call_impl = None
+
+
 def fuse_layout(pipe: Any, on: bool = True) -> list[str]:
     """diffusers' fast-diffusion recipe beyond the compile, on the denoiser: its attention's
     QKV projections fused into one (`fuse_qkv_projections`, where the family's model has it:
