@@ -220,7 +220,7 @@ def bench_family(name: str, args: argparse.Namespace, rows: list[dict]) -> None:
           f"{config.caption_max_length} tokens a caption, instruction {config.instruction!r}",
           flush=True)
     singles_count = 1 + args.repeats
-    batches = [size for size in args.batches if size > 0]
+    batches = args.batches
     images = _images(max([singles_count, *batches]), args.image_size)
 
     def captioner(**options):
@@ -301,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a profile row: one fast caption under torch.profiler")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
-    args.batches = [int(size) for size in args.batches.split(",") if size.strip()]
+    # "0" (or nothing) for no batched rows
+    args.batches = [int(size) for size in args.batches.split(",")
+                    if size.strip() and int(size) > 0]
     if args.image_size is None:
         args.image_size = 64 if args.tiny else 1024
     names = args.only.split(",") if args.only else list(FAMILIES)
@@ -332,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                    f"{error}"})
             _free()
     print()
-    print(table([row for row in rows if row["mode"] != "error"], [b for b in args.batches if b > 0]))
+    print(table([row for row in rows if row["mode"] != "error"], args.batches))
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "torch": torch.__version__,
                                                "rows": rows}, indent=1))
