@@ -89,12 +89,16 @@ name, batch, start, end, out, sweep_dir, generator, captioner = sys.argv[1:9]
 batch, start, end = int(batch), float(start), float(end)
 runs = sorted(Path(sweep_dir, "runs").iterdir())
 mtimes, states, records, earlier, drawing, stages = [], {}, 0, 0, 0, {}
+waves: dict[int, list[float]] = {}  # an image's index -> when each run's image of it was written
 for run in runs:  # a sweep stopped by SWEEP_TIMEOUT may have left runs without records
     summary = run / "summary.json"
     status = json.loads(summary.read_text())["status"] if summary.exists() else "not started"
     states[status] = states.get(status, 0) + 1
     # A resumed sweep (RESUME=1): images an earlier call drew are counted apart, not timed.
     times = [p.stat().st_mtime for p in (run / "images").glob("*.png")]
+    for p in (run / "images").glob("*.png"):
+        if p.stat().st_mtime >= start:
+            waves.setdefault(int(p.stem), []).append(p.stat().st_mtime)
     mtimes += [t for t in times if t >= start]
     earlier += sum(t < start for t in times)
     drawing += any(t >= start for t in times)
@@ -117,10 +121,29 @@ result = {
     "s_per_trajectory_iteration": round(per_iteration, 3),
     "trajectory_iterations_per_gpu_hour": round(3600 / per_iteration, 1),
     "hintze_10000_gpu_hours": round(10000 * per_iteration / 3600, 2),
+    # Each wave (the images of one index, drawn in one batch when every trajectory is in step):
+    # its images, and the seconds from the previous wave's last image to its own last. The
+    # second wave's span holds the first batched caption (a compiled decode step compiles then).
+    "waves": [{"index": index, "images": len(times),
+               "s_since_previous": round(max(times) - max(waves[index - 1]), 1)
+               if index - 1 in waves else None}
+              for index, times in sorted(waves.items())],
     # medians over the records after each trajectory's first: where a record's seconds went
     "record_median_s": {part: round(statistics.median(values), 3)
                         for part, values in sorted(stages.items())},
 }
+# The steady rate: after the first two waves (loading, first drawing, first caption: every compile
+# and graph capture), the images of the later waves over their span. A long sweep pays the
+# warm-up once, so this is what a 10,000-iteration study is projected from.
+later = sorted(waves)[2:]
+if later and batch > 1:
+    settled = max(waves[sorted(waves)[1]])
+    count = sum(len(waves[i]) for i in later)
+    steady = (max(max(waves[i]) for i in later) - settled) / count
+    result.update(steady_waves=len(later), steady_images=count,
+                  steady_s_per_trajectory_iteration=round(steady, 3),
+                  steady_trajectory_iterations_per_gpu_hour=round(3600 / steady, 1),
+                  steady_hintze_10000_gpu_hours=round(10000 * steady / 3600, 2))
 print(json.dumps(result, indent=2))
 Path(out, f"{name}.json").write_text(json.dumps(result, indent=2))
 # The run directories stay on the box: the first failed run's traceback (its error.log) comes back.
