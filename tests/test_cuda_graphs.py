@@ -271,3 +271,20 @@ def test_on_a_gpu_a_pairs_clip_embedder_gives_clip_interrogators_image_features(
     reference._prepare_clip = lambda: None
     expected = reference.image_to_features(image)[0].float().cpu()
     torch.testing.assert_close(found, expected, atol=1e-3, rtol=0)
+
+
+def test_on_a_gpu_a_pairs_graphed_clip_embedder_gives_the_eager_features(truthloop_cache):
+    """A pair's CLIP image tower replays from a CUDA graph on a GPU (the default there): the
+    eager embedder's features, bit for bit, for the image it first saw eagerly, the one whose
+    call captured the graph and one replayed."""
+    from truthloop.ml.embedding import OpenClipEmbedder
+    from truthloop.ml.models import load_clip
+    from truthloop.ml.tiny import build_tiny_models
+
+    model, preprocess, name, _ = load_clip(build_tiny_models().clip_model, "cuda")
+    eager = OpenClipEmbedder(model, preprocess, name, "cuda")
+    graphed = OpenClipEmbedder(model, preprocess, name, "cuda", cuda_graphs=True)
+    images = _images(3)
+    assert [graphed.features(i) for i in images] == [eager.features(i) for i in images]
+    assert graphed._encode.replays == 2 and not graphed._encode.failures
+    assert eager._encode.replays == 0

@@ -196,3 +196,25 @@ def test_a_worker_killed_mid_batch_resumes_to_the_unbroken_sweep(batched_sweep, 
         assert_same_trajectory(sweep_dir / "runs" / name, batched_sweep / "runs" / name)
     # the killed trajectory's run.json says it was resumed in a batch as it started
     assert read_run(run_dir).info["batch"]["size"] == 2
+
+
+def test_a_batchs_clip_features_are_each_images_single_run_features(truthloop_cache):
+    """A batch's drift columns: its images preprocessed side by side, then each through CLIP
+    alone, get the very features a single run gives each (the pair's OpenClipEmbedder)."""
+    from family_helpers import noise_image
+    from truthloop.config import RunConfig, apply_pair_defaults
+    from truthloop.ml.backends import load_backends
+    from truthloop.ml.embedding import OpenClipEmbedder
+    from truthloop.ml.families.batched import FamilyBatchModels
+
+    config = RunConfig(start_prompt="-")
+    config.models.models, config.models.device = "tiny", "cpu"
+    config.models.captioner = "blip"
+    apply_pair_defaults(config)
+    single = load_backends(config, lambda event: None)
+    assert isinstance(single.embedder, OpenClipEmbedder)
+    batched = FamilyBatchModels(single, config)
+    images = [noise_image(seed) for seed in range(3)]
+    found = batched.features(images)
+    assert found == [single.embedder.features(image) for image in images]
+    assert found[0] != found[1] and len(found[0]) == single.embedder.model.visual.output_dim

@@ -176,7 +176,8 @@ def _load_captioner(config: RunConfig, m: Any, device: str, loaded: dict, detail
         emit(ev.Loading(f"loading CLIP {m.clip_model}"))
         clip_model, preprocess, details["clip_name"], loaded["clip_model"] = load_clip(
             m.clip_model, device)
-        return captioner, OpenClipEmbedder(clip_model, preprocess, details["clip_name"], device)
+        return captioner, OpenClipEmbedder(clip_model, preprocess, details["clip_name"], device,
+                                           cuda_graphs=m.cuda_graphs and not m.low_vram)
     import torch
 
     from truthloop.ml.families.captioning import decode_greedily, generation_origin

@@ -13,7 +13,8 @@ generator or captioner is a family of ml/families/.
   kernels, and a lower peak). A batch is padded to a fixed size with throw-away rows.
 - captions (a captioner family): `FamilyCaptioner.caption_batch` (one greedy decode for the
   batch) where the captioner has it, else image by image.
-- features for the drift columns: image by image, as a single run (the seed pair does the same).
+- features for the drift columns: the images preprocessed side by side on the CPU, then each
+  through CLIP alone, as a single run (the seed pair does the same).
 - the sd generator or the clip-interrogator captioner in a mixed pair: ml.batched's own paths.
 
 Batched arithmetic is not batch-1 arithmetic (a small matrix product, such as a timestep
@@ -191,4 +192,9 @@ class FamilyBatchModels(BatchedBackends):
         if not self.family_embedder:
             return super().features(images)
         embedder = self.backends.embedder
-        return [embedder.features(image) for image in images]
+        if self.exact:
+            return [embedder.features(image) for image in images]
+        # The images preprocessed side by side on the CPU, then each through CLIP alone (batch
+        # 1, as a single run: the same features).
+        return [embedder.pixel_features(pixels)
+                for pixels in self.map(embedder.preprocess_image, images)]
