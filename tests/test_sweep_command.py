@@ -353,3 +353,36 @@ def test_a_sweep_ends_with_what_it_drew_an_hour():
                     "start and the models' loading included)")
     assert throughput(1, 2.0).startswith("1 image drawn in 0:00:02")
     assert throughput(0, 10.0) is None  # nothing drawn (all done before): nothing said
+
+
+def test_a_sweep_also_says_its_rate_after_the_first_batches(tmp_path):
+    """A study of 10,000 iterations pays the first batches' compiles once: the rate after them,
+    from the times this call's image files were written (the images drawn before it left out)."""
+    import os
+
+    from truthloop.sweep.command import _drawn_times, settled_pace
+
+    # The H200's compiled sweep, 32 at a time: the first wave at 256 s, the second 88 s later (a
+    # caption's compile), then a batch every 54 s.
+    waves = [256.0, 344.0, 398.0, 452.0, 506.0]
+    times = [end for end in waves for _ in range(32)]
+    assert settled_pace(times, 64) == "after the first 64 images, 2,133 an hour"  # 96 in 162 s
+    assert settled_pace(times[:127], 64) is None  # fewer after the warm-up than in it
+    assert settled_pace(times, 0) is None
+
+    class Trajectory:
+        def __init__(self, name):
+            self.name = name
+
+        def run_dir(self, sweep_dir):
+            return sweep_dir / "runs" / self.name
+
+    trajs = [Trajectory("resumed"), Trajectory("new"), Trajectory("not-started")]
+    for name, written in (("resumed", [10.0, 20.0, 30.0]), ("new", [25.0, 35.0])):
+        images = tmp_path / "runs" / name / "images"
+        images.mkdir(parents=True)
+        for index, when in enumerate(written):
+            path = images / f"{index:04d}.png"
+            path.write_bytes(b"")
+            os.utime(path, (when, when))
+    assert _drawn_times(tmp_path, trajs, [1, 0, 0]) == [20.0, 25.0, 30.0, 35.0]

@@ -9,6 +9,7 @@ attractors (tests/sweep_fakes.py), slowed a little so a test can act mid-sweep.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -311,3 +312,8 @@ def test_a_rerun_after_a_killed_driver_names_the_trajectories_it_continues(tmp_p
     assert notes[0].endswith(": " + ", ".join(cut[:5]) + (f" and {len(cut) - 5} more"
                                                              if len(cut) > 5 else ""))
     assert "sweep: 8 converged, 2 max_iters" in out, out
+    # What it drew, and its rate once past its first two images (the two max_iters
+    # trajectories alone had more than a dozen images left to draw).
+    assert re.search(r"^sweep: \d+ images drawn in .* an hour \(Ray's start and the models' "
+                     r"loading included\); after the first 2 images, [\d,]+ an hour$", out,
+                     re.MULTILINE), out

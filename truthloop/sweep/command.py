@@ -311,6 +311,7 @@ def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int
     trajs = trajectories(spec)
     before = st.table(sweep_dir, trajs)  # the drivers start from it (read once)
     images_before = _images(before)
+    drawn_before = [row.get("iterations") or 0 for row in before]  # the drivers update rows
     started = time.monotonic()
     try:
         if spec.get("batch", 1) > 1:
@@ -335,7 +336,11 @@ def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int
           f"; {visible(str(sweep_dir))}")
     pace = throughput(_images(rows) - images_before, time.monotonic() - started)
     if pace:
-        print(f"sweep: {pace}")
+        # A long study pays the first batches' compiles and captures once: its rate is the one
+        # after them (each worker's first two batches), said beside the whole call's.
+        warmup = 2 * spec.get("batch", 1) * (args.workers or 1)
+        settled = settled_pace(_drawn_times(sweep_dir, trajs, drawn_before), warmup)
+        print(f"sweep: {pace}" + (f"; {settled}" if settled else ""))
     if args.atlas and states.get("converged"):
         _print_atlas(sweep_dir, None, 2)
     measured = _measure(sweep_dir, spec) if spec.get("embedders") else 0
@@ -344,6 +349,37 @@ def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int
 
 def _images(rows: list[dict[str, Any]]) -> int:
     return sum(row.get("iterations") or 0 for row in rows)
+
+
+def _drawn_times(sweep_dir: Path, trajs: list[Any], drawn_before: list[int]) -> list[float]:
+    """When each image this call drew was written (its file's time), sorted: the images of each
+    trajectory from the first index it had not drawn before the call (`drawn_before`: how many
+    each had)."""
+    from truthloop.store import IMAGES_DIR
+
+    times = []
+    for trajectory, earlier in zip(trajs, drawn_before):
+        folder = trajectory.run_dir(sweep_dir) / IMAGES_DIR
+        for path in folder.glob("*.png") if folder.is_dir() else ():
+            try:
+                if int(path.stem) >= earlier:
+                    times.append(path.stat().st_mtime)
+            except (ValueError, OSError):  # not one of the run's own images, or gone
+                continue
+    return sorted(times)
+
+
+def settled_pace(times: list[float], warmup: int) -> str | None:
+    """The rate after the first `warmup` images (the first batches: compiles, graph captures,
+    the first caption of a batch), from the times their files were written; None unless at least
+    as many came after them."""
+    if warmup < 1 or len(times) < 2 * warmup:
+        return None
+    span = times[-1] - times[warmup - 1]
+    if span <= 0:
+        return None
+    rate = (len(times) - warmup) / span * 3600
+    return f"after the first {count(warmup, 'image')}, {rate:,.0f} an hour"
 
 
 def throughput(images: int, seconds: float) -> str | None:
