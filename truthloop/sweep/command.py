@@ -337,7 +337,9 @@ def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int
     pace = throughput(_images(rows) - images_before, time.monotonic() - started)
     if pace:
         # A long study pays the first batches' compiles and captures once: its rate is the one
-        # after them (each worker's first two batches), said beside the whole call's.
+        # after them (each worker's first two batches), said beside the whole call's. Without
+        # --workers, one worker's are counted: with more (one a GPU), some warm-up stays in the
+        # span, and the rate said is lower, not higher, than the study's.
         warmup = 2 * spec.get("batch", 1) * (args.workers or 1)
         settled = settled_pace(_drawn_times(sweep_dir, trajs, drawn_before), warmup)
         print(f"sweep: {pace}" + (f"; {settled}" if settled else ""))
