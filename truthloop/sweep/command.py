@@ -310,8 +310,8 @@ def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int
 
     trajs = trajectories(spec)
     before = st.table(sweep_dir, trajs)  # the drivers start from it (read once)
-    images_before = _images(before)
-    drawn_before = [row.get("iterations") or 0 for row in before]  # the drivers update rows
+    # What each had drawn, kept apart: the drivers update the rows they are handed.
+    drawn_before = [row.get("iterations") or 0 for row in before]
     started = time.monotonic()
     try:
         if spec.get("batch", 1) > 1:
@@ -334,7 +334,7 @@ def _run(args: argparse.Namespace, sweep_dir: Path, spec: dict[str, Any]) -> int
         states[row["state"]] = states.get(row["state"], 0) + 1
     print("sweep: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) +
           f"; {visible(str(sweep_dir))}")
-    pace = throughput(_images(rows) - images_before, time.monotonic() - started)
+    pace = throughput(_images(rows) - sum(drawn_before), time.monotonic() - started)
     if pace:
         # A long study pays the first batches' compiles and captures once: its rate is the one
         # after them (each worker's first two batches), said beside the whole call's. Without
@@ -371,16 +371,21 @@ def _drawn_times(sweep_dir: Path, trajs: list[Any], drawn_before: list[int]) -> 
     return sorted(times)
 
 
-def settled_pace(times: list[float], warmup: int) -> str | None:
-    """The rate after the first `warmup` images (the first batches: compiles, graph captures,
-    the first caption of a batch), from the times their files were written; None unless at least
-    as many came after them."""
+def settled_rate(times: list[float], warmup: int) -> float | None:
+    """Images an hour after the first `warmup` (the first batches: compiles, graph captures, the
+    first caption of a batch), from the sorted times their files were written; None unless at
+    least as many came after them."""
     if warmup < 1 or len(times) < 2 * warmup:
         return None
     span = times[-1] - times[warmup - 1]
-    if span <= 0:
+    return (len(times) - warmup) / span * 3600 if span > 0 else None
+
+
+def settled_pace(times: list[float], warmup: int) -> str | None:
+    """settled_rate, said."""
+    rate = settled_rate(times, warmup)
+    if rate is None:
         return None
-    rate = (len(times) - warmup) / span * 3600
     return f"after the first {count(warmup, 'image')}, {rate:,.0f} an hour"
 
 
