@@ -95,10 +95,11 @@ for run in runs:  # a sweep stopped by SWEEP_TIMEOUT may have left runs without 
     status = json.loads(summary.read_text())["status"] if summary.exists() else "not started"
     states[status] = states.get(status, 0) + 1
     # A resumed sweep (RESUME=1): images an earlier call drew are counted apart, not timed.
-    times = [p.stat().st_mtime for p in (run / "images").glob("*.png")]
-    for p in (run / "images").glob("*.png"):
-        if p.stat().st_mtime >= start:
-            waves.setdefault(int(p.stem), []).append(p.stat().st_mtime)
+    stamps = {int(p.stem): p.stat().st_mtime for p in (run / "images").glob("*.png")}
+    times = list(stamps.values())
+    for index, t in stamps.items():
+        if t >= start:
+            waves.setdefault(index, []).append(t)
     mtimes += [t for t in times if t >= start]
     earlier += sum(t < start for t in times)
     drawing += any(t >= start for t in times)
@@ -133,14 +134,15 @@ result = {
                         for part, values in sorted(stages.items())},
 }
 # The steady rate: after the first two waves (loading, first drawing, first caption: every compile
-# and graph capture), the images of the later waves over their span. A long sweep pays the
-# warm-up once, so this is what a 10,000-iteration study is projected from.
-later = sorted(waves)[2:]
-if later and batch > 1:
-    settled = max(waves[sorted(waves)[1]])
-    count = sum(len(waves[i]) for i in later)
-    steady = (max(max(waves[i]) for i in later) - settled) / count
-    result.update(steady_waves=len(later), steady_images=count,
+# and graph capture), the images of the later waves over their span, as the sweep's own end line
+# reckons it (truthloop.sweep.command.settled_rate). A long sweep pays the warm-up once, so this
+# is what a 10,000-iteration study is projected from.
+from truthloop.sweep.command import settled_rate
+
+rate = settled_rate(mtimes, 2 * batch) if batch > 1 else None
+if rate is not None:
+    steady = 3600 / rate
+    result.update(steady_images=len(mtimes) - 2 * batch,
                   steady_s_per_trajectory_iteration=round(steady, 3),
                   steady_trajectory_iterations_per_gpu_hour=round(3600 / steady, 1),
                   steady_hintze_10000_gpu_hours=round(10000 * steady / 3600, 2))
